@@ -1,0 +1,31 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py setup.cfg package.xml Makefile
+	@test -x $(PY) || $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[pywheels,test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/surg-invnerf demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(JOBS) test
+
+bench: $(STAMP)
+	$(VENV)/bin/surg-invnerf bench --out out/bench
+
+clean:
+	rm -rf out build install log .pytest_cache
