@@ -204,10 +204,27 @@ class FlowConfig:
     gaps: tuple[int, ...] = option((1, 2, 4, 8), "Frame gaps for which flow is computed both ways.", lo=1)
     preset: Literal["ultrafast", "fast", "medium"] = option("medium", "OpenCV DIS preset.")
     cycle_thresh_px: float = option(1.0, "Max forward-backward cycle error for a valid flow pixel.", lo=0.0)
+    photo_thresh: float = option(
+        24.0, "Max 7x7 mean absolute grey difference (0-255) between a pixel and where its flow lands "
+        "(0 = off).", lo=0.0)
+    min_ncc: float = option(
+        0.5, "Min 7x7 zero-mean NCC between a textured pixel's neighbourhood and where its flow lands "
+        "(-1 = off); catches what appears in one frame only, which the cycle check misses.", lo=-1.0, hi=1.0)
     max_chain_frames: int = option(48, "Longest frame distance a chained correspondence spans.", lo=1)
+    keyframe_stride: int = option(
+        8, "Frames 0, S, 2S, ... anchor long-range chains (to and from every frame in reach).", lo=1)
+    long_range_step: int = option(
+        4, "Long-range pairs are kept every this many frames of distance (memory budget).", lo=1)
+    link_cost_px: float = option(
+        0.25, "Cost added per composed flow when choosing a chain path; prefers short chains on ties.", lo=0.0)
+    conf_scale_px: float = option(
+        2.0, "Confidence = exp(-accumulated cycle error / this) * link_decay^(links-1).", lo=1e-6)
+    link_decay: float = option(0.97, "Confidence factor per extra composed flow in a chain.", lo=0.0, hi=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "frontend.flow.")
+        if not self.gaps:
+            raise ConfigError("frontend.flow.gaps: expected at least one gap, got []")
 
 
 @dataclass(frozen=True)
@@ -217,6 +234,14 @@ class LKConfig:
     win_size_px: int = option(21, "LK window side.", lo=3)
     max_level: int = option(3, "Pyramid levels above the base image.", lo=0, hi=8)
     fb_thresh_px: float = option(1.5, "Forward-backward error above which a point is not visible.", lo=0.0)
+    min_ncc: float = option(
+        0.75, "Normalised cross-correlation of the old and new patch below which a point is not visible.",
+        lo=-1.0, hi=1.0)
+    max_iters: int = option(30, "LK iterations per pyramid level.", lo=1)
+    query_max_level: int = option(
+        5, "Pyramid levels for 'from_query' tracking, which spans big displacements.", lo=0, hi=8)
+    reacquire: bool = option(
+        True, "A lost chained point is re-tracked from its last visible frame; kept if it passes the checks.")
 
     def __post_init__(self) -> None:
         check_fields(self, "frontend.lk.")
@@ -226,14 +251,24 @@ class LKConfig:
 class StereoConfig:
     """SGBM disparity with a left-right check, triangulated to metric depth."""
 
-    num_disparities: int = option(64, "SGBM disparity search range (multiple of 16).", lo=16)
+    num_disparities: int = option(
+        0, "SGBM disparity search range (multiple of 16); 0 = from calib so min_depth_m fits.", lo=0)
     block_size: int = option(5, "SGBM matching block side (odd).", lo=1, hi=31)
     lr_thresh_px: float = option(1.0, "Max left-right disparity disagreement.", lo=0.0)
     min_depth_m: float = option(0.02, "Depth below this is treated as invalid.", lo=0.0)
     max_depth_m: float = option(0.30, "Depth above this is treated as invalid.", lo=0.0)
+    mode: Literal["sgbm", "sgbm_3way", "hh"] = option("sgbm_3way", "OpenCV SGBM variant.")
+    uniqueness_ratio: int = option(10, "SGBM uniqueness margin in percent.", lo=0, hi=100)
+    speckle_area_px: int = option(50, "Disparity blobs smaller than this are removed (0 = off).", lo=0)
+    speckle_range_px: int = option(2, "Disparity variation allowed inside one speckle blob.", lo=0)
+    fill_radius_px: int = option(
+        5, "Baselines: window radius searched for the nearest valid depth at a track.", lo=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "frontend.stereo.")
+        if self.max_depth_m <= self.min_depth_m:
+            raise ConfigError(
+                f"frontend.stereo.max_depth_m: expected > min_depth_m ({self.min_depth_m}), got {self.max_depth_m}")
         if self.num_disparities % 16:
             raise ConfigError(f"frontend.stereo.num_disparities: expected a multiple of 16, got {self.num_disparities}")
         if self.block_size % 2 == 0:
@@ -259,3 +294,454 @@ class FrontendConfig:
     lk: LKConfig = nested(LKConfig, "Pyramidal LK point tracker.")
     stereo: StereoConfig = nested(StereoConfig, "SGBM stereo depth.")
     masks: MaskConfig = nested(MaskConfig, "Supervision masks.")
+
+
+# --------------------------------------------------------------------------------------------
+# InvNeRF model and fit (DESIGN §3.2, §3.4)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HexPlaneConfig:
+    """Multi-scale HexPlane features that condition each coupling layer (DESIGN §3.2)."""
+
+    resolutions: tuple[int, ...] = option((16, 32), "Spatial plane side per scale.", lo=2)
+    feature_dims: tuple[int, ...] = option((8, 8), "Feature channels per scale (one per resolution).", lo=1)
+    time_res_per_frame: float = option(1.0, "Time-plane samples per frame (1: one column per frame).", lo=0.05)
+    init_low: float = option(0.1, "Spatial planes start uniform in [init_low, init_high].")
+    init_high: float = option(0.5, "Spatial planes start uniform in [init_low, init_high].")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.hexplane.")
+        if len(self.feature_dims) != len(self.resolutions):
+            raise ConfigError(f"fit.hexplane.feature_dims: expected one per scale ({len(self.resolutions)}), "
+                              f"got {len(self.feature_dims)}")
+        if not self.resolutions:
+            raise ConfigError("fit.hexplane.resolutions: expected at least one scale")
+        if self.init_high < self.init_low:
+            raise ConfigError(f"fit.hexplane.init_high: expected >= init_low ({self.init_low}), got {self.init_high}")
+
+
+@dataclass(frozen=True)
+class CouplingConfig:
+    """The invertible map F_t: K affine coupling layers (DESIGN §3.2)."""
+
+    num_layers: int = option(6, "Number of affine coupling layers K.", lo=1, hi=64)
+    axis_order: tuple[int, ...] = option((0, 1, 2), "Coordinate updated by layer k is axis_order[k % len].", lo=0, hi=2)
+    hidden_dim: int = option(32, "Hidden width of each layer's MLP.", lo=1)
+    max_log_scale: float = option(0.5, "|log scale| bound of one layer (tanh-squashed).", lo=0.0)
+    use_coords: bool = option(True, "Also feed the conditioning coordinates (b, c) to the MLP.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.coupling.")
+        if len(set(self.axis_order)) != 3:
+            raise ConfigError(f"fit.coupling.axis_order: expected every axis 0, 1, 2 at least once, got {list(self.axis_order)}")
+
+
+@dataclass(frozen=True)
+class CanonicalConfig:
+    """Canonical field: multi-scale tri-plane + tiny MLP → density and colour."""
+
+    resolutions: tuple[int, ...] = option((32, 64), "Tri-plane side per scale.", lo=2)
+    feature_dims: tuple[int, ...] = option((8, 8), "Feature channels per scale (one per resolution).", lo=1)
+    hidden_dim: int = option(32, "Hidden width of the density/colour MLP.", lo=1)
+    density_activation: Literal["softplus", "trunc_exp"] = option("softplus", "Raw output → density.")
+    density_bias: float = option(0.0, "Added to the raw density before the activation.")
+    appearance_dim: int = option(4, "Per-frame appearance code length (0 disables it).", lo=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.canonical.")
+        if len(self.feature_dims) != len(self.resolutions):
+            raise ConfigError(f"fit.canonical.feature_dims: expected one per scale ({len(self.resolutions)}), "
+                              f"got {len(self.feature_dims)}")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Workspace, ray sampling and visibility (DESIGN §3.2, §3.4)."""
+
+    workspace_percentiles: tuple[float, ...] = option((2.0, 98.0), "Robust low/high percentiles of stereo points.", lo=0.0, hi=100.0)
+    workspace_margin: float = option(0.15, "Box margin as a share of its extent on each side.", lo=0.0)
+    near_samples: int = option(8, "Samples per ray within the stereo-depth band.", lo=0)
+    near_band_disp_px: float = option(1.5, "Half-width of the stereo band, in disparity pixels.", lo=0.01)
+    workspace_samples: int = option(4, "Stratified samples per ray over the whole workspace.", lo=0)
+    invalid_depth_samples: int = option(12, "Workspace samples for rays without stereo depth.", lo=1)
+    inference_samples: int = option(48, "Workspace samples per ray at inference (surface, visibility).", lo=2)
+    visibility_transmittance: float = option(0.5, "A point is visible when transmittance in front of it exceeds this.", lo=0.0, hi=1.0)
+    visibility_front_disp_px: float = option(2.0, "Weight this far in front (disparity px) counts as occluding.", lo=0.0)
+    stereo_visibility_check: bool = option(True, "Also call a point occluded when stereo depth at its pixel is well in front.")
+    right_ray_share: float = option(0.0, "Share of photometric rays cast from the right camera.", lo=0.0, hi=1.0)
+    mapped_point: Literal["per_sample", "expected_canonical"] = option(
+        "per_sample", "X̂_j = Σ w F_j⁻¹(F_i(x)) per sample, or F_j⁻¹ of the expected canonical point (cheaper).")
+    surface: Literal["max_weight", "expected"] = option(
+        "max_weight", "Inference surface point: the max-weight sample, or the weighted mean of samples.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.render.")
+        p = self.workspace_percentiles
+        if len(p) != 2 or p[0] >= p[1]:
+            raise ConfigError(f"fit.render.workspace_percentiles: expected [low, high] with low < high, got {list(p)}")
+        if self.near_samples + self.workspace_samples < 2:
+            raise ConfigError("fit.render.near_samples: near_samples + workspace_samples must be >= 2")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and schedules (DESIGN §3.2). Each term is in the unit its function states."""
+
+    corr_weight: float = option(1.0, "Correspondence reprojection (px).", lo=0.0)
+    bidirectional: bool = option(True, "Supervise i→j and j→i in the same step (False: i→j only).")
+    charbonnier_eps_px: float = option(0.5, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
+    photo_weight: float = option(1.0, "Photometric (colour in [0, 1], squared).", lo=0.0)
+    stereo_weight: float = option(0.05, "Expected depth vs stereo depth (disparity px).", lo=0.0)
+    line_of_sight_weight: float = option(0.1, "Weights concentrated at the stereo depth.", lo=0.0)
+    stereo_decay_share: float = option(0.5, "Stereo weights fall to stereo_final_scale by this share of the budget.", lo=0.0, hi=1.0)
+    stereo_final_scale: float = option(0.2, "Final multiplier of the stereo terms.", lo=0.0)
+    range_weight: float = option(1.0, "Canonical and mapped points outside [-1, 1]^3.", lo=0.0)
+    distortion_weight: float = option(0.001, "Mip-NeRF 360 distortion.", lo=0.0)
+    tv_weight: float = option(1e-4, "Total variation of spatial planes.", lo=0.0)
+    time_smooth_weight: float = option(1e-3, "Second difference of time planes along t.", lo=0.0)
+    reg_every: int = option(4, "Plane regularisers are evaluated every this many steps.", lo=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.loss.")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Error-driven pixel sampling and the stopping rule (DESIGN §3.2)."""
+
+    strategy: Literal["error_driven", "uniform"] = option(
+        "error_driven", "How pixels are drawn; 'uniform' is the ablation baseline.")
+    rays_per_step: int = option(384, "Correspondences per step while nothing has converged.", lo=1)
+    min_budget_share: float = option(0.35, "The budget never shrinks below this share.", lo=0.0, hi=1.0)
+    error_share: float = option(0.5, "Share of the budget drawn in proportion to error.", lo=0.0, hi=1.0)
+    cell_px: int = option(8, "Error maps hold one cell per cell_px × cell_px pixels.", lo=1)
+    converged_below_px: float = option(1.0, "τ: a cell has converged below this error.", lo=0.0)
+    converged_share: float = option(0.95, "γ: stop once this share of every frame converged.", lo=0.0, hi=1.0)
+    refresh_every: int = option(300, "Dense refresh of the error maps every this many steps (0: never).", lo=0)
+    refresh_chunk: int = option(4096, "Rays per batch during a dense refresh.", lo=1)
+    error_ema: float = option(0.5, "Weight of a new error sample in its cell.", lo=0.0, hi=1.0)
+    stall_steps: int = option(600, "Stop when the loss EMA has not improved by stall_rel for this many steps (0: never).", lo=0)
+    stall_rel: float = option(0.005, "Relative improvement that counts as progress.", lo=0.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.sampler.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with per-group learning rates and an exponential decay over the budget."""
+
+    lr_planes: float = option(0.02, "Learning rate of the feature planes.", lo=0.0)
+    lr_mlp: float = option(0.003, "Learning rate of the MLPs and appearance codes.", lo=0.0)
+    lr_final_scale: float = option(0.1, "Learning rates decay to this share at the end of the budget.", lo=0.0, hi=1.0)
+    warmup_steps: int = option(50, "Linear learning-rate warm-up.", lo=0)
+    fused_adam: bool = option(True, "torch.optim.Adam(fused=True) where supported.")
+    bf16_mlp: bool = option(False, "bf16 autocast on the small MLPs (coordinates stay fp32).")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.optim.")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Test-time optimisation of the InvNeRF model on one sequence (DESIGN §3.2)."""
+
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto uses CUDA when present.")
+    seed: int = option(0, "Seed of parameters and sampling.", lo=0)
+    time_budget_s: float = option(200.0, "Wall-clock budget of the optimisation loop.", lo=0.0)
+    max_steps: int = option(6000, "Step budget.", lo=0)
+    num_threads: int = option(0, "torch CPU threads (0 leaves torch's default).", lo=0)
+    log_every: int = option(25, "Progress callback every this many steps.", lo=1)
+    hexplane: HexPlaneConfig = nested(HexPlaneConfig, "Deformation features.")
+    coupling: CouplingConfig = nested(CouplingConfig, "Invertible map.")
+    canonical: CanonicalConfig = nested(CanonicalConfig, "Canonical field.")
+    render: RenderConfig = nested(RenderConfig, "Rays, samples, visibility.")
+    loss: LossConfig = nested(LossConfig, "Loss weights and schedules.")
+    sampler: SamplerConfig = nested(SamplerConfig, "Pixel sampling and convergence.")
+    optim: OptimConfig = nested(OptimConfig, "Optimiser.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fit.")
+
+
+# --------------------------------------------------------------------------------------------
+# Kinematics (DESIGN §3.2 "Kinematics", §5 `ecm/measured_cp`)
+# --------------------------------------------------------------------------------------------
+
+_IDENTITY_16 = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class KinematicsConfig:
+    """Endoscope (ECM) poses: hand-eye, clock offset and the pose buffer (`ros/kinematics.py`).
+
+    T_world_cam(t_image) = T_world_ecm(t_image + time_offset_s) @ T_ecm_cam.
+    """
+
+    enabled: bool = option(True, "Use ECM poses when they are given; false ignores them.")
+    time_offset_s: float = option(
+        0.0, "Added to an image stamp to get the kinematics stamp of the same instant: "
+        "t_kin = t_image + offset. Negative when image stamps lag (e.g. stamped on arrival).")
+    T_ecm_cam: tuple[float, ...] = option(
+        _IDENTITY_16, "Hand-eye T_ecm_cam (ECM tool frame <- left optical frame), 16 floats row-major, metres.")
+    max_age_s: float = option(
+        0.05, "A pose is stale when no buffered pose lies within this of the (offset) image stamp.", lo=0.0)
+    buffer_s: float = option(10.0, "Seconds of poses kept behind the newest one.", lo=0.01, hi=3600.0)
+    message_type: Literal["auto", "PoseStamped", "TransformStamped"] = option(
+        "auto", "Type of ecm/measured_cp; auto takes the type the topic is advertised with.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "kinematics.")
+        import math
+
+        import numpy as np
+
+        if len(self.T_ecm_cam) != 16:
+            raise ConfigError(
+                f"kinematics.T_ecm_cam: expected 16 floats (row-major 4x4), got {len(self.T_ecm_cam)}")
+        if not all(math.isfinite(v) for v in self.T_ecm_cam):
+            raise ConfigError(f"kinematics.T_ecm_cam: expected finite values, got {list(self.T_ecm_cam)}")
+        T = np.asarray(self.T_ecm_cam, dtype=np.float64).reshape(4, 4)
+        R = T[:3, :3]
+        if np.abs(T[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-9:
+            raise ConfigError(f"kinematics.T_ecm_cam: expected last row 0 0 0 1, got {T[3].tolist()}")
+        if np.abs(R @ R.T - np.eye(3)).max() > 1e-6 or np.linalg.det(R) <= 0:
+            raise ConfigError("kinematics.T_ecm_cam: expected a rotation (orthonormal, det +1) in the 3x3 block")
+        if abs(self.time_offset_s) >= self.buffer_s:
+            raise ConfigError(
+                f"kinematics.time_offset_s: expected |offset| < buffer_s ({self.buffer_s}), got {self.time_offset_s}")
+        if self.max_age_s >= self.buffer_s:
+            raise ConfigError(
+                f"kinematics.max_age_s: expected < buffer_s ({self.buffer_s}), got {self.max_age_s}")
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark (DESIGN §4)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The synthetic benchmark set (DESIGN §4): a named preset of sequences, optionally resized.
+
+    Presets (`eval/bench.py` lists them): "default" (2 seeds × 4 conditions, from easy and static to
+    hard with an instrument and camera motion), "hard" (hard, instrument + camera motion, 3 seeds: the
+    set issue 3's bar is measured on) and "quick" (a small smoke run). Zero or empty fields take the
+    preset's value, so `bench.frames=96` resizes a preset without redefining it.
+    """
+
+    preset: Literal["default", "hard", "quick"] = option("default", "Named set of synthetic sequences.")
+    frames: int = option(0, "Frames per sequence; 0 takes the preset's (48; quick 16).", lo=0)
+    width: int = option(0, "Image width in px; 0 takes the preset's (256; quick 128).", lo=0)
+    height: int = option(0, "Image height in px; 0 takes the preset's (192; quick 96).", lo=0)
+    num_queries: int = option(0, "Query points per sequence; 0 takes the preset's (64; quick 24).", lo=0)
+    seeds: tuple[int, ...] = option((), "Sequence seeds; empty takes the preset's.", lo=0)
+    plots: bool = option(True, "Write the accuracy plot and one contact sheet per sequence.")
+    contact_frames: int = option(4, "Frames (columns) per contact sheet.", lo=1, hi=16)
+    keep_going: bool = option(True, "Record a method that raises as failed and go on; false re-raises.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "bench.")
+        if self.frames == 1:
+            raise ConfigError("bench.frames: expected 0 (preset) or >= 2, got 1")
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic stereo endoscope (DESIGN §4, synth/)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """A synthetic stereo endoscopy sequence with exact ground truth (synth/, DESIGN §4).
+
+    The scene (tissue shape, texture, motion phases, instrument path) is drawn from `seed`; the
+    same config always gives the same images. The `pose_*` knobs perturb only the poses that are
+    written to kinematics.csv or published, never the images or the ground truth.
+    """
+
+    frames: int = option(48, "Number of frames written by `generate_sequence`.", lo=1)
+    width: int = option(256, "Image width in pixels.", lo=16, hi=4096)
+    height: int = option(192, "Image height in pixels.", lo=16, hi=4096)
+    seed: int = option(0, "Seed of the scene: shape, texture, motion phases, noise.", lo=0)
+    instrument: bool = option(False, "Add an instrument shaft that enters from a border and moves.")
+    camera_motion: bool = option(False, "Move the endoscope with a smooth rigid motion.")
+    difficulty: Literal["easy", "medium", "hard"] = option(
+        "medium", "Scales deformation amplitude and speed, specularity, noise and flicker.")
+    num_queries: int = option(64, "Query points placed on a jittered grid over frame 0.", lo=1, hi=100000)
+    fps: float = option(30.0, "Frame rate; sets the time step of every motion.", lo=0.1, hi=1000.0)
+    baseline_m: float = option(0.0045, "Stereo baseline (right camera at +x of the left).", lo=0.001, hi=0.05)
+    hfov_deg: float = option(70.0, "Horizontal field of view; fx = (W/2) / tan(hfov/2).", lo=20.0, hi=140.0)
+    distance_m: float = option(0.075, "Working distance to the tissue at the image centre.", lo=0.05, hi=0.12)
+    pose_noise_m: float = option(0.0, "Std of the per-axis translation noise on written poses.", lo=0.0, hi=0.1)
+    pose_noise_deg: float = option(0.0, "Std of the per-axis rotation noise on written poses.", lo=0.0, hi=30.0)
+    pose_time_offset_s: float = option(
+        0.0, "Written pose of frame t is the true pose at t/fps - offset (kinematics lag by this much).",
+        lo=-10.0, hi=10.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "synth.")
+
+
+# --------------------------------------------------------------------------------------------
+# ROS node (DESIGN §3.3, §5): one read-only parameter per leaf field (`ros/params.py`)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Pairing of left/right images and camera_infos by stamp (`ros/sync.py`)."""
+
+    approximate: bool = option(True, "Pair by nearest stamp within slop_s; false: all four stamps must be equal.")
+    slop_s: float = option(0.005, "Largest stamp difference inside one stereo set (approximate sync), seconds.",
+                           lo=0.0, hi=1.0)
+    queue_size: int = option(10, "Messages kept per input while waiting for their partners.", lo=1, hi=1000)
+    timeout_s: float = option(0.5, "A left image still unpaired after this long is dropped (missing right image).",
+                              lo=0.0, hi=60.0)
+    frame_queue_size: int = option(2, "Paired frames waiting for the front end; the oldest is dropped beyond.",
+                                   lo=1, hi=100)
+    max_rate_hz: float = option(0.0, "Process at most this many pairs per second (0: no limit); extra pairs drop.",
+                                lo=0.0)
+    backend: Literal["auto", "builtin", "message_filters"] = option(
+        "auto", "auto: message_filters when installed, else built-in. Only the built-in one counts pairing "
+        "drops (missing right image, duplicate stamps) by reason.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "sync.")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """Queries given at start; more arrive on ~/queries and clicked_point (DESIGN §5)."""
+
+    points_px: tuple[float, ...] = option((), "Start queries as a flat list u0, v0, u1, v1, ... (left pixels).")
+    auto_grid: int = option(0, "With no points_px: a grid of about this many queries on the first frame (0: wait).",
+                            lo=0, hi=10000)
+    grid_margin_px: float = option(8.0, "Grid queries keep this distance from the image border.", lo=0.0)
+    max_queries: int = option(512, "Queries beyond this many are refused.", lo=1, hi=100000)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "queries.")
+        if len(self.points_px) % 2:
+            raise ConfigError(f"queries.points_px: expected an even count (u, v pairs), got {len(self.points_px)}")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Asynchronous InvNeRF refinement on a window of keyframes (`online.py`, DESIGN §3.3)."""
+
+    enabled: bool = option(True, "Fit the model in a worker thread; false publishes the front end only.")
+    keyframe_every: int = option(2, "Every this many frames becomes a keyframe.", lo=1, hi=1000)
+    window_frames: int = option(16, "Keyframes kept and fitted (older ones leave the window).", lo=2, hi=10000)
+    min_keyframes: int = option(4, "A fit starts once this many keyframes are buffered.", lo=2, hi=10000)
+    new_keyframes: int = option(2, "Keyframes that must arrive after a fit before the next one starts.", lo=1)
+    fit_config: str = option("", "YAML file with FitConfig keys for the worker (empty: defaults).")
+    fit_overrides: tuple[str, ...] = option((), "FitConfig overrides as key=value strings, e.g. max_steps=200.")
+    history_frames: int = option(300, "Per-frame results kept so refined fits can replace them.", lo=1, hi=100000)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "refine.")
+        if self.min_keyframes > self.window_frames:
+            raise ConfigError(f"refine.min_keyframes: expected <= window_frames ({self.window_frames}), "
+                              f"got {self.min_keyframes}")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """What the node publishes and how often (`ros/publishers.py`, `ros/diagnostics.py`)."""
+
+    overlay: bool = option(True, "Publish ~/overlay (left image with the tracks drawn).")
+    tf: bool = option(True, "Broadcast track_<id> frames on /tf and the stereo frame on /tf_static.")
+    markers: bool = option(True, "Publish ~/markers (spheres, id labels, trails).")
+    trail_frames: int = option(10, "Trail length in ~/markers, frames.", lo=0, hi=1000)
+    marker_diameter_m: float = option(0.002, "Sphere diameter in ~/markers, metres.", lo=0.0)
+    cloud_rate_hz: float = option(2.0, "~/cloud publish rate (0: off).", lo=0.0, hi=1000.0)
+    cloud_stride_px: int = option(4, "~/cloud keeps one pixel in stride×stride.", lo=1, hi=256)
+    poll_rate_hz: float = option(10.0, "How often refined results are collected from the worker.", lo=0.1, hi=1000.0)
+    diagnostics_rate_hz: float = option(1.0, "/diagnostics publish rate.", lo=0.01, hi=100.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "publish.")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The tracker node `surg_invnerf_tracker` (DESIGN §5); `config/track.yaml` sets it."""
+
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "Model device; auto uses CUDA when present.")
+    frontend: FrontendConfig = nested(FrontendConfig, "Per-frame LK tracking and SGBM depth.")
+    sync: SyncConfig = nested(SyncConfig, "Stereo + camera_info synchronisation.")
+    queries: QueryConfig = nested(QueryConfig, "Start queries.")
+    refine: RefineConfig = nested(RefineConfig, "Asynchronous InvNeRF refinement.")
+    publish: PublishConfig = nested(PublishConfig, "Outputs.")
+    kinematics: KinematicsConfig = nested(KinematicsConfig, "ECM poses (the subscription is a later issue).")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
+
+
+# --------------------------------------------------------------------------------------------
+# Source nodes beside the tracker (DESIGN §5): synthetic stereo endoscope, bag player
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticSourceConfig:
+    """The `synthetic_stereo` node: the synthetic generator as a live stereo endoscope.
+
+    Frame k is stamped start + k/synth.fps (start: the node clock when publishing begins, so
+    `use_sim_time` follows /clock); images, camera_infos, pose and ground truth of a frame share it.
+    """
+
+    synth: SynthConfig = nested(SynthConfig, "The scene: size, seed, difficulty, instrument, motion, queries.")
+    rate_hz: float = option(0.0, "Publish rate; 0 uses synth.fps (stamps always step by 1/synth.fps).",
+                            lo=0.0, hi=1000.0)
+    end: Literal["continue", "loop", "stop"] = option(
+        "continue", "After synth.frames frames: keep rendering new frames, replay the first synth.frames "
+        "(cached), or stop and exit.")
+    frame_id_left: str = option("endoscope_left_optical_frame", "frame_id of the left image and camera_info.")
+    frame_id_right: str = option("endoscope_right_optical_frame", "frame_id of the right image and camera_info.")
+    pose_type: Literal["PoseStamped", "TransformStamped", "none"] = option(
+        "PoseStamped", "Type of ecm/measured_cp (dVRK CRTK publishes either); none publishes no pose.")
+    world_frame_id: str = option("world", "Header frame_id of the ECM pose.")
+    ecm_frame_id: str = option("ecm", "child_frame_id of the ECM pose as a TransformStamped.")
+    T_ecm_cam: tuple[float, ...] = option(
+        _IDENTITY_16, "Hand-eye T_ecm_cam, 16 floats row-major; the pose published is T_world_cam · T_ecm_cam⁻¹.")
+    ground_truth: bool = option(True, "Publish ~/ground_truth (tracked_points schema) for every frame.")
+    queries_period_s: float = option(
+        0.0, "Also republish the queries every this many seconds (0: only when a new subscriber appears).",
+        lo=0.0, hi=3600.0)
+    wait_for_subscribers_s: float = option(
+        5.0, "Before frame 0, wait up to this long until the image topics have subscribers.", lo=0.0, hi=3600.0)
+    render_ahead: int = option(8, "Frames rendered ahead in a background thread.", lo=1, hi=1000)
+    cache_mb: float = option(1024.0, "With end=loop, rendered frames are kept if they fit in this many MB.",
+                             lo=0.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
+        if len(self.T_ecm_cam) != 16:
+            raise ConfigError(f"T_ecm_cam: expected 16 floats, got {len(self.T_ecm_cam)}")
+
+
+@dataclass(frozen=True)
+class BagPlayerConfig:
+    """The `bag_player` node: plays an MCAP or sqlite3 bag as raw CDR (`ros/bag_nodes.py`)."""
+
+    bag: str = option("", "Path of the bag folder (required).")
+    rate: float = option(1.0, "Playback speed factor on bag time; 0 publishes as fast as possible.", lo=0.0)
+    loop: bool = option(False, "Start over at the end (stamps and /clock jump back).")
+    clock: bool = option(False, "Publish the bag time on /clock (for nodes with use_sim_time).")
+    clock_rate_hz: float = option(100.0, "/clock publish rate while waiting between messages.", lo=1.0, hi=10000.0)
+    topics: tuple[str, ...] = option((), "Topics to play (exact bag names); empty plays all.")
+    wait_for_subscribers_s: float = option(
+        5.0, "Wait up to this long until every played topic has a subscriber.", lo=0.0, hi=3600.0)
+    qos_depth: int = option(10, "Publisher history depth (reliable, volatile; /tf_static is latched).",
+                            lo=1, hi=10000)
+    linger_s: float = option(
+        5.0, "After the last message, wait up to this long until reliable subscribers acknowledged all data.",
+        lo=0.0, hi=600.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")

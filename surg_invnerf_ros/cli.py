@@ -1,0 +1,273 @@
+"""`surg-invnerf`: the offline command line (synth, track, eval, recon, bench, record, demo).
+
+This is the only code that sets an exit code. A user mistake (bad file, field or value) prints one
+line on stderr naming it and exits 2, without a traceback (STYLE §7). Long work shows a tqdm bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence as Seq
+
+from .errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+
+
+class UsageError(Exception):
+    """A bad command-line argument; printed as one line, exit 2."""
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size: expected WxH such as 256x192, got {text!r}") from None
+    return w, h
+
+
+@contextmanager
+def _bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr; yields `update(n)`."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+        yield bar.update
+
+
+@contextmanager
+def _fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
+    """A tqdm bar driven by the optimiser's progress dicts (step, max_steps, loss, converged)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, unit="step")
+
+    def update(info: dict) -> None:
+        if "max_steps" in info and bar.total != info["max_steps"]:
+            bar.total = info["max_steps"]
+        if "step" in info:
+            bar.n = int(info["step"])
+        post = {k: f"{info[k]:.3g}" for k in ("loss", "converged") if isinstance(info.get(k), (int, float))}
+        if "stage" in info:
+            post["stage"] = info["stage"]
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Subcommands
+# ------------------------------------------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .config import SynthConfig
+    from .synth.generate import generate_sequence
+
+    w, h = args.size
+    cfg = SynthConfig(frames=args.frames, width=w, height=h, seed=args.seed, instrument=args.instrument,
+                      camera_motion=args.camera_motion, difficulty=args.difficulty, num_queries=args.queries)
+    with _bar("synth", total=cfg.frames, unit="frame") as update:
+        out = generate_sequence(args.out, cfg, progress=update)
+    print(f"wrote {out} ({cfg.frames} frames, {w}x{h}, ground truth in {Path(out) / 'gt'})")
+    return 0
+
+
+def _load_fit_config(args: argparse.Namespace):
+    from .config import FitConfig, load_config
+
+    overrides = list(getattr(args, "set", None) or [])
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
+    if getattr(args, "time_budget_s", None) is not None:
+        overrides.append(f"time_budget_s={args.time_budget_s}")
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_config(FitConfig, args.config, overrides)
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from .config import FrontendConfig
+    from .io.sequence import read_sequence
+    from .io.trackfile import export_csv, export_stir_json, write_tracks
+    from .track import track_sequence
+
+    fit_cfg = _load_fit_config(args)
+    with _bar("read", unit="frame") as update:
+        seq = read_sequence(args.seq, progress=update)
+    with _fit_bar(f"track[{args.method}]") as update:
+        tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=FrontendConfig(), progress=update)
+    if seq.rectify is not None:
+        tracks = seq.rectify.rect_to_raw_tracks(tracks)
+    out = write_tracks(args.out, tracks)
+    print(f"wrote {out} ({tracks.num_points} points x {tracks.num_frames} frames, method {args.method})")
+    if args.csv:
+        print(f"wrote {export_csv(tracks, args.csv)}")
+    if args.stir_json:
+        print(f"wrote {export_stir_json(tracks, args.stir_json, clip=seq.name)}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.metrics import evaluate_files
+    from .eval.report import format_table, metrics_row
+
+    metrics = evaluate_files(args.seq, args.pred)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        print(format_table([metrics_row(Path(args.pred).stem, metrics)]))
+    return 0
+
+
+def cmd_recon(args: argparse.Namespace) -> int:
+    from .config import FrontendConfig
+    from .io.sequence import read_sequence
+    from .track import fit_invnerf, reconstruct
+
+    fit_cfg = _load_fit_config(args)
+    seq = read_sequence(args.seq)
+    frames = _parse_frames(args.frames, seq.num_frames)
+    with _fit_bar("fit") as update:
+        result = fit_invnerf(seq, fit_cfg, FrontendConfig(), progress=update)
+    paths = reconstruct(result, seq, frames, args.out)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _parse_frames(text: str | None, num_frames: int) -> list[int]:
+    if not text:
+        return sorted({0, num_frames // 2, num_frames - 1})
+    try:
+        frames = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--frames: expected comma-separated frame indices, got {text!r}") from None
+    bad = [f for f in frames if not 0 <= f < num_frames]
+    if bad:
+        raise UsageError(f"--frames: frame {bad[0]} does not exist (sequence has {num_frames} frames)")
+    return frames
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .eval.suite import run_full_bench
+
+    return run_full_bench(args)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .ros.bag_nodes import record
+
+    out = record(args.topics, args.out, duration_s=args.duration_s, to=args.to, storage=args.storage)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="surg-invnerf",
+        description="Surg-InvNeRF tissue tracking for stereo endoscopy: synthetic data, tracking, evaluation.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate a synthetic stereo endoscopy sequence with ground truth")
+    s.add_argument("out", type=Path, help="output sequence folder")
+    s.add_argument("--frames", type=int, default=48)
+    s.add_argument("--size", type=_parse_size, default=(256, 192), help="WxH (default 256x192)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--queries", type=int, default=64, help="number of query points")
+    s.add_argument("--instrument", action="store_true", help="add an occluding instrument")
+    s.add_argument("--camera-motion", action="store_true", help="move the endoscope (writes kinematics.csv)")
+    s.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="medium")
+    s.set_defaults(func=cmd_synth)
+
+    def fit_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help="FitConfig YAML (see config/fit.yaml)")
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="compute device (default: config)")
+        sp.add_argument("--time-budget-s", type=float, help="optimiser time budget in seconds")
+        sp.add_argument("--seed", type=int, help="random seed")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+    t = sub.add_parser("track", help="track the queries of a sequence folder")
+    t.add_argument("seq", type=Path, help="sequence folder (DESIGN §2.1)")
+    t.add_argument("--out", type=Path, required=True, help="output track file (.npz)")
+    t.add_argument("--method", default="invnerf", help="invnerf (default) or a baseline: lk, dis, lk_query, csrt, zero")
+    t.add_argument("--csv", type=Path, help="also export frame,id,u,v,visible,x,y,z CSV")
+    t.add_argument("--stir-json", type=Path, help="also export STIR-style end-frame JSON")
+    fit_args(t)
+    t.set_defaults(func=cmd_track)
+
+    e = sub.add_parser("eval", help="score a track file against SEQ/gt/tracks.npz")
+    e.add_argument("seq", type=Path)
+    e.add_argument("--pred", type=Path, required=True)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("recon", help="fit the model and export depth maps and coloured point clouds (PLY)")
+    r.add_argument("seq", type=Path)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--frames", help="comma-separated frame indices (default: first, middle, last)")
+    fit_args(r)
+    r.set_defaults(func=cmd_recon)
+
+    b = sub.add_parser("bench", help="benchmark every method on a fixed synthetic set")
+    b.add_argument("--out", type=Path, default=Path("out/bench"))
+    b.add_argument("--preset", choices=["default", "hard", "quick"], default="default")
+    b.add_argument("--methods", nargs="+", help="methods to run (default: all baselines + invnerf + ablations)")
+    b.add_argument("--no-speed", action="store_true", help="skip the generator/front-end speed measurements")
+    fit_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    rec = sub.add_parser("record", help="record ROS 2 topics to a bag or a sequence folder")
+    rec.add_argument("out", type=Path)
+    rec.add_argument("--topics", nargs="+", default=None)
+    rec.add_argument("--duration-s", type=float, default=10.0)
+    rec.add_argument("--to", choices=["bag", "sequence"], default="bag")
+    rec.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    rec.set_defaults(func=cmd_record)
+
+    d = sub.add_parser("demo", help="the main job on the embedded default (what `make demo` runs)")
+    d.add_argument("--out", type=Path, default=Path("out/demo"))
+    d.add_argument("--offline", action="store_true", help="skip the ROS pipeline part")
+    fit_args(d)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Seq[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, ConfigError, UsageError) as err:
+        print(f"surg-invnerf {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"surg-invnerf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

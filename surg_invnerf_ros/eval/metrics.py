@@ -1,0 +1,251 @@
+"""Point-tracking metrics (DESIGN §4): EPE, TAP-Vid δ_avg, occlusion accuracy, Average Jaccard,
+3D error, and STIR's nearest-ground-truth δ_avg in 2D and 3D.
+
+Conventions:
+- Predictions are matched to ground truth by id. A ground-truth id missing from the prediction, or a
+  prediction with a NaN position, is a failure: infinite error (so `epe_px` and `err3d_mm` become
+  `inf`) and predicted occluded. `*_finite_*` and `fail_frac` report the same errors without the
+  failures, for tables where one lost point would otherwise hide the rest.
+- TAP-Vid "query first" semantics: a point is evaluated only on frames strictly after its query
+  frame (the query frame itself is given, so it would score a free hit). All frame-wise metrics
+  are over visible ground truth at those frames, except OA and AJ, which also count occluded
+  ground truth (a false "visible" there is a false positive).
+- TAP-Vid thresholds {1, 2, 4, 8, 16} px count a point as within when its error is strictly
+  below the threshold, as TAP-Vid's own evaluation does.
+- STIR (STIRMetrics): at the end frame only, each *predicted* point is scored against the
+  *nearest* ground-truth end point, whatever its id, with thresholds inclusive (error <= thr):
+  2D {4, 8, 16, 32, 64} px, 3D {2, 4, 8, 16, 32} mm. That is how STIR's labels work (end-frame
+  tattoo centres carry no identity); the ground-truth end set is the points visible at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ..errors import InputError
+from ..structs import Queries, Tracks
+
+TAPVID_THRESHOLDS_PX = (1, 2, 4, 8, 16)
+STIR_THRESHOLDS_2D_PX = (4, 8, 16, 32, 64)
+STIR_THRESHOLDS_3D_MM = (2, 4, 8, 16, 32)
+
+
+def _ratio(num: float | np.ndarray, den: float | np.ndarray) -> float:
+    """num/den as a float; NaN when there is nothing to evaluate."""
+    return float(num) / float(den) if den > 0 else float("nan")
+
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of values[mask] (inf stays inf); NaN for an empty mask."""
+    return float(values[mask].mean()) if mask.any() else float("nan")
+
+
+def match_by_id(pred: Tracks, gt: Tracks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Align predictions to the ground-truth ids.
+
+    Returns:
+        uv_px (T, N, 2), visible (T, N) bool, xyz_m (T, N, 3), in `gt.ids` order; a missing id
+        gives NaN positions and `visible=False`.
+    """
+    T, N = gt.visible.shape
+    if pred.uv.shape[0] != T:
+        raise InputError(f"pred: uv: expected {T} frames (as the ground truth), got {pred.uv.shape[0]}",
+                         "frame_count")
+    order = np.argsort(pred.ids, kind="stable")
+    sorted_ids = pred.ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, gt.ids), 0, max(len(sorted_ids) - 1, 0))
+    found = (sorted_ids[pos] == gt.ids) if len(sorted_ids) else np.zeros(N, dtype=bool)
+    col = order[pos[found]] if len(sorted_ids) else np.zeros(0, dtype=np.int64)
+    uv = np.full((T, N, 2), np.nan, dtype=np.float64)
+    vis = np.zeros((T, N), dtype=bool)
+    xyz = np.full((T, N, 3), np.nan, dtype=np.float64)
+    uv[:, found] = pred.uv[:, col]
+    vis[:, found] = pred.visible[:, col]
+    xyz[:, found] = pred.xyz[:, col]
+    return uv, vis, xyz
+
+
+def query_frames_from(gt: Tracks, queries: Queries | None = None) -> np.ndarray:
+    """(N,) query frame of each ground-truth point, in `gt.ids` order.
+
+    Taken from `queries` where it names the id; otherwise the first frame where the ground truth
+    is visible (TAP-Vid's query-first sampling), or frame 0 for a never-visible point.
+    """
+    first_vis = np.where(gt.visible.any(axis=0), gt.visible.argmax(axis=0), 0).astype(np.int64)
+    if queries is None or len(queries) == 0:
+        return first_vis
+    order = np.argsort(queries.ids, kind="stable")
+    sorted_ids = queries.ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, gt.ids), 0, len(sorted_ids) - 1)
+    found = sorted_ids[pos] == gt.ids
+    out = first_vis.copy()
+    out[found] = queries.frame_idx[order[pos[found]]]
+    return out
+
+
+def nearest_distances(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(N,) distance from each predicted point (N, D) to the nearest ground-truth point (M, D).
+
+    A non-finite prediction, or an empty ground-truth set, gives `inf`.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    gt = gt[np.isfinite(gt).all(axis=-1)] if gt.size else gt.reshape(0, pred.shape[-1])
+    dist = np.full(pred.shape[0], np.inf)
+    ok = np.isfinite(pred).all(axis=-1)
+    if len(gt) and ok.any():
+        dist[ok] = cKDTree(gt).query(pred[ok], k=1)[0]
+    return dist
+
+
+def stir_accuracies(dist: np.ndarray, thresholds: tuple[float, ...]) -> dict[float, float]:
+    """Share of distances <= each threshold (STIRMetrics' inclusive test); NaN for no points."""
+    dist = np.asarray(dist, dtype=np.float64)
+    return {thr: _ratio((dist <= thr).sum(), dist.size) for thr in thresholds}
+
+
+def stir_delta_2d(pred_uv: np.ndarray, gt_uv: np.ndarray,
+                  thresholds_px: tuple[float, ...] = STIR_THRESHOLDS_2D_PX) -> float:
+    """STIR 2D δ_avg: mean over thresholds of the share of predicted end points (N, 2) px whose
+    nearest ground-truth end point (M, 2) px lies within the threshold. N and M may differ."""
+    acc = stir_accuracies(nearest_distances(pred_uv, gt_uv), thresholds_px)
+    return float(np.mean(list(acc.values())))
+
+
+def stir_delta_3d(pred_xyz_mm: np.ndarray, gt_xyz_mm: np.ndarray,
+                  thresholds_mm: tuple[float, ...] = STIR_THRESHOLDS_3D_MM) -> float:
+    """STIR 3D δ_avg, as `stir_delta_2d` on (N, 3) and (M, 3) points in millimetres."""
+    acc = stir_accuracies(nearest_distances(pred_xyz_mm, gt_xyz_mm), thresholds_mm)
+    return float(np.mean(list(acc.values())))
+
+
+def _frame_metrics(err_px: np.ndarray, pred_vis: np.ndarray, gt_vis: np.ndarray, evaluated: np.ndarray,
+                   suffix: str) -> dict[str, float]:
+    """EPE, δ per threshold and δ_avg, OA and AJ over the `evaluated` entries of (T', N) arrays."""
+    out: dict[str, float] = {}
+    vis_eval = gt_vis & evaluated
+    out[f"epe{suffix}_px"] = _masked_mean(err_px, vis_eval)
+    deltas, jaccards = [], []
+    for thr in TAPVID_THRESHOLDS_PX:
+        within = err_px < thr  # inf (failure) is never within
+        delta = _ratio((within & vis_eval).sum(), vis_eval.sum())
+        tp = (pred_vis & within & vis_eval).sum()
+        fp = (pred_vis & evaluated & (~gt_vis | ~within)).sum()
+        fn = (vis_eval & (~pred_vis | ~within)).sum()
+        jac = _ratio(tp, tp + fp + fn)
+        deltas.append(delta)
+        jaccards.append(jac)
+        if not suffix:
+            out[f"delta_{thr}"] = delta
+    out[f"delta_avg{suffix}"] = float(np.mean(deltas))
+    out[f"oa{suffix}"] = _ratio(((pred_vis == gt_vis) & evaluated).sum(), evaluated.sum())
+    out[f"aj{suffix}"] = float(np.mean(jaccards))
+    return out
+
+
+def compute_metrics(pred: Tracks, gt: Tracks, query_frames: np.ndarray | None = None) -> dict[str, float]:
+    """All DESIGN §4 metrics of `pred` against ground truth `gt`, at all frames and at the end frame.
+
+    Args:
+        pred: predicted tracks; matched to `gt` by id, extra ids are ignored. Same frame count.
+        gt: ground truth; `uv` px, `visible`, `xyz` metres (left optical frame of frame t).
+        query_frames: (N,) query frame of each ground-truth point in `gt.ids` order; None takes the
+            first frame where the ground truth is visible. Frames up to and including it are skipped.
+
+    Returns:
+        Floats (NaN where nothing could be evaluated):
+        `epe_px`, `epe_end_px` (mean end-point error, failures infinite), `epe_finite_px`,
+        `fail_frac` (share of evaluated visible points with no finite prediction);
+        `delta_1` … `delta_16`, `delta_avg`, `delta_avg_end` (TAP-Vid, strict <);
+        `oa`, `oa_end`, `aj`, `aj_end`;
+        `err3d_mm`, `err3d_end_mm` (failures infinite), `err3d_finite_mm`, `fail3d_frac`;
+        `stir_delta2d`, `stir_delta3d` and per threshold `stir_delta2d_4` … `stir_delta3d_32`.
+        `num_points`, `num_frames`.
+    """
+    T, N = gt.visible.shape
+    uv, pred_vis, xyz = match_by_id(pred, gt)
+    gt_vis = gt.visible.astype(bool)
+
+    err_px = np.linalg.norm(uv - gt.uv.astype(np.float64), axis=-1)  # (T, N)
+    err_px = np.where(np.isfinite(err_px), err_px, np.inf)  # missing id or NaN: a failure
+    pred_vis = pred_vis & np.isfinite(uv).all(axis=-1)
+
+    if query_frames is None:
+        query_frames = query_frames_from(gt)
+    query_frames = np.asarray(query_frames, dtype=np.int64).reshape(-1)
+    if query_frames.shape[0] != N:
+        raise InputError(f"query_frames: expected {N} entries (one per ground-truth id), got {query_frames.shape[0]}",
+                         "bad_queries")
+    evaluated = np.arange(T)[:, None] > query_frames[None, :]  # (T, N) query-first
+    vis_eval = gt_vis & evaluated
+
+    out: dict[str, float] = {"num_points": float(N), "num_frames": float(T)}
+    out.update(_frame_metrics(err_px, pred_vis, gt_vis, evaluated, ""))
+    out.update(_frame_metrics(err_px[-1:], pred_vis[-1:], gt_vis[-1:], evaluated[-1:], "_end"))
+    finite = np.isfinite(err_px)
+    out["epe_finite_px"] = _masked_mean(err_px, vis_eval & finite)
+    out["fail_frac"] = _ratio((vis_eval & ~finite).sum(), vis_eval.sum())
+
+    gt_xyz_mm = gt.xyz.astype(np.float64) * 1000.0
+    xyz_mm = xyz * 1000.0
+    err_mm = np.linalg.norm(xyz_mm - gt_xyz_mm, axis=-1)  # (T, N)
+    err_mm = np.where(np.isfinite(err_mm), err_mm, np.inf)
+    vis3d = vis_eval & np.isfinite(gt_xyz_mm).all(axis=-1)
+    out["err3d_mm"] = _masked_mean(err_mm, vis3d)
+    out["err3d_end_mm"] = _masked_mean(err_mm[-1], vis3d[-1])
+    finite3d = np.isfinite(err_mm)
+    out["err3d_finite_mm"] = _masked_mean(err_mm, vis3d & finite3d)
+    out["fail3d_frac"] = _ratio((vis3d & ~finite3d).sum(), vis3d.sum())
+
+    # STIR: every predicted end point against the nearest visible ground-truth end point.
+    end_vis = gt_vis[-1]
+    acc2d = stir_accuracies(nearest_distances(uv[-1], gt.uv[-1][end_vis]), STIR_THRESHOLDS_2D_PX)
+    acc3d = stir_accuracies(nearest_distances(xyz_mm[-1], gt_xyz_mm[-1][end_vis]), STIR_THRESHOLDS_3D_MM)
+    out["stir_delta2d"] = float(np.mean(list(acc2d.values()))) if end_vis.any() else float("nan")
+    out["stir_delta3d"] = float(np.mean(list(acc3d.values()))) if end_vis.any() else float("nan")
+    for thr, acc in acc2d.items():
+        out[f"stir_delta2d_{thr}"] = acc if end_vis.any() else float("nan")
+    for thr, acc in acc3d.items():
+        out[f"stir_delta3d_{thr}"] = acc if end_vis.any() else float("nan")
+    return out
+
+
+def read_query_frames(path: str | Path, gt: Tracks) -> np.ndarray:
+    """Query frames for `gt.ids` from a sequence folder's `queries.csv` (id,frame,u,v); ids it
+    does not name, or a missing file, fall back to the first visible frame."""
+    path = Path(path)
+    if not path.is_file():
+        return query_frames_from(gt)
+    try:
+        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    except ValueError as err:
+        raise InputError(f"{path}: not a readable queries file ({err})", "bad_queries") from None
+    if data.size == 0:
+        return query_frames_from(gt)
+    if data.shape[1] < 4:
+        raise InputError(f"{path}: expected columns id,frame,u,v, got {data.shape[1]} columns", "bad_queries")
+    queries = Queries(ids=data[:, 0].astype(np.int64), query_tuv=data[:, 1:4].astype(np.float64))
+    return query_frames_from(gt, queries)
+
+
+def evaluate_files(seq_dir: str | Path, pred_path: str | Path) -> dict[str, float]:
+    """Metrics of a track file against a sequence folder's ground truth (`SEQ/gt/tracks.npz`).
+
+    Query frames come from `SEQ/queries.csv`. Errors name the missing or bad file.
+    """
+    from ..io.trackfile import read_tracks
+
+    seq_dir = Path(seq_dir)
+    gt_path = seq_dir / "gt" / "tracks.npz"
+    if not gt_path.is_file():
+        raise InputError(f"{gt_path}: ground truth not found (only synthetic sequences carry gt/tracks.npz)",
+                         "missing_file")
+    gt = read_tracks(gt_path)
+    pred = read_tracks(pred_path)
+    try:
+        return compute_metrics(pred, gt, read_query_frames(seq_dir / "queries.csv", gt))
+    except InputError as err:
+        raise InputError(f"{pred_path}: {str(err).removeprefix('pred: ')}", err.reason) from None

@@ -1,0 +1,137 @@
+"""Benchmark figures (DESIGN §4): accuracy against threshold per method, and an overlay contact
+sheet of tracks on the left images.
+
+Matplotlib runs on the Agg backend (no display), selected per figure, so importing this module
+changes no global state. The contact sheet is drawn with OpenCV at native pixel size, so a point's
+drawn position is its pixel position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence as Seq
+
+import cv2
+import numpy as np
+
+from ..io.trackfile import atomic_write
+from ..structs import Sequence, Tracks
+from .metrics import TAPVID_THRESHOLDS_PX, match_by_id
+
+GT_COLOUR_RGB = (0, 255, 0)
+METHOD_COLOURS_RGB = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (255, 0, 255), (0, 255, 255),
+                      (255, 128, 0), (160, 96, 255), (255, 255, 255))
+
+
+def plot_accuracy_vs_threshold(rows: Seq[Mapping[str, Any]], path: str | Path,
+                               thresholds_px: Seq[int] = TAPVID_THRESHOLDS_PX,
+                               size_px: tuple[int, int] = (640, 400)) -> Path:
+    """Line plot of TAP-Vid δ at each threshold per method, averaged over the rows (sequences).
+
+    Args:
+        rows: metric rows with `method` and `delta_<thr>` keys (NaN entries are skipped).
+        path: output PNG.
+        size_px: (W, H) of the PNG.
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    fig = Figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, method in enumerate(methods):
+        group = [r for r in rows if r["method"] == method]
+        ys = []
+        for thr in thresholds_px:
+            vals = np.array([float(r.get(f"delta_{thr}", np.nan)) for r in group])
+            ys.append(np.nanmean(vals) if np.isfinite(vals).any() else np.nan)
+        colour = np.array(METHOD_COLOURS_RGB[i % len(METHOD_COLOURS_RGB)]) / 255.0
+        ax.plot(thresholds_px, ys, marker="o", label=method, color=colour * 0.85)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(thresholds_px))
+    ax.set_xticklabels([str(t) for t in thresholds_px])
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("threshold (px)")
+    ax.set_ylabel("share of visible points within threshold")
+    ax.set_title("TAP-Vid accuracy against threshold (mean over sequences)")
+    ax.grid(True, alpha=0.3)
+    if methods:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+
+
+def contact_frames(num_frames: int, count: int = 4) -> list[int]:
+    """`count` frames spread evenly from the first to the last."""
+    return sorted(set(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int).tolist()))
+
+
+def _draw_panel(image_rgb_u8: np.ndarray, gt_uv: np.ndarray, gt_vis: np.ndarray, uv: np.ndarray | None,
+                vis: np.ndarray | None, colour_rgb: tuple[int, int, int], label: str) -> np.ndarray:
+    """One frame: GT as green rings, the method's points as dots joined to their GT by a line."""
+    # Dim the image so the markers stand out; a dark frame separates the panels of the grid.
+    panel = np.ascontiguousarray((image_rgb_u8.astype(np.float32) * 0.7).astype(np.uint8))
+    H, W = panel.shape[:2]
+    cv2.rectangle(panel, (0, 0), (W - 1, H - 1), (0, 0, 0), 1)
+    radius = max(2, round(min(H, W) / 80))
+    ok_gt = np.isfinite(gt_uv).all(-1) & gt_vis
+    for (u, v) in gt_uv[ok_gt]:
+        cv2.circle(panel, (int(round(u)), int(round(v))), radius + 1, GT_COLOUR_RGB, 1, cv2.LINE_AA)
+    if uv is not None:
+        ok = np.isfinite(uv).all(-1)
+        for j in np.flatnonzero(ok):
+            p = (int(round(uv[j, 0])), int(round(uv[j, 1])))
+            if ok_gt[j]:
+                cv2.line(panel, p, (int(round(gt_uv[j, 0])), int(round(gt_uv[j, 1]))), colour_rgb, 1, cv2.LINE_AA)
+            cv2.circle(panel, p, radius, colour_rgb, -1 if vis[j] else 1, cv2.LINE_AA)
+    scale = max(0.3, min(H, W) / 400)
+    cv2.putText(panel, label, (3, int(14 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3,
+                cv2.LINE_AA)
+    cv2.putText(panel, label, (3, int(14 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return panel
+
+
+def contact_sheet(seq: Sequence, tracks_by_method: Mapping[str, Tracks], gt: Tracks, path: str | Path,
+                  frames: Seq[int] | None = None) -> Path:
+    """Grid of left images: one row per method (the first row shows GT alone), one column per frame.
+
+    Every panel shows the GT points (green rings); method rows add that method's points (filled
+    when predicted visible, hollow when occluded), each joined to its GT point. Points are matched
+    to GT by id. The PNG is (rows·H, cols·W) at native resolution, rows = 1 + len(methods).
+
+    Args:
+        seq: the sequence (left images, rectified pixels as the tracks).
+        tracks_by_method: method name → its tracks.
+        gt: ground-truth tracks.
+        frames: frame indices to show; None picks 4 evenly spread.
+    """
+    T = seq.num_frames
+    frames = contact_frames(T) if frames is None else [int(f) for f in frames]
+    bad = [f for f in frames if not 0 <= f < T]
+    if bad:
+        raise ValueError(f"frames: {bad[0]} outside 0..{T - 1}")
+    rows = []
+    header = [_draw_panel(seq.left_rgb_u8[f], gt.uv[f], gt.visible[f], None, None, GT_COLOUR_RGB,
+                          f"GT t={f}") for f in frames]
+    rows.append(np.concatenate(header, axis=1))
+    for i, (method, tracks) in enumerate(tracks_by_method.items()):
+        uv, vis, _ = match_by_id(tracks, gt)
+        colour = METHOD_COLOURS_RGB[i % len(METHOD_COLOURS_RGB)]
+        row = [_draw_panel(seq.left_rgb_u8[f], gt.uv[f], gt.visible[f], uv[f], vis[f], colour,
+                           f"{method} t={f}") for f in frames]
+        rows.append(np.concatenate(row, axis=1))
+    sheet_bgr = cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR)
+
+    def write(tmp: Path) -> None:
+        ok, buf = cv2.imencode(".png", sheet_bgr)
+        if not ok:  # pragma: no cover - only on an OpenCV build without PNG
+            raise RuntimeError(f"{path}: PNG encoding failed")
+        tmp.write_bytes(buf.tobytes())
+
+    return atomic_write(path, write)

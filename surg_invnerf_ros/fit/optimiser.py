@@ -1,0 +1,377 @@
+"""The fit loop: parameter groups, loss schedules, budgets and progress (DESIGN §3.2, §3.4).
+
+One step draws pixels from the sampler, pairs each with a correspondence (frame i → frame j),
+renders the ray at the pixel in frame i mapped into frame j and, in the same step, the ray at the
+matched pixel in frame j mapped back into frame i (the bidirectional term), plus the photometric,
+stereo, range, distortion and plane terms. Everything stays on the device; nothing loops over
+pixels or points in Python.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import FitConfig
+from ..errors import ConfigError
+from ..model.rays import pixel_rays, project_px, sample_depths
+from ..model.render import InvNeRF
+from ..shapes import Bool, Float, Int
+from . import losses
+from .sampler import PixelSampler
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU. 'cuda' without a usable GPU is a ConfigError."""
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("fit.device: cuda requested but no CUDA device is available "
+                              "(torch.cuda.is_available() is False); use device=auto or cpu")
+        return torch.device("cuda")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"fit.device: expected one of auto|cpu|cuda, got {name!r}")
+
+
+@dataclass
+class FitData:
+    """Everything a fit reads, as device tensors (T frames of H×W pixels, Q correspondence pairs)."""
+
+    rgb: Float[Tensor, "T H W 3"]  # left colour in [0, 1]
+    depth_m: Float[Tensor, "T H W"]  # stereo depth, NaN invalid
+    supervise: Bool[Tensor, "T H W"]  # False where masked (specular)
+    pairs: Int[Tensor, "Q 2"]
+    flow_px: Tensor  # (Q, H, W, 2) float32 or float16
+    confidence: Tensor  # (Q, H, W) float32 or float16
+    K: Float[Tensor, "3 3"]
+    baseline_m: float
+    T_world_cam: Float[Tensor, "T 4 4"] | None = None
+    right_rgb: Float[Tensor, "T H W 3"] | None = None
+    by_src: Int[Tensor, "T D"] = field(init=False)
+    degree: Int[Tensor, " T"] = field(init=False)
+    T_cam_world: Float[Tensor, "T 4 4"] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        T = self.num_frames
+        dev = self.rgb.device
+        src = self.pairs[:, 0]
+        degree = torch.bincount(src, minlength=T)[:T]
+        D = max(int(degree.max()) if degree.numel() else 0, 1)
+        by_src = torch.zeros(T, D, dtype=torch.long, device=dev)
+        if self.pairs.shape[0]:
+            order = torch.argsort(src, stable=True)
+            start = torch.cumsum(degree, 0) - degree
+            rank = torch.arange(order.numel(), device=dev) - start[src[order]]
+            by_src[src[order], rank] = order
+        self.by_src, self.degree = by_src, degree.to(dev)
+        self.T_cam_world = torch.linalg.inv(self.T_world_cam) if self.T_world_cam is not None else None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.rgb.shape[1]), int(self.rgb.shape[2])
+
+    @property
+    def fx_b(self) -> float:
+        return float(self.K[0, 0]) * self.baseline_m
+
+    def poses(self, frame: Int[Tensor, " R"]) -> Tensor | None:
+        return None if self.T_world_cam is None else self.T_world_cam[frame]
+
+    def inv_poses(self, frame: Int[Tensor, " R"]) -> Tensor | None:
+        return None if self.T_cam_world is None else self.T_cam_world[frame]
+
+    def depth_at(self, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Float[Tensor, " R"]:
+        """Stereo depth at the nearest pixel (NaN outside the image or where invalid)."""
+        H, W = self.hw
+        u = uv_px[:, 0].round().long()
+        v = uv_px[:, 1].round().long()
+        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        d = self.depth_m[frame, v.clamp(0, H - 1), u.clamp(0, W - 1)]
+        return torch.where(inside, d, torch.full_like(d, float("nan")))
+
+
+def correspondence_batch(data: FitData, frame: Int[Tensor, " P"], u: Int[Tensor, " P"], v: Int[Tensor, " P"],
+                         generator: torch.Generator | None) -> dict[str, Tensor]:
+    """Pair each source pixel with a random correspondence pair leaving its frame.
+
+    Returns `j` (P,), `uv_i` (P, 2), `uv_j` (P, 2) float pixels and `conf` (P,) (0 = unusable).
+    """
+    H, W = data.hw
+    P = frame.shape[0]
+    deg = data.degree[frame]
+    k = (torch.rand(P, device=frame.device, generator=generator) * deg.clamp_min(1)).long()
+    q = data.by_src[frame, k.clamp(max=data.by_src.shape[1] - 1)]  # (P,)
+    fl = data.flow_px[q, v, u].float()  # (P, 2)
+    conf = data.confidence[q, v, u].float() * (deg > 0).float()
+    j = data.pairs[q, 1]
+    uv_i = torch.stack([u, v], dim=-1).float()
+    uv_j = uv_i + fl
+    uj, vj = uv_j[:, 0].round().long(), uv_j[:, 1].round().long()
+    inside = (uj >= 0) & (uj < W) & (vj >= 0) & (vj < H)
+    ok = inside & data.supervise[frame, v, u] & data.supervise[j, vj.clamp(0, H - 1), uj.clamp(0, W - 1)]
+    conf = torch.where(ok & torch.isfinite(fl).all(-1), conf, torch.zeros_like(conf))
+    uv_j = torch.nan_to_num(uv_j)
+    return {"j": j, "uv_i": uv_i, "uv_j": uv_j, "conf": conf}
+
+
+def colour_at(rgb: Float[Tensor, "T H W 3"], frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Float[Tensor, "R 3"]:
+    H, W = rgb.shape[1:3]
+    u = uv_px[:, 0].round().long().clamp(0, W - 1)
+    v = uv_px[:, 1].round().long().clamp(0, H - 1)
+    return rgb[frame, v, u]
+
+
+def render_mapped(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"],
+                  target: Int[Tensor, " R"], jitter: bool, generator: torch.Generator | None,
+                  with_colour: bool = True) -> dict[str, Tensor]:
+    """Render left-camera rays of `frame` at `uv_px` and project their mapped points into `target`."""
+    origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
+    depth_st = data.depth_at(frame, uv_px)
+    z, valid = sample_depths(origins, dirs, depth_st, model.workspace, cfg.render, data.fx_b, jitter, generator)
+    out = model.render(origins, dirs, z, frame, target, with_colour=with_colour, mapped_point=cfg.render.mapped_point)
+    uv_pred, z_pred = project_px(out["x_target_m"], data.K, data.inv_poses(target))
+    out.update(uv_pred_px=uv_pred, z_target_m=z_pred, stereo_depth_m=depth_st, stereo_valid=valid)
+    return out
+
+
+def parameter_groups(model: InvNeRF, cfg: FitConfig) -> list[dict]:
+    """Planes at `lr_planes`, MLPs and appearance codes at `lr_mlp` (K-Planes' get_params)."""
+    planes, other = [], []
+    for name, p in model.named_parameters():
+        (planes if "grids" in name else other).append(p)
+    return [{"params": planes, "lr": cfg.optim.lr_planes, "base_lr": cfg.optim.lr_planes},
+            {"params": other, "lr": cfg.optim.lr_mlp, "base_lr": cfg.optim.lr_mlp}]
+
+
+def make_optimiser(model: InvNeRF, cfg: FitConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg)
+    if cfg.optim.fused_adam:
+        try:
+            return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
+        except (RuntimeError, TypeError) as err:  # older torch without fused CPU Adam
+            log.debug("fused Adam unavailable: %s", err)
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+
+@dataclass
+class FitStats:
+    steps: int = 0
+    stop_reason: str = ""
+    losses: dict[str, float] = field(default_factory=dict)
+    converged_share: float = 0.0
+    timings_s: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+def _add(timings: dict[str, float], key: str, t0: float) -> float:
+    now = time.perf_counter()
+    timings[key] = timings.get(key, 0.0) + now - t0
+    return now
+
+
+class Fitter:
+    """Runs the optimisation of one `InvNeRF` on one `FitData` under `FitConfig`'s budgets."""
+
+    def __init__(self, model: InvNeRF, data: FitData, cfg: FitConfig, device: torch.device) -> None:
+        self.model, self.data, self.cfg, self.device = model, data, cfg, device
+        self.gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+        H, W = data.hw
+        self.sampler = PixelSampler(cfg.sampler, data.num_frames, H, W, device=device, generator=self.gen)
+        self.opt = make_optimiser(model, cfg)
+        self.stats = FitStats()
+
+    # ------------------------------------------------------------------------------------------
+    def progress_share(self, step: int, elapsed_s: float) -> float:
+        parts = []
+        if self.cfg.max_steps > 0:
+            parts.append(step / self.cfg.max_steps)
+        if self.cfg.time_budget_s > 0:
+            parts.append(elapsed_s / self.cfg.time_budget_s)
+        return min(1.0, max(parts) if parts else 0.0)
+
+    def _set_lr(self, step: int, share: float) -> None:
+        o = self.cfg.optim
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+        decay = o.lr_final_scale ** share
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * warm * decay
+
+    def _stereo_scale(self, share: float) -> float:
+        lc = self.cfg.loss
+        if lc.stereo_decay_share <= 0:
+            return lc.stereo_final_scale
+        a = min(1.0, share / lc.stereo_decay_share)
+        return 1.0 + (lc.stereo_final_scale - 1.0) * a
+
+    # ------------------------------------------------------------------------------------------
+    def step_losses(self, step: int, share: float, timings: dict[str, float]) -> tuple[Tensor, dict[str, float]]:
+        """Loss of one step (forward only); also updates the error maps."""
+        cfg, data, lc = self.cfg, self.data, self.cfg.loss
+        t0 = time.perf_counter()
+        n = self.sampler.budget()
+        f_i, u, v = self.sampler.draw(n)
+        cb = correspondence_batch(data, f_i, u, v, self.gen)
+        if lc.bidirectional:
+            frame = torch.cat([f_i, cb["j"]])
+            uv = torch.cat([cb["uv_i"], cb["uv_j"]])
+            target = torch.cat([cb["j"], f_i])
+            uv_tgt = torch.cat([cb["uv_j"], cb["uv_i"]])
+            conf = torch.cat([cb["conf"], cb["conf"]])
+        else:
+            frame, uv, target, uv_tgt, conf = f_i, cb["uv_i"], cb["j"], cb["uv_j"], cb["conf"]
+        t0 = _add(timings, "sample_s", t0)
+        out = render_mapped(self.model, data, cfg, frame, uv, target, jitter=True, generator=self.gen)
+        terms: dict[str, Tensor] = {}
+        terms["corr"] = losses.reprojection_loss_px(out["uv_pred_px"], uv_tgt, conf, lc.charbonnier_eps_px)
+        sup = (data.supervise[frame, uv[:, 1].round().long().clamp(0, data.hw[0] - 1),
+                              uv[:, 0].round().long().clamp(0, data.hw[1] - 1)]).float()
+        if lc.photo_weight > 0:
+            terms["photo"] = losses.photometric_loss(out["rgb"], colour_at(data.rgb, frame, uv), sup)
+        sv = out["stereo_valid"].float() * sup
+        sscale = self._stereo_scale(share)
+        if lc.stereo_weight > 0:
+            terms["stereo"] = losses.stereo_depth_loss_px(out["depth_m"], out["stereo_depth_m"], sv, data.fx_b)
+        if lc.line_of_sight_weight > 0:
+            terms["los"] = losses.line_of_sight_loss_px(out["weights"], out["z_m"], out["stereo_depth_m"], sv, data.fx_b)
+        if lc.range_weight > 0:
+            terms["range"] = losses.range_loss(out["u_canon"]) + losses.range_loss(out["x_target_norm"])
+        if lc.distortion_weight > 0:
+            terms["dist"] = losses.distortion_loss(out["weights"], out["z_m"])
+        if cfg.render.right_ray_share > 0 and data.right_rgb is not None and lc.photo_weight > 0:
+            terms["photo_right"] = self._right_photometric(f_i, u, v)
+        if step % lc.reg_every == 0 and (lc.tv_weight > 0 or lc.time_smooth_weight > 0):
+            tv, ts = self.model.plane_regularisers()
+            terms["tv"], terms["time_smooth"] = tv, ts
+        weights = {"corr": lc.corr_weight, "photo": lc.photo_weight, "photo_right": lc.photo_weight,
+                   "stereo": lc.stereo_weight * sscale, "los": lc.line_of_sight_weight * sscale,
+                   "range": lc.range_weight, "dist": lc.distortion_weight, "tv": lc.tv_weight,
+                   "time_smooth": lc.time_smooth_weight}
+        total = sum(weights[k] * v for k, v in terms.items())
+        with torch.no_grad():
+            err = (out["uv_pred_px"] - uv_tgt).norm(dim=-1)
+            self.sampler.update(frame, uv[:, 0], uv[:, 1], err, conf > 0)
+        _add(timings, "forward_s", t0)
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def _right_photometric(self, f_i: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """Photometric term on right-camera rays (stereo supervision of the colour field)."""
+        data, cfg = self.data, self.cfg
+        n = max(1, int(round(cfg.render.right_ray_share * f_i.shape[0])))
+        f, uv = f_i[:n], torch.stack([u[:n], v[:n]], -1).float()
+        offset = torch.tensor([data.baseline_m, 0.0, 0.0], device=uv.device)
+        origins, dirs = pixel_rays(uv, data.K, data.poses(f), cam_offset_m=offset)
+        nan = torch.full((n,), float("nan"), device=uv.device)
+        z, _ = sample_depths(origins, dirs, nan, self.model.workspace, cfg.render, data.fx_b, True, self.gen)
+        out = self.model.render(origins, dirs, z, f)
+        sup = data.supervise[f, v[:n], u[:n]].float()  # left mask as a proxy at the same pixel
+        return losses.photometric_loss(out["rgb"], colour_at(data.right_rgb, f, uv), sup)
+
+    @torch.no_grad()
+    def dense_refresh(self) -> None:
+        """Reprojection error of one pixel per cell of every frame (one pair each), in chunks."""
+        f, u, v = self.sampler.dense_pixels()
+        errs, valids = [], []
+        chunk = self.cfg.sampler.refresh_chunk
+        for s in range(0, f.shape[0], chunk):
+            fs, us, vs = f[s:s + chunk], u[s:s + chunk], v[s:s + chunk]
+            cb = correspondence_batch(self.data, fs, us, vs, self.gen)
+            out = render_mapped(self.model, self.data, self.cfg, fs, cb["uv_i"], cb["j"], jitter=False,
+                                generator=self.gen, with_colour=False)
+            errs.append((out["uv_pred_px"] - cb["uv_j"]).norm(dim=-1))
+            valids.append(cb["conf"] > 0)
+        self.sampler.refresh(f, u.float(), v.float(), torch.cat(errs), torch.cat(valids))
+
+    # ------------------------------------------------------------------------------------------
+    def run(self, progress: Callable[[dict], None] | None = None) -> FitStats:
+        cfg = self.cfg
+        timings = self.stats.timings_s
+        t_start = time.perf_counter()
+        self.model.train()
+        step = 0
+        stop = ""
+        last_terms: dict[str, float] = {}
+        while True:
+            elapsed = time.perf_counter() - t_start
+            if cfg.max_steps > 0 and step >= cfg.max_steps:
+                stop = "max_steps"
+                break
+            if cfg.time_budget_s > 0 and elapsed >= cfg.time_budget_s:
+                stop = "time_budget"
+                break
+            if cfg.max_steps == 0 and cfg.time_budget_s == 0:
+                stop = "no_budget"
+                break
+            share = self.progress_share(step, elapsed)
+            self._set_lr(step, share)
+            total, terms = self.step_losses(step, share, timings)
+            t0 = time.perf_counter()
+            self.opt.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt.step()
+            _add(timings, "backward_s", t0)
+            step += 1
+            last_terms = terms
+            loss_val = float(total.detach())
+            if not math.isfinite(loss_val):
+                stop = "non_finite_loss"
+                log.warning("fit: loss became %s at step %d; stopping", loss_val, step)
+                break
+            stalled = self.sampler.observe_loss(step, terms.get("corr", loss_val))
+            if cfg.sampler.refresh_every > 0 and step % cfg.sampler.refresh_every == 0:
+                t0 = time.perf_counter()
+                self.dense_refresh()
+                _add(timings, "refresh_s", t0)
+                if self.sampler.is_converged():
+                    stop = "converged"
+                if cfg.sampler.strategy == "uniform":
+                    pass
+            if step % cfg.log_every == 0 or stop:
+                rec = {"step": step, "max_steps": cfg.max_steps, "loss": loss_val,
+                       "converged": self.sampler.converged_share(), "elapsed_s": time.perf_counter() - t_start,
+                       **{f"loss_{k}": val for k, val in terms.items()}}
+                self.stats.history.append(rec)
+                if progress is not None:
+                    progress(rec)
+            if stop:
+                break
+            if stalled:
+                stop = "stalled"
+                break
+        timings["fit_loop_s"] = time.perf_counter() - t_start
+        self.model.eval()
+        self.stats.steps = step
+        self.stats.stop_reason = stop
+        self.stats.losses = last_terms
+        self.stats.converged_share = self.sampler.converged_share()
+        return self.stats
+
+
+def to_device_data(rgb_u8: np.ndarray, depth_m: np.ndarray, supervise: np.ndarray, pairs: np.ndarray,
+                   flow_px: np.ndarray, confidence: np.ndarray, K: np.ndarray, baseline_m: float,
+                   T_world_cam: np.ndarray | None, device: torch.device, right_rgb_u8: np.ndarray | None = None
+                   ) -> FitData:
+    """numpy front-end outputs → `FitData` on `device` (CPU tensors share the numpy memory)."""
+    def t(a, dtype=None):
+        x = torch.from_numpy(np.ascontiguousarray(a))
+        return x.to(device=device, dtype=dtype) if (dtype is not None or device.type != "cpu") else x
+
+    rgb = t(rgb_u8).to(torch.float32) / 255.0
+    right = t(right_rgb_u8).to(torch.float32) / 255.0 if right_rgb_u8 is not None else None
+    return FitData(rgb=rgb, depth_m=t(depth_m.astype(np.float32)), supervise=t(supervise.astype(bool)),
+                   pairs=t(pairs.astype(np.int64)), flow_px=t(flow_px), confidence=t(confidence),
+                   K=t(np.asarray(K, np.float32)), baseline_m=float(baseline_m),
+                   T_world_cam=None if T_world_cam is None else t(np.asarray(T_world_cam, np.float32)),
+                   right_rgb=right)

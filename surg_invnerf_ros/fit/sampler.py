@@ -1,0 +1,165 @@
+"""Error-driven pixel sampling and the convergence rule (DESIGN §3.2).
+
+Per-frame error maps hold the reprojection error (pixels) of cells of `cell_px` × `cell_px` pixels.
+Each step draws a budget of pixels from the cells that have not converged (error ≥ τ): a share
+`error_share` in proportion to the error, the rest uniformly. The budget shrinks with the share of
+converged cells, down to `min_budget_share`. The maps are updated from every step's errors
+(an exponential average per cell) and refreshed densely every `refresh_every` steps.
+
+Cells start unknown (NaN, sampled uniformly). A dense refresh that finds no valid correspondence
+in a cell leaves it unknown, so occluded or textureless cells never block convergence.
+
+The fit stops when ≥ γ of the known cells of every frame are under τ pixels (after at least one
+dense refresh), when the loss stops improving, or at the step or time budget.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..config import SamplerConfig
+from ..shapes import Bool, Float, Int
+
+
+class PixelSampler:
+    """Sampling state of one fit: error maps (T, Hc, Wc), draws, updates and the stopping rule."""
+
+    def __init__(self, cfg: SamplerConfig, num_frames: int, height: int, width: int,
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> None:
+        self.cfg = cfg
+        self.T, self.H, self.W = int(num_frames), int(height), int(width)
+        self.cell = int(cfg.cell_px)
+        self.Hc = math.ceil(self.H / self.cell)
+        self.Wc = math.ceil(self.W / self.cell)
+        self.device = torch.device(device)
+        self.gen = generator
+        self.err = torch.full((self.T, self.Hc, self.Wc), float("nan"), device=self.device)  # (T, Hc, Wc) px
+        self.refreshes = 0
+        self.best_loss = float("inf")
+        self.best_step = 0
+        self.loss_ema: float | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def num_cells(self) -> int:
+        return self.T * self.Hc * self.Wc
+
+    def cell_index(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor) -> Int[Tensor, " P"]:
+        cu = (u_px.round().long() // self.cell).clamp(0, self.Wc - 1)
+        cv = (v_px.round().long() // self.cell).clamp(0, self.Hc - 1)
+        return (frame.long() * self.Hc + cv) * self.Wc + cu
+
+    def converged_mask(self) -> Bool[Tensor, "T Hc Wc"]:
+        return torch.nan_to_num(self.err, nan=float("inf")) < self.cfg.converged_below_px
+
+    def frame_converged_share(self) -> Float[Tensor, " T"]:
+        """Share of known cells under τ, per frame (1 for a frame with no known cell)."""
+        known = torch.isfinite(self.err).flatten(1).float()
+        conv = self.converged_mask().flatten(1).float()
+        n = known.sum(1)
+        return torch.where(n > 0, conv.sum(1) / n.clamp_min(1), torch.ones_like(n))
+
+    def converged_share(self) -> float:
+        known = torch.isfinite(self.err)
+        n = int(known.sum())
+        return float(self.converged_mask().sum()) / n if n else 0.0
+
+    def budget(self) -> int:
+        """Pixels to draw this step: shrinks as cells converge (never below min_budget_share)."""
+        if self.cfg.strategy == "uniform":
+            return self.cfg.rays_per_step
+        share = max(self.cfg.min_budget_share, 1.0 - self.converged_share())
+        return max(1, int(round(self.cfg.rays_per_step * share)))
+
+    # -- draws ---------------------------------------------------------------------------------
+    def draw(self, n: int) -> tuple[Int[Tensor, " P"], Int[Tensor, " P"], Int[Tensor, " P"]]:
+        """`n` pixels as (frame, u_px, v_px) integer tensors."""
+        flat = self.err.flatten()
+        if self.cfg.strategy == "uniform":
+            cells = torch.randint(0, flat.numel(), (n,), device=self.device, generator=self.gen)
+        else:
+            finite = torch.isfinite(flat)
+            open_ = ~(torch.nan_to_num(flat, nan=float("inf")) < self.cfg.converged_below_px)  # unknown or above τ
+            if not bool(open_.any()):
+                open_ = torch.ones_like(open_)
+            n_err = int(round(n * self.cfg.error_share))
+            err_w = torch.where(finite & open_, flat, torch.zeros_like(flat)).clamp_min(0)
+            if float(err_w.sum()) <= 0:
+                n_err = 0
+            n_uni = n - n_err
+            parts = []
+            if n_err:
+                parts.append(torch.multinomial(err_w, n_err, replacement=True, generator=self.gen))
+            if n_uni:
+                parts.append(torch.multinomial(open_.float(), n_uni, replacement=True, generator=self.gen))
+            cells = torch.cat(parts)
+        frame = cells // (self.Hc * self.Wc)
+        rem = cells % (self.Hc * self.Wc)
+        cv, cu = rem // self.Wc, rem % self.Wc
+        du = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
+        dv = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
+        u = (cu * self.cell + du).clamp(max=self.W - 1)
+        v = (cv * self.cell + dv).clamp(max=self.H - 1)
+        return frame, u, v
+
+    def dense_pixels(self) -> tuple[Int[Tensor, " P"], Int[Tensor, " P"], Int[Tensor, " P"]]:
+        """One random pixel in every cell of every frame, for a dense refresh (frame-major order)."""
+        f, cv, cu = torch.meshgrid(torch.arange(self.T, device=self.device), torch.arange(self.Hc, device=self.device),
+                                   torch.arange(self.Wc, device=self.device), indexing="ij")
+        n = f.numel()
+        du = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
+        dv = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
+        u = (cu.reshape(-1) * self.cell + du).clamp(max=self.W - 1)
+        v = (cv.reshape(-1) * self.cell + dv).clamp(max=self.H - 1)
+        return f.reshape(-1), u, v
+
+    # -- updates -------------------------------------------------------------------------------
+    def update(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor, err_px: Float[Tensor, " P"],
+               valid: Bool[Tensor, " P"]) -> None:
+        """Blend the errors of supervised pixels into their cells (mean per cell, then EMA)."""
+        if not bool(valid.any()):
+            return
+        idx = self.cell_index(frame[valid], u_px[valid], v_px[valid])
+        e = err_px[valid].detach().float()
+        s = torch.zeros(self.num_cells, device=self.device).index_add_(0, idx, e)
+        c = torch.zeros(self.num_cells, device=self.device).index_add_(0, idx, torch.ones_like(e))
+        hit = c > 0
+        mean = s[hit] / c[hit]
+        flat = self.err.view(-1)
+        old = flat[hit]
+        a = self.cfg.error_ema
+        flat[hit] = torch.where(torch.isfinite(old), (1 - a) * old + a * mean, mean)
+
+    def refresh(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor, err_px: Float[Tensor, " P"],
+                valid: Bool[Tensor, " P"]) -> None:
+        """Dense refresh: cells with a valid measurement take it; the others become unknown."""
+        idx = self.cell_index(frame, u_px, v_px)
+        new = torch.full((self.num_cells,), float("nan"), device=self.device)
+        new[idx[valid]] = err_px[valid].detach().float()
+        self.err = new.view(self.T, self.Hc, self.Wc)
+        self.refreshes += 1
+
+    # -- stopping ------------------------------------------------------------------------------
+    def is_converged(self) -> bool:
+        """≥ γ of every frame's known cells under τ, judged only after a dense refresh."""
+        if self.refreshes == 0 or not bool(torch.isfinite(self.err).any()):
+            return False
+        return bool((self.frame_converged_share() >= self.cfg.converged_share).all())
+
+    def observe_loss(self, step: int, loss: float) -> bool:
+        """Track the loss EMA; True when it has stalled for `stall_steps` steps."""
+        self.loss_ema = loss if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss
+        if self.loss_ema < self.best_loss * (1.0 - self.cfg.stall_rel):
+            self.best_loss = self.loss_ema
+            self.best_step = step
+        return self.cfg.stall_steps > 0 and step - self.best_step >= self.cfg.stall_steps
+
+    def grow_time(self, num_frames: int) -> None:
+        """Online use: new frames start unknown."""
+        if num_frames > self.T:
+            pad = torch.full((num_frames - self.T, self.Hc, self.Wc), float("nan"), device=self.device)
+            self.err = torch.cat([self.err, pad])
+        else:
+            self.err = self.err[:num_frames]
+        self.T = int(num_frames)

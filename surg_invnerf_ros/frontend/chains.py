@@ -1,0 +1,305 @@
+"""Multi-gap flow chains: long-range dense correspondences with confidence (DESIGN §3.1).
+
+MFT's idea, rebuilt on the weight-free `FlowBank`: the flow from a frame r to a far frame t is
+reached through several candidate paths, one per gap g, each the already-known chain to t − g
+composed with the bank flow (t − g → t). Every pixel keeps the path with the lowest score,
+
+    score = Σ cycle error of its links  +  link_cost_px · number of links,
+
+so an occlusion at one intermediate frame is jumped over by a longer gap, and ties go to the
+shorter chain. A chain is valid only if every link is (cycle closed, inside the image, unmasked).
+
+    confidence = valid · exp(−Σ cycle error / conf_scale_px) · link_decay^(links − 1)
+
+Composition is whole-image: F_rt(x) = F_rs(x) + F_st(x + F_rs(x)), one `cv2.remap` per candidate.
+
+Pairs returned by `build_correspondences`:
+- every bank pair (i, i ± g), g in `cfg.gaps` (one link);
+- long-range pairs from keyframes r = 0, S, 2S, … (S = `keyframe_stride`): (r, t) and (t, r) for
+  every t at distance d ≤ `max_chain_frames`, d a multiple of `long_range_step`, d not in gaps.
+  (t, r) chains are target-fixed: F_tr(x) = F_ts(x) + F_sr(x + F_ts(x)), s one gap closer to r.
+
+Memory: each pair is 12 bytes a pixel (float32 flow and confidence). The long-range count is about
+(T / S) · 2 · 2 · max_chain_frames / long_range_step; raise `keyframe_stride` or `long_range_step`
+(the pair budget) for big images. At 256×192, T = 48 and the defaults: ~470 pairs, ~280 MB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from ..config import FlowConfig
+from ..errors import InputError
+from ..structs import Queries
+from .flow import FlowBank, pixel_grid
+
+_ERR_CAP_PX = 1e4  # stands in for +inf where values are interpolated (0 · inf would give NaN)
+_VALID_MIN = 0.99  # a bilinear look-up counts as valid only if (nearly) all its neighbours are
+
+
+@dataclass
+class DenseCorrespondences:
+    """Dense pixel correspondences between frame pairs, the fit's supervision.
+
+    Attributes:
+        pairs: (Q, 2) int64 rows [i, j], direct gap pairs first, then long-range ones.
+        flow_px: (Q, H, W, 2) float32; pixel (u, v) of frame i maps to (u, v) + flow in frame j.
+        confidence: (Q, H, W) float32 in [0, 1]; 0 = no correspondence (occluded, failed, masked).
+    """
+
+    pairs: np.ndarray
+    flow_px: np.ndarray
+    confidence: np.ndarray
+
+
+def _link_stack(bank: FlowBank, q: int) -> np.ndarray:
+    """(H, W, 4) float32 [fu, fv, cycle error (capped), valid] of bank row q, for one remap."""
+    return np.concatenate([
+        bank.flow_px[q],
+        np.minimum(bank.cycle_err_px[q], _ERR_CAP_PX)[..., None],
+        bank.valid[q][..., None].astype(np.float32),
+    ], axis=-1)
+
+
+def _sample(stack: np.ndarray, flow_px: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`stack` (H, W, C) looked up at x + flow(x); plus (H, W) bool: the look-up lies in the image."""
+    H, W = flow_px.shape[:2]
+    map_u = grid[0] + flow_px[..., 0]
+    map_v = grid[1] + flow_px[..., 1]
+    inside = (map_u >= 0) & (map_v >= 0) & (map_u <= W - 1) & (map_v <= H - 1)
+    return cv2.remap(stack, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), inside
+
+
+class _ChainState:
+    """One dense chain: flow, accumulated cycle error, link count and validity, each (H, W)."""
+
+    __slots__ = ("flow", "err", "links", "valid")
+
+    def __init__(self, flow: np.ndarray, err: np.ndarray, links: np.ndarray, valid: np.ndarray) -> None:
+        self.flow, self.err, self.links, self.valid = flow, err, links, valid
+
+    @classmethod
+    def identity(cls, H: int, W: int) -> "_ChainState":
+        return cls(np.zeros((H, W, 2), np.float32), np.zeros((H, W), np.float32),
+                   np.zeros((H, W), np.float32), np.ones((H, W), bool))
+
+    def stack(self) -> np.ndarray:
+        """(H, W, 5) float32 for one remap of the whole state."""
+        return np.concatenate([self.flow, np.minimum(self.err, _ERR_CAP_PX)[..., None], self.links[..., None],
+                               self.valid[..., None].astype(np.float32)], axis=-1)
+
+    def confidence(self, cfg: FlowConfig) -> np.ndarray:
+        conf = np.exp(-self.err / cfg.conf_scale_px) * cfg.link_decay ** np.maximum(self.links - 1.0, 0.0)
+        return np.where(self.valid, conf, 0.0).astype(np.float32)
+
+
+def _compose_source_fixed(prev: _ChainState, link: np.ndarray, grid) -> _ChainState:
+    """Chain r→s then bank link s→t (sampled where the chain lands): the chain r→t."""
+    got, inside = _sample(link, prev.flow, grid)  # (H, W, 4)
+    return _ChainState(prev.flow + got[..., :2], prev.err + got[..., 2], prev.links + 1.0,
+                       prev.valid & inside & (got[..., 3] >= _VALID_MIN))
+
+
+def _compose_target_fixed(link: np.ndarray, nxt: _ChainState, grid) -> _ChainState:
+    """Bank link t→s at the grid then chain s→r (sampled where the link lands): the chain t→r."""
+    flow = link[..., :2]
+    got, inside = _sample(nxt.stack(), flow, grid)  # (H, W, 5)
+    return _ChainState(flow + got[..., :2], link[..., 2] + got[..., 2], np.rint(got[..., 3]) + 1.0,
+                       (link[..., 3] >= _VALID_MIN) & inside & (got[..., 4] >= _VALID_MIN))
+
+
+def _best(cands: list[_ChainState], link_cost_px: float) -> _ChainState:
+    """Per pixel, the candidate with the lowest score (invalid candidates score +inf)."""
+    if len(cands) == 1:
+        return cands[0]
+    score = np.stack([np.where(c.valid, c.err + link_cost_px * c.links, np.inf) for c in cands])  # (C, H, W)
+    pick = np.argmin(score, axis=0)[None]  # (1, H, W)
+    take = lambda xs: np.take_along_axis(np.stack(xs), pick, axis=0)[0]  # noqa: E731
+    flow = np.take_along_axis(np.stack([c.flow for c in cands]), pick[..., None], axis=0)[0]  # (H, W, 2)
+    return _ChainState(flow, take([c.err for c in cands]), take([c.links for c in cands]),
+                       take([c.valid for c in cands]))
+
+
+def _chain_from(bank: FlowBank, index: dict, r: int, direction: int, num_frames: int, cfg: FlowConfig,
+                keep: set[int], target_fixed: bool, grid) -> dict[int, _ChainState]:
+    """Chains between keyframe r and t = r + direction·d, d = 1 … max_chain_frames.
+
+    Source-fixed chains map frame r to t; target-fixed ones map t to r. Returns the states at the
+    distances in `keep`; only the last max(gaps) states are held while stepping.
+    """
+    H, W = bank.image_hw
+    gaps = sorted(set(cfg.gaps))
+    states: dict[int, _ChainState] = {0: _ChainState.identity(H, W)}
+    out: dict[int, _ChainState] = {}
+    for d in range(1, cfg.max_chain_frames + 1):
+        t = r + direction * d
+        if not 0 <= t < num_frames:
+            break
+        cands = []
+        for g in gaps:
+            if g > d:
+                break
+            s = t - direction * g  # one gap closer to r
+            key = (t, s) if target_fixed else (s, t)
+            q = index.get(key)
+            if q is None or (d - g) not in states:
+                continue
+            link = _link_stack(bank, q)  # each bank row is used once per chain: no cache
+            if target_fixed:
+                cands.append(_compose_target_fixed(link, states[d - g], grid))
+            else:
+                cands.append(_compose_source_fixed(states[d - g], link, grid))
+        if not cands:  # the bank has no gap reaching this far: stop the chain here
+            break
+        states[d] = _best(cands, cfg.link_cost_px)
+        if d in keep:
+            out[d] = states[d]
+        states.pop(d - gaps[-1], None)  # no gap reaches back further than the largest one
+    return out
+
+
+def _check_bank(bank: FlowBank, num_frames: int) -> None:
+    if bank.pairs.size and (bank.pairs.min() < 0 or bank.pairs.max() >= num_frames):
+        raise InputError(f"flow bank: pairs: frame index outside 0..{num_frames - 1}", reason="bad_bank")
+
+
+def build_correspondences(
+    bank: FlowBank,
+    num_frames: int,
+    cfg: FlowConfig,
+    progress: Callable[[int], None] | None = None,
+) -> DenseCorrespondences:
+    """Direct gap pairs plus keyframe-anchored long-range chains, each with a confidence map.
+
+    Args:
+        bank: DIS flows of every gap pair (`flow.compute_flow_bank`).
+        num_frames: T, the sequence length the bank was computed on.
+        cfg: gaps, chain length, keyframe stride, long-range step and confidence constants.
+        progress: called with 1 after each keyframe.
+    """
+    _check_bank(bank, num_frames)
+    H, W = bank.image_hw
+    grid = pixel_grid(H, W)
+    index = bank.index()
+    gaps = set(cfg.gaps)
+    keep = {d for d in range(cfg.long_range_step, cfg.max_chain_frames + 1, cfg.long_range_step)
+            if d not in gaps and d > 1}
+
+    pairs = [bank.pairs]
+    flows = [bank.flow_px]
+    direct = _ChainState(bank.flow_px, bank.cycle_err_px, np.ones(bank.valid.shape, np.float32), bank.valid)
+    confs = [direct.confidence(cfg)]
+    seen = set(index)
+    for r in range(0, num_frames, cfg.keyframe_stride):
+        for direction in (1, -1):
+            for target_fixed in (False, True):
+                got = _chain_from(bank, index, r, direction, num_frames, cfg, keep, target_fixed, grid)
+                for d, st in sorted(got.items()):
+                    t = r + direction * d
+                    pair = (t, r) if target_fixed else (r, t)
+                    if pair in seen:  # two keyframes d apart reach each other both ways: keep one
+                        continue
+                    seen.add(pair)
+                    pairs.append(np.asarray([pair], np.int64))
+                    flows.append(st.flow[None])
+                    confs.append(st.confidence(cfg)[None])
+        if progress is not None:
+            progress(1)
+    return DenseCorrespondences(pairs=np.concatenate(pairs).reshape(-1, 2),
+                                flow_px=np.concatenate(flows).astype(np.float32, copy=False),
+                                confidence=np.concatenate(confs))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sparse chaining for query points (the "dis" baseline)
+# ------------------------------------------------------------------------------------------------
+
+
+def _gather_bilinear(bank: FlowBank, q: np.ndarray, uv_px: np.ndarray):
+    """Flow, cycle error and validity of bank rows `q` (N,) at pixels `uv_px` (N, 2), bilinear.
+
+    Returns (flow (N, 2), err (N,), valid (N,) bool); invalid outside the image.
+    """
+    H, W = bank.image_hw
+    u, v = uv_px[:, 0], uv_px[:, 1]
+    inside = (u >= 0) & (v >= 0) & (u <= W - 1) & (v <= H - 1)
+    u0 = np.clip(np.floor(u), 0, max(W - 2, 0)).astype(np.intp)
+    v0 = np.clip(np.floor(v), 0, max(H - 2, 0)).astype(np.intp)
+    du = np.clip(u - u0, 0, 1)[:, None]
+    dv = np.clip(v - v0, 0, 1)[:, None]
+    u1, v1 = np.minimum(u0 + 1, W - 1), np.minimum(v0 + 1, H - 1)
+    corners = [(v0, u0, (1 - du) * (1 - dv)), (v0, u1, du * (1 - dv)), (v1, u0, (1 - du) * dv), (v1, u1, du * dv)]
+    flow = sum(w * bank.flow_px[q, vv, uu] for vv, uu, w in corners)  # (N, 2)
+    err = sum(w[:, 0] * np.minimum(bank.cycle_err_px[q, vv, uu], _ERR_CAP_PX) for vv, uu, w in corners)
+    val = sum(w[:, 0] * bank.valid[q, vv, uu] for vv, uu, w in corners)
+    return flow, err, inside & (val >= _VALID_MIN)
+
+
+def track_dis_chained(
+    bank: FlowBank, queries: Queries, num_frames: int, cfg: FlowConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Track query points through the flow bank, forwards and backwards from each query frame.
+
+    At every frame, each point takes the best of the candidates "its position g frames closer to
+    the query frame, moved by the bank flow over gap g", scored as in the dense chains. A point with
+    no valid candidate is not visible and keeps its last visible position; it is re-acquired when a
+    longer gap reaches it from a frame where it was visible.
+
+    Returns:
+        uv (T, N, 2) float32 pixels and visible (T, N) bool.
+    """
+    _check_bank(bank, num_frames)
+    H, W = bank.image_hw
+    T, N = num_frames, len(queries)
+    q_frame = queries.frame_idx
+    if N and (q_frame.min() < 0 or q_frame.max() >= T):
+        raise InputError(f"queries: frame index outside 0..{T - 1}", reason="bad_query")
+    lut = np.full((T, T), -1, np.int64)
+    lut[bank.pairs[:, 0], bank.pairs[:, 1]] = np.arange(len(bank.pairs))
+    gaps = sorted(set(cfg.gaps))
+
+    uv = np.zeros((T, N, 2), np.float64)
+    score = np.full((T, N), np.inf)  # accumulated cycle error + link cost; inf = not visible
+    links = np.zeros((T, N))
+    cols = np.arange(N)
+    q_uv = queries.uv_px.astype(np.float64)
+    uv[q_frame, cols] = q_uv
+    in_img = (q_uv[:, 0] >= 0) & (q_uv[:, 1] >= 0) & (q_uv[:, 0] <= W - 1) & (q_uv[:, 1] <= H - 1)
+    score[q_frame, cols] = np.where(in_img, 0.0, np.inf)
+    last_uv = np.broadcast_to(q_uv, (2, N, 2)).copy()  # last visible position, per direction
+
+    for step in range(1, T):
+        for k, direction in enumerate((1, -1)):
+            t = q_frame + direction * step  # (N,)
+            act = (t >= 0) & (t < T)
+            if not act.any():
+                continue
+            n = cols[act]
+            tn = t[act]
+            best = np.full(len(n), np.inf)
+            best_uv = last_uv[k, n].copy()
+            best_links = np.zeros(len(n))
+            for g in gaps:
+                if g > step:
+                    break
+                s = tn - direction * g
+                q = lut[s, tn]
+                ok = (q >= 0) & np.isfinite(score[s, n])
+                if not ok.any():
+                    continue
+                flow, err, valid = _gather_bilinear(bank, np.maximum(q, 0), uv[s, n])
+                cand = np.where(ok & valid, score[s, n] + err + cfg.link_cost_px, np.inf)
+                better = cand < best
+                best = np.where(better, cand, best)
+                best_uv[better] = uv[s, n][better] + flow[better]
+                best_links = np.where(better, links[s, n] + 1, best_links)
+            uv[tn, n] = best_uv
+            score[tn, n] = best
+            links[tn, n] = best_links
+            seen = np.isfinite(best)
+            last_uv[k, n[seen]] = best_uv[seen]
+    return uv.astype(np.float32), np.isfinite(score)

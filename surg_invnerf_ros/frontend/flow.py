@@ -1,0 +1,206 @@
+"""Dense optical flow at several frame gaps, both ways, with forward-backward cycle masks (DESIGN §3.1).
+
+OpenCV DIS flow is computed for every pair (i, i+g) and (i+g, i), g in `cfg.gaps`. A flow pixel is
+kept only where the round trip closes: |F_ij(x) + F_ji(x + F_ij(x))| < `cycle_thresh_px`, the
+target lies inside the image, neither end is masked, and the target looks like the source: in a 7×7
+window, zero-mean NCC at least `min_ncc` where both sides have texture (grey std >= 4), and mean
+absolute grey difference at most `photo_thresh`. The last test is needed because DIS is smooth
+both ways over something that appears in one frame only (an instrument entering, a specular
+flash): such a region is wrongly matched in both directions, and the cycle closes. This is MFT's lesson (several gaps, keep
+the reliable ones) without learned weights; `chains.py` composes the bank into long-range pairs.
+
+Memory: the bank holds Q = 2·Σ_g (T − g) pairs of (H, W, 2) float32 flow, (H, W) float32 cycle
+error and (H, W) bool: 13 bytes a pixel a pair. At 256×192 with T = 48 and gaps (1, 2, 4, 8) that is
+354 pairs, about 230 MB; at 640×512 about 1.5 GB, so bank large images over windows of frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from ..config import FlowConfig
+from ..errors import InputError
+
+_PRESETS = {
+    "ultrafast": cv2.DISOpticalFlow_PRESET_ULTRAFAST,
+    "fast": cv2.DISOpticalFlow_PRESET_FAST,
+    "medium": cv2.DISOpticalFlow_PRESET_MEDIUM,
+}
+
+
+def check_rgb_u8(name: str, rgb_u8: np.ndarray, ndim: int = 3) -> np.ndarray:
+    """Refuse anything but uint8 RGB of the expected rank: (H, W, 3) for ndim 3, (T, H, W, 3) for 4."""
+    arr = np.asarray(rgb_u8)
+    if arr.ndim != ndim or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        want = "(H, W, 3)" if ndim == 3 else "(T, H, W, 3)"
+        raise InputError(f"{name}: expected uint8 {want}, got {arr.dtype} {arr.shape}", reason="bad_image")
+    return arr
+
+
+def check_same_size(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
+    """Refuse two images (or stacks) whose shapes differ."""
+    if a.shape != b.shape:
+        raise InputError(f"{name_b}: expected the shape of {name_a} {a.shape}, got {b.shape}", reason="size_mismatch")
+
+
+def to_grey(rgb_u8: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 → (H, W) grey uint8 (the input DIS, LK and SGBM work on)."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb_u8), cv2.COLOR_RGB2GRAY)
+
+
+def make_dis(cfg: FlowConfig) -> cv2.DISOpticalFlow:
+    """A DIS instance for the configured preset (not thread-safe: one per thread)."""
+    return cv2.DISOpticalFlow_create(_PRESETS[cfg.preset])
+
+
+def dis_flow(src_rgb_u8: np.ndarray, dst_rgb_u8: np.ndarray, cfg: FlowConfig) -> np.ndarray:
+    """DIS flow from src to dst: (H, W, 2) float32 with uv_dst = uv_src + flow (pixels)."""
+    src = check_rgb_u8("dis_flow: src_rgb_u8", src_rgb_u8)
+    dst = check_rgb_u8("dis_flow: dst_rgb_u8", dst_rgb_u8)
+    check_same_size("src_rgb_u8", src, "dis_flow: dst_rgb_u8", dst)
+    return _dis_grey(make_dis(cfg), to_grey(src), to_grey(dst))
+
+
+def _dis_grey(dis: cv2.DISOpticalFlow, src_grey: np.ndarray, dst_grey: np.ndarray) -> np.ndarray:
+    return dis.calc(src_grey, dst_grey, None).astype(np.float32, copy=False)
+
+
+def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) float32 u and v coordinates of every pixel centre."""
+    u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return u, v
+
+
+def warp_sample(image: np.ndarray, flow_px: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Bilinear look-up of `image` (H, W[, C]) float32 at x + flow(x); edges replicate (callers mask
+    targets outside the image themselves)."""
+    map_u = grid[0] + flow_px[..., 0]
+    map_v = grid[1] + flow_px[..., 1]
+    return cv2.remap(image, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def inside_image(flow_px: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(H, W) bool: x + flow(x) lies inside the image (pixel centres 0 … W−1, 0 … H−1)."""
+    H, W = flow_px.shape[:2]
+    u = grid[0] + flow_px[..., 0]
+    v = grid[1] + flow_px[..., 1]
+    return (u >= 0) & (v >= 0) & (u <= W - 1) & (v <= H - 1)
+
+
+def cycle_error_px(fwd_px: np.ndarray, bwd_px: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """|F_ij(x) + F_ji(x + F_ij(x))| in pixels, (H, W) float32; +inf where the target leaves the image."""
+    back = warp_sample(bwd_px, fwd_px, grid)  # (H, W, 2)
+    err = np.linalg.norm(fwd_px + back, axis=-1).astype(np.float32)
+    err[~inside_image(fwd_px, grid)] = np.inf
+    return err
+
+
+_PHOTO_WIN = (7, 7)
+_MIN_STD = 4.0  # grey levels: below this a window is flat and NCC means nothing
+
+
+def photo_consistent(src_grey: np.ndarray, dst_grey: np.ndarray, flow_px: np.ndarray,
+                     grid: tuple[np.ndarray, np.ndarray], cfg: FlowConfig) -> np.ndarray:
+    """(H, W) bool: the destination, warped back by the flow, looks like the source in 7×7 windows.
+
+    NCC (gain- and offset-invariant, so lighting changes pass) decides where both windows have
+    texture; the mean absolute difference bounds the rest.
+    """
+    a = src_grey.astype(np.float32)
+    b = warp_sample(dst_grey.astype(np.float32), flow_px, grid)
+    ok = np.ones(a.shape, bool)
+    if cfg.photo_thresh > 0:
+        ok &= cv2.blur(np.abs(b - a), _PHOTO_WIN) <= cfg.photo_thresh
+    if cfg.min_ncc > -1:
+        mu_a, mu_b = cv2.blur(a, _PHOTO_WIN), cv2.blur(b, _PHOTO_WIN)
+        var_a = np.maximum(cv2.blur(a * a, _PHOTO_WIN) - mu_a * mu_a, 0)
+        var_b = np.maximum(cv2.blur(b * b, _PHOTO_WIN) - mu_b * mu_b, 0)
+        cov = cv2.blur(a * b, _PHOTO_WIN) - mu_a * mu_b
+        textured = (var_a >= _MIN_STD**2) & (var_b >= _MIN_STD**2)
+        ncc = cov / np.sqrt(np.maximum(var_a * var_b, 1e-6))
+        ok &= ~textured | (ncc >= cfg.min_ncc)
+    return ok
+
+
+@dataclass
+class FlowBank:
+    """DIS flows of every gap pair, both ways, with their cycle checks.
+
+    Attributes:
+        pairs: (Q, 2) int64 rows [i, j]: flow from frame i to frame j.
+        flow_px: (Q, H, W, 2) float32; pixel (u, v) of frame i lands at (u, v) + flow in frame j.
+        valid: (Q, H, W) bool; cycle closed, target in the image, neither end masked.
+        cycle_err_px: (Q, H, W) float32 forward-backward error (+inf where the target leaves the image).
+    """
+
+    pairs: np.ndarray
+    flow_px: np.ndarray
+    valid: np.ndarray
+    cycle_err_px: np.ndarray
+
+    def index(self) -> dict[tuple[int, int], int]:
+        """{(i, j): row} for looking pairs up."""
+        return {(int(i), int(j)): q for q, (i, j) in enumerate(self.pairs)}
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.flow_px.shape[1]), int(self.flow_px.shape[2])
+
+
+def gap_pairs(num_frames: int, gaps: tuple[int, ...]) -> np.ndarray:
+    """(Q, 2) int64 pairs [i, i+g] and [i+g, i] for every gap g < num_frames, the two ways adjacent."""
+    rows = [(i, i + g, i + g, i) for g in sorted(set(gaps)) if g < num_frames for i in range(num_frames - g)]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def compute_flow_bank(
+    left_rgb_u8: np.ndarray,
+    cfg: FlowConfig,
+    mask: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FlowBank:
+    """DIS flow for every gap pair both ways, kept where the forward-backward cycle closes.
+
+    Args:
+        left_rgb_u8: (T, H, W, 3) uint8 rectified left images.
+        cfg: gaps, DIS preset and the cycle threshold.
+        mask: optional (T, H, W) bool, True = excluded (e.g. `masks.specular_mask`): a flow pixel is
+            invalid if its source is masked or its target lands (nearest pixel) on a masked pixel.
+        progress: called with 1 after each flow pair.
+    """
+    frames = check_rgb_u8("compute_flow_bank: left_rgb_u8", left_rgb_u8, ndim=4)
+    T, H, W = frames.shape[:3]
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (T, H, W):
+            raise InputError(f"compute_flow_bank: mask: expected shape {(T, H, W)}, got {mask.shape}",
+                             reason="size_mismatch")
+    grey = [to_grey(f) for f in frames]
+    grid = pixel_grid(H, W)
+    dis = make_dis(cfg)
+    pairs = gap_pairs(T, cfg.gaps)
+    Q = len(pairs)
+    flow = np.empty((Q, H, W, 2), np.float32)
+    valid = np.empty((Q, H, W), bool)
+    cycle = np.empty((Q, H, W), np.float32)
+    # Rows come in adjacent (i→j, j→i) couples, so each couple's cycle check uses both its flows.
+    for q in range(0, Q, 2):
+        i, j = pairs[q]
+        flow[q] = _dis_grey(dis, grey[i], grey[j])
+        flow[q + 1] = _dis_grey(dis, grey[j], grey[i])
+        for a, b, (s, d) in ((q, q + 1, (i, j)), (q + 1, q, (j, i))):
+            cycle[a] = cycle_error_px(flow[a], flow[b], grid)
+            ok = cycle[a] < cfg.cycle_thresh_px
+            ok &= photo_consistent(grey[s], grey[d], flow[a], grid, cfg)
+            if mask is not None:
+                tgt_u = np.clip(np.rint(grid[0] + flow[a, ..., 0]), 0, W - 1).astype(np.intp)
+                tgt_v = np.clip(np.rint(grid[1] + flow[a, ..., 1]), 0, H - 1).astype(np.intp)
+                ok &= ~mask[s] & ~mask[d][tgt_v, tgt_u]
+            valid[a] = ok
+        if progress is not None:
+            progress(2)
+    return FlowBank(pairs=pairs, flow_px=flow, valid=valid, cycle_err_px=cycle)

@@ -1,0 +1,152 @@
+"""Metric depth from the rectified stereo pair: SGBM, left-right check, Z = fx·B/d (DESIGN §3.1).
+
+SGBM (OpenCV) gives the left disparity d_L. The right disparity d_R comes from the same matcher on
+the mirrored pair (mirror both images and swap them; the right image then plays the left), which
+works with any OpenCV build. Both passes pad the images on the left so that SGBM matches the
+border columns too. A left pixel u keeps its disparity only if the right pixel it lands on,
+u − d_L(u), points back: |d_L(u) − d_R(u − d_L(u))| <= `lr_thresh_px`. That removes occlusions
+(surfaces seen by one camera only) and most mismatches. Depth is z = fx·B/d in metres, NaN where
+invalid or outside [min_depth_m, max_depth_m].
+
+`num_disparities = 0` sizes the search from the calibration: the disparity of the nearest allowed
+depth, fx·B/min_depth_m, rounded up to a multiple of 16 and capped at half the image width.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from ..config import StereoConfig
+from ..errors import InputError
+from ..geometry import depth_from_disparity_m
+from ..structs import StereoCalib
+from .flow import check_rgb_u8, check_same_size, to_grey
+
+log = logging.getLogger(__name__)
+
+_MODES = {
+    "sgbm": cv2.StereoSGBM_MODE_SGBM,
+    "sgbm_3way": cv2.StereoSGBM_MODE_SGBM_3WAY,
+    "hh": cv2.StereoSGBM_MODE_HH,
+}
+
+
+def num_disparities_for(calib: StereoCalib, cfg: StereoConfig) -> int:
+    """The SGBM search range: `cfg.num_disparities`, or (if 0) enough for `min_depth_m` at this fx·B."""
+    cap = max(16, (calib.width // 2) // 16 * 16)
+    if cfg.num_disparities:
+        return cfg.num_disparities
+    if cfg.min_depth_m <= 0:
+        return cap
+    d_max_px = calib.fx * calib.baseline_m / cfg.min_depth_m
+    return int(min(cap, max(16, 16 * math.ceil((d_max_px + 1.0) / 16))))
+
+
+def make_sgbm(num_disparities: int, cfg: StereoConfig) -> cv2.StereoSGBM:
+    """An SGBM matcher on grey images; its own left-right check is off (we run an exact one)."""
+    bs = cfg.block_size
+    return cv2.StereoSGBM_create(
+        minDisparity=0, numDisparities=num_disparities, blockSize=bs,
+        P1=8 * bs * bs, P2=32 * bs * bs, disp12MaxDiff=-1, preFilterCap=63,
+        uniquenessRatio=cfg.uniqueness_ratio, speckleWindowSize=cfg.speckle_area_px,
+        speckleRange=cfg.speckle_range_px, mode=_MODES[cfg.mode])
+
+
+def _disparity_px(sgbm: cv2.StereoSGBM, left_grey: np.ndarray, right_grey: np.ndarray) -> np.ndarray:
+    """SGBM disparity in pixels (H, W) float32; NaN where SGBM found none.
+
+    SGBM leaves the first num_disparities columns empty (the search range does not fit there).
+    Padding both images on the left by that much lets it match them; pixels whose true match lies
+    in the padding fail the left-right check later.
+    """
+    pad = sgbm.getNumDisparities() + sgbm.getMinDisparity()
+    lp = cv2.copyMakeBorder(left_grey, 0, 0, pad, 0, cv2.BORDER_REPLICATE)
+    rp = cv2.copyMakeBorder(right_grey, 0, 0, pad, 0, cv2.BORDER_REPLICATE)
+    raw = sgbm.compute(lp, rp)[:, pad:]  # int16, 1/16 px; invalid = (minDisparity - 1)·16
+    disp = raw.astype(np.float32) / 16.0
+    disp[raw < 0] = np.nan
+    return disp
+
+
+def lr_checked_disparity_px(
+    left_grey: np.ndarray, right_grey: np.ndarray, sgbm: cv2.StereoSGBM, lr_thresh_px: float
+) -> np.ndarray:
+    """Left disparity (H, W) float32 kept where the right disparity agrees; NaN elsewhere."""
+    disp_l = _disparity_px(sgbm, left_grey, right_grey)
+    # Mirrored pair: right' matched against left' gives the right view's disparity, mirrored.
+    disp_r = _disparity_px(sgbm, np.ascontiguousarray(right_grey[:, ::-1]),
+                           np.ascontiguousarray(left_grey[:, ::-1]))[:, ::-1]
+    H, W = disp_l.shape
+    u = np.arange(W, dtype=np.float32)[None, :]
+    with np.errstate(invalid="ignore"):
+        u_r = np.rint(u - disp_l)  # (H, W) right-image column each left pixel lands on
+    ok = np.isfinite(u_r) & (u_r >= 0) & (u_r <= W - 1)
+    col = np.where(ok, u_r, 0).astype(np.intp)
+    back = np.take_along_axis(disp_r, col, axis=1)
+    with np.errstate(invalid="ignore"):
+        ok &= np.abs(back - disp_l) <= lr_thresh_px  # NaN on either side fails
+    return np.where(ok, disp_l, np.nan).astype(np.float32)
+
+
+def _check_pair(left: np.ndarray, right: np.ndarray, calib: StereoCalib, who: str, ndim: int) -> None:
+    check_rgb_u8(f"{who}: left_rgb_u8", left, ndim=ndim)
+    check_rgb_u8(f"{who}: right_rgb_u8", right, ndim=ndim)
+    check_same_size("left_rgb_u8", left, f"{who}: right_rgb_u8", right)
+    hw = left.shape[-3:-1]
+    if hw != (calib.height, calib.width):
+        raise InputError(f"{who}: left_rgb_u8: expected {calib.width}x{calib.height} from calib.image_size, "
+                         f"got {hw[1]}x{hw[0]}", reason="size_mismatch")
+
+
+def _depth_m(disp_px: np.ndarray, calib: StereoCalib, cfg: StereoConfig) -> np.ndarray:
+    depth = depth_from_disparity_m(disp_px, calib.fx, calib.baseline_m)
+    with np.errstate(invalid="ignore"):
+        depth[(depth < cfg.min_depth_m) | (depth > cfg.max_depth_m)] = np.nan
+    return depth.astype(np.float32)
+
+
+def stereo_depth_m(left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib,
+                   cfg: StereoConfig) -> np.ndarray:
+    """Depth z of every left pixel, (H, W) float32 metres, NaN where invalid.
+
+    Args:
+        left_rgb_u8, right_rgb_u8: (H, W, 3) uint8 rectified pair of size `calib.image_size`.
+    """
+    left = np.asarray(left_rgb_u8)
+    right = np.asarray(right_rgb_u8)
+    _check_pair(left, right, calib, "stereo_depth_m", ndim=3)
+    sgbm = make_sgbm(num_disparities_for(calib, cfg), cfg)
+    disp = lr_checked_disparity_px(to_grey(left), to_grey(right), sgbm, cfg.lr_thresh_px)
+    return _depth_m(disp, calib, cfg)
+
+
+def stereo_depth_sequence_m(
+    left_rgb_u8: np.ndarray,
+    right_rgb_u8: np.ndarray,
+    calib: StereoCalib,
+    cfg: StereoConfig,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """`stereo_depth_m` for every frame of (T, H, W, 3) pairs: (T, H, W) float32 metres, NaN invalid.
+
+    Args:
+        progress: called with 1 after each frame.
+    """
+    left = np.asarray(left_rgb_u8)
+    right = np.asarray(right_rgb_u8)
+    _check_pair(left, right, calib, "stereo_depth_sequence_m", ndim=4)
+    num = num_disparities_for(calib, cfg)
+    log.debug("SGBM with %d disparities (fx=%.1f px, B=%.4f m)", num, calib.fx, calib.baseline_m)
+    sgbm = make_sgbm(num, cfg)
+    out = np.empty(left.shape[:3], np.float32)
+    for t in range(left.shape[0]):
+        disp = lr_checked_disparity_px(to_grey(left[t]), to_grey(right[t]), sgbm, cfg.lr_thresh_px)
+        out[t] = _depth_m(disp, calib, cfg)
+        if progress is not None:
+            progress(1)
+    return out

@@ -1,0 +1,636 @@
+"""ROS 2 bags through `rosbags`, without rclpy (DESIGN §2.3): read, write, and convert.
+
+A bag is a stream of `BagMessage`s: topic, type name, log time and the CDR bytes. `write_bag` and
+`read_bag` move those bytes unchanged, so a bag recorded from DDS replays byte for byte.
+`bag_to_sequence` turns a recorded stereo stream (left/right `Image` + `CameraInfo`, optional ECM
+pose, queries and ground truth) into a sequence folder (DESIGN §2.1) that `surg-invnerf track`
+reads; `sequence_to_bag` goes the other way, so a sequence folder can be played into the node.
+
+Message decoding here works on the message objects of rosbags' Kilted typestore (the field names
+are the ROS ones). Only rectified input is supported: the sequence's calibration comes from the
+left and right projection matrices P (right Tx = −fx·B), as the node reads it (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from itertools import tee
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import numpy as np
+
+from ..errors import InputError
+from ..geometry import T_from_xyz_qxyzw, interpolate_poses, xyz_qxyzw_from_T
+from ..structs import Queries, Sequence, StereoCalib, Tracks
+
+log = logging.getLogger(__name__)
+
+Storage = Literal["mcap", "sqlite3"]
+STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
+
+IMAGE = "sensor_msgs/msg/Image"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+POINT_CLOUD2 = "sensor_msgs/msg/PointCloud2"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+TRANSFORM_STAMPED = "geometry_msgs/msg/TransformStamped"
+POLYGON_STAMPED = "geometry_msgs/msg/PolygonStamped"
+
+# sensor_msgs/PointField datatypes → numpy
+_POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+
+# The `~/tracked_points` / `~/ground_truth` schema (DESIGN §5), packed: 30 bytes a point. The same
+# layout as `ros/convert.py` (which imports rclpy, so this core module keeps its own copy).
+TRACKED_POINTS_DTYPE = np.dtype([
+    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+    ("u", "<f4"), ("v", "<f4"),
+    ("id", "<u4"), ("visible", "u1"), ("confidence", "<f4"), ("refined", "u1"),
+])
+_NP_TO_POINTFIELD = {np.dtype("<f4"): 7, np.dtype("<u4"): 6, np.dtype("u1"): 2}
+
+_typestore_cache: list[Any] = []
+
+
+def typestore() -> Any:
+    """rosbags' ROS 2 Kilted typestore (the wheels' distribution; type hashes match upstream)."""
+    if not _typestore_cache:
+        from rosbags.typesys import Stores, get_typestore
+
+        _typestore_cache.append(get_typestore(Stores.ROS2_KILTED))
+    return _typestore_cache[0]
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    """One serialized message: `rawdata` is CDR as it travels on DDS; `log_time_ns` is bag time."""
+
+    topic: str
+    msgtype: str
+    log_time_ns: int
+    rawdata: bytes | memoryview
+
+
+@dataclass(frozen=True)
+class BagTopics:
+    """Topic names `bag_to_sequence` and `sequence_to_bag` use (DESIGN §5 names).
+
+    A bag topic matches a name when it is equal to it or ends with `/` + name, so namespaced
+    recordings (`/ecm1/stereo/left/image_rect`) match; two matches are refused as ambiguous.
+    """
+
+    left_image: str = "stereo/left/image_rect"
+    right_image: str = "stereo/right/image_rect"
+    left_info: str = "stereo/left/camera_info"
+    right_info: str = "stereo/right/camera_info"
+    pose: str = "ecm/measured_cp"
+    queries: str = "queries"
+    ground_truth: str = "ground_truth"
+
+
+# ------------------------------------------------------------------------------------------------
+# Raw bags
+# ------------------------------------------------------------------------------------------------
+
+
+def _storage_plugin(storage: str) -> Any:
+    from rosbags.rosbag2 import StoragePlugin
+
+    if storage not in STORAGES:
+        raise InputError(f"storage: expected one of {'|'.join(STORAGES)}, got {storage!r}", "bad_storage")
+    return StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+
+
+def write_bag(path: str | Path, messages: Iterable[BagMessage], storage: Storage = "mcap") -> Path:
+    """Write messages (in the order given) to a new bag folder; CDR bytes are stored unchanged.
+
+    On an error the half-written folder is removed. Message types must be known to the Kilted
+    typestore, which supplies the definitions and type hashes stored in the bag's metadata.
+    """
+    from rosbags.rosbag2 import Writer
+
+    out = Path(path)
+    if out.exists():
+        raise InputError(f"{out}: bag already exists", "exists")
+    plugin = _storage_plugin(storage)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ts = typestore()
+    try:
+        with Writer(out, version=9, storage_plugin=plugin) as writer:
+            conns: dict[tuple[str, str], Any] = {}
+            for msg in messages:
+                key = (msg.topic, msg.msgtype)
+                if key not in conns:
+                    if msg.msgtype not in ts.types:
+                        raise InputError(f"{msg.topic}: message type {msg.msgtype} is unknown to rosbags", "bad_type")
+                    conns[key] = writer.add_connection(msg.topic, msg.msgtype, typestore=ts)
+                writer.write(conns[key], int(msg.log_time_ns), bytes(msg.rawdata))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def _open_reader(path: str | Path) -> Any:
+    from rosbags.rosbag2 import Reader
+
+    p = Path(path)
+    if not (p / "metadata.yaml").is_file():
+        raise InputError(f"{p}: not a ROS 2 bag folder (no metadata.yaml)", "missing_file")
+    try:
+        reader = Reader(p)
+        reader.open()
+    except Exception as err:  # rosbags raises its own ReaderError and storage errors
+        raise InputError(f"{p}: cannot open bag ({err})", "bad_bag") from None
+    return reader
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """{topic: message type} of a bag."""
+    reader = _open_reader(path)
+    try:
+        return {c.topic: c.msgtype for c in reader.connections}
+    finally:
+        reader.close()
+
+
+def read_bag(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
+    """Yield a bag's messages in log-time order, optionally only those on `topics` (exact names)."""
+    reader = _open_reader(path)
+    try:
+        wanted = None if topics is None else set(topics)
+        conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        if not conns:
+            return
+        for conn, log_ns, raw in reader.messages(connections=conns):
+            yield BagMessage(conn.topic, conn.msgtype, int(log_ns), raw)
+    finally:
+        reader.close()
+
+
+def deserialize(msg: BagMessage) -> Any:
+    """The rosbags message object of a `BagMessage`."""
+    try:
+        return typestore().deserialize_cdr(msg.rawdata, msg.msgtype)
+    except Exception as err:
+        raise InputError(f"{msg.topic}: cannot decode {msg.msgtype} ({err})", "bad_message") from None
+
+
+def serialize(obj: Any) -> bytes:
+    """CDR bytes of a rosbags message object."""
+    return bytes(typestore().serialize_cdr(obj, obj.__msgtype__))
+
+
+# ------------------------------------------------------------------------------------------------
+# Message decoding (rosbags objects; field names are ROS's, so rclpy messages also fit)
+# ------------------------------------------------------------------------------------------------
+
+
+def stamp_ns(header: Any) -> int:
+    """Header stamp in integer nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def rgb_u8_from_image(msg: Any, where: str = "image") -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an Image with encoding rgb8, bgr8, rgba8, bgra8 or mono8.
+
+    Honours `step` padding; rejects data shorter than height × step.
+    """
+    h, w, step, enc = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding)
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}.get(enc)
+    if channels is None:
+        raise InputError(f"{where}: encoding: expected rgb8|bgr8|rgba8|bgra8|mono8, got {enc!r}", "bad_encoding")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if h <= 0 or w <= 0 or step < w * channels or data.size < h * step:
+        raise InputError(
+            f"{where}: data: expected {h}x{step} bytes for {w}x{h} {enc}, got {data.size} (step {step})", "short_data")
+    img = data[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
+    if enc == "mono8":
+        return np.repeat(img, 3, axis=2)
+    if enc.startswith("bgr"):
+        return np.ascontiguousarray(img[:, :, 2::-1])
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def calib_from_infos(left: Any, right: Any, fps: float = 30.0, where: str = "camera_info") -> StereoCalib:
+    """Rectified `StereoCalib` from left/right CameraInfo: K from the left P, B = −Tx/fx of the right P."""
+    P_l = np.asarray(left.p, dtype=np.float64).reshape(3, 4)
+    P_r = np.asarray(right.p, dtype=np.float64).reshape(3, 4)
+    K = P_l[:, :3]
+    if not np.all(np.isfinite(P_l)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        # Fall back to K when P is empty (an unrectified driver), which is only right for rectified images.
+        K = np.asarray(left.k, dtype=np.float64).reshape(3, 3)
+        if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise InputError(f"{where}: left K and P: expected positive focal lengths, got all zero", "bad_camera_info")
+    fx_r = P_r[0, 0]
+    if not np.isfinite(fx_r) or fx_r <= 0:
+        raise InputError(f"{where}: right P: expected a positive fx, got {fx_r}", "bad_camera_info")
+    baseline_m = -float(P_r[0, 3]) / float(fx_r)
+    if not baseline_m > 0:
+        raise InputError(f"{where}: right P: expected Tx = -fx*B < 0, got Tx = {P_r[0, 3]}", "bad_camera_info")
+    if (int(left.width), int(left.height)) != (int(right.width), int(right.height)):
+        raise InputError(
+            f"{where}: left {left.width}x{left.height} and right {right.width}x{right.height} sizes differ", "size_mismatch")
+    return StereoCalib(K=K.copy(), baseline_m=baseline_m, image_size=(int(left.width), int(left.height)), fps=float(fps))
+
+
+def T_from_pose_msg(msg: Any) -> np.ndarray:
+    """4x4 transform from a PoseStamped or TransformStamped (header frame ← child/pose frame)."""
+    if hasattr(msg, "pose"):
+        p, q = msg.pose.position, msg.pose.orientation
+    else:
+        p, q = msg.transform.translation, msg.transform.rotation
+    xyz = np.array([p.x, p.y, p.z], dtype=np.float64)
+    q_xyzw = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+    if not (np.all(np.isfinite(xyz)) and np.all(np.isfinite(q_xyzw))) or np.linalg.norm(q_xyzw) < 1e-9:
+        raise InputError("pose: expected a finite position and a non-zero quaternion", "bad_pose")
+    return T_from_xyz_qxyzw(xyz, q_xyzw / np.linalg.norm(q_xyzw))
+
+
+def cloud_to_struct(msg: Any, where: str = "cloud") -> np.ndarray:
+    """(N,) structured array of a PointCloud2, one field per PointField (count 1), any layout."""
+    names, formats, offsets = [], [], []
+    order = ">" if msg.is_bigendian else "<"
+    for f in msg.fields:
+        if f.datatype not in _POINTFIELD_DTYPES:
+            raise InputError(f"{where}: field {f.name}: unknown datatype {f.datatype}", "bad_cloud")
+        names.append(f.name)
+        formats.append(order + _POINTFIELD_DTYPES[f.datatype] if f.count <= 1 else
+                       (order + _POINTFIELD_DTYPES[f.datatype], (int(f.count),)))
+        offsets.append(int(f.offset))
+    n = int(msg.width) * int(msg.height)
+    step = int(msg.point_step)
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < n * step or dtype.itemsize != step:
+        raise InputError(f"{where}: data: expected {n * step} bytes, got {data.size}", "short_data")
+    return data[: n * step].view(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Message building (rosbags objects, serialized to BagMessages)
+# ------------------------------------------------------------------------------------------------
+
+
+def _header(stamp: int, frame_id: str) -> Any:
+    t = typestore().types
+    return t["std_msgs/msg/Header"](
+        stamp=t["builtin_interfaces/msg/Time"](sec=int(stamp // 1_000_000_000), nanosec=int(stamp % 1_000_000_000)),
+        frame_id=frame_id)
+
+
+def image_msg(rgb_u8: np.ndarray, stamp: int, frame_id: str) -> Any:
+    """rgb8 Image (rosbags object)."""
+    h, w = rgb_u8.shape[:2]
+    return typestore().types[IMAGE](
+        header=_header(stamp, frame_id), height=h, width=w, encoding="rgb8", is_bigendian=0, step=3 * w,
+        data=np.ascontiguousarray(rgb_u8, dtype=np.uint8).reshape(-1))
+
+
+def camera_info_msg(calib: StereoCalib, stamp: int, frame_id: str, right: bool) -> Any:
+    """Rectified CameraInfo (rosbags object): P = [K | t] with Tx = −fx·B on the right camera."""
+    K = np.asarray(calib.K, dtype=np.float64)
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    if right:
+        P[0, 3] = -calib.fx * calib.baseline_m
+    t = typestore().types
+    return t[CAMERA_INFO](
+        header=_header(stamp, frame_id), height=calib.height, width=calib.width, distortion_model="plumb_bob",
+        d=np.zeros(5), k=K.reshape(-1).copy(), r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
+        roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+def pose_msg(T: np.ndarray, stamp: int, frame_id: str) -> Any:
+    """PoseStamped (rosbags object) of a 4x4 transform."""
+    t = typestore().types
+    xyz, q = xyz_qxyzw_from_T(np.asarray(T, dtype=np.float64))
+    return t[POSE_STAMPED](
+        header=_header(stamp, frame_id),
+        pose=t["geometry_msgs/msg/Pose"](
+            position=t["geometry_msgs/msg/Point"](x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2])),
+            orientation=t["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))))
+
+
+def polygon_msg(uv_px: np.ndarray, stamp: int, frame_id: str) -> Any:
+    """PolygonStamped of pixel queries (x = u, y = v, z = 0), as the node's `~/queries` takes them."""
+    t = typestore().types
+    pts = [t["geometry_msgs/msg/Point32"](x=float(u), y=float(v), z=0.0) for u, v in np.asarray(uv_px)]
+    return t[POLYGON_STAMPED](header=_header(stamp, frame_id), polygon=t["geometry_msgs/msg/Polygon"](points=pts))
+
+
+def tracked_points_struct(
+    ids: np.ndarray, uv_px: np.ndarray, xyz_m: np.ndarray, visible: np.ndarray,
+    confidence: np.ndarray | float = 1.0, refined: np.ndarray | int = 1,
+) -> np.ndarray:
+    """(N,) array in the tracked_points layout (`TRACKED_POINTS_DTYPE`)."""
+    n = len(ids)
+    out = np.zeros(n, dtype=TRACKED_POINTS_DTYPE)
+    out["x"], out["y"], out["z"] = (np.asarray(xyz_m, dtype=np.float32).reshape(n, 3)).T
+    out["u"], out["v"] = (np.asarray(uv_px, dtype=np.float32).reshape(n, 2)).T
+    out["id"] = np.asarray(ids).astype(np.uint32)
+    out["visible"] = np.asarray(visible).astype(np.uint8)
+    out["confidence"] = confidence
+    out["refined"] = refined
+    return out
+
+
+def tracked_points_msg(points: np.ndarray, stamp: int, frame_id: str) -> Any:
+    """PointCloud2 (rosbags object) of a `tracked_points_struct` array."""
+    t = typestore().types
+    PF = t["sensor_msgs/msg/PointField"]
+    fields = [PF(name=name, offset=off, datatype=_NP_TO_POINTFIELD[dt], count=1)
+              for name, (dt, off) in TRACKED_POINTS_DTYPE.fields.items()]
+    data = np.ascontiguousarray(points, dtype=TRACKED_POINTS_DTYPE).view(np.uint8).reshape(-1)
+    return t[POINT_CLOUD2](
+        header=_header(stamp, frame_id), height=1, width=len(points), fields=fields, is_bigendian=False,
+        point_step=TRACKED_POINTS_DTYPE.itemsize, row_step=TRACKED_POINTS_DTYPE.itemsize * len(points), data=data,
+        is_dense=True)
+
+
+def _bag_message(topic: str, obj: Any, log_time_ns: int) -> BagMessage:
+    return BagMessage(topic, obj.__msgtype__, int(log_time_ns), serialize(obj))
+
+
+def sequence_messages(
+    seq: Sequence,
+    topics: BagTopics = BagTopics(),
+    gt: Tracks | None = None,
+    frame_ids: tuple[str, str] = ("endoscope_left_optical_frame", "endoscope_right_optical_frame"),
+    world_frame_id: str = "world",
+    namespace: str = "",
+) -> Iterator[BagMessage]:
+    """The messages a live stereo endoscope would publish for `seq`, frame by frame, log time = stamp.
+
+    Per frame: the pose (if `seq.T_world_cam`), the queries of that frame as one PolygonStamped (if
+    any), both CameraInfos, both images, and the ground truth cloud (if `gt`), all with the frame's
+    stamp. Topic names are `namespace` + the `topics` names (give "/" for absolute names).
+    """
+    ns = namespace if namespace.endswith("/") or not namespace else namespace + "/"
+    stamps = np.asarray(seq.stamps_ns, dtype=np.int64)
+    q_frames = seq.queries.frame_idx if len(seq.queries) else np.zeros(0, dtype=np.int64)
+    for i in range(seq.num_frames):
+        s = int(stamps[i])
+        if seq.T_world_cam is not None:
+            yield _bag_message(ns + topics.pose, pose_msg(seq.T_world_cam[i], s, world_frame_id), s)
+        sel = q_frames == i
+        if sel.any():
+            yield _bag_message(ns + topics.queries, polygon_msg(seq.queries.uv_px[sel], s, frame_ids[0]), s)
+        yield _bag_message(ns + topics.left_info, camera_info_msg(seq.calib, s, frame_ids[0], right=False), s)
+        yield _bag_message(ns + topics.right_info, camera_info_msg(seq.calib, s, frame_ids[1], right=True), s)
+        yield _bag_message(ns + topics.left_image, image_msg(seq.left_rgb_u8[i], s, frame_ids[0]), s)
+        yield _bag_message(ns + topics.right_image, image_msg(seq.right_rgb_u8[i], s, frame_ids[1]), s)
+        if gt is not None:
+            pts = tracked_points_struct(gt.ids, gt.uv[i], gt.xyz[i], gt.visible[i])
+            yield _bag_message(ns + topics.ground_truth, tracked_points_msg(pts, s, frame_ids[0]), s)
+
+
+def sequence_to_bag(
+    seq: Sequence, out: str | Path, storage: Storage = "mcap", topics: BagTopics = BagTopics(),
+    gt: Tracks | None = None, namespace: str = "/",
+) -> Path:
+    """Write `seq` as a bag a live stereo endoscope would have produced (see `sequence_messages`)."""
+    return write_bag(out, sequence_messages(seq, topics, gt=gt, namespace=namespace), storage=storage)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bag → sequence folder
+# ------------------------------------------------------------------------------------------------
+
+
+def match_topic(available: Iterable[str], name: str, where: str = "bag") -> str | None:
+    """The one topic in `available` equal to `name` or ending with `/name`; None if there is none."""
+    key = name.strip("/")
+    hits = [t for t in available if t.strip("/") == key or t.endswith("/" + key)]
+    if len(hits) > 1:
+        exact = [t for t in hits if t.strip("/") == key]
+        if len(exact) == 1:
+            return exact[0]
+        raise InputError(f"{where}: topic {name!r} is ambiguous: {', '.join(sorted(hits))}", "ambiguous_topic")
+    return hits[0] if hits else None
+
+
+def grid_queries(width: int, height: int, n: int, frame_idx: int = 0, margin_frac: float = 0.1) -> Queries:
+    """`n` queries on a regular grid (about √n × √n, aspect-matched) inside a margin of `frame_idx`."""
+    cols = max(1, int(round(np.sqrt(n * width / height))))
+    rows = max(1, int(np.ceil(n / cols)))
+    us = np.linspace(margin_frac * (width - 1), (1 - margin_frac) * (width - 1), cols)
+    vs = np.linspace(margin_frac * (height - 1), (1 - margin_frac) * (height - 1), rows)
+    uu, vv = np.meshgrid(us, vs)
+    uv = np.stack([uu.ravel(), vv.ravel()], axis=1)[:n]
+    tuv = np.concatenate([np.full((len(uv), 1), float(frame_idx)), uv], axis=1)
+    return Queries(ids=np.arange(len(uv), dtype=np.int64), query_tuv=tuv)
+
+
+def _pair_stamps(left: np.ndarray, right: np.ndarray, slop_ns: int) -> list[tuple[int, int]]:
+    """(left, right) stamp pairs: the nearest right stamp within `slop_ns` (0: exact), each used once."""
+    lft, rgt = np.unique(left), np.unique(right)
+    if lft.size == 0 or rgt.size == 0:
+        return []
+    idx = np.searchsorted(rgt, lft)
+    below, above = rgt[np.clip(idx - 1, 0, rgt.size - 1)], rgt[np.clip(idx, 0, rgt.size - 1)]
+    best = np.where(np.abs(below - lft) <= np.abs(above - lft), below, above)
+    ok = np.abs(best - lft) <= slop_ns
+    _, first = np.unique(best[ok], return_index=True)  # one right image serves one left image
+    keep = np.sort(first)
+    return [(int(a), int(b)) for a, b in zip(lft[ok][keep], best[ok][keep])]
+
+
+def bag_to_sequence(
+    bag_path: str | Path,
+    out_dir: str | Path,
+    topics: BagTopics = BagTopics(),
+    queries: Queries | None = None,
+    auto_grid: int = 64,
+    slop_s: float = 0.0,
+    T_ecm_cam: np.ndarray | None = None,
+    time_offset_s: float = 0.0,
+    max_pose_gap_s: float = 0.1,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Convert a recorded stereo stream into a sequence folder (DESIGN §2.1); returns the folder.
+
+    Frames are the left/right image pairs with equal header stamps (or, with `slop_s` > 0, the
+    nearest right stamp within it), in stamp order. Images are streamed from the bag in a second
+    pass, so memory stays at a few frames however long the bag is.
+
+    - Calibration: the first left and right CameraInfo (rectified: K from the left P, baseline
+      from the right P's Tx = −fx·B); fps from the median frame interval.
+    - Queries, first that applies: the `queries` argument; the first PolygonStamped on
+      `topics.queries` whose stamp lies within the frames (at the nearest frame; ids 0..N−1 in point
+      order); the ground-truth cloud at the first frame that has one (its visible points, its ids);
+      else an `auto_grid`-point grid on frame 0.
+    - Kinematics (optional): PoseStamped or TransformStamped on `topics.pose`, giving T_world_ecm;
+      T_world_cam = T_world_ecm · T_ecm_cam, interpolated (SLERP) at image stamp + `time_offset_s`.
+      Frames up to `max_pose_gap_s` beyond the first or last pose take that pose; if any frame is
+      further out, kinematics.csv is left out with a warning.
+    - Ground truth (optional): clouds in the tracked_points schema on `topics.ground_truth` with the
+      frames' stamps become `gt/tracks.npz` (frames without one are NaN and not visible).
+
+    Raises:
+        InputError: naming the bag and topic, for a missing topic or a bad message.
+    """
+    bag_path = Path(bag_path)
+    where = str(bag_path)
+    available = bag_topics(bag_path)
+    names = {k: match_topic(available, getattr(topics, k), where) for k in topics.__dataclass_fields__}
+    for key in ("left_image", "right_image", "left_info", "right_info"):
+        if names[key] is None:
+            raise InputError(f"{where}: topic {getattr(topics, key)!r} not found (has: {', '.join(sorted(available))})",
+                             "missing_topic")
+    for key, types in (("left_image", (IMAGE,)), ("right_image", (IMAGE,)), ("left_info", (CAMERA_INFO,)),
+                       ("right_info", (CAMERA_INFO,)), ("pose", (POSE_STAMPED, TRANSFORM_STAMPED)),
+                       ("queries", (POLYGON_STAMPED,)), ("ground_truth", (POINT_CLOUD2,))):
+        if names[key] is not None and available[names[key]] not in types:
+            if key in ("pose", "queries", "ground_truth"):
+                log.warning("%s: %s has type %s; ignored", where, names[key], available[names[key]])
+                names[key] = None
+            else:
+                raise InputError(f"{where}: {names[key]}: expected {types[0]}, got {available[names[key]]}", "bad_type")
+
+    # Pass 1: everything but the pixels.
+    stamps: dict[str, list[int]] = {"left_image": [], "right_image": []}
+    infos: dict[str, Any] = {}
+    pose_stamps, poses = [], []
+    polygons: list[tuple[int, np.ndarray]] = []
+    gt_clouds: dict[int, np.ndarray] = {}
+    by_topic = {v: k for k, v in names.items() if v is not None}
+    for msg in read_bag(bag_path, topics=by_topic):
+        key = by_topic[msg.topic]
+        obj = deserialize(msg)
+        if key in stamps:
+            stamps[key].append(stamp_ns(obj.header))
+        elif key in ("left_info", "right_info"):
+            infos.setdefault(key, obj)
+        elif key == "pose":
+            try:
+                poses.append(T_from_pose_msg(obj))
+            except InputError as err:
+                log.warning("%s: %s: %s; skipped", where, msg.topic, err)
+                continue
+            pose_stamps.append(stamp_ns(obj.header))
+        elif key == "queries":
+            uv = np.array([[p.x, p.y] for p in obj.polygon.points], dtype=np.float64).reshape(-1, 2)
+            polygons.append((stamp_ns(obj.header), uv))
+        elif key == "ground_truth":
+            gt_clouds[stamp_ns(obj.header)] = cloud_to_struct(obj, f"{where}: {msg.topic}").copy()
+    if "left_info" not in infos or "right_info" not in infos:
+        raise InputError(f"{where}: no CameraInfo messages on {names['left_info']} and {names['right_info']}",
+                         "missing_topic")
+    pairs = _pair_stamps(np.array(stamps["left_image"], dtype=np.int64), np.array(stamps["right_image"], dtype=np.int64),
+                         int(round(slop_s * 1e9)))
+    if not pairs:
+        raise InputError(f"{where}: no left/right image pair with matching stamps", "no_frames")
+    frame_ns = np.array([p[0] for p in pairs], dtype=np.int64)
+    T = len(frame_ns)
+    fps = float(1e9 / np.median(np.diff(frame_ns))) if T > 1 else 30.0
+    calib = calib_from_infos(infos["left_info"], infos["right_info"], fps=fps, where=f"{where}: camera_info")
+
+    queries = queries if queries is not None else _queries_from_stream(polygons, gt_clouds, frame_ns, calib, auto_grid)
+    T_world_cam = _kinematics(pose_stamps, poses, frame_ns, T_ecm_cam, time_offset_s, max_pose_gap_s, where)
+
+    # Pass 2: the pixels, streamed as pairs in stamp order.
+    left_of = {lft: i for i, (lft, _) in enumerate(pairs)}
+    right_of = {rgt: i for i, (_, rgt) in enumerate(pairs)}
+    W, H = calib.image_size
+
+    def image_pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        pending: dict[int, dict[str, np.ndarray]] = {}
+        nxt = 0
+        img_topics = {names["left_image"]: "l", names["right_image"]: "r"}
+        for msg in read_bag(bag_path, topics=img_topics):
+            obj = deserialize(msg)
+            s = stamp_ns(obj.header)
+            side = img_topics[msg.topic]
+            idx = (left_of if side == "l" else right_of).get(s)
+            if idx is None or idx < nxt:
+                continue
+            rgb = rgb_u8_from_image(obj, f"{where}: {msg.topic}")
+            if rgb.shape[:2] != (H, W):
+                raise InputError(f"{where}: {msg.topic}: image {rgb.shape[1]}x{rgb.shape[0]} differs from camera_info "
+                                 f"{W}x{H}", "size_mismatch")
+            pending.setdefault(idx, {})[side] = rgb
+            while nxt in pending and len(pending[nxt]) == 2:
+                pair = pending.pop(nxt)
+                yield pair["l"], pair["r"]
+                nxt += 1
+        if nxt != T:
+            raise InputError(f"{where}: images changed between reads ({nxt} of {T} frames)", "no_frames")
+
+    left_it, right_it = tee(image_pairs())
+    from .sequence import write_sequence
+
+    out = write_sequence(out_dir, (p[0] for p in left_it), (p[1] for p in right_it), calib, queries,
+                         stamps_ns=frame_ns, T_world_cam=T_world_cam, progress=progress)
+    if gt_clouds:
+        gt = _gt_tracks(gt_clouds, frame_ns)
+        if gt is not None:
+            from .trackfile import write_tracks
+
+            write_tracks(out / "gt" / "tracks.npz", gt)
+    log.info("%s: wrote %d frames, %d queries to %s", where, T, len(queries), out)
+    return out
+
+
+def _queries_from_stream(
+    polygons: list[tuple[int, np.ndarray]], gt_clouds: dict[int, np.ndarray], frame_ns: np.ndarray,
+    calib: StereoCalib, auto_grid: int,
+) -> Queries:
+    lo, hi = int(frame_ns[0]), int(frame_ns[-1])
+    for s, uv in polygons:
+        if lo <= s <= hi and len(uv):
+            t = int(np.argmin(np.abs(frame_ns - s)))
+            tuv = np.concatenate([np.full((len(uv), 1), float(t)), uv], axis=1)
+            return Queries(ids=np.arange(len(uv), dtype=np.int64), query_tuv=tuv)
+    for t, s in enumerate(frame_ns):
+        pts = gt_clouds.get(int(s))
+        if pts is not None and "visible" in pts.dtype.names:
+            vis = pts[pts["visible"] > 0]
+            if len(vis):
+                tuv = np.stack([np.full(len(vis), float(t)), vis["u"].astype(np.float64), vis["v"].astype(np.float64)], 1)
+                return Queries(ids=vis["id"].astype(np.int64), query_tuv=tuv)
+    return grid_queries(calib.width, calib.height, auto_grid)
+
+
+def _kinematics(
+    pose_stamps: list[int], poses: list[np.ndarray], frame_ns: np.ndarray, T_ecm_cam: np.ndarray | None,
+    time_offset_s: float, max_gap_s: float, where: str,
+) -> np.ndarray | None:
+    if not poses:
+        return None
+    st = np.asarray(pose_stamps, dtype=np.int64)
+    order = np.argsort(st, kind="stable")
+    st, keep = np.unique(st[order], return_index=True)
+    T_world_ecm = np.stack(poses)[order][keep]
+    query = frame_ns + int(round(time_offset_s * 1e9))
+    gap = int(round(max_gap_s * 1e9))
+    if query.min() < st[0] - gap or query.max() > st[-1] + gap:
+        log.warning("%s: poses cover %.3f..%.3f s but frames need %.3f..%.3f s; kinematics left out",
+                    where, st[0] * 1e-9, st[-1] * 1e-9, query.min() * 1e-9, query.max() * 1e-9)
+        return None
+    T_world_cam = interpolate_poses(st, T_world_ecm, np.clip(query, st[0], st[-1]))
+    if T_ecm_cam is not None:
+        T_world_cam = T_world_cam @ np.asarray(T_ecm_cam, dtype=np.float64)
+    return T_world_cam
+
+
+def _gt_tracks(gt_clouds: dict[int, np.ndarray], frame_ns: np.ndarray) -> Tracks | None:
+    clouds = [gt_clouds.get(int(s)) for s in frame_ns]
+    present = [c for c in clouds if c is not None]
+    need = {"x", "y", "z", "u", "v", "id", "visible"}
+    if not present or any(not need <= set(c.dtype.names) for c in present):
+        return None
+    ids = np.unique(np.concatenate([c["id"].astype(np.int64) for c in present]))
+    T, N = len(frame_ns), len(ids)
+    uv = np.full((T, N, 2), np.nan, dtype=np.float32)
+    xyz = np.full((T, N, 3), np.nan, dtype=np.float32)
+    visible = np.zeros((T, N), dtype=bool)
+    for t, c in enumerate(clouds):
+        if c is None:
+            continue
+        col = np.searchsorted(ids, c["id"].astype(np.int64))
+        uv[t, col] = np.stack([c["u"], c["v"]], axis=1)
+        xyz[t, col] = np.stack([c["x"], c["y"], c["z"]], axis=1)
+        visible[t, col] = c["visible"] > 0
+    return Tracks(ids=ids, uv=uv, visible=visible, xyz=xyz, meta={"method": "ground_truth", "source": "bag"})

@@ -1,0 +1,135 @@
+"""Multi-scale plane features over (x, y, z, t): HexPlane and its static tri-plane subset (DESIGN §3.2).
+
+A plane (a, b) is a learnable (F, res_b, res_a) image looked up bilinearly at (coord_a, coord_b) with
+`grid_sample`. Features of the requested planes are multiplied (so a time plane that holds 1 leaves
+the spatial features as they are) and the scales are concatenated, as in K-Planes. Time planes hold
+one row per frame (times `time_res_per_frame`), start at 1 and can grow with the sequence.
+
+Coordinates are workspace-normalised: x, y, z and t all lie in [-1, 1]; t = -1 is the first frame and
+t = 1 the last. `align_corners=True`, so t_norm of frame k hits row k exactly.
+"""
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import HexPlaneConfig
+from ..shapes import Float
+
+TIME = 3
+ALL_PLANES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+TRI_PLANES = ((0, 1), (0, 2), (1, 2))
+
+
+def time_rows(num_frames: int, time_res_per_frame: float) -> int:
+    """Rows of a time plane for `num_frames` frames (at least 2, so `grid_sample` is defined)."""
+    return max(2, int(round(num_frames * time_res_per_frame)))
+
+
+def t_norm_from_frame(frame_idx: Tensor, num_frames: int) -> Tensor:
+    """Frame index → t in [-1, 1] (a single frame maps to 0)."""
+    if num_frames <= 1:
+        return torch.zeros_like(frame_idx, dtype=torch.float32)
+    return frame_idx.to(torch.float32) * (2.0 / (num_frames - 1)) - 1.0
+
+
+def resample_time_rows(plane: Tensor, old_frames: int, new_frames: int, new_rows: int) -> Tensor:
+    """Resize a (n, F, rows, res) time-plane stack to a sequence of `new_frames` frames.
+
+    Rows are placed at frame positions; frames past the old end repeat the last row, so the
+    warm-started map is unchanged on the frames it was fitted to.
+    """
+    old_rows = plane.shape[2]
+    f_new = torch.linspace(0, max(new_frames - 1, 0), new_rows, device=plane.device)  # frame of each new row
+    pos = f_new * ((old_rows - 1) / max(old_frames - 1, 1))
+    pos = pos.clamp(0, old_rows - 1)
+    lo = pos.floor().long().clamp(max=old_rows - 1)
+    hi = (lo + 1).clamp(max=old_rows - 1)
+    a = (pos - lo.float()).view(1, 1, -1, 1)
+    return plane[:, :, lo] * (1 - a) + plane[:, :, hi] * a
+
+
+class MultiScaleHexPlane(nn.Module):
+    """Features on a chosen set of planes of (x, y, z, t) at several spatial resolutions.
+
+    Product of bilinear look-ups over the planes, concatenated over scales. Spatial planes start
+    uniform in [init_low, init_high]; time planes start at 1, so a new model is time-invariant.
+    All spatial planes of one scale are looked up in one `grid_sample` call, and so are all time
+    planes (DESIGN §3.4).
+    """
+
+    def __init__(self, cfg: HexPlaneConfig, num_frames: int, planes: Sequence[tuple[int, int]] = ALL_PLANES,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.planes = tuple(tuple(p) for p in planes)
+        self.spatial = tuple(p for p in self.planes if TIME not in p)
+        self.temporal = tuple(p for p in self.planes if TIME in p)
+        self.num_frames = int(num_frames)
+        self.time_res_per_frame = cfg.time_res_per_frame
+        self.out_dim = int(sum(cfg.feature_dims))
+        rows = time_rows(num_frames, cfg.time_res_per_frame)
+        self.spatial_grids = nn.ParameterList()
+        self.time_grids = nn.ParameterList()
+        for res, fdim in zip(cfg.resolutions, cfg.feature_dims):
+            if self.spatial:
+                g = torch.empty(len(self.spatial), fdim, res, res)
+                g.uniform_(cfg.init_low, cfg.init_high, generator=generator)
+                self.spatial_grids.append(nn.Parameter(g))  # (n_spatial, F, res, res)
+            if self.temporal:
+                self.time_grids.append(nn.Parameter(torch.ones(len(self.temporal), fdim, rows, res)))  # (n_time, F, T_rows, res)
+
+    def forward(self, xyzt_norm: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B F"]:
+        """Features at workspace-normalised points; all four coordinates lie in [-1, 1]."""
+        batch = xyzt_norm.shape[:-1]
+        pts = xyzt_norm.reshape(-1, 4)
+        outs = []
+        for li in range(len(self.spatial_grids) if self.spatial else len(self.time_grids)):
+            feat = None
+            if self.spatial:
+                feat = self._lookup(self.spatial_grids[li], pts, self.spatial)
+            if self.temporal:
+                ft = self._lookup(self.time_grids[li], pts, self.temporal)
+                feat = ft if feat is None else feat * ft
+            outs.append(feat)
+        return torch.cat(outs, dim=-1).reshape(*batch, self.out_dim)
+
+    @staticmethod
+    def _lookup(grid: Tensor, pts: Tensor, planes: Sequence[tuple[int, int]]) -> Tensor:
+        # grid_sample's x indexes columns (first coordinate of the plane), y rows (second).
+        coords = torch.stack([pts[:, list(p)] for p in planes], dim=0)  # (n, P, 2)
+        out = F.grid_sample(grid, coords.unsqueeze(1), mode="bilinear", padding_mode="border",
+                            align_corners=True)  # (n, F, 1, P)
+        return out.squeeze(2).prod(dim=0).transpose(0, 1)  # (P, F)
+
+    def grow_time(self, num_frames: int) -> None:
+        """Extend (or shrink) the time axis to `num_frames`, keeping fitted frames unchanged."""
+        if num_frames == self.num_frames or not self.temporal:
+            self.num_frames = int(num_frames)
+            return
+        rows = time_rows(num_frames, self.time_res_per_frame)
+        for i, g in enumerate(self.time_grids):
+            new = resample_time_rows(g.data, self.num_frames, num_frames, rows)
+            self.time_grids[i] = nn.Parameter(new.contiguous())
+        self.num_frames = int(num_frames)
+
+    def tv_loss(self) -> Float[Tensor, ""]:
+        """Total variation (squared differences) of the spatial planes, mean per texel."""
+        total = torch.zeros((), device=self._device())
+        for g in self.spatial_grids:
+            total = total + ((g[..., 1:, :] - g[..., :-1, :]) ** 2).mean() + ((g[..., 1:] - g[..., :-1]) ** 2).mean()
+        return total
+
+    def time_smooth_loss(self) -> Float[Tensor, ""]:
+        """Second difference of the time planes along t (K-Planes' time smoothness)."""
+        total = torch.zeros((), device=self._device())
+        for g in self.time_grids:
+            if g.shape[2] >= 3:
+                total = total + ((g[:, :, 2:] - 2 * g[:, :, 1:-1] + g[:, :, :-2]) ** 2).mean()
+        return total
+
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")

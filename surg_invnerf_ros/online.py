@@ -1,0 +1,591 @@
+"""OnlineTracker: streaming tracking at two speeds (DESIGN §3.3). ROS-free; the node wraps it.
+
+- **Front end, every frame** (`push_frame`, milliseconds): LK moves each query from the previous
+  left image to the new one, SGBM depth lifts it to 3D. A result exists for every frame at once.
+- **Refinement, asynchronous** (a worker thread): every `keyframe_every`-th frame is buffered in a
+  window of `window_frames` keyframes (bounded memory). When enough new keyframes have arrived the
+  worker fits the InvNeRF model on the window, warm-starting from the last fit, and infers the
+  queries' tracks on it. `poll()` hands those tracks back (`refined=True`); they replace the front
+  end's in the history, and the front end re-anchors: its current estimate is shifted by the
+  correction the fit made at the newest keyframe it covered, so front-end drift never outlives a fit.
+
+Nothing here blocks on the model: `push_frame`, `poll` and the query calls only take a short lock.
+Queries can be added, cleared or reset at any time; ids are never reused.
+
+The refinement backend is a callable (`Refiner`), so tests inject a fake and the default wraps
+`track.fit_invnerf` + `track.infer_tracks`, imported lazily (torch loads only when refinement runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from .config import FrontendConfig, QueryConfig, RefineConfig, load_config
+from .errors import ConfigError, InputError
+from .geometry import sample_bilinear, unproject_m
+from .structs import Queries, Sequence, StereoCalib, Tracks
+
+log = logging.getLogger(__name__)
+
+# Front-end confidence halves every this many frames since the point was last anchored by a fit
+# (or created): a heuristic for chained-LK drift, reported as `confidence` in ~/tracked_points.
+CONFIDENCE_HALF_LIFE_FRAMES = 30.0
+
+
+@dataclass(frozen=True)
+class StereoFrame:
+    """One synchronised, rectified stereo pair.
+
+    Attributes:
+        left_rgb_u8, right_rgb_u8: (H, W, 3) uint8 RGB.
+        calib: rectified calibration (image_size = (W, H)).
+        stamp_ns: the left image stamp.
+        T_world_cam: optional (4, 4) left-camera pose (kinematics), None without.
+    """
+
+    left_rgb_u8: np.ndarray
+    right_rgb_u8: np.ndarray
+    calib: StereoCalib
+    stamp_ns: int
+    T_world_cam: np.ndarray | None = None
+
+
+@dataclass
+class FrameTracks:
+    """Every current query at one frame.
+
+    Attributes:
+        stamp_ns: the frame's left image stamp.
+        ids: (N,) int64.
+        uv_px: (N, 2) float32 left-image pixels.
+        xyz_cam_m: (N, 3) float32 metres, left optical frame of this frame (NaN: no depth).
+        visible: (N,) bool.
+        confidence: (N,) float32 in [0, 1].
+        refined: (N,) bool, True where the InvNeRF fit produced the value.
+        depth_m: optional (H, W) float32 stereo depth of the frame (NaN invalid), for the cloud.
+    """
+
+    stamp_ns: int
+    ids: np.ndarray
+    uv_px: np.ndarray
+    xyz_cam_m: np.ndarray
+    visible: np.ndarray
+    confidence: np.ndarray
+    refined: np.ndarray
+    depth_m: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RefineJob:
+    """What the worker hands to a refiner: a window of keyframes with queries, plus the last state."""
+
+    seq: Sequence
+    init_state: Any | None
+    generation: int
+
+
+@dataclass
+class RefineOutput:
+    """A refiner's answer: tracks over the job's frames (ids = the job's query ids), its state, stats."""
+
+    tracks: Tracks
+    state: Any | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+Refiner = Callable[[RefineJob], RefineOutput]
+
+
+class FrontEnd(Protocol):
+    """Per-frame front end: point motion between two left images and stereo depth."""
+
+    def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray, uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+    def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
+        ...
+
+
+class LKStereoFrontEnd:
+    """The default front end: `frontend.lk.LKPointTracker` and `frontend.stereo.stereo_depth_m`."""
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        from .frontend.lk import LKPointTracker
+
+        self._lk = LKPointTracker(cfg.lk)
+        self._stereo_cfg = cfg.stereo
+
+    def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray, uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._lk.track_pair(prev_rgb_u8, cur_rgb_u8, uv_px)
+
+    def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
+        from .frontend.stereo import stereo_depth_m
+
+        return stereo_depth_m(left_rgb_u8, right_rgb_u8, calib, self._stereo_cfg)
+
+
+def resolve_device(device: str) -> str:
+    """auto → cuda when torch sees a GPU, else cpu. Refuses cuda without a GPU (the node won't start).
+
+    Raises:
+        ConfigError: `device: cuda requested but ...`.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device: expected one of auto|cpu|cuda, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError("device: cuda requested but torch sees no CUDA device")
+    return "cpu"
+
+
+class _Abort(Exception):
+    """Raised from the progress callback to stop a fit on reset or close."""
+
+
+class InvNeRFRefiner:
+    """The default refiner: `track.fit_invnerf` on the window, then `track.infer_tracks`."""
+
+    def __init__(self, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig, device: str = "auto") -> None:
+        from .config import FitConfig
+
+        self.fit_cfg = load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
+        self.fit_cfg = replace(self.fit_cfg, device=resolve_device(device))
+        self.frontend_cfg = frontend_cfg
+        self.progress: Callable[..., None] | None = None
+
+    def __call__(self, job: RefineJob) -> RefineOutput:
+        from .track import fit_invnerf, infer_tracks
+
+        t0 = time.perf_counter()
+        try:
+            result = fit_invnerf(job.seq, self.fit_cfg, self.frontend_cfg, progress=self.progress,
+                                 init_state=job.init_state)
+        except _Abort:
+            raise
+        except Exception as err:  # a warm start from a differently shaped window may not load
+            if job.init_state is None:
+                raise
+            log.warning("refine: warm start failed (%s); fitting from scratch", err)
+            result = fit_invnerf(job.seq, self.fit_cfg, self.frontend_cfg, progress=self.progress)
+        tracks = infer_tracks(result, job.seq, job.seq.queries)
+        meta = getattr(result, "meta", {}) or {}
+        stats = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
+        stats["fit_s"] = time.perf_counter() - t0
+        return RefineOutput(tracks=tracks, state=result.state_dict(), stats=stats)
+
+
+@dataclass
+class _KeyFrame:
+    index: int
+    frame: StereoFrame
+    ids: np.ndarray        # (N,) ids present at this frame
+    uv_px: np.ndarray      # (N, 2) front-end positions at this frame (as the front end had them)
+    visible: np.ndarray    # (N,)
+
+
+def index_of(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """Position of each needle in `haystack` (unique ids), -1 where absent; vectorised."""
+    if len(haystack) == 0:
+        return np.full(len(needles), -1, np.int64)
+    order = np.argsort(haystack, kind="stable")
+    pos = np.clip(np.searchsorted(haystack, needles, sorter=order), 0, len(haystack) - 1)
+    found = haystack[order[pos]] == needles
+    return np.where(found, order[pos], -1).astype(np.int64)
+
+
+def grid_queries_px(n: int, image_size: tuple[int, int], margin_px: float) -> np.ndarray:
+    """About `n` pixels on a regular grid inside the margin, rows of (u, v); exactly n rows."""
+    W, H = image_size
+    w, h = max(W - 1 - 2 * margin_px, 1.0), max(H - 1 - 2 * margin_px, 1.0)
+    nx = max(1, int(round(np.sqrt(n * w / h))))
+    ny = max(1, int(np.ceil(n / nx)))
+    us = margin_px + (np.arange(nx) + 0.5) * w / nx
+    vs = margin_px + (np.arange(ny) + 0.5) * h / ny
+    uu, vv = np.meshgrid(us, vs)
+    return np.stack([uu.ravel(), vv.ravel()], axis=-1)[:n]
+
+
+class OnlineTracker:
+    """Streaming tracker: front end every frame, InvNeRF refinement in a worker thread."""
+
+    def __init__(self, frontend_cfg: FrontendConfig | None = None, refine_cfg: RefineConfig | None = None,
+                 query_cfg: QueryConfig | None = None, *, frontend: FrontEnd | None = None,
+                 refiner: Refiner | None = None, device: str = "auto", start_worker: bool = True) -> None:
+        """Args:
+            frontend: per-frame backend (default `LKStereoFrontEnd(frontend_cfg)`).
+            refiner: refinement backend (default `InvNeRFRefiner`, only when refine_cfg.enabled).
+            device: model device for the default refiner.
+
+        Raises:
+            ConfigError: a bad fit config or an unavailable device (the node refuses to start).
+        """
+        self.frontend_cfg = frontend_cfg or FrontendConfig()
+        self.refine_cfg = refine_cfg or RefineConfig()
+        self.query_cfg = query_cfg or QueryConfig()
+        self.frontend = frontend if frontend is not None else LKStereoFrontEnd(self.frontend_cfg)
+        if refiner is None and self.refine_cfg.enabled:
+            refiner = InvNeRFRefiner(self.refine_cfg, self.frontend_cfg, device)
+        self.refiner = refiner
+        if isinstance(refiner, InvNeRFRefiner):
+            refiner.progress = self._on_progress
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ids = np.zeros(0, np.int64)
+        self._uv = np.zeros((0, 2), np.float64)
+        self._visible = np.zeros(0, bool)
+        self._age = np.zeros(0, np.float64)
+        self._next_id = 0
+        self._prev_left: np.ndarray | None = None
+        self._last_stamp: int | None = None
+        self._frame_index = -1
+        self._last_calib: StereoCalib | None = None
+        self._keyframes: deque[_KeyFrame] = deque(maxlen=self.refine_cfg.window_frames)
+        self._kf_since_fit = 0
+        self._history: OrderedDict[int, FrameTracks] = OrderedDict()
+        self._results: deque[tuple[int, RefineJob, RefineOutput]] = deque(maxlen=4)
+        self._generation = 0
+        self._fit_state: Any | None = None
+        self._pending_grid = self.query_cfg.auto_grid if not self.query_cfg.points_px else 0
+        self._model: dict[str, Any] = {"state": "idle" if self.refiner else "off", "fits": 0}
+        self._stop = False
+        self._busy = False
+        self._running_generation = -1
+        self._worker: threading.Thread | None = None
+        if self.query_cfg.points_px:
+            self.add_queries(np.asarray(self.query_cfg.points_px, np.float64).reshape(-1, 2))
+        if self.refiner is not None and start_worker:
+            self._worker = threading.Thread(target=self._run, name="invnerf-refine", daemon=True)
+            self._worker.start()
+
+    # ------------------------------------------------------------------ queries
+
+    def add_queries(self, uv_px: np.ndarray, stamp_ns: int | None = None) -> np.ndarray:
+        """Add (N, 2) left-image pixels as queries; return their new, stable ids.
+
+        The pixels are taken at the frame `stamp_ns` when it is a buffered keyframe (they are moved
+        to the current frame by LK), otherwise at the latest frame.
+
+        Raises:
+            InputError: non-finite pixels (`bad_queries`) or more than `queries.max_queries`
+                (`too_many_queries`).
+        """
+        uv = np.asarray(uv_px, np.float64).reshape(-1, 2)
+        if not np.isfinite(uv).all():
+            raise InputError("queries: non-finite pixel", "bad_queries")
+        with self._lock:
+            return self._add_locked(self._move_to_current(uv, stamp_ns))
+
+    def _add_locked(self, uv: np.ndarray) -> np.ndarray:
+        if len(self._ids) + len(uv) > self.query_cfg.max_queries:
+            raise InputError(f"queries: {len(self._ids)} + {len(uv)} exceeds queries.max_queries "
+                             f"({self.query_cfg.max_queries})", "too_many_queries")
+        ids = np.arange(self._next_id, self._next_id + len(uv), dtype=np.int64)
+        self._next_id += len(uv)
+        self._ids = np.concatenate([self._ids, ids])
+        self._uv = np.concatenate([self._uv, uv])
+        self._visible = np.concatenate([self._visible, np.ones(len(uv), bool)])
+        self._age = np.concatenate([self._age, np.zeros(len(uv))])
+        self._pending_grid = 0
+        return ids
+
+    def _move_to_current(self, uv: np.ndarray, stamp_ns: int | None) -> np.ndarray:
+        if stamp_ns is None or self._prev_left is None or stamp_ns == self._last_stamp:
+            return uv
+        kf = next((k for k in self._keyframes if k.frame.stamp_ns == stamp_ns), None)
+        if kf is None:
+            return uv
+        moved, _ = self.frontend.track(kf.frame.left_rgb_u8, self._prev_left, uv)
+        return np.asarray(moved, np.float64)
+
+    def remove_queries(self, ids: np.ndarray) -> None:
+        """Forget the given ids (others keep theirs)."""
+        with self._lock:
+            keep = ~np.isin(self._ids, np.asarray(ids, np.int64))
+            self._select(keep)
+
+    def clear_queries(self) -> None:
+        """Drop all queries; the model and buffers stay (ids are not reused)."""
+        with self._lock:
+            self._select(np.zeros(len(self._ids), bool))
+            self._pending_grid = 0
+
+    def reset(self) -> None:
+        """Drop the queries, the model (a running fit is abandoned) and the buffered frames."""
+        with self._lock:
+            self._select(np.zeros(len(self._ids), bool))
+            self._pending_grid = 0
+            self._drop_model()
+            self._history.clear()
+
+    def _drop_model(self) -> None:
+        self._generation += 1
+        self._fit_state = None
+        self._keyframes.clear()
+        self._kf_since_fit = 0
+        self._results.clear()
+        self._prev_left = None
+        self._model.update(state="idle" if self.refiner else "off", error="")
+
+    def _select(self, keep: np.ndarray) -> None:
+        self._ids, self._uv = self._ids[keep], self._uv[keep]
+        self._visible, self._age = self._visible[keep], self._age[keep]
+
+    @property
+    def query_ids(self) -> np.ndarray:
+        with self._lock:
+            return self._ids.copy()
+
+    # ------------------------------------------------------------------ front end
+
+    def push_frame(self, frame: StereoFrame) -> FrameTracks:
+        """Track every query into `frame` (front end only) and buffer it for refinement.
+
+        Raises:
+            InputError: left/right size differs from each other or from the calibration
+                (`stereo_size_mismatch`).
+        """
+        left, right = frame.left_rgb_u8, frame.right_rgb_u8
+        if left.shape != right.shape or left.shape[:2] != (frame.calib.height, frame.calib.width):
+            raise InputError(f"frame: left {left.shape}, right {right.shape}, calib {frame.calib.image_size}",
+                             "stereo_size_mismatch")
+        depth_m = np.asarray(self.frontend.depth_m(left, right, frame.calib), np.float32)
+        with self._lock:
+            if self._last_stamp is not None and frame.stamp_ns <= self._last_stamp:
+                log.warning("time moved backwards (%d -> %d ns): dropping buffered frames and the model",
+                            self._last_stamp, frame.stamp_ns)
+                self._drop_model()
+            if self._last_calib is not None and self._last_calib.image_size != frame.calib.image_size:
+                self._drop_model()
+            self._last_calib = frame.calib
+            if self._pending_grid and not len(self._ids):
+                n = min(self._pending_grid, self.query_cfg.max_queries)
+                self._pending_grid = 0
+                self._add_locked(grid_queries_px(n, frame.calib.image_size, self.query_cfg.grid_margin_px))
+            if self._prev_left is not None and len(self._ids):
+                uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))
+                ok = np.asarray(ok, bool)
+                self._uv = np.where(ok[:, None], np.asarray(uv_new, np.float64), self._uv)
+                self._visible = ok
+                self._age += 1.0
+            W, H = frame.calib.image_size
+            inside = ((self._uv[:, 0] >= 0) & (self._uv[:, 1] >= 0) & (self._uv[:, 0] <= W - 1)
+                      & (self._uv[:, 1] <= H - 1))
+            self._visible = self._visible & inside
+            self._prev_left = left
+            self._last_stamp = frame.stamp_ns
+            self._frame_index += 1
+            result = self._front_result(frame, depth_m)
+            self._remember(result)
+            if self.refiner is not None and self._frame_index % self.refine_cfg.keyframe_every == 0:
+                self._keyframes.append(_KeyFrame(self._frame_index, frame, self._ids.copy(), self._uv.copy(),
+                                                 self._visible.copy()))
+                self._kf_since_fit += 1
+                self._wake.notify()
+            return result
+
+    def _front_result(self, frame: StereoFrame, depth_m: np.ndarray) -> FrameTracks:
+        z = sample_bilinear(depth_m, self._uv) if len(self._uv) else np.zeros(0)
+        xyz = unproject_m(self._uv, z, frame.calib.K)
+        conf = np.where(self._visible, 0.5 ** (self._age / CONFIDENCE_HALF_LIFE_FRAMES), 0.0)
+        return FrameTracks(stamp_ns=frame.stamp_ns, ids=self._ids.copy(), uv_px=self._uv.astype(np.float32),
+                           xyz_cam_m=xyz.astype(np.float32), visible=self._visible.copy(),
+                           confidence=conf.astype(np.float32), refined=np.zeros(len(self._ids), bool),
+                           depth_m=depth_m)
+
+    def _remember(self, result: FrameTracks) -> None:
+        self._history[result.stamp_ns] = result
+        while len(self._history) > self.refine_cfg.history_frames:
+            self._history.popitem(last=False)
+
+    def tracks_at(self, stamp_ns: int) -> FrameTracks | None:
+        """The best-known tracks at a past frame (refined where a fit covered it), if still kept."""
+        with self._lock:
+            return self._history.get(stamp_ns)
+
+    # ------------------------------------------------------------------ refinement results
+
+    def poll(self) -> list[FrameTracks]:
+        """Refined tracks that arrived since the last call, one per covered frame, oldest first.
+
+        They replace the front end's tracks in the history, and the current front-end estimate is
+        re-anchored on the newest of them. Never blocks on the model.
+        """
+        out: list[FrameTracks] = []
+        with self._lock:
+            while self._results:
+                gen, job, res = self._results.popleft()
+                if gen != self._generation:
+                    continue
+                out += self._apply(job, res)
+        return out
+
+    def _apply(self, job: RefineJob, res: RefineOutput) -> list[FrameTracks]:
+        tr = res.tracks
+        stamps = job.seq.stamps_ns
+        frames: list[FrameTracks] = []
+        live = np.isin(tr.ids, self._ids)
+        for t, stamp in enumerate(stamps):
+            vis = np.asarray(tr.visible[t], bool)
+            frames.append(FrameTracks(
+                stamp_ns=int(stamp), ids=tr.ids[live].astype(np.int64), uv_px=tr.uv[t][live].astype(np.float32),
+                xyz_cam_m=tr.xyz[t][live].astype(np.float32), visible=vis[live],
+                confidence=vis[live].astype(np.float32), refined=np.ones(int(live.sum()), bool),
+                depth_m=None))
+            if int(stamp) in self._history:
+                self._history[int(stamp)] = replace(frames[-1], depth_m=self._history[int(stamp)].depth_m)
+        # Re-anchor on the newest covered keyframe: shift by the correction the fit made there.
+        # Later keyframe snapshots descend from the same uncorrected state, so they shift too.
+        kf = next((k for k in reversed(self._keyframes) if k.frame.stamp_ns == int(stamps[-1])), None)
+        if kf is not None and len(tr.ids):
+            ok = np.asarray(tr.visible[-1], bool) & np.isfinite(tr.uv[-1]).all(axis=1)
+            rid, ruv = tr.ids[ok].astype(np.int64), tr.uv[-1][ok].astype(np.float64)
+            at_kf = index_of(kf.ids, rid)
+            rid, ruv, at_kf = rid[at_kf >= 0], ruv[at_kf >= 0], at_kf[at_kf >= 0]
+            delta = ruv - kf.uv_px[at_kf]
+
+            def shift(ids: np.ndarray, uv: np.ndarray) -> np.ndarray:
+                idx = index_of(ids, rid)
+                uv[idx[idx >= 0]] += delta[idx >= 0]
+                return idx[idx >= 0]
+
+            moved = shift(self._ids, self._uv)
+            self._age[moved] = float(self._frame_index - kf.index)
+            for k in self._keyframes:
+                if k.index > kf.index:
+                    shift(k.ids, k.uv_px)
+        self._fit_state = res.state
+        return frames
+
+    # ------------------------------------------------------------------ worker
+
+    def _ready(self) -> bool:
+        return (len(self._ids) > 0 and len(self._keyframes) >= self.refine_cfg.min_keyframes
+                and self._kf_since_fit >= self.refine_cfg.new_keyframes)
+
+    def _job_inputs(self) -> tuple[list[_KeyFrame], np.ndarray, np.ndarray, np.ndarray]:
+        """Under the lock: the keyframes, and per live query its first visible keyframe and pixel there.
+
+        A refined position at that keyframe (from an earlier fit) is preferred to the front end's.
+        """
+        kfs = list(self._keyframes)
+        ids = self._ids.copy()
+        first_t = np.full(len(ids), -1, np.int64)
+        uv = np.zeros((len(ids), 2), np.float64)
+        for t, k in enumerate(kfs):
+            idx = index_of(k.ids, ids)
+            seen = (idx >= 0) & (first_t < 0)
+            seen[seen] = k.visible[idx[seen]]
+            first_t[seen] = t
+            uv[seen] = k.uv_px[idx[seen]]
+            best = self._history.get(k.frame.stamp_ns)
+            if best is not None and best.refined.any() and seen.any():
+                hit = index_of(best.ids, ids)
+                use = seen & (hit >= 0)
+                use[use] = best.visible[hit[use]]
+                uv[use] = best.uv_px[hit[use]]
+        keep = first_t >= 0
+        return kfs, ids[keep], first_t[keep], uv[keep]
+
+    def _make_job(self, kfs: list[_KeyFrame], ids: np.ndarray, first_t: np.ndarray, uv: np.ndarray,
+                  init_state: Any, generation: int) -> RefineJob:
+        """Outside the lock: stack the window into a Sequence (the images are never mutated)."""
+        calib = kfs[-1].frame.calib
+        poses = [k.frame.T_world_cam for k in kfs]
+        seq = Sequence(
+            left_rgb_u8=np.stack([k.frame.left_rgb_u8 for k in kfs]),
+            right_rgb_u8=np.stack([k.frame.right_rgb_u8 for k in kfs]),
+            calib=replace(calib, fps=calib.fps / self.refine_cfg.keyframe_every),
+            stamps_ns=np.array([k.frame.stamp_ns for k in kfs], np.int64),
+            queries=Queries(ids=ids, query_tuv=np.column_stack([first_t.astype(np.float64), uv])),
+            T_world_cam=np.stack(poses) if all(p is not None for p in poses) else None,
+            name="online")
+        return RefineJob(seq=seq, init_state=init_state, generation=generation)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._ready():
+                    self._wake.wait(timeout=0.5)
+                if self._stop:
+                    return
+                kfs, ids, first_t, uv = self._job_inputs()
+                self._kf_since_fit = 0
+                if not len(ids):
+                    continue
+                self._busy = True
+                self._running_generation = generation = self._generation
+                init_state = self._fit_state
+                self._model["state"] = "fitting"
+            try:
+                job = self._make_job(kfs, ids, first_t, uv, init_state, generation)
+                assert self.refiner is not None
+                res = self.refiner(job)
+            except _Abort:
+                with self._lock:
+                    self._busy = False
+                    self._model["state"] = "idle"
+                continue
+            except Exception as err:  # the worker must survive a failed fit; diagnostics show it
+                log.exception("refine: fit failed")
+                with self._lock:
+                    self._busy = False
+                    self._model.update(state="error", error=f"{type(err).__name__}: {err}")
+                time.sleep(1.0)
+                continue
+            with self._lock:
+                self._busy = False
+                if job.generation == self._generation:
+                    self._results.append((job.generation, job, res))
+                    self._model["fits"] = int(self._model.get("fits", 0)) + 1
+                    self._model.update({k: v for k, v in res.stats.items()}, state="idle", error="",
+                                       window_frames=int(job.seq.num_frames))
+
+    def _on_progress(self, *args: Any, **kwargs: Any) -> None:
+        """Progress from the fit: record what looks like step/loss; abort on reset or close."""
+        info = next((a for a in args if isinstance(a, dict)), kwargs)
+        with self._lock:
+            for k in ("step", "loss", "converged_share"):
+                if isinstance(info, dict) and isinstance(info.get(k), (int, float)):
+                    self._model[k] = info[k]
+            stop = self._stop or self._running_generation != self._generation
+        if stop:
+            raise _Abort()
+
+    # ------------------------------------------------------------------ state
+
+    def stats(self) -> dict[str, Any]:
+        """Model state and buffer depths, for /diagnostics."""
+        with self._lock:
+            out = dict(self._model)
+            out.update(keyframes=len(self._keyframes), history=len(self._history), queries=len(self._ids),
+                       results_waiting=len(self._results))
+            return out
+
+    @property
+    def busy(self) -> bool:
+        """True while a fit runs."""
+        with self._lock:
+            return self._busy
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker (a running fit is aborted at its next progress report)."""
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=timeout_s)
+            if self._worker.is_alive():
+                log.warning("refine worker still busy after %.1f s; leaving it (daemon thread)", timeout_s)

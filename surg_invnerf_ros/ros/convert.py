@@ -1,0 +1,413 @@
+"""Messages ↔ numpy arrays and structs (DESIGN §5): pure functions, no DDS, no node.
+
+Images follow REP-118-style encodings and honour `step` (row padding). Every failure is an
+`InputError` whose `reason` is the drop-counter key the node reports in /diagnostics, and whose
+message starts with the message type and field at fault. PointCloud2 goes through numpy structured
+arrays (what `sensor_msgs_py` would do, which the PyPI wheels lack).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, PointStamped, PolygonStamped
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ..errors import InputError
+from ..geometry import project_px, transform_points
+from ..structs import StereoCalib
+
+# encoding -> (numpy dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+
+# The ~/tracked_points schema (DESIGN §5); ~/ground_truth uses it too.
+TRACKED_POINTS_DTYPE = np.dtype([
+    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+    ("u", "<f4"), ("v", "<f4"),
+    ("id", "<u4"), ("visible", "u1"), ("confidence", "<f4"), ("refined", "u1"),
+])
+CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4")])
+
+_NP_TO_FIELD = {
+    np.dtype("i1"): PointField.INT8, np.dtype("u1"): PointField.UINT8,
+    np.dtype("<i2"): PointField.INT16, np.dtype("<u2"): PointField.UINT16,
+    np.dtype("<i4"): PointField.INT32, np.dtype("<u4"): PointField.UINT32,
+    np.dtype("<f4"): PointField.FLOAT32, np.dtype("<f8"): PointField.FLOAT64,
+}
+_FIELD_TO_NP = {v: k for k, v in _NP_TO_FIELD.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Stamps and headers
+# ------------------------------------------------------------------------------------------
+
+
+def stamp_ns(stamp: Time) -> int:
+    """builtin_interfaces/Time → integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def to_stamp(ns: int) -> Time:
+    """Integer nanoseconds → builtin_interfaces/Time."""
+    sec, nsec = divmod(int(ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nsec)
+
+
+def header(stamp: int | Time, frame_id: str) -> Header:
+    """A Header carrying the source stamp (never now()) and the optical frame."""
+    return Header(stamp=to_stamp(stamp) if isinstance(stamp, int) else stamp, frame_id=frame_id)
+
+
+# ------------------------------------------------------------------------------------------
+# Images
+# ------------------------------------------------------------------------------------------
+
+
+def image_to_numpy(msg: Image) -> np.ndarray:
+    """Image → (H, W, C) array in the encoding's dtype and channel order (a view where possible).
+
+    Raises:
+        InputError: unsupported encoding (`wrong_encoding`), zero size (`empty_image`), step shorter
+            than a row (`bad_step`), data shorter than height×step (`data_too_short`).
+    """
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise InputError(f"Image.encoding: unsupported {enc!r} (expected one of {', '.join(ENCODINGS)})",
+                         "wrong_encoding")
+    dtype, ch = ENCODINGS[enc]
+    H, W, step = int(msg.height), int(msg.width), int(msg.step)
+    if H == 0 or W == 0:
+        raise InputError(f"Image: empty ({W}x{H})", "empty_image")
+    row_bytes = W * ch * dtype.itemsize
+    if step < row_bytes:
+        raise InputError(f"Image.step: {step} bytes is shorter than a {W}x{ch} {enc} row ({row_bytes})", "bad_step")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size < H * step:
+        raise InputError(f"Image.data: {buf.size} bytes, expected height×step = {H}×{step} = {H * step}",
+                         "data_too_short")
+    rows = buf[: H * step].reshape(H, step)[:, :row_bytes]
+    out_dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype
+    arr = np.ascontiguousarray(rows).view(out_dtype).reshape(H, W, ch)
+    return arr.astype(dtype, copy=False) if out_dtype != dtype else arr
+
+
+def image_to_rgb_u8(msg: Image) -> np.ndarray:
+    """Image → (H, W, 3) uint8 RGB, the tracker's input. 16-bit keeps the top byte; 32FC1 maps [0, 1]."""
+    arr = image_to_numpy(msg)
+    enc = msg.encoding
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype == np.float32:
+        arr = (np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if enc.startswith("bgr"):
+        return np.ascontiguousarray(arr[:, :, 2::-1])
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def numpy_to_image(arr: np.ndarray, encoding: str, stamp: int | Time = 0, frame_id: str = "") -> Image:
+    """(H, W[, C]) array → Image with a packed step (no padding)."""
+    if encoding not in ENCODINGS:
+        raise InputError(f"numpy_to_image: unsupported encoding {encoding!r}", "wrong_encoding")
+    dtype, ch = ENCODINGS[encoding]
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] != ch or a.dtype != dtype:
+        raise InputError(f"numpy_to_image: {encoding} expects (H, W, {ch}) {dtype}, got {a.shape} {a.dtype}",
+                         "wrong_encoding")
+    a = np.ascontiguousarray(a, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype)
+    H, W = a.shape[:2]
+    return Image(header=header(stamp, frame_id), height=H, width=W, encoding=encoding, is_bigendian=0,
+                 step=W * ch * dtype.itemsize, data=a.tobytes())
+
+
+# ------------------------------------------------------------------------------------------
+# Camera info
+# ------------------------------------------------------------------------------------------
+
+
+def _intrinsics(info: CameraInfo, side: str) -> tuple[np.ndarray, np.ndarray]:
+    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    P = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    if not np.isfinite(K).all() or not np.isfinite(P).all():
+        raise InputError(f"CameraInfo ({side}).k/p: non-finite values", "camera_info_not_finite")
+    if not K.any():
+        raise InputError(f"CameraInfo ({side}).k: all zero (uncalibrated camera)", "camera_info_k_zero")
+    return K, P
+
+
+def camera_info_to_calib(info_l: CameraInfo, info_r: CameraInfo, fps: float = 30.0) -> StereoCalib:
+    """Rectified stereo calibration from a camera_info pair.
+
+    The rectified intrinsics come from the left P (K when P is all zero). The baseline comes from the
+    right P: P_r[0, 3] = Tx = −fx·B (ROS convention), so B = −Tx / fx.
+
+    Raises:
+        InputError: K all zero (`camera_info_k_zero`), left/right sizes differ
+            (`camera_info_size_mismatch`), no positive baseline (`camera_info_no_baseline`).
+    """
+    K_l, P_l = _intrinsics(info_l, "left")
+    _, P_r = _intrinsics(info_r, "right")
+    if (info_l.width, info_l.height) != (info_r.width, info_r.height) or info_l.width == 0 or info_l.height == 0:
+        raise InputError(f"CameraInfo: left {info_l.width}x{info_l.height} and right "
+                         f"{info_r.width}x{info_r.height} sizes differ or are empty", "camera_info_size_mismatch")
+    K = P_l[:, :3].copy() if P_l[:, :3].any() else K_l
+    fx_r = P_r[0, 0] if P_r[0, 0] != 0 else K[0, 0]
+    baseline_m = -P_r[0, 3] / fx_r if fx_r else 0.0
+    if not (baseline_m > 0 and math.isfinite(baseline_m)):
+        raise InputError(f"CameraInfo (right).p: Tx = {P_r[0, 3]} gives baseline {baseline_m} m "
+                         "(expected Tx = -fx*B < 0)", "camera_info_no_baseline")
+    return StereoCalib(K=K, baseline_m=float(baseline_m), image_size=(int(info_l.width), int(info_l.height)), fps=fps)
+
+
+def calib_to_camera_info(calib: StereoCalib, stamp: int | Time = 0, frame_left: str = "left_optical",
+                         frame_right: str = "right_optical") -> tuple[CameraInfo, CameraInfo]:
+    """StereoCalib → rectified (left, right) CameraInfo, with Tx = −fx·B in the right P."""
+    infos = []
+    for frame, tx in ((frame_left, 0.0), (frame_right, -calib.fx * calib.baseline_m)):
+        P = np.zeros((3, 4))
+        P[:, :3] = calib.K
+        P[0, 3] = tx
+        infos.append(CameraInfo(
+            header=header(stamp, frame), width=calib.width, height=calib.height, distortion_model="plumb_bob",
+            d=[0.0] * 5, k=calib.K.reshape(-1).tolist(), r=np.eye(3).reshape(-1).tolist(),
+            p=P.reshape(-1).tolist()))
+    return infos[0], infos[1]
+
+
+def check_stereo_images(left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> None:
+    """Both images equal in size and matching camera_info.
+
+    Raises:
+        InputError: `stereo_size_mismatch` or `camera_info_size_mismatch`.
+    """
+    if left_rgb_u8.shape != right_rgb_u8.shape:
+        raise InputError(f"Image: left {left_rgb_u8.shape[1]}x{left_rgb_u8.shape[0]} and right "
+                         f"{right_rgb_u8.shape[1]}x{right_rgb_u8.shape[0]} sizes differ", "stereo_size_mismatch")
+    H, W = left_rgb_u8.shape[:2]
+    if (W, H) != tuple(calib.image_size):
+        raise InputError(f"Image: {W}x{H} but camera_info says {calib.width}x{calib.height}",
+                         "camera_info_size_mismatch")
+
+
+# ------------------------------------------------------------------------------------------
+# PointCloud2
+# ------------------------------------------------------------------------------------------
+
+
+def pack_cloud(points: np.ndarray, hdr: Header) -> PointCloud2:
+    """Structured array (P,) → unorganised PointCloud2 (height 1, little-endian, dense if finite)."""
+    pts = np.ascontiguousarray(points)
+    fields = []
+    for name in pts.dtype.names:
+        dt, offset = pts.dtype.fields[name][:2]
+        if dt not in _NP_TO_FIELD:
+            raise InputError(f"pack_cloud: field {name!r} has unsupported dtype {dt}", "bad_cloud")
+        fields.append(PointField(name=name, offset=offset, datatype=_NP_TO_FIELD[dt], count=1))
+    dense = all(np.isfinite(pts[n]).all() for n in ("x", "y", "z") if n in pts.dtype.names)
+    return PointCloud2(header=hdr, height=1, width=len(pts), fields=fields, is_bigendian=False,
+                       point_step=pts.dtype.itemsize, row_step=pts.dtype.itemsize * len(pts),
+                       data=pts.tobytes(), is_dense=bool(dense))
+
+
+def unpack_cloud(msg: PointCloud2) -> np.ndarray:
+    """PointCloud2 → structured array (height·width,) with the message's fields (padding honoured)."""
+    if msg.is_bigendian:
+        raise InputError("PointCloud2.is_bigendian: big-endian clouds are not supported", "bad_cloud")
+    names, formats, offsets = [], [], []
+    for f in msg.fields:
+        if f.datatype not in _FIELD_TO_NP or f.count != 1:
+            raise InputError(f"PointCloud2.fields: {f.name!r} has datatype {f.datatype} count {f.count}",
+                             "bad_cloud")
+        names.append(f.name)
+        formats.append(_FIELD_TO_NP[f.datatype])
+        offsets.append(f.offset)
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
+    n = int(msg.height) * int(msg.width)
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if msg.height > 1 and msg.row_step != msg.width * msg.point_step:
+        rows = buf[: msg.height * msg.row_step].reshape(msg.height, msg.row_step)[:, : msg.width * msg.point_step]
+        buf = np.ascontiguousarray(rows).reshape(-1)
+    if buf.size < n * msg.point_step:
+        raise InputError(f"PointCloud2.data: {buf.size} bytes, expected {n}×{msg.point_step}", "bad_cloud")
+    return np.frombuffer(buf[: n * msg.point_step].tobytes(), dtype=dtype, count=n)
+
+
+def tracked_points_array(ids: np.ndarray, uv_px: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray,
+                         confidence: np.ndarray, refined: np.ndarray) -> np.ndarray:
+    """Per-query arrays (N,) / (N, 2) / (N, 3) → the (N,) TRACKED_POINTS_DTYPE array."""
+    out = np.zeros(len(ids), dtype=TRACKED_POINTS_DTYPE)
+    out["x"], out["y"], out["z"] = xyz_cam_m[:, 0], xyz_cam_m[:, 1], xyz_cam_m[:, 2]
+    out["u"], out["v"] = uv_px[:, 0], uv_px[:, 1]
+    out["id"] = ids
+    out["visible"] = visible
+    out["confidence"] = confidence
+    out["refined"] = refined
+    return out
+
+
+def tracked_points_msg(ids: np.ndarray, uv_px: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray,
+                       confidence: np.ndarray, refined: np.ndarray, hdr: Header) -> PointCloud2:
+    """One point per query in the ~/tracked_points schema (x y z m, u v px, id, visible, confidence, refined)."""
+    return pack_cloud(tracked_points_array(ids, uv_px, xyz_cam_m, visible, confidence, refined), hdr)
+
+
+def tracked_points_from_msg(msg: PointCloud2) -> np.ndarray:
+    """~/tracked_points (or ~/ground_truth) → (N,) TRACKED_POINTS_DTYPE; missing fields are refused."""
+    pts = unpack_cloud(msg)
+    missing = [n for n in TRACKED_POINTS_DTYPE.names if n not in (pts.dtype.names or ())]
+    if missing:
+        raise InputError(f"PointCloud2.fields: missing {', '.join(missing)} of the tracked_points schema",
+                         "bad_cloud")
+    out = np.zeros(len(pts), dtype=TRACKED_POINTS_DTYPE)
+    for n in TRACKED_POINTS_DTYPE.names:
+        out[n] = pts[n]
+    return out
+
+
+def pack_rgb_float(rgb_u8: np.ndarray) -> np.ndarray:
+    """(P, 3) uint8 → (P,) float32 holding 0x00RRGGBB bit patterns (the PCL / RViz 'rgb' field)."""
+    rgb = rgb_u8.astype(np.uint32)
+    return ((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]).view(np.float32)
+
+
+def xyzrgb_cloud_msg(xyz_cam_m: np.ndarray, rgb_u8: np.ndarray, hdr: Header) -> PointCloud2:
+    """(P, 3) points (metres) and (P, 3) colours → PointCloud2 with x y z rgb (RViz colours it)."""
+    pts = np.zeros(len(xyz_cam_m), dtype=CLOUD_DTYPE)
+    pts["x"], pts["y"], pts["z"] = xyz_cam_m[:, 0], xyz_cam_m[:, 1], xyz_cam_m[:, 2]
+    pts["rgb"] = pack_rgb_float(rgb_u8)
+    return pack_cloud(pts, hdr)
+
+
+def depth_to_points(depth_m: np.ndarray, rgb_u8: np.ndarray, K: np.ndarray,
+                    stride_px: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Valid pixels of an (H, W) depth map (NaN invalid) on a stride grid → ((P, 3) xyz m, (P, 3) rgb)."""
+    d = depth_m[::stride_px, ::stride_px]
+    c = rgb_u8[::stride_px, ::stride_px]
+    v, u = np.nonzero(np.isfinite(d) & (d > 0))
+    z = d[v, u].astype(np.float64)
+    u_px = u * stride_px
+    v_px = v * stride_px
+    y = (v_px - K[1, 2]) / K[1, 1]
+    x = (u_px - K[0, 2] - K[0, 1] * y) / K[0, 0]
+    return np.stack([x * z, y * z, z], axis=-1), c[v, u]
+
+
+# ------------------------------------------------------------------------------------------
+# Markers
+# ------------------------------------------------------------------------------------------
+
+
+def _colour(refined: bool, visible: bool) -> ColorRGBA:
+    if not visible:
+        return ColorRGBA(r=0.9, g=0.2, b=0.2, a=0.6)
+    return ColorRGBA(r=0.2, g=0.9, b=0.3, a=1.0) if refined else ColorRGBA(r=1.0, g=0.85, b=0.1, a=1.0)
+
+
+def markers_msg(ids: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray, refined: np.ndarray,
+                trails_m: dict[int, np.ndarray], hdr: Header, diameter_m: float = 0.002,
+                ns: str = "tracks") -> MarkerArray:
+    """Spheres (one SPHERE_LIST), id labels and short trails (LINE_STRIP per id) for RViz.
+
+    The array starts with DELETEALL so that removed queries disappear. Points with non-finite xyz
+    are skipped. `trails_m[id]` is an (L, 3) array of past positions, oldest first.
+    """
+    out = MarkerArray()
+    out.markers.append(Marker(header=hdr, ns=ns, id=0, action=Marker.DELETEALL))
+    finite = np.isfinite(xyz_cam_m).all(axis=1)
+    sel = np.nonzero(finite)[0]
+    spheres = Marker(header=hdr, ns=f"{ns}/points", id=0, type=Marker.SPHERE_LIST, action=Marker.ADD)
+    spheres.scale.x = spheres.scale.y = spheres.scale.z = float(diameter_m)
+    spheres.pose.orientation.w = 1.0
+    spheres.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in xyz_cam_m[sel]]
+    spheres.colors = [_colour(bool(refined[i]), bool(visible[i])) for i in sel]
+    out.markers.append(spheres)
+    for i in sel:
+        qid = int(ids[i])
+        p = xyz_cam_m[i]
+        label = Marker(header=hdr, ns=f"{ns}/labels", id=qid, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                       text=str(qid))
+        label.pose.position = Point(x=float(p[0]), y=float(p[1]) - 1.5 * diameter_m, z=float(p[2]))
+        label.pose.orientation.w = 1.0
+        label.scale.z = max(2.0 * diameter_m, 1e-4)
+        label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+        out.markers.append(label)
+        trail = trails_m.get(qid)
+        if trail is not None:
+            trail = trail[np.isfinite(trail).all(axis=1)]
+            if len(trail) >= 2:
+                line = Marker(header=hdr, ns=f"{ns}/trails", id=qid, type=Marker.LINE_STRIP, action=Marker.ADD)
+                line.scale.x = max(0.25 * diameter_m, 1e-5)
+                line.pose.orientation.w = 1.0
+                line.color = _colour(bool(refined[i]), True)
+                line.points = [Point(x=float(q[0]), y=float(q[1]), z=float(q[2])) for q in trail]
+                out.markers.append(line)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Queries
+# ------------------------------------------------------------------------------------------
+
+
+def polygon_to_uv_px(msg: PolygonStamped, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """PolygonStamped (x = u, y = v, left-image pixels) → (N, 2) float64 query pixels.
+
+    Raises:
+        InputError: no points (`empty_queries`), non-finite (`bad_queries`), outside the image
+            (`queries_outside_image`).
+    """
+    uv = np.array([[p.x, p.y] for p in msg.polygon.points], dtype=np.float64).reshape(-1, 2)
+    if len(uv) == 0:
+        raise InputError("PolygonStamped.polygon.points: empty", "empty_queries")
+    if not np.isfinite(uv).all():
+        raise InputError("PolygonStamped.polygon.points: non-finite pixel", "bad_queries")
+    if image_size is not None:
+        W, H = image_size
+        out = (uv[:, 0] < 0) | (uv[:, 1] < 0) | (uv[:, 0] > W - 1) | (uv[:, 1] > H - 1)
+        if out.any():
+            u, v = uv[np.argmax(out)]
+            raise InputError(f"PolygonStamped.polygon.points: ({u}, {v}) lies outside the {W}x{H} image",
+                             "queries_outside_image")
+    return uv
+
+
+def point_to_uv_px(msg: PointStamped, calib: StereoCalib, T_cam_src: np.ndarray | None = None) -> np.ndarray:
+    """A clicked 3D point → (1, 2) pixel in the left image (its projection).
+
+    Args:
+        msg: the point, in `msg.header.frame_id`.
+        calib: the current left intrinsics and image size.
+        T_cam_src: 4×4 from the point's frame to the left optical frame (None: it is that frame).
+
+    Raises:
+        InputError: non-finite (`bad_clicked_point`), behind the camera or outside the image
+            (`clicked_point_outside_image`).
+    """
+    xyz = np.array([[msg.point.x, msg.point.y, msg.point.z]], dtype=np.float64)
+    if not np.isfinite(xyz).all():
+        raise InputError("PointStamped.point: non-finite", "bad_clicked_point")
+    if T_cam_src is not None:
+        xyz = transform_points(T_cam_src, xyz)
+    uv = project_px(xyz, calib.K)
+    W, H = calib.image_size
+    if not np.isfinite(uv).all() or not (0 <= uv[0, 0] <= W - 1 and 0 <= uv[0, 1] <= H - 1):
+        raise InputError(f"PointStamped.point: ({xyz[0, 0]:.4f}, {xyz[0, 1]:.4f}, {xyz[0, 2]:.4f}) m projects "
+                         f"outside the {W}x{H} left image", "clicked_point_outside_image")
+    return uv

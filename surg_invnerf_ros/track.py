@@ -1,0 +1,394 @@
+"""Queries → 2D/3D tracks with visibility, from a fitted InvNeRF or a classical baseline (DESIGN §3.2).
+
+`track_sequence` is the public entry point (CLI `track`, the bench, the node). For `invnerf` it runs
+the weight-free front end (SGBM depth, specular masks, DIS flow bank, multi-gap chains), fits the
+model (`fit_invnerf`) and queries it (`infer_tracks`): query pixel → ray → max-weight surface
+sample → canonical point u → X_t = F_t⁻¹(u) for every frame t, all queries × all frames in one
+batched call. Visibility at t is a rendered transmittance test along the ray of X_t at time t.
+`reconstruct` renders depth maps and coloured point clouds of the fitted model.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import FitConfig, FrontendConfig, to_dict
+from .errors import ConfigError, InputError
+from .fit.optimiser import FitData, Fitter, resolve_device, to_device_data
+from .geometry import transform_points, unproject_m
+from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified
+from .model.render import InvNeRF, volume_weights
+from .model.workspace import Workspace
+from .shapes import Bool, Float, Int
+from .structs import Queries, Sequence, StereoCalib, Tracks
+
+log = logging.getLogger(__name__)
+
+BASELINE_METHODS = ("zero", "lk", "lk_query", "dis", "csrt")
+METHODS = ("invnerf",) + BASELINE_METHODS
+STATE_VERSION = 1
+
+
+@dataclass
+class FitResult:
+    """A fitted model with what inference needs: its data (K, poses, stereo depth) and `meta`."""
+
+    model: InvNeRF
+    data: FitData
+    cfg: FitConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.model.workspace
+
+    def state_dict(self) -> dict[str, Any]:
+        """Warm-start state for `fit_invnerf(init_state=...)` (CPU tensors)."""
+        return {"version": STATE_VERSION, "num_frames": self.model.num_frames,
+                "config": to_dict(self.cfg),
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+
+
+# ------------------------------------------------------------------------------------------------
+# Front end → FitData
+# ------------------------------------------------------------------------------------------------
+
+
+def _relative_poses(seq: Sequence) -> np.ndarray | None:
+    """Camera poses relative to frame 0 (the world is the first left camera), or None."""
+    if seq.T_world_cam is None:
+        return None
+    T = np.asarray(seq.T_world_cam, np.float64)
+    if not np.isfinite(T).all():
+        raise InputError(f"{seq.name}: T_world_cam: non-finite pose", reason="bad_pose")
+    return np.linalg.inv(T[0])[None] @ T
+
+
+def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float]) -> dict[str, np.ndarray]:
+    """Stereo depth, masks and dense correspondences of a sequence (numpy), with stage timings."""
+    from .frontend.chains import build_correspondences
+    from .frontend.flow import compute_flow_bank
+    from .frontend.masks import specular_mask
+    from .frontend.stereo import stereo_depth_sequence_m
+
+    t0 = time.perf_counter()
+    depth = stereo_depth_sequence_m(seq.left_rgb_u8, seq.right_rgb_u8, seq.calib, frontend_cfg.stereo)
+    t1 = time.perf_counter()
+    mask = specular_mask(seq.left_rgb_u8, frontend_cfg.masks)
+    bank = compute_flow_bank(seq.left_rgb_u8, frontend_cfg.flow, mask=mask)
+    t2 = time.perf_counter()
+    corr = build_correspondences(bank, seq.num_frames, frontend_cfg.flow)
+    t3 = time.perf_counter()
+    timings.update(stereo_s=t1 - t0, flow_s=t2 - t1, chains_s=t3 - t2)
+    return {"depth_m": depth.astype(np.float32), "mask": mask, "pairs": corr.pairs, "flow_px": corr.flow_px,
+            "confidence": corr.confidence}
+
+
+def stereo_points_world_m(depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None, step: int = 2) -> np.ndarray:
+    """(P, 3) world points of every `step`-th pixel with valid stereo depth."""
+    T, H, W = depth_m.shape
+    vs, us = np.mgrid[0:H:step, 0:W:step]
+    uv = np.stack([us, vs], -1).reshape(-1, 2).astype(np.float64)
+    pts = []
+    for t in range(T):
+        d = depth_m[t, vs, us].reshape(-1)
+        ok = np.isfinite(d) & (d > 0)
+        xyz = unproject_m(uv[ok], d[ok], K)
+        if T_world_cam is not None:
+            xyz = transform_points(T_world_cam[t], xyz)
+        pts.append(xyz)
+    return np.concatenate(pts) if pts else np.zeros((0, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# Fit
+# ------------------------------------------------------------------------------------------------
+
+
+def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace, init_state: dict | None,
+                 device: torch.device) -> InvNeRF:
+    if init_state is None:
+        return InvNeRF(fit_cfg, num_frames, workspace, seed=fit_cfg.seed).to(device)
+    try:
+        old_T = int(init_state["num_frames"])
+        model = InvNeRF(fit_cfg, old_T, Workspace(torch.zeros(3), torch.ones(3)), seed=fit_cfg.seed)
+        model.load_state_dict(init_state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise ConfigError(f"init_state: does not match this config ({str(err).splitlines()[0]})") from None
+    model.grow_time(num_frames)
+    return model.to(device)
+
+
+def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None,
+                progress: Callable[[dict], None] | None = None, init_state: dict | None = None,
+                frontend: dict[str, np.ndarray] | None = None) -> FitResult:
+    """Fit the InvNeRF model to one sequence: front end, then test-time optimisation.
+
+    Args:
+        seq: a rectified stereo sequence (T ≥ 1 frames).
+        fit_cfg, frontend_cfg: configs (defaults when None).
+        progress: called with {"step", "max_steps", "loss", "converged", ...} every `log_every` steps.
+        init_state: a previous `FitResult.state_dict()` to warm-start from; it may hold fewer frames
+            (the time planes are extended by repeating the last frame).
+        frontend: precomputed `run_frontend` output (benchmarks reuse it across ablations).
+    """
+    fit_cfg = fit_cfg or FitConfig()
+    frontend_cfg = frontend_cfg or FrontendConfig()
+    device = resolve_device(fit_cfg.device)
+    if fit_cfg.num_threads > 0:
+        torch.set_num_threads(fit_cfg.num_threads)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    if seq.num_frames < 1:
+        raise InputError(f"{seq.name}: no frames to fit", reason="empty")
+    fe = frontend if frontend is not None else run_frontend(seq, frontend_cfg, timings)
+    poses = _relative_poses(seq)
+    K = np.asarray(seq.calib.K, np.float64)
+    t0 = time.perf_counter()
+    data = to_device_data(seq.left_rgb_u8, fe["depth_m"], ~fe["mask"], fe["pairs"], fe["flow_px"], fe["confidence"],
+                          K, seq.calib.baseline_m, poses, device,
+                          right_rgb_u8=seq.right_rgb_u8 if fit_cfg.render.right_ray_share > 0 else None)
+    if init_state is None:
+        workspace = Workspace.from_points(stereo_points_world_m(fe["depth_m"], K, poses), fit_cfg.render)
+    else:
+        workspace = None
+    torch.manual_seed(fit_cfg.seed)
+    model = _build_model(fit_cfg, seq.num_frames, workspace, init_state, device)
+    timings["setup_s"] = time.perf_counter() - t0
+    fitter = Fitter(model, data, fit_cfg, device)
+    stats = fitter.run(progress)
+    timings.update(stats.timings_s)
+    steps = max(stats.steps, 1)
+    timings["forward_per_step_s"] = timings.get("forward_s", 0.0) / steps
+    timings["backward_per_step_s"] = timings.get("backward_s", 0.0) / steps
+    timings["total_fit_s"] = time.perf_counter() - t_all
+    meta = {"method": "invnerf", "config": {"fit": to_dict(fit_cfg), "frontend": to_dict(frontend_cfg)},
+            "steps": stats.steps, "stop_reason": stats.stop_reason, "time_s": timings["total_fit_s"],
+            "final_losses": stats.losses, "converged_fraction": stats.converged_share,
+            "timings_s": timings, "device": str(device), "num_pairs": int(fe["pairs"].shape[0])}
+    log.info("invnerf fit: %d steps in %.1f s (%s), converged %.2f", stats.steps, timings["total_fit_s"],
+             stats.stop_reason, stats.converged_share)
+    return FitResult(model=model, data=data, cfg=fit_cfg, meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def surface_points_world_m(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tensor, " N"],
+                           uv_px: Float[Tensor, "N 2"]) -> tuple[Float[Tensor, "N 3"], Tensor]:
+    """Surface point of each query ray (world metres) and its rendering (for 'expected' surfaces)."""
+    origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
+    depth_st = data.depth_at(frame, uv_px)
+    z, _ = sample_depths(origins, dirs, depth_st, model.workspace, cfg.render, data.fx_b, jitter=False,
+                         n_near=2 * cfg.render.near_samples, n_ws=cfg.render.inference_samples)
+    out = model.render(origins, dirs, z, frame, with_colour=False)
+    w = out["weights"]
+    if cfg.render.surface == "max_weight":
+        idx = w.argmax(dim=1)
+        z_s = z.gather(1, idx[:, None])[:, 0]
+    else:
+        z_s = (w * z).sum(1) / w.sum(1).clamp_min(1e-6)
+    return origins + z_s[:, None] * dirs, out
+
+
+@torch.no_grad()
+def transmittance_at(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tensor, " P"], uv_px: Float[Tensor, "P 2"],
+                     depth_m: Float[Tensor, " P"]) -> Float[Tensor, " P"]:
+    """Light reaching `depth_m` (minus the front margin) along the ray of `uv_px` at `frame`: 1 − Σ w."""
+    origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
+    near_ws, _, _ = model.workspace.clip_rays(origins, dirs)
+    front = band_limits_m(depth_m.clamp_min(1e-4), data.fx_b, cfg.render.visibility_front_disp_px)[0]
+    near = torch.minimum(near_ws, 0.5 * front)
+    z = stratified(near, front, cfg.render.inference_samples, jitter=False)
+    x = origins[:, None] + z[..., None] * dirs[:, None]
+    u = model.to_canonical(x, frame[:, None].expand_as(z))
+    sigma, _ = model.field(u, with_colour=False)
+    step_scale = dirs.norm(dim=-1, keepdim=True) / model.workspace.scale_m
+    w, _ = volume_weights(sigma, z, step_scale)
+    return 1.0 - w.sum(1)
+
+
+@torch.no_grad()
+def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) -> dict[str, np.ndarray]:
+    """All queries × all frames: uv (T, N, 2), visible (T, N), xyz_cam_m (T, N, 3) in rectified pixels.
+
+    One batched pass (chunked only to bound memory): surface sample at the query frame, its
+    canonical point, F_t⁻¹ for every t, projection, and the transmittance test at every t.
+    """
+    model, data, cfg = result.model, result.data, result.cfg
+    dev = data.rgb.device
+    T = data.num_frames
+    H, W = data.hw
+    q = torch.as_tensor(np.asarray(query_tuv, np.float64), dtype=torch.float32, device=dev).reshape(-1, 3)
+    N = q.shape[0]
+    f_q = q[:, 0].round().long().clamp(0, T - 1)
+    x_surf, _ = surface_points_world_m(model, data, cfg, f_q, q[:, 1:3])
+    u_canon = model.to_canonical(x_surf, f_q)  # (N, 3)
+    frames = torch.arange(T, device=dev)[:, None].expand(T, N)  # (T, N)
+    X = model.from_canonical(u_canon[None].expand(T, N, 3), frames)  # (T, N, 3) world
+    Tcw = data.T_cam_world[frames] if data.T_cam_world is not None else None
+    uv, z = project_px(X, data.K, Tcw)  # (T, N, 2), (T, N)
+    if Tcw is not None:
+        xyz_cam = torch.einsum("tnij,tnj->tni", Tcw[..., :3, :3], X) + Tcw[..., :3, 3]
+    else:
+        xyz_cam = X
+    flat_f, flat_uv, flat_z = frames.reshape(-1), uv.reshape(-1, 2), z.reshape(-1)
+    trans = torch.cat([transmittance_at(model, data, cfg, flat_f[s:s + chunk], flat_uv[s:s + chunk], flat_z[s:s + chunk])
+                       for s in range(0, flat_f.shape[0], chunk)]).reshape(T, N)
+    inside = (uv[..., 0] >= -0.5) & (uv[..., 0] <= W - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= H - 0.5) & (z > 0)
+    visible = inside & (trans > cfg.render.visibility_transmittance)
+    if cfg.render.stereo_visibility_check:
+        d_st = data.depth_at(flat_f, flat_uv).reshape(T, N)
+        disp_gap = data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)
+        occluded = torch.isfinite(d_st) & (disp_gap > 2.0 * max(cfg.render.visibility_front_disp_px, 0.5))
+        visible = visible & ~occluded
+    visible[f_q, torch.arange(N, device=dev)] = True  # a query is visible in its own frame by definition
+    return {"uv": uv.float().cpu().numpy(), "visible": visible.cpu().numpy(),
+            "xyz_cam_m": xyz_cam.float().cpu().numpy(), "transmittance": trans.float().cpu().numpy()}
+
+
+def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None, queries: Queries) -> Tracks:
+    """Tracks of `queries` (rectified left pixels) in every frame of the fitted sequence."""
+    if seq_or_calib is not None:
+        calib = seq_or_calib.calib if isinstance(seq_or_calib, Sequence) else seq_or_calib
+        K_fit = result.data.K.cpu().numpy()
+        if not np.allclose(np.asarray(calib.K, np.float32), K_fit, atol=1e-3):
+            raise InputError("infer_tracks: calib: K differs from the fitted sequence's", reason="calib_mismatch")
+    T = result.data.num_frames
+    qt = np.asarray(queries.query_tuv, np.float64).reshape(-1, 3)
+    if len(qt) and (qt[:, 0].min() < 0 or qt[:, 0].max() > T - 1):
+        raise InputError(f"queries: frame index outside 0..{T - 1}", reason="bad_query")
+    t0 = time.perf_counter()
+    if len(qt) == 0:
+        uv = np.zeros((T, 0, 2), np.float32)
+        vis = np.zeros((T, 0), bool)
+        xyz = np.zeros((T, 0, 3), np.float32)
+    else:
+        out = infer_points(result, qt)
+        uv, vis, xyz = out["uv"], out["visible"], out["xyz_cam_m"]
+    infer_s = time.perf_counter() - t0
+    meta = json.loads(json.dumps(result.meta, default=float))
+    meta.setdefault("timings_s", {})["inference_s"] = infer_s
+    return Tracks(ids=np.asarray(queries.ids, np.int64), uv=uv.astype(np.float32), visible=vis.astype(bool),
+                  xyz=xyz.astype(np.float32), meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry point
+# ------------------------------------------------------------------------------------------------
+
+
+def track_sequence(seq: Sequence, method: str = "invnerf", fit_cfg: FitConfig | None = None,
+                   frontend_cfg: FrontendConfig | None = None,
+                   progress: Callable[[dict], None] | None = None) -> Tracks:
+    """Track `seq.queries` through `seq` with `method` (rectified left pixels, metres per frame)."""
+    if method not in METHODS:
+        raise ConfigError(f"method: unknown method {method!r} (expected one of {', '.join(METHODS)})")
+    frontend_cfg = frontend_cfg or FrontendConfig()
+    if method == "invnerf":
+        fit_cfg = fit_cfg or FitConfig()
+        resolve_device(fit_cfg.device)  # refuse cuda-without-GPU before the front end runs
+        result = fit_invnerf(seq, fit_cfg, frontend_cfg, progress)
+        return infer_tracks(result, seq, seq.queries)
+    from .eval.baselines import run_baseline
+
+    return run_baseline(method, seq, frontend_cfg)
+
+
+def profile_fit(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None
+                ) -> dict[str, float]:
+    """Seconds spent in each stage of one fit + inference: front end (stereo, flow, chains),
+    forward, backward, dense refresh, inference, and per-step averages."""
+    result = fit_invnerf(seq, fit_cfg, frontend_cfg)
+    tracks = infer_tracks(result, seq, seq.queries)
+    out = dict(tracks.meta["timings_s"])
+    out["steps"] = float(result.meta["steps"])
+    out["correspondence_s"] = out.get("flow_s", 0.0) + out.get("chains_s", 0.0)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Reconstruction export
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def render_frame(result: FitResult, frame: int, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Rendered (H, W) depth in metres (NaN where the ray is not opaque) and (H, W, 3) colour of a frame."""
+    model, data, cfg = result.model, result.data, result.cfg
+    H, W = data.hw
+    dev = data.rgb.device
+    vs, us = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
+    uv = torch.stack([us.reshape(-1), vs.reshape(-1)], -1).float()
+    depth, rgb = [], []
+    for s in range(0, uv.shape[0], chunk):
+        uvs = uv[s:s + chunk]
+        f = torch.full((uvs.shape[0],), int(frame), device=dev, dtype=torch.long)
+        origins, dirs = pixel_rays(uvs, data.K, data.poses(f))
+        z, _ = sample_depths(origins, dirs, data.depth_at(f, uvs), model.workspace, cfg.render, data.fx_b, jitter=False,
+                             n_near=2 * cfg.render.near_samples, n_ws=cfg.render.inference_samples)
+        out = model.render(origins, dirs, z, f)
+        d = torch.where(out["acc"] > 0.5, out["depth_m"], torch.full_like(out["depth_m"], float("nan")))
+        depth.append(d)
+        rgb.append(out["rgb"])
+    return (torch.cat(depth).reshape(H, W).cpu().numpy(),
+            torch.cat(rgb).reshape(H, W, 3).clamp(0, 1).cpu().numpy())
+
+
+def write_ply(path: str | Path, xyz_m: np.ndarray, rgb_u8: np.ndarray) -> Path:
+    """Binary little-endian PLY with float32 x y z and uint8 red green blue (plain numpy)."""
+    path = Path(path)
+    xyz = np.asarray(xyz_m, np.float32).reshape(-1, 3)
+    rgb = np.asarray(rgb_u8, np.uint8).reshape(-1, 3)
+    rec = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    rec["x"], rec["y"], rec["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              f"element vertex {len(xyz)}\n"
+              "property float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(header.encode("ascii"))
+        fh.write(rec.tobytes())
+    tmp.replace(path)
+    return path
+
+
+def reconstruct(result: FitResult, seq: Sequence, frames: Iterable[int], out_dir: str | Path) -> list[Path]:
+    """Write, per frame t: `depth_{t:06d}.npy` (float32 metres, NaN empty), `depth_{t:06d}.png`
+    (uint16, tenths of a millimetre, 0 empty) and `cloud_{t:06d}.ply` (rendered colour, metres in
+    the left camera frame of frame t). Returns the written paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    T = result.data.num_frames
+    K = np.asarray(seq.calib.K, np.float64)
+    paths: list[Path] = []
+    for t in frames:
+        if not 0 <= int(t) < T:
+            raise InputError(f"recon: frame {t} outside 0..{T - 1}", reason="bad_frame")
+        depth, rgb = render_frame(result, int(t))
+        p = out / f"depth_{int(t):06d}.npy"
+        np.save(p, depth.astype(np.float32))
+        paths.append(p)
+        png = np.where(np.isfinite(depth), np.clip(depth * 1e4, 0, 65535), 0).astype(np.uint16)
+        p = out / f"depth_{int(t):06d}.png"
+        cv2.imwrite(str(p), png)
+        paths.append(p)
+        H, W = depth.shape
+        vs, us = np.mgrid[0:H, 0:W]
+        ok = np.isfinite(depth)
+        xyz = unproject_m(np.stack([us[ok], vs[ok]], -1).astype(np.float64), depth[ok].astype(np.float64), K)
+        paths.append(write_ply(out / f"cloud_{int(t):06d}.ply", xyz, (rgb[ok] * 255).round()))
+    return paths

@@ -1,0 +1,35 @@
+"""Synthetic textures and exactly translated videos for the front-end tests (numpy + OpenCV only)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+W, H = 64, 48
+
+
+def texture(height: int, width: int, seed: int = 0, sigma_px: float = 1.5) -> np.ndarray:
+    """(H, W, 3) float32 blurred noise stretched to 0..255: corners everywhere, no repeats."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random((height, width, 3)).astype(np.float32), (0, 0), sigma_px)
+    return 255 * (img - img.min()) / (img.max() - img.min())
+
+
+def view(tex: np.ndarray, du_px: float, dv_px: float, width: int = W, height: int = H, off_px: int = 60) -> np.ndarray:
+    """(H, W, 3) uint8 window of `tex` whose content moved by (du, dv): view(x) = tex(x + off − d)."""
+    M = np.float32([[1, 0, -(off_px - du_px)], [0, 1, -(off_px - dv_px)]])
+    out = cv2.warpAffine(tex, M, (width, height), flags=cv2.INTER_CUBIC)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def translated_video(num_frames: int, vel_px: tuple[float, float], seed: int = 0,
+                     width: int = W, height: int = H) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames whose content moves by `vel_px` per frame: x_t = x_0 + t·vel."""
+    tex = texture(height + 200, width + 200, seed)
+    return np.stack([view(tex, t * vel_px[0], t * vel_px[1], width, height) for t in range(num_frames)])
+
+
+def translated_truth(query_tuv: np.ndarray, num_frames: int, vel_px: tuple[float, float]) -> np.ndarray:
+    """(T, N, 2) true positions of queries (frame, u, v) in `translated_video`."""
+    t = np.arange(num_frames)[:, None] - query_tuv[None, :, 0]  # (T, N)
+    return query_tuv[None, :, 1:3] + t[..., None] * np.asarray(vel_px)
