@@ -38,7 +38,7 @@ def _bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Call
     """A tqdm bar on stderr; yields `update(n)`."""
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, delay=0.5) as bar:
         yield bar.update
 
 
@@ -47,7 +47,7 @@ def _fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
     """A tqdm bar driven by the optimiser's progress dicts (step, max_steps, loss, converged)."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, unit="step")
+    bar = tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, unit="step", delay=0.5)
 
     def update(info: dict) -> None:
         if "max_steps" in info and bar.total != info["max_steps"]:
@@ -174,6 +174,26 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stir_import(args: argparse.Namespace) -> int:
+    from .io.stir import stir_clip_to_sequence
+
+    with _bar("stir-import", unit="frame") as update:
+        out = stir_clip_to_sequence(args.clip_dir, args.out, max_frames=args.max_frames, progress=update,
+                                    start_json=args.start_json, end_json=args.end_json,
+                                    end_json_3d=args.end_json_3d, clip=args.clip)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_scared_import(args: argparse.Namespace) -> int:
+    from .io.scared import scared_to_sequence
+
+    with _bar("scared-import", unit="frame") as update:
+        out = scared_to_sequence(args.data_dir, args.out, max_frames=args.max_frames, progress=update)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -245,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--to", choices=["bag", "sequence"], default="bag")
     rec.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     rec.set_defaults(func=cmd_record)
+
+    si = sub.add_parser("stir-import", help="turn a STIR clip (calib.json + left/right mp4) into a sequence folder")
+    si.add_argument("clip_dir", type=Path)
+    si.add_argument("out", type=Path)
+    si.add_argument("--max-frames", type=int)
+    si.add_argument("--start-json", type=Path, help="2D start labels (IR tattoo centres) → queries")
+    si.add_argument("--end-json", type=Path, help="2D end labels → gt/stir_end.json for scoring")
+    si.add_argument("--end-json-3d", type=Path, help="3D end labels (mm) → gt/stir_end.json")
+    si.add_argument("--clip", help="label key to use when the JSON holds several clips")
+    si.set_defaults(func=cmd_stir_import)
+
+    sc = sub.add_parser("scared-import", help="turn a SCARED keyframe (stacked rgb.mp4 + frame_data/) into a sequence")
+    sc.add_argument("data_dir", type=Path)
+    sc.add_argument("out", type=Path)
+    sc.add_argument("--max-frames", type=int)
+    sc.set_defaults(func=cmd_scared_import)
 
     d = sub.add_parser("demo", help="the main job on the embedded default (what `make demo` runs)")
     d.add_argument("--out", type=Path, default=Path("out/demo"))

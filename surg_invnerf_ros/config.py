@@ -220,6 +220,8 @@ class FlowConfig:
     conf_scale_px: float = option(
         2.0, "Confidence = exp(-accumulated cycle error / this) * link_decay^(links-1).", lo=1e-6)
     link_decay: float = option(0.97, "Confidence factor per extra composed flow in a chain.", lo=0.0, hi=1.0)
+    invalid_link_cost_px: float = option(
+        20.0, "Chained point tracks: path cost of an invalid flow link (the position is still carried).", lo=0.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "frontend.flow.")
@@ -235,7 +237,10 @@ class LKConfig:
     max_level: int = option(3, "Pyramid levels above the base image.", lo=0, hi=8)
     fb_thresh_px: float = option(1.5, "Forward-backward error above which a point is not visible.", lo=0.0)
     min_ncc: float = option(
-        0.75, "Normalised cross-correlation of the old and new patch below which a point is not visible.",
+        0.9, "Frame to frame: patch NCC (old vs new position) below which a point is not visible.",
+        lo=-1.0, hi=1.0)
+    min_ncc_query: float = option(
+        0.75, "'from_query' and re-acquisition: the same test against an older template, which ages.",
         lo=-1.0, hi=1.0)
     max_iters: int = option(30, "LK iterations per pyramid level.", lo=1)
     query_max_level: int = option(
@@ -393,10 +398,11 @@ class LossConfig:
     bidirectional: bool = option(True, "Supervise i→j and j→i in the same step (False: i→j only).")
     charbonnier_eps_px: float = option(0.5, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
     photo_weight: float = option(1.0, "Photometric (colour in [0, 1], squared).", lo=0.0)
-    stereo_weight: float = option(0.05, "Expected depth vs stereo depth (disparity px).", lo=0.0)
+    corr_depth_weight: float = option(0.2, "Mapped point's depth vs stereo depth at the matched pixel (disparity px).", lo=0.0)
+    stereo_weight: float = option(0.2, "Expected depth vs stereo depth (disparity px).", lo=0.0)
     line_of_sight_weight: float = option(0.1, "Weights concentrated at the stereo depth.", lo=0.0)
     stereo_decay_share: float = option(0.5, "Stereo weights fall to stereo_final_scale by this share of the budget.", lo=0.0, hi=1.0)
-    stereo_final_scale: float = option(0.2, "Final multiplier of the stereo terms.", lo=0.0)
+    stereo_final_scale: float = option(0.5, "Final multiplier of the stereo terms.", lo=0.0)
     range_weight: float = option(1.0, "Canonical and mapped points outside [-1, 1]^3.", lo=0.0)
     distortion_weight: float = option(0.001, "Mip-NeRF 360 distortion.", lo=0.0)
     tv_weight: float = option(1e-4, "Total variation of spatial planes.", lo=0.0)
@@ -454,6 +460,7 @@ class FitConfig:
     max_steps: int = option(6000, "Step budget.", lo=0)
     num_threads: int = option(0, "torch CPU threads (0 leaves torch's default).", lo=0)
     log_every: int = option(25, "Progress callback every this many steps.", lo=1)
+    use_kinematics: bool = option(True, "Cast rays in the world frame from the sequence's camera poses when it has them.")
     hexplane: HexPlaneConfig = nested(HexPlaneConfig, "Deformation features.")
     coupling: CouplingConfig = nested(CouplingConfig, "Invertible map.")
     canonical: CanonicalConfig = nested(CanonicalConfig, "Canonical field.")
@@ -567,13 +574,15 @@ class SynthConfig:
     height: int = option(192, "Image height in pixels.", lo=16, hi=4096)
     seed: int = option(0, "Seed of the scene: shape, texture, motion phases, noise.", lo=0)
     instrument: bool = option(False, "Add an instrument shaft that enters from a border and moves.")
-    camera_motion: bool = option(False, "Move the endoscope with a smooth rigid motion.")
+    camera_motion: bool = option(
+        False, "Move the endoscope with a smooth rigid motion (kinematics.csv is written when it moves or "
+        "pose noise is set).")
     difficulty: Literal["easy", "medium", "hard"] = option(
         "medium", "Scales deformation amplitude and speed, specularity, noise and flicker.")
     num_queries: int = option(64, "Query points placed on a jittered grid over frame 0.", lo=1, hi=100000)
     fps: float = option(30.0, "Frame rate; sets the time step of every motion.", lo=0.1, hi=1000.0)
     baseline_m: float = option(0.0045, "Stereo baseline (right camera at +x of the left).", lo=0.001, hi=0.05)
-    hfov_deg: float = option(70.0, "Horizontal field of view; fx = (W/2) / tan(hfov/2).", lo=20.0, hi=140.0)
+    hfov_deg: float = option(70.0, "Horizontal field of view; fx = fy = (W/2) / tan(hfov/2).", lo=20.0, hi=100.0)
     distance_m: float = option(0.075, "Working distance to the tissue at the image centre.", lo=0.05, hi=0.12)
     pose_noise_m: float = option(0.0, "Std of the per-axis translation noise on written poses.", lo=0.0, hi=0.1)
     pose_noise_deg: float = option(0.0, "Std of the per-axis rotation noise on written poses.", lo=0.0, hi=30.0)
@@ -632,7 +641,9 @@ class QueryConfig:
 class RefineConfig:
     """Asynchronous InvNeRF refinement on a window of keyframes (`online.py`, DESIGN §3.3)."""
 
-    enabled: bool = option(True, "Fit the model in a worker thread; false publishes the front end only.")
+    enabled: bool = option(True, "Fit the model asynchronously; false publishes the front end only.")
+    worker: Literal["process", "thread"] = option(
+        "process", "Where the fit runs: a child process (keeps the GIL and torch out of the node) or a thread.")
     keyframe_every: int = option(2, "Every this many frames becomes a keyframe.", lo=1, hi=1000)
     window_frames: int = option(16, "Keyframes kept and fitted (older ones leave the window).", lo=2, hi=10000)
     min_keyframes: int = option(4, "A fit starts once this many keyframes are buffered.", lo=2, hi=10000)
@@ -698,9 +709,10 @@ class SyntheticSourceConfig:
     synth: SynthConfig = nested(SynthConfig, "The scene: size, seed, difficulty, instrument, motion, queries.")
     rate_hz: float = option(0.0, "Publish rate; 0 uses synth.fps (stamps always step by 1/synth.fps).",
                             lo=0.0, hi=1000.0)
-    end: Literal["continue", "loop", "stop"] = option(
-        "continue", "After synth.frames frames: keep rendering new frames, replay the first synth.frames "
-        "(cached), or stop and exit.")
+    end: Literal["pingpong", "loop", "continue", "stop"] = option(
+        "pingpong", "After synth.frames frames: play them backwards and forwards again (motion stays "
+        "continuous), start over at frame 0, keep rendering new frames, or stop and exit. All but continue "
+        "render the frames before publishing, so the rate holds at any size.")
     frame_id_left: str = option("endoscope_left_optical_frame", "frame_id of the left image and camera_info.")
     frame_id_right: str = option("endoscope_right_optical_frame", "frame_id of the right image and camera_info.")
     pose_type: Literal["PoseStamped", "TransformStamped", "none"] = option(
@@ -714,10 +726,12 @@ class SyntheticSourceConfig:
         0.0, "Also republish the queries every this many seconds (0: only when a new subscriber appears).",
         lo=0.0, hi=3600.0)
     wait_for_subscribers_s: float = option(
-        5.0, "Before frame 0, wait up to this long until the image topics have subscribers.", lo=0.0, hi=3600.0)
+        5.0, "Before frame 0, wait up to this long until the image, camera_info and (if published) "
+        "ground-truth topics have subscribers.", lo=0.0, hi=3600.0)
     render_ahead: int = option(8, "Frames rendered ahead in a background thread.", lo=1, hi=1000)
-    cache_mb: float = option(1024.0, "With end=loop, rendered frames are kept if they fit in this many MB.",
-                             lo=0.0)
+    cache_mb: float = option(
+        2048.0, "Rendered frames are kept (and rendered before publishing) if they fit in this many MB; "
+        "else they are rendered again as they come round.", lo=0.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "")

@@ -158,6 +158,7 @@ class InvNeRFRefiner:
     """The default refiner: `track.fit_invnerf` on the window, then `track.infer_tracks`."""
 
     def __init__(self, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig, device: str = "auto") -> None:
+        from . import track  # noqa: F401  torch loads here, at start-up, not in the middle of a stream
         from .config import FitConfig
 
         self.fit_cfg = load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
@@ -184,6 +185,111 @@ class InvNeRFRefiner:
         stats = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
         stats["fit_s"] = time.perf_counter() - t0
         return RefineOutput(tracks=tracks, state=result.state_dict(), stats=stats)
+
+
+def _refine_process_main(conn: Any, abort: Any, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig,
+                         device: str) -> None:
+    """Child process of `ProcessRefiner`: owns torch, the model and the warm-start state.
+
+    Protocol (tuples over a Pipe): in ("job", seq, warm) | ("stop",); out ("ready", device) |
+    ("config_error", text) | ("progress", info) | ("result", tracks, stats) | ("aborted",) | ("error", text).
+    """
+    try:
+        refiner = InvNeRFRefiner(refine_cfg, frontend_cfg, device)
+    except ConfigError as err:
+        conn.send(("config_error", str(err)))
+        return
+    conn.send(("ready", refiner.fit_cfg.device))
+
+    def progress(info: Any = None, *args: Any, **kwargs: Any) -> None:
+        if abort.is_set():
+            raise _Abort()
+        if isinstance(info, dict):
+            conn.send(("progress", {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}))
+
+    refiner.progress = progress
+    state: Any = None
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        _, seq, warm = msg
+        try:
+            out = refiner(RefineJob(seq=seq, init_state=state if warm else None, generation=0))
+        except _Abort:
+            conn.send(("aborted",))
+            continue
+        except Exception as err:  # reported to the parent, which keeps running
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+            continue
+        state = out.state
+        conn.send(("result", out.tracks, out.stats))
+
+
+class ProcessRefiner:
+    """`InvNeRFRefiner` in a child process (spawned), so the fit neither holds the node's GIL nor
+    loads torch into it. The warm-start state stays in the child; `RefineOutput.state` is a token.
+
+    Raises (at construction):
+        ConfigError: the child refused the config or device (e.g. cuda without a GPU).
+    """
+
+    def __init__(self, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig, device: str = "auto",
+                 start_timeout_s: float = 120.0) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._abort = ctx.Event()
+        self._proc = ctx.Process(target=_refine_process_main, name="invnerf-refine",
+                                 args=(child, self._abort, refine_cfg, frontend_cfg, device), daemon=True)
+        self._proc.start()
+        child.close()
+        self.progress: Callable[..., None] | None = None
+        self._fits = 0
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise ConfigError(f"refine.worker: the refinement process did not start within {start_timeout_s:.0f} s")
+        kind, *rest = self._conn.recv()
+        if kind != "ready":
+            self.close()
+            raise ConfigError(rest[0] if rest else "refine.worker: the refinement process failed to start")
+        self.device = rest[0]
+
+    def __call__(self, job: RefineJob) -> RefineOutput:
+        self._abort.clear()
+        self._conn.send(("job", job.seq, job.init_state is not None))
+        aborting = False
+        while True:
+            kind, *rest = self._conn.recv()  # blocks without the GIL
+            if kind == "progress":
+                try:
+                    if self.progress is not None and not aborting:
+                        self.progress(rest[0])
+                except _Abort:
+                    aborting = True
+                    self._abort.set()  # the child stops at its next progress report
+            elif kind == "result":
+                if aborting:
+                    raise _Abort()
+                self._fits += 1
+                return RefineOutput(tracks=rest[0], state=self._fits, stats=rest[1])
+            elif kind == "aborted":
+                raise _Abort()
+            else:
+                raise RuntimeError(rest[0] if rest else kind)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the child (abort a running fit first)."""
+        self._abort.set()
+        try:
+            self._conn.send(("stop",))
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout_s)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout_s)
 
 
 @dataclass
@@ -236,9 +342,10 @@ class OnlineTracker:
         self.query_cfg = query_cfg or QueryConfig()
         self.frontend = frontend if frontend is not None else LKStereoFrontEnd(self.frontend_cfg)
         if refiner is None and self.refine_cfg.enabled:
-            refiner = InvNeRFRefiner(self.refine_cfg, self.frontend_cfg, device)
+            make = ProcessRefiner if self.refine_cfg.worker == "process" else InvNeRFRefiner
+            refiner = make(self.refine_cfg, self.frontend_cfg, device)
         self.refiner = refiner
-        if isinstance(refiner, InvNeRFRefiner):
+        if isinstance(refiner, (InvNeRFRefiner, ProcessRefiner)):
             refiner.progress = self._on_progress
 
         self._lock = threading.Lock()
@@ -557,7 +664,7 @@ class OnlineTracker:
         """Progress from the fit: record what looks like step/loss; abort on reset or close."""
         info = next((a for a in args if isinstance(a, dict)), kwargs)
         with self._lock:
-            for k in ("step", "loss", "converged_share"):
+            for k in ("step", "loss", "converged"):
                 if isinstance(info, dict) and isinstance(info.get(k), (int, float)):
                     self._model[k] = info[k]
             stop = self._stop or self._running_generation != self._generation
@@ -589,3 +696,6 @@ class OnlineTracker:
             self._worker.join(timeout=timeout_s)
             if self._worker.is_alive():
                 log.warning("refine worker still busy after %.1f s; leaving it (daemon thread)", timeout_s)
+        close = getattr(self.refiner, "close", None)
+        if callable(close):
+            close()

@@ -150,7 +150,7 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
     if seq.num_frames < 1:
         raise InputError(f"{seq.name}: no frames to fit", reason="empty")
     fe = frontend if frontend is not None else run_frontend(seq, frontend_cfg, timings)
-    poses = _relative_poses(seq)
+    poses = _relative_poses(seq) if fit_cfg.use_kinematics else None
     K = np.asarray(seq.calib.K, np.float64)
     t0 = time.perf_counter()
     data = to_device_data(seq.left_rgb_u8, fe["depth_m"], ~fe["mask"], fe["pairs"], fe["flow_px"], fe["confidence"],
@@ -195,8 +195,13 @@ def surface_points_world_m(model: InvNeRF, data: FitData, cfg: FitConfig, frame:
     out = model.render(origins, dirs, z, frame, with_colour=False)
     w = out["weights"]
     if cfg.render.surface == "max_weight":
-        idx = w.argmax(dim=1)
-        z_s = z.gather(1, idx[:, None])[:, 0]
+        # the max-weight sample, refined to the weighted mean of it and its two neighbours
+        idx = w.argmax(dim=1, keepdim=True)
+        nb = torch.cat([idx - 1, idx, idx + 1], dim=1)  # (N, 3)
+        inside = ((nb >= 0) & (nb < z.shape[1])).float()
+        nb = nb.clamp(0, z.shape[1] - 1)
+        wn = w.gather(1, nb) * inside
+        z_s = (wn * z.gather(1, nb)).sum(1) / wn.sum(1).clamp_min(1e-12)
     else:
         z_s = (w * z).sum(1) / w.sum(1).clamp_min(1e-6)
     return origins + z_s[:, None] * dirs, out

@@ -137,7 +137,8 @@ def baseline_runner(name: str, frontend_cfg: FrontendConfig | None = None) -> Ru
 
 def _generate(seq_dir: Path, spec: SeqSpec) -> None:
     """Write the synthetic sequence of `spec` (folder + gt/tracks.npz) at `seq_dir`."""
-    from ..synth.generate import SynthConfig, generate_sequence
+    from ..config import SynthConfig
+    from ..synth.generate import generate_sequence
 
     generate_sequence(seq_dir, SynthConfig(
         frames=spec.frames, width=spec.width, height=spec.height, seed=spec.seed, instrument=spec.instrument,

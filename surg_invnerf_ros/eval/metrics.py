@@ -26,6 +26,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
+from ..io.csvtable import read_csv_table
+from ..io.trackfile import read_tracks
 from ..structs import Queries, Tracks
 
 TAPVID_THRESHOLDS_PX = (1, 2, 4, 8, 16)
@@ -219,15 +221,10 @@ def read_query_frames(path: str | Path, gt: Tracks) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         return query_frames_from(gt)
-    try:
-        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    except ValueError as err:
-        raise InputError(f"{path}: not a readable queries file ({err})", "bad_queries") from None
-    if data.size == 0:
+    table = read_csv_table(path, ("id", "frame", "u", "v"), "iiff")
+    if table["id"].size == 0:
         return query_frames_from(gt)
-    if data.shape[1] < 4:
-        raise InputError(f"{path}: expected columns id,frame,u,v, got {data.shape[1]} columns", "bad_queries")
-    queries = Queries(ids=data[:, 0].astype(np.int64), query_tuv=data[:, 1:4].astype(np.float64))
+    queries = Queries(ids=table["id"], query_tuv=np.stack([table["frame"], table["u"], table["v"]], -1).astype(float))
     return query_frames_from(gt, queries)
 
 
@@ -236,8 +233,6 @@ def evaluate_files(seq_dir: str | Path, pred_path: str | Path) -> dict[str, floa
 
     Query frames come from `SEQ/queries.csv`. Errors name the missing or bad file.
     """
-    from ..io.trackfile import read_tracks
-
     seq_dir = Path(seq_dir)
     gt_path = seq_dir / "gt" / "tracks.npz"
     if not gt_path.is_file():

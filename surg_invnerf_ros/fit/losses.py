@@ -37,7 +37,7 @@ def stereo_depth_loss_px(depth_pred_m: Float[Tensor, " N"], depth_stereo_m: Floa
     """
     d_pred = fx_b / depth_pred_m.clamp_min(1e-6)
     d_st = fx_b / torch.where(valid > 0, depth_stereo_m, torch.ones_like(depth_stereo_m)).clamp_min(1e-6)
-    return _wmean(torch.abs(d_pred - d_st), valid)
+    return _wmean(torch.abs(d_pred - d_st), valid)  # valid = 0 rows carry a dummy depth of 1 m
 
 
 def line_of_sight_loss_px(weights: Float[Tensor, "N S"], z_m: Float[Tensor, "N S"], depth_stereo_m: Float[Tensor, " N"],

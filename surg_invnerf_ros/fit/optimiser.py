@@ -242,6 +242,11 @@ class Fitter:
             terms["photo"] = losses.photometric_loss(out["rgb"], colour_at(data.rgb, frame, uv), sup)
         sv = out["stereo_valid"].float() * sup
         sscale = self._stereo_scale(share)
+        if lc.corr_depth_weight > 0:
+            # scene flow: the matched pixel's stereo depth is the mapped point's depth in the target frame
+            d_tgt = data.depth_at(target, uv_tgt)
+            ok_t = (conf > 0) & torch.isfinite(d_tgt)
+            terms["corr_depth"] = losses.stereo_depth_loss_px(out["z_target_m"], d_tgt, conf * ok_t.float(), data.fx_b)
         if lc.stereo_weight > 0:
             terms["stereo"] = losses.stereo_depth_loss_px(out["depth_m"], out["stereo_depth_m"], sv, data.fx_b)
         if lc.line_of_sight_weight > 0:
@@ -255,7 +260,7 @@ class Fitter:
         if step % lc.reg_every == 0 and (lc.tv_weight > 0 or lc.time_smooth_weight > 0):
             tv, ts = self.model.plane_regularisers()
             terms["tv"], terms["time_smooth"] = tv, ts
-        weights = {"corr": lc.corr_weight, "photo": lc.photo_weight, "photo_right": lc.photo_weight,
+        weights = {"corr": lc.corr_weight, "corr_depth": lc.corr_depth_weight * sscale, "photo": lc.photo_weight, "photo_right": lc.photo_weight,
                    "stereo": lc.stereo_weight * sscale, "los": lc.line_of_sight_weight * sscale,
                    "range": lc.range_weight, "dist": lc.distortion_weight, "tv": lc.tv_weight,
                    "time_smooth": lc.time_smooth_weight}

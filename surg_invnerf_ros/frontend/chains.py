@@ -77,10 +77,11 @@ def _sample(stack: np.ndarray, flow_px: np.ndarray, grid: tuple[np.ndarray, np.n
 class _ChainState:
     """One dense chain: flow, accumulated cycle error, link count and validity, each (H, W)."""
 
-    __slots__ = ("flow", "err", "links", "valid")
+    __slots__ = ("flow", "err", "links", "valid", "_stack")
 
     def __init__(self, flow: np.ndarray, err: np.ndarray, links: np.ndarray, valid: np.ndarray) -> None:
         self.flow, self.err, self.links, self.valid = flow, err, links, valid
+        self._stack: np.ndarray | None = None
 
     @classmethod
     def identity(cls, H: int, W: int) -> "_ChainState":
@@ -88,9 +89,11 @@ class _ChainState:
                    np.zeros((H, W), np.float32), np.ones((H, W), bool))
 
     def stack(self) -> np.ndarray:
-        """(H, W, 5) float32 for one remap of the whole state."""
-        return np.concatenate([self.flow, np.minimum(self.err, _ERR_CAP_PX)[..., None], self.links[..., None],
-                               self.valid[..., None].astype(np.float32)], axis=-1)
+        """(H, W, 5) float32 for one remap of the whole state (built once: up to len(gaps) uses)."""
+        if self._stack is None:
+            self._stack = np.concatenate([self.flow, np.minimum(self.err, _ERR_CAP_PX)[..., None], self.links[..., None],
+                                          self.valid[..., None].astype(np.float32)], axis=-1)
+        return self._stack
 
     def confidence(self, cfg: FlowConfig) -> np.ndarray:
         conf = np.exp(-self.err / cfg.conf_scale_px) * cfg.link_decay ** np.maximum(self.links - 1.0, 0.0)
@@ -113,15 +116,22 @@ def _compose_target_fixed(link: np.ndarray, nxt: _ChainState, grid) -> _ChainSta
 
 
 def _best(cands: list[_ChainState], link_cost_px: float) -> _ChainState:
-    """Per pixel, the candidate with the lowest score (invalid candidates score +inf)."""
+    """Per pixel, the candidate with the lowest score (invalid candidates score +inf); ties keep
+    the earlier (shorter-gap) candidate."""
+    best = cands[0]
     if len(cands) == 1:
-        return cands[0]
-    score = np.stack([np.where(c.valid, c.err + link_cost_px * c.links, np.inf) for c in cands])  # (C, H, W)
-    pick = np.argmin(score, axis=0)[None]  # (1, H, W)
-    take = lambda xs: np.take_along_axis(np.stack(xs), pick, axis=0)[0]  # noqa: E731
-    flow = np.take_along_axis(np.stack([c.flow for c in cands]), pick[..., None], axis=0)[0]  # (H, W, 2)
-    return _ChainState(flow, take([c.err for c in cands]), take([c.links for c in cands]),
-                       take([c.valid for c in cands]))
+        return best
+    best = _ChainState(best.flow.copy(), best.err.copy(), best.links.copy(), best.valid.copy())
+    score = np.where(best.valid, best.err + link_cost_px * best.links, np.inf)
+    for c in cands[1:]:
+        cand = np.where(c.valid, c.err + link_cost_px * c.links, np.inf)
+        better = cand < score
+        np.copyto(score, cand, where=better)
+        np.copyto(best.flow, c.flow, where=better[..., None])
+        np.copyto(best.err, c.err, where=better)
+        np.copyto(best.links, c.links, where=better)
+        np.copyto(best.valid, c.valid, where=better)
+    return best
 
 
 def _chain_from(bank: FlowBank, index: dict, r: int, direction: int, num_frames: int, cfg: FlowConfig,
@@ -191,8 +201,11 @@ def build_correspondences(
 
     pairs = [bank.pairs]
     flows = [bank.flow_px]
-    direct = _ChainState(bank.flow_px, bank.cycle_err_px, np.ones(bank.valid.shape, np.float32), bank.valid)
-    confs = [direct.confidence(cfg)]
+    # Direct pairs are one link: confidence = exp(-cycle error / scale) where valid.
+    direct_conf = np.zeros(bank.valid.shape, np.float32)
+    np.exp(-np.where(bank.valid, bank.cycle_err_px, 0) / np.float32(cfg.conf_scale_px), out=direct_conf,
+           where=bank.valid)
+    confs = [direct_conf]
     seen = set(index)
     for r in range(0, num_frames, cfg.keyframe_stride):
         for direction in (1, -1):
@@ -245,9 +258,13 @@ def track_dis_chained(
     """Track query points through the flow bank, forwards and backwards from each query frame.
 
     At every frame, each point takes the best of the candidates "its position g frames closer to
-    the query frame, moved by the bank flow over gap g", scored as in the dense chains. A point with
-    no valid candidate is not visible and keeps its last visible position; it is re-acquired when a
-    longer gap reaches it from a frame where it was visible.
+    the query frame, moved by the bank flow over gap g". A candidate costs its source's score plus
+    the link's cycle error and `link_cost_px`; an invalid link (occlusion, failed cycle, masked)
+    costs `invalid_link_cost_px` instead, so paths that jump over an occlusion win. As in MFT, the
+    position is always carried by the best path, but the point is visible only if that path's last
+    link is valid and starts from a frame where the point was visible. A point occluded for less
+    than the longest gap is re-acquired by a path from before the occlusion; after a longer
+    occlusion it stays not visible (its position is still the best guess).
 
     Returns:
         uv (T, N, 2) float32 pixels and visible (T, N) bool.
@@ -263,17 +280,17 @@ def track_dis_chained(
     gaps = sorted(set(cfg.gaps))
 
     uv = np.zeros((T, N, 2), np.float64)
-    score = np.full((T, N), np.inf)  # accumulated cycle error + link cost; inf = not visible
-    links = np.zeros((T, N))
+    score = np.full((T, N), np.inf)  # path cost; inf = no path reached this frame
+    visible = np.zeros((T, N), bool)
     cols = np.arange(N)
     q_uv = queries.uv_px.astype(np.float64)
     uv[q_frame, cols] = q_uv
     in_img = (q_uv[:, 0] >= 0) & (q_uv[:, 1] >= 0) & (q_uv[:, 0] <= W - 1) & (q_uv[:, 1] <= H - 1)
-    score[q_frame, cols] = np.where(in_img, 0.0, np.inf)
-    last_uv = np.broadcast_to(q_uv, (2, N, 2)).copy()  # last visible position, per direction
+    score[q_frame, cols] = 0.0
+    visible[q_frame, cols] = in_img
 
     for step in range(1, T):
-        for k, direction in enumerate((1, -1)):
+        for direction in (1, -1):
             t = q_frame + direction * step  # (N,)
             act = (t >= 0) & (t < T)
             if not act.any():
@@ -281,8 +298,8 @@ def track_dis_chained(
             n = cols[act]
             tn = t[act]
             best = np.full(len(n), np.inf)
-            best_uv = last_uv[k, n].copy()
-            best_links = np.zeros(len(n))
+            best_uv = uv[tn - direction, n].copy()  # fallback: stay put (no path at all)
+            best_vis = np.zeros(len(n), bool)
             for g in gaps:
                 if g > step:
                     break
@@ -292,14 +309,13 @@ def track_dis_chained(
                 if not ok.any():
                     continue
                 flow, err, valid = _gather_bilinear(bank, np.maximum(q, 0), uv[s, n])
-                cand = np.where(ok & valid, score[s, n] + err + cfg.link_cost_px, np.inf)
+                link = np.where(valid, err + cfg.link_cost_px, cfg.invalid_link_cost_px)
+                cand = np.where(ok, score[s, n] + link, np.inf)
                 better = cand < best
                 best = np.where(better, cand, best)
                 best_uv[better] = uv[s, n][better] + flow[better]
-                best_links = np.where(better, links[s, n] + 1, best_links)
+                best_vis = np.where(better, valid & visible[s, n], best_vis)
             uv[tn, n] = best_uv
             score[tn, n] = best
-            links[tn, n] = best_links
-            seen = np.isfinite(best)
-            last_uv[k, n[seen]] = best_uv[seen]
-    return uv.astype(np.float32), np.isfinite(score)
+            visible[tn, n] = best_vis
+    return uv.astype(np.float32), visible

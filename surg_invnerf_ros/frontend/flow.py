@@ -3,8 +3,9 @@
 OpenCV DIS flow is computed for every pair (i, i+g) and (i+g, i), g in `cfg.gaps`. A flow pixel is
 kept only where the round trip closes: |F_ij(x) + F_ji(x + F_ij(x))| < `cycle_thresh_px`, the
 target lies inside the image, neither end is masked, and the target looks like the source: in a 7×7
-window, zero-mean NCC at least `min_ncc` where both sides have texture (grey std >= 4), and mean
-absolute grey difference at most `photo_thresh`. The last test is needed because DIS is smooth
+window, zero-mean NCC at least `min_ncc` where both sides have texture (grey std >= 4), no
+texture on one side only (std ratio under 1/2), and mean absolute grey difference at most
+`photo_thresh`. The last test is needed because DIS is smooth
 both ways over something that appears in one frame only (an instrument entering, a specular
 flash): such a region is wrongly matched in both directions, and the cycle closes. This is MFT's lesson (several gaps, keep
 the reliable ones) without learned weights; `chains.py` composes the bank into long-range pairs.
@@ -108,7 +109,8 @@ def photo_consistent(src_grey: np.ndarray, dst_grey: np.ndarray, flow_px: np.nda
     """(H, W) bool: the destination, warped back by the flow, looks like the source in 7×7 windows.
 
     NCC (gain- and offset-invariant, so lighting changes pass) decides where both windows have
-    texture; the mean absolute difference bounds the rest.
+    texture; texture on one side only (contrast ratio under 1/2) fails; the mean absolute
+    difference bounds the rest.
     """
     a = src_grey.astype(np.float32)
     b = warp_sample(dst_grey.astype(np.float32), flow_px, grid)
@@ -123,6 +125,9 @@ def photo_consistent(src_grey: np.ndarray, dst_grey: np.ndarray, flow_px: np.nda
         textured = (var_a >= _MIN_STD**2) & (var_b >= _MIN_STD**2)
         ncc = cov / np.sqrt(np.maximum(var_a * var_b, 1e-6))
         ok &= ~textured | (ncc >= cfg.min_ncc)
+        # Texture on one side only (a flat instrument over tissue): contrast ratio under 1/2.
+        lo, hi = np.minimum(var_a, var_b), np.maximum(var_a, var_b)
+        ok &= (hi < _MIN_STD**2) | (lo >= 0.25 * hi)
     return ok
 
 

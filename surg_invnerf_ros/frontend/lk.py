@@ -2,8 +2,9 @@
 
 A point is visible in the new frame only if LK converged both ways (OpenCV status), the
 forward-backward error |LK_ba(LK_ab(x)) − x| is under `fb_thresh_px`, the zero-mean normalised
-cross-correlation of the old and new patches is at least `min_ncc`, and the point lies inside the
-image. An occluder or the image border fails at least one of these: a flat occluder has no
+cross-correlation of the old and new patches is at least `min_ncc` (frame to frame) or
+`min_ncc_query` (against an older template, which deforms and changes lighting), and the point
+lies inside the image. An occluder or the image border fails at least one of these: a flat occluder has no
 correlation, a textured one no correlation with tissue, and an occluder that moves with the point
 (which fools the forward-backward check) still fails the correlation on the frame where it arrives.
 
@@ -60,9 +61,10 @@ class LKPointTracker:
 
     def track_grey(
         self, prev_grey: np.ndarray, cur_grey: np.ndarray, uv_px: np.ndarray,
-        init_uv_px: np.ndarray | None = None, max_level: int | None = None,
+        init_uv_px: np.ndarray | None = None, max_level: int | None = None, min_ncc: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`track_pair` on grey images, with an optional initial guess (N, 2) and pyramid depth."""
+        """`track_pair` on grey images, with an optional initial guess (N, 2), pyramid depth and
+        NCC threshold (default `cfg.min_ncc`)."""
         n = len(uv_px)
         if n == 0:
             return np.zeros((0, 2), np.float32), np.zeros(0, bool)
@@ -82,7 +84,8 @@ class LKPointTracker:
         fb_px = np.linalg.norm(p0r.reshape(-1, 2) - uv_px, axis=-1)
         ok = ((st1.ravel() == 1) & (st2.ravel() == 1) & (fb_px < self.cfg.fb_thresh_px)
               & _inside(p1, prev_grey.shape[:2]))
-        ok[ok] = patch_ncc(prev_grey, uv_px[ok], cur_grey, p1[ok], self.cfg.win_size_px) >= self.cfg.min_ncc
+        ncc_min = self.cfg.min_ncc if min_ncc is None else min_ncc
+        ok[ok] = patch_ncc(prev_grey, uv_px[ok], cur_grey, p1[ok], self.cfg.win_size_px) >= ncc_min
         return np.where(ok[:, None], p1, uv_px).astype(np.float32), ok
 
 
@@ -180,7 +183,8 @@ def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarra
                 if not _inside(last_uv[idx], grey[0].shape).any():
                     continue
                 new, ok = tracker.track_grey(grey[f], grey[nxt], last_uv[idx], init_uv_px=last_uv[idx],
-                                             max_level=tracker.cfg.query_max_level)
+                                             max_level=tracker.cfg.query_max_level,
+                                             min_ncc=tracker.cfg.min_ncc_query)
                 uv[nxt, idx[ok]] = new[ok]
                 vis[nxt, idx[ok]] = True
         seen = started & vis[nxt]
@@ -198,7 +202,8 @@ def _from_query(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.nda
         guess = src.copy()
         level = tracker.cfg.query_max_level
         for t in range(q + direction, T if direction > 0 else -1, direction):
-            new, ok = tracker.track_grey(grey[q], grey[t], src, init_uv_px=guess, max_level=level)
+            new, ok = tracker.track_grey(grey[q], grey[t], src, init_uv_px=guess, max_level=level,
+                                         min_ncc=tracker.cfg.min_ncc_query)
             uv[t, idx] = np.where(ok[:, None], new, guess)
             vis[t, idx] = ok & vis[q, idx]
             guess = uv[t, idx].copy()

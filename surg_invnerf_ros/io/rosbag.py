@@ -94,7 +94,8 @@ class BagTopics:
 # ------------------------------------------------------------------------------------------------
 
 
-def _storage_plugin(storage: str) -> Any:
+def storage_plugin(storage: str) -> Any:
+    """rosbags StoragePlugin for "mcap" or "sqlite3"."""
     from rosbags.rosbag2 import StoragePlugin
 
     if storage not in STORAGES:
@@ -113,7 +114,7 @@ def write_bag(path: str | Path, messages: Iterable[BagMessage], storage: Storage
     out = Path(path)
     if out.exists():
         raise InputError(f"{out}: bag already exists", "exists")
-    plugin = _storage_plugin(storage)
+    plugin = storage_plugin(storage)
     out.parent.mkdir(parents=True, exist_ok=True)
     ts = typestore()
     try:
@@ -230,9 +231,10 @@ def calib_from_infos(left: Any, right: Any, fps: float = 30.0, where: str = "cam
     if not baseline_m > 0:
         raise InputError(f"{where}: right P: expected Tx = -fx*B < 0, got Tx = {P_r[0, 3]}", "bad_camera_info")
     if (int(left.width), int(left.height)) != (int(right.width), int(right.height)):
-        raise InputError(
-            f"{where}: left {left.width}x{left.height} and right {right.width}x{right.height} sizes differ", "size_mismatch")
-    return StereoCalib(K=K.copy(), baseline_m=baseline_m, image_size=(int(left.width), int(left.height)), fps=float(fps))
+        raise InputError(f"{where}: left {left.width}x{left.height} and right {right.width}x{right.height} "
+                         "sizes differ", "size_mismatch")
+    return StereoCalib(K=K.copy(), baseline_m=baseline_m, image_size=(int(left.width), int(left.height)),
+                       fps=float(fps))
 
 
 def T_from_pose_msg(msg: Any) -> np.ndarray:
@@ -518,8 +520,8 @@ def bag_to_sequence(
     if "left_info" not in infos or "right_info" not in infos:
         raise InputError(f"{where}: no CameraInfo messages on {names['left_info']} and {names['right_info']}",
                          "missing_topic")
-    pairs = _pair_stamps(np.array(stamps["left_image"], dtype=np.int64), np.array(stamps["right_image"], dtype=np.int64),
-                         int(round(slop_s * 1e9)))
+    pairs = _pair_stamps(np.array(stamps["left_image"], dtype=np.int64),
+                         np.array(stamps["right_image"], dtype=np.int64), int(round(slop_s * 1e9)))
     if not pairs:
         raise InputError(f"{where}: no left/right image pair with matching stamps", "no_frames")
     frame_ns = np.array([p[0] for p in pairs], dtype=np.int64)
@@ -588,7 +590,8 @@ def _queries_from_stream(
         if pts is not None and "visible" in pts.dtype.names:
             vis = pts[pts["visible"] > 0]
             if len(vis):
-                tuv = np.stack([np.full(len(vis), float(t)), vis["u"].astype(np.float64), vis["v"].astype(np.float64)], 1)
+                tuv = np.stack([np.full(len(vis), float(t)), vis["u"].astype(np.float64),
+                                vis["v"].astype(np.float64)], 1)
                 return Queries(ids=vis["id"].astype(np.int64), query_tuv=tuv)
     return grid_queries(calib.width, calib.height, auto_grid)
 

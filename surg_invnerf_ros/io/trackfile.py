@@ -31,11 +31,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = 
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def validate_tracks(tracks: Tracks, where: str = "tracks") -> None:

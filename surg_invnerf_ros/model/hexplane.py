@@ -98,10 +98,13 @@ class MultiScaleHexPlane(nn.Module):
     @staticmethod
     def _lookup(grid: Tensor, pts: Tensor, planes: Sequence[tuple[int, int]]) -> Tensor:
         # grid_sample's x indexes columns (first coordinate of the plane), y rows (second).
-        coords = torch.stack([pts[:, list(p)] for p in planes], dim=0)  # (n, P, 2)
+        coords = torch.stack([torch.stack([pts[:, a], pts[:, b]], dim=-1) for a, b in planes], dim=0)  # (n, P, 2)
         out = F.grid_sample(grid, coords.unsqueeze(1), mode="bilinear", padding_mode="border",
-                            align_corners=True)  # (n, F, 1, P)
-        return out.squeeze(2).prod(dim=0).transpose(0, 1)  # (P, F)
+                            align_corners=True)[:, :, 0]  # (n, F, P)
+        feat = out[0]
+        for k in range(1, out.shape[0]):  # explicit product: prod()'s backward is slow (zero checks)
+            feat = feat * out[k]
+        return feat.transpose(0, 1)  # (P, F)
 
     def grow_time(self, num_frames: int) -> None:
         """Extend (or shrink) the time axis to `num_frames`, keeping fitted frames unchanged."""

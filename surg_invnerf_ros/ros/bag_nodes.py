@@ -18,13 +18,13 @@ import importlib
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
-from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Iterable, Literal
 
-from ..config import BagPlayerConfig, _coerce, field_docs
+from ..config import BagPlayerConfig
 from ..errors import ConfigError, InputError
 from ..io import rosbag as rb
 
@@ -52,43 +52,8 @@ def message_class(msgtype: str) -> Any:
         raise InputError(f"{msgtype}: no Python message package for this type", "unknown_type") from None
 
 
-def declare_config(node: Any, cfg_type: type, prefix: str = "") -> Any:
-    """Declare one parameter per leaf field of `cfg_type` (doc as description); return the config.
-
-    Values are coerced to the field type (an int for a float field is fine) and validated by the
-    config class, so a bad value raises its `ConfigError` naming the dotted key.
-    """
-    from rcl_interfaces.msg import ParameterDescriptor
-
-    values: dict[str, Any] = {}
-    for name, default, doc, lo, hi in field_docs(cfg_type, prefix):
-        rng = "" if lo is None and hi is None else f" Range [{'' if lo is None else lo}, {'' if hi is None else hi}]."
-        desc = ParameterDescriptor(description=doc + rng, read_only=True, dynamic_typing=True)
-        values[name] = node.declare_parameter(name, list(default) if isinstance(default, tuple) else default,
-                                              desc).value
-    return _build(cfg_type, values, prefix)
-
-
-def _build(cfg_type: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = get_type_hints(cfg_type)
-    kwargs = {}
-    for f in fields(cfg_type):
-        key = f"{prefix}{f.name}"
-        tp = hints[f.name]
-        if is_dataclass(tp):
-            kwargs[f.name] = _build(tp, values, key + ".")
-            continue
-        v = values[key]
-        if get_origin(tp) is tuple:
-            v = tuple(v) if v is not None else ()
-            item = (get_args(tp) or (Any,))[0]
-            if item is float:
-                v = tuple(float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v)
-        kwargs[f.name] = _coerce(key, v, tp)
-    return cfg_type(**kwargs)
-
-
-def _spin_main(node_factory: Callable[[], Any], args: list[str] | None, run: Callable[[Any], None] | None = None) -> int:
+def _spin_main(node_factory: Callable[[], Any], args: list[str] | None,
+               run: Callable[[Any], None] | None = None) -> int:
     """Shared main: init, build the node, spin (or `run(node)` with a background spinner), clean up."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -104,12 +69,17 @@ def _spin_main(node_factory: Callable[[], Any], args: list[str] | None, run: Cal
         if run is None:
             executor.spin()
         else:
-            spinner = threading.Thread(target=executor.spin, daemon=True)
+            def spin() -> None:
+                try:
+                    executor.spin()
+                except ExternalShutdownException:  # SIGINT/SIGTERM: `run` sees the context go down
+                    pass
+
+            spinner = threading.Thread(target=spin, daemon=True)
             spinner.start()
             run(node)
-    except (ConfigError, InputError) as err:
-        logging.getLogger("surg_invnerf_ros").error("%s", err)
-        print(f"error: {err}", flush=True)
+    except (ConfigError, InputError) as err:  # a bad parameter or bag refuses the start, in one line
+        print(f"error: {err}", file=sys.stderr, flush=True)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -170,14 +140,17 @@ class BagPlayer:
     def stop(self) -> None:
         self._stop.set()
 
+    def _stopped(self) -> bool:
+        # SIGINT/SIGTERM shut the context down (rclpy's handler); stop publishing into it.
+        return self._stop.is_set() or not self.node.context.ok()
+
     def wait_for_subscribers(self) -> bool:
         """Wait up to `wait_for_subscribers_s` until every played topic has a subscriber."""
         deadline = time.monotonic() + self.cfg.wait_for_subscribers_s
-        while not self._stop.is_set():
+        while not self._stopped():
             missing = [t for t, p in self.publishers.items() if p.get_subscription_count() == 0]
             if not missing:
                 time.sleep(0.1)  # let the matched readers finish their side of discovery
-                self.node.get_logger().info(f"subscribers matched after {time.monotonic() - deadline + self.cfg.wait_for_subscribers_s:.2f} s")
                 return True
             if time.monotonic() >= deadline:
                 if self.cfg.wait_for_subscribers_s > 0:
@@ -186,13 +159,21 @@ class BagPlayer:
             time.sleep(0.05)
         return False
 
+    def _send(self, pub: Any, data: Any) -> None:
+        try:
+            pub.publish(data)
+        except Exception:
+            if self.node.context.ok():
+                raise
+            self._stop.set()  # the context went down between the check and the publish
+
     def _publish_clock(self, bag_ns: int) -> None:
         from rosgraph_msgs.msg import Clock
 
         from .convert import to_stamp
 
         if self.clock_pub is not None:
-            self.clock_pub.publish(Clock(clock=to_stamp(int(bag_ns))))
+            self._send(self.clock_pub, Clock(clock=to_stamp(int(bag_ns))))
 
     def play_once(self) -> int:
         """Play the bag once, paced; returns the number of messages published."""
@@ -202,13 +183,13 @@ class BagPlayer:
         t0_wall = t0_bag = None
         last_clock = -1.0
         for msg in rb.read_bag(self.cfg.bag, topics=self.publishers):
-            if self._stop.is_set():
+            if self._stopped():
                 break
             if t0_wall is None:
                 t0_wall, t0_bag = time.monotonic(), msg.log_time_ns
             if rate > 0:
                 due = t0_wall + (msg.log_time_ns - t0_bag) * 1e-9 / rate
-                while not self._stop.is_set():
+                while not self._stopped():
                     now = time.monotonic()
                     if self.clock_pub is not None and now - last_clock >= clock_period:
                         self._publish_clock(t0_bag + int((now - t0_wall) * rate * 1e9))
@@ -219,7 +200,7 @@ class BagPlayer:
             if self.clock_pub is not None:
                 self._publish_clock(max(msg.log_time_ns, t0_bag + int((time.monotonic() - t0_wall) * rate * 1e9))
                                     if rate > 0 else msg.log_time_ns)
-            self.publishers[msg.topic].publish(bytes(msg.rawdata))
+            self._send(self.publishers[msg.topic], bytes(msg.rawdata))
             count += 1
         self.published += count
         return count
@@ -228,7 +209,7 @@ class BagPlayer:
         """Wait for subscribers, play (looping if asked), linger so reliable data drains."""
         self.wait_for_subscribers()
         total = 0
-        while not self._stop.is_set():
+        while not self._stopped():
             total += self.play_once()
             if not self.cfg.loop:
                 break
@@ -238,11 +219,39 @@ class BagPlayer:
         end = time.monotonic() + self.cfg.linger_s
         for pub in self.publishers.values():
             left = end - time.monotonic()
-            if left <= 0 or self._stop.is_set():
+            if left <= 0 or self._stopped():
                 break
             pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
-        self.node.get_logger().info(f"played {total} messages from {self.cfg.bag}")
+        if self.node.context.ok():
+            self.node.get_logger().info(f"played {total} messages from {self.cfg.bag}")
         return total
+
+
+def play(bag: str | Path, stop: threading.Event | None = None, node_name: str = "bag_player",
+         **options: Any) -> int:
+    """Play a bag from Python in its own rclpy context (blocking); returns the messages published.
+
+    `options` are `BagPlayerConfig` fields (rate, loop, clock, topics, wait_for_subscribers_s, ...).
+    Setting `stop` ends the playback early. Tests use it beside their own context.
+    """
+    import rclpy
+    from rclpy.context import Context
+
+    cfg = BagPlayerConfig(bag=str(bag), **options)
+    use_large_data_transport()
+    ctx = Context()
+    rclpy.init(context=ctx)
+    node = None
+    try:
+        node = rclpy.create_node(node_name, context=ctx)
+        player = BagPlayer(node, cfg)
+        if stop is not None:
+            threading.Thread(target=lambda: (stop.wait(), player.stop()), daemon=True).start()
+        return player.play()
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)
 
 
 def player_main(args: list[str] | None = None) -> int:
@@ -251,7 +260,10 @@ def player_main(args: list[str] | None = None) -> int:
     def make() -> Any:
         from rclpy.node import Node
 
+        from .params import check_no_unknown, declare_config
+
         node = Node("bag_player")
+        check_no_unknown(node, BagPlayerConfig)
         make.player = BagPlayer(node, declare_config(node, BagPlayerConfig))  # type: ignore[attr-defined]
         return node
 
@@ -342,6 +354,28 @@ def _pick_sequence_topics(node: Any, names: rb.BagTopics, fallback: bool) -> lis
     return [t for t in got.values() if t]
 
 
+def _discover(rec: _Recorder, executor: Any, stop: threading.Event, timeout_s: float,
+              sequence_names: rb.BagTopics | None) -> None:
+    """Subscribe to the wanted topics as they appear, for up to `timeout_s` (all found: at once).
+
+    With `sequence_names`, the wanted set is picked from the graph first (`_pick_sequence_topics`).
+    """
+    deadline = time.monotonic() + timeout_s
+    missing: list[str] = []
+    while not stop.is_set():
+        executor.spin_once(timeout_sec=0.05)
+        expired = time.monotonic() >= deadline
+        if sequence_names is not None and rec.wanted is None:
+            rec.wanted = _pick_sequence_topics(rec.node, sequence_names, fallback=expired)
+            if rec.wanted is None:
+                continue
+        missing = rec.discover()
+        if expired or (not missing and any(sub is not None for sub in rec.subs.values())):
+            break
+    if missing:
+        log.warning("not yet published: %s (subscribed when they appear)", ", ".join(missing))
+
+
 def record(
     topics: Iterable[str] | None,
     out: str | Path,
@@ -388,7 +422,7 @@ def record(
     """
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rosbags.rosbag2 import Writer
 
     if to not in ("bag", "sequence"):
@@ -399,7 +433,7 @@ def record(
         shutil.rmtree(bag_path)
     if bag_path.exists():
         raise InputError(f"{bag_path}: bag already exists", "exists")
-    plugin = rb._storage_plugin(storage)
+    plugin = rb.storage_plugin(storage)
     use_large_data_transport()
     ctx = Context()
     rclpy.init(context=ctx)
@@ -423,43 +457,24 @@ def record(
         rec = _Recorder(node, writer, wanted, on_message)
         executor = SingleThreadedExecutor(context=ctx)
         executor.add_node(node)
-        if to == "sequence" and wanted is None:
-            rec.wanted = None if topics is None else wanted
-            auto_sequence = True
-        else:
-            auto_sequence = False
-        deadline = time.monotonic() + discovery_timeout_s
-        missing: list[str] = []
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.05)
-            expired = time.monotonic() >= deadline
-            if auto_sequence and rec.wanted is None:
-                rec.wanted = _pick_sequence_topics(node, sequence_topics, fallback=expired)
-                if rec.wanted is None:
-                    continue
-            missing = rec.discover()
-            if expired or (not missing and any(s is not None for s in rec.subs.values())):
-                break
-        if missing:
-            log.warning("not yet published: %s (subscribed when they appear)", ", ".join(missing))
-        if on_ready is not None:
-            on_ready()
-        t_end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
-        next_discovery = time.monotonic() + 0.5
         try:
+            _discover(rec, executor, stop, discovery_timeout_s,
+                      sequence_topics if to == "sequence" and topics is None else None)
+            if on_ready is not None:
+                on_ready()
+            t_end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
+            next_discovery = time.monotonic() + 0.5
             while not stop.is_set() and ctx.ok():
                 now = time.monotonic()
-                if now >= t_end:
-                    break
-                if max_messages is not None and state["n"] >= max_messages:
+                if now >= t_end or (max_messages is not None and state["n"] >= max_messages):
                     break
                 if idle_timeout_s is not None and state["n"] and now - state["last"] > idle_timeout_s:
                     break
-                if now >= next_discovery:
+                if now >= next_discovery:  # topics that appear late are still recorded
                     rec.discover()
                     next_discovery = now + 0.5
                 executor.spin_once(timeout_sec=0.02)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ExternalShutdownException):
             log.info("recording stopped (Ctrl-C)")
         log.info("recorded %s", ", ".join(f"{t}: {n}" for t, n in sorted(rec.counts.items())))
     finally:

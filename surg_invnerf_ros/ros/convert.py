@@ -39,7 +39,7 @@ TRACKED_POINTS_DTYPE = np.dtype([
     ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
     ("u", "<f4"), ("v", "<f4"),
     ("id", "<u4"), ("visible", "u1"), ("confidence", "<f4"), ("refined", "u1"),
-])
+])  # packed, 30 bytes a point, in DESIGN §5's order; io/rosbag.py keeps the same layout
 CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4")])
 
 _NP_TO_FIELD = {

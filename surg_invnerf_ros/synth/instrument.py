@@ -33,7 +33,7 @@ class Instrument:
     def __init__(self, rng: np.random.Generator, surface: TissueSurface, half_width_m: float,
                  speed: float = 1.0) -> None:
         self.surface = surface
-        self.radius_m = float(rng.uniform(0.0025, 0.0035))
+        self.radius_m = float(rng.uniform(0.0035, 0.0045))
         theta = float(rng.uniform(0, 2 * math.pi))
         self.out_dir = np.array([math.cos(theta), math.sin(theta)])  # image-plane direction to the border
         self.perp_dir = np.array([-self.out_dir[1], self.out_dir[0]])
@@ -44,7 +44,7 @@ class Instrument:
         self.period_s = float(rng.uniform(2.6, 3.4)) / speed
         self.wobble_m = float(rng.uniform(0.004, 0.008))
         self.wobble_hz = float(rng.uniform(0.3, 0.5)) * speed
-        self.clearance_m = float(rng.uniform(0.008, 0.011))
+        self.clearance_m = float(rng.uniform(0.010, 0.016))
         self.offset_m = rng.uniform(-0.2, 0.2, size=2) * half_width_m
 
     def pose(self, t_s: float) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,9 @@
 Each pixel's ray is intersected with the deforming surface by solving π(X(s, r, t)) = pixel for
 the material point (s, r) with Newton steps (the 2×2 Jacobian is closed-form): first on a grid
 every `COARSE_STEP` pixels from a plane guess, then at every pixel from the bilinearly upsampled
-coarse solution. The solution is exact to ~1e-6 px, so the texture at a pixel is the texture of
-the material point that projects there, and ground truth needs no rendering at all.
+coarse solution (in float32, in bands of rows). The solution is good to ~1e-4 px, so the texture
+at a pixel is the texture of the material point that projects there; ground truth is computed
+apart, in float64, by projecting X(s, r, t) of the query points (no image is involved).
 
 Shading (world frame, one point light at the endoscope tip, shared by both cameras):
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from ..structs import StereoCalib
@@ -27,6 +29,7 @@ from .instrument import Instrument
 from .tissue import TissueSurface, TissueTexture
 
 COARSE_STEP = 4
+BAND_PIXELS = 32768  # pixels per band of rows in the per-pixel pass (fits in L2 as float32)
 MAX_STEP_M = 0.01  # Newton steps are clamped to this, so a poor guess cannot jump off the view
 RESIDUAL_TOL_PX = 1e-3  # a pixel whose ray is not solved to this is left empty (never seen in practice)
 
@@ -52,9 +55,9 @@ class Appearance:
         table = {
             "easy": cls(ks=0.25, shininess=60.0, bump_gain=0.6, ambient=0.12, vignette=0.45,
                         flicker=0.015, noise_read=0.003, noise_shot=0.004),
-            "medium": cls(ks=0.6, shininess=80.0, bump_gain=1.0, ambient=0.10, vignette=0.6,
+            "medium": cls(ks=0.8, shininess=80.0, bump_gain=1.0, ambient=0.10, vignette=0.6,
                           flicker=0.035, noise_read=0.006, noise_shot=0.008),
-            "hard": cls(ks=1.2, shininess=110.0, bump_gain=1.5, ambient=0.08, vignette=0.75,
+            "hard": cls(ks=1.8, shininess=110.0, bump_gain=1.5, ambient=0.08, vignette=0.75,
                         flicker=0.07, noise_read=0.012, noise_shot=0.014),
         }
         return table[difficulty]
@@ -71,6 +74,7 @@ class ViewRender:
         instrument_mask: (H, W) bool, the instrument covers the pixel.
         s_m, r_m: (H, W) float64 material coordinates seen at each pixel (NaN where no tissue).
         max_residual_px: largest ray-casting residual among the tissue pixels.
+        unsolved_px: pixels whose ray was not solved to RESIDUAL_TOL_PX (left black, depth NaN).
     """
 
     radiance: np.ndarray
@@ -79,6 +83,7 @@ class ViewRender:
     s_m: np.ndarray
     r_m: np.ndarray
     max_residual_px: float
+    unsolved_px: int = 0
 
 
 def normalised_grid(calib: StereoCalib, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -161,39 +166,48 @@ def cast_rays(surface: TissueSurface, T_world_cam: np.ndarray, xn: np.ndarray, y
     return s, r, X, Xs, Xr, (xc, yc, zc), resid_px
 
 
-def _upsample(coarse: np.ndarray, step: int, width: int, height: int) -> np.ndarray:
-    """Bilinear upsampling of a grid sampled every `step` pixels to (height, width), as two matmuls."""
-
-    def weights(n_fine: int, n_coarse: int) -> np.ndarray:
-        pos = np.arange(n_fine, dtype=np.float64) / step
-        i0 = np.minimum(np.floor(pos).astype(int), n_coarse - 2)
-        f = pos - i0
-        Wm = np.zeros((n_fine, n_coarse))
-        Wm[np.arange(n_fine), i0] = 1.0 - f
-        Wm[np.arange(n_fine), i0 + 1] = f
-        return Wm
-
-    Wv = weights(height, coarse.shape[0])
-    Wu = weights(width, coarse.shape[1])
-    return Wv @ coarse @ Wu.T
-
-
-def cast_image(surface: TissueSurface, calib: StereoCalib, T_world_cam: np.ndarray, t_s: float,
-               grid_fine: tuple[np.ndarray, np.ndarray], grid_coarse: tuple[np.ndarray, np.ndarray]):
-    """Material coordinates and geometry at every pixel: coarse solve, upsample, refine."""
+def coarse_solution(surface: TissueSurface, calib: StereoCalib, T_world_cam: np.ndarray, t_s: float,
+                    grid_coarse: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Material coordinates (float32) on the coarse grid, solved from the plane guess."""
     xn_c, yn_c = grid_coarse
     s0, r0 = plane_guess(surface, T_world_cam, xn_c, yn_c)
     s_c, r_c, *_ = cast_rays(surface, T_world_cam, xn_c, yn_c, t_s, s0, r0, iters=12, tol_px=1e-6,
                              fx=calib.fx)
-    step = COARSE_STEP if xn_c.shape != grid_fine[0].shape else 1
-    s0 = _upsample(s_c, step, calib.width, calib.height) if step > 1 else s_c
-    r0 = _upsample(r_c, step, calib.width, calib.height) if step > 1 else r_c
-    # The per-pixel pass runs in float32: float64 sin/cos cost 10x more, and float32 still
-    # resolves ~1e-4 px at 640x512 (ground truth does not depend on it).
+    return s_c.astype(np.float32), r_c.astype(np.float32)
+
+
+def upsample_rows(coarse: np.ndarray, step: int, width: int, row0: int, row1: int) -> np.ndarray:
+    """Bilinear values of a grid sampled every `step` pixels, at pixel rows [row0, row1).
+
+    Coarse node k sits on pixel k·step, so the fractions are multiples of 1/step and exact in
+    OpenCV's fixed-point remap weights for step 4.
+    """
+    map_x = np.broadcast_to(np.arange(width, dtype=np.float32) / step, (row1 - row0, width))
+    map_y = np.broadcast_to((np.arange(row0, row1, dtype=np.float32) / step)[:, None], (row1 - row0, width))
+    return cv2.remap(coarse, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def cast_image(surface: TissueSurface, calib: StereoCalib, T_world_cam: np.ndarray, t_s: float,
+               grid_fine: tuple[np.ndarray, np.ndarray], grid_coarse: tuple[np.ndarray, np.ndarray],
+               rows: tuple[int, int] | None = None):
+    """`cast_rays` output at every pixel (of rows [a, b) if given): coarse solve, upsample, refine.
+
+    The per-pixel pass runs in float32 (the dtype of `grid_fine`): float64 sin/cos cost 10x more,
+    and float32 still resolves ~1e-4 px at 640x512 (ground truth does not depend on it).
+    One Newton update from the upsampled guess takes the residual from ~0.05 px to ~1e-4 px.
+    """
+    s_c, r_c = coarse_solution(surface, calib, T_world_cam, t_s, grid_coarse)
+    return _refine(surface, calib, T_world_cam, t_s, grid_fine, s_c, r_c, rows or (0, calib.height))
+
+
+def _refine(surface, calib, T_world_cam, t_s, grid_fine, s_c, r_c, rows):
+    a, b = rows
+    step = COARSE_STEP if s_c.shape != grid_fine[0].shape else 1
     dt = grid_fine[0].dtype
-    s0, r0 = s0.astype(dt), r0.astype(dt)
-    # One Newton update from the upsampled guess usually takes the residual from ~0.05 px to ~1e-4 px.
-    return cast_rays(surface, T_world_cam, grid_fine[0], grid_fine[1], t_s, s0, r0, iters=6,
+    s0 = upsample_rows(s_c, step, calib.width, a, b).astype(dt)
+    r0 = upsample_rows(r_c, step, calib.width, a, b).astype(dt)
+    return cast_rays(surface, T_world_cam, grid_fine[0][a:b], grid_fine[1][a:b], t_s, s0, r0, iters=6,
                      tol_px=RESIDUAL_TOL_PX * 0.5, fx=calib.fx)
 
 
@@ -226,8 +240,28 @@ def _blinn_phong(P: Vec3, n: Vec3, light_w: np.ndarray, eye_w: np.ndarray, albed
 def render_view(surface: TissueSurface, texture: TissueTexture, instrument: Instrument | None,
                 calib: StereoCalib, T_world_cam: np.ndarray, light_w: np.ndarray, t_s: float,
                 look: Appearance, grid_fine, grid_coarse) -> ViewRender:
-    """Radiance, depth and instrument mask of one camera at time t_s (no tone curve, no noise)."""
-    s, r, X, Xs, Xr, xyz_cam, resid_px = cast_image(surface, calib, T_world_cam, t_s, grid_fine, grid_coarse)
+    """Radiance, depth and instrument mask of one camera at time t_s (no tone curve, no noise).
+
+    After the coarse solve, the image is processed in bands of rows, so the per-pixel arrays stay
+    in cache (×2 at 1280×1024); bands are vectorised, this is no per-pixel loop.
+    """
+    W, H = calib.width, calib.height
+    s_c, r_c = coarse_solution(surface, calib, T_world_cam, t_s, grid_coarse)
+    out = ViewRender(radiance=np.zeros((H, W, 3), np.float32), depth_m=np.full((H, W), np.nan, np.float32),
+                     instrument_mask=np.zeros((H, W), bool), s_m=np.full((H, W), np.nan),
+                     r_m=np.full((H, W), np.nan), max_residual_px=0.0)
+    band = max(1, BAND_PIXELS // W)
+    for a in range(0, H, band):
+        b = min(H, a + band)
+        _render_band(surface, texture, instrument, calib, T_world_cam, light_w, t_s, look, grid_fine,
+                     s_c, r_c, (a, b), out)
+    return out
+
+
+def _render_band(surface, texture, instrument, calib, T_world_cam, light_w, t_s, look, grid_fine,
+                 s_c, r_c, rows, out: ViewRender) -> None:
+    a, b = rows
+    s, r, X, Xs, Xr, xyz_cam, resid_px = _refine(surface, calib, T_world_cam, t_s, grid_fine, s_c, r_c, rows)
     zc = xyz_cam[2]
     ok = (resid_px < RESIDUAL_TOL_PX) & (zc > 0)
     eye = T_world_cam[:3, 3]
@@ -236,7 +270,7 @@ def render_view(surface: TissueSurface, texture: TissueTexture, instrument: Inst
     n = _normalise((Xr[1] * Xs[2] - Xr[2] * Xs[1], Xr[2] * Xs[0] - Xr[0] * Xs[2], Xr[0] * Xs[1] - Xr[1] * Xs[0]))
     es = _normalise(Xs)
     er = _normalise(Xr)
-    tex = texture.sample(np.where(ok, s, 0.0), np.where(ok, r, 0.0))  # (H, W, 5)
+    tex = texture.sample(np.where(ok, s, 0.0), np.where(ok, r, 0.0))  # (h, W, 5)
     bs = look.bump_gain * tex[..., 3]
     br = look.bump_gain * tex[..., 4]
     n = _normalise((n[0] - bs * es[0] - br * er[0], n[1] - bs * es[1] - br * er[1], n[2] - bs * es[2] - br * er[2]))
@@ -247,7 +281,8 @@ def render_view(surface: TissueSurface, texture: TissueTexture, instrument: Inst
     inst_mask = np.zeros(zc.shape, bool)
     if instrument is not None:
         R = T_world_cam[:3, :3]
-        d = _apply(R, (grid_fine[0], grid_fine[1], np.ones_like(grid_fine[0])))
+        xn, yn = grid_fine[0][a:b], grid_fine[1][a:b]
+        d = _apply(R, (xn, yn, np.ones_like(xn)))
         lam, n_i, metal = instrument.intersect(eye, d, t_s)
         inst_mask = np.isfinite(lam) & (~ok | (lam < zc))
         if inst_mask.any():
@@ -259,9 +294,13 @@ def render_view(surface: TissueSurface, texture: TissueTexture, instrument: Inst
                                          ks=1.0, shininess=30.0, ambient=look.ambient,
                                          z_ref_m=surface.distance_m, exposure=look.exposure)
     tissue = ok & ~inst_mask
-    depth = np.where(tissue, zc, np.nan).astype(np.float32)
-    max_res = float(resid_px[ok].max(initial=0.0))
-    return ViewRender(radiance, depth, inst_mask, np.where(ok, s, np.nan), np.where(ok, r, np.nan), max_res)
+    out.radiance[a:b] = radiance
+    out.depth_m[a:b] = np.where(tissue, zc, np.nan)
+    out.instrument_mask[a:b] = inst_mask
+    out.s_m[a:b] = np.where(ok, s, np.nan)
+    out.r_m[a:b] = np.where(ok, r, np.nan)
+    out.max_residual_px = max(out.max_residual_px, float(resid_px[ok].max(initial=0.0)))
+    out.unsolved_px += int(ok.size - np.count_nonzero(ok))
 
 
 def vignetting(grid_fine: tuple[np.ndarray, np.ndarray], strength: float) -> np.ndarray:
@@ -275,11 +314,13 @@ def sensor_image(radiance: np.ndarray, vignette: np.ndarray, gain: float, look: 
                  rng: np.random.Generator) -> np.ndarray:
     """Tone curve, vignetting, flicker gain and read + shot noise → (H, W, 3) uint8 RGB."""
     x = radiance * (vignette * gain)[..., None]
-    knee = 0.8
-    y = np.where(x < knee, x, knee + (1.0 - knee) * np.tanh((x - knee) / (1.0 - knee)))
+    # Linear up to the knee, then a shoulder that passes full scale (1.0) near x ≈ 1.2 and levels
+    # off at 1.05, so strong highlights clip to flat 255 despite the noise, as on a real sensor.
+    knee, ceiling = 0.8, 1.05
+    y = np.where(x < knee, x, knee + (ceiling - knee) * np.tanh((x - knee) / (ceiling - knee)))
     sigma = np.sqrt(look.noise_read**2 + look.noise_shot**2 * y)
     y = y + sigma * rng.standard_normal(y.shape, dtype=np.float32)
-    return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)  # round half up, then clip
 
 
 def flicker_gain(seed: int, t: int, strength: float) -> float:

@@ -5,7 +5,7 @@ undeformed surface. Its world position at time t (seconds) is
 
     X(s, r, t) = (s + d_s, r + d_r, h(s, r) + d_z)
 
-with a static base h (working distance, tilt, a dome and a few folds) and a displacement
+with a static base h (working distance, tilt, a bounded dome and a few folds) and a displacement
 d(s, r, t) that sums breathing (a broad lift, a lateral slide and a stretch), a pulsation near a
 vessel and a local push that dents the surface and drags it sideways. Every term has closed-form
 partial derivatives, so the renderer inverts the surface exactly with Newton steps.
@@ -69,7 +69,9 @@ class TissueSurface:
         # Base shape: the lower image half is farther away (a typical endoscope view angle).
         self.tilt_s = float(rng.uniform(-0.12, 0.12))
         self.tilt_r = float(rng.uniform(0.10, 0.28))
-        self.dome_per_m = float(rng.uniform(1.5, 3.0))
+        # A dome (convex or concave, by seed) that levels off beyond DOME_RADIUS_M, so even very
+        # wide views meet a surface that neither folds nor curls towards the camera.
+        self.dome_per_m = float(rng.uniform(1.5, 3.0) * rng.choice([-1.0, 1.0]))
         self.folds = []
         for _ in range(3):
             wavelength_m = rng.uniform(0.02, 0.05)
@@ -101,9 +103,13 @@ class TissueSurface:
         ang = rng.uniform(0, 2 * math.pi)
         self.drag_m = (p["drag_m"] * math.cos(ang), p["drag_m"] * math.sin(ang))
 
+    DOME_RADIUS_M = 0.05
+
     def base_depth_m(self, s: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """Undeformed height h(s, r) (world z), used as the initial guess of ray casting."""
-        return self.distance_m + self.tilt_s * s + self.tilt_r * r - self.dome_per_m * (s * s + r * r)
+        """Undeformed height without folds (world z): tilted plane minus c·ρ²/(1 + ρ²/ρ0²)."""
+        q = s * s + r * r
+        return self.distance_m + self.tilt_s * s + self.tilt_r * r - self.dome_per_m * q / (
+            1.0 + q * (1.0 / self.DOME_RADIUS_M**2))
 
     def evaluate(self, s: np.ndarray, r: np.ndarray, t_s: float) -> tuple[Vec3, Vec3, Vec3]:
         """World position X and tangents ∂X/∂s, ∂X/∂r at material points (s, r) and time t_s.
@@ -130,8 +136,10 @@ class TissueSurface:
 
         # Base height and its gradient.
         z = self.base_depth_m(s, r)
-        zs = self.tilt_s - 2.0 * self.dome_per_m * s
-        zr = self.tilt_r - 2.0 * self.dome_per_m * r
+        k = 1.0 + (s * s + r * r) * (1.0 / self.DOME_RADIUS_M**2)
+        dome_slope = (-2.0 * self.dome_per_m) / (k * k)  # d/dq of −c·q/(1 + q/ρ0²), times 2
+        zs = self.tilt_s + dome_slope * s
+        zr = self.tilt_r + dome_slope * r
         for f in self.folds:
             arg = f.ks * s + f.kr * r + f.phase
             z = z + f.amp_m * np.sin(arg)

@@ -187,3 +187,10 @@ class TestEvaluateFiles:
         write_tracks(tmp_path / "pred.npz", make_gt(T=3))
         with pytest.raises(InputError, match=r"pred.npz: uv: expected 4 frames"):
             evaluate_files(tmp_path / "seq", tmp_path / "pred.npz")
+
+    def test_bad_queries_csv_names_file(self, tmp_path):
+        write_tracks(tmp_path / "seq" / "gt" / "tracks.npz", make_gt(T=4))
+        write_tracks(tmp_path / "pred.npz", make_gt(T=4))
+        (tmp_path / "seq" / "queries.csv").write_text("id,frame,u,v\n10,zero,1,1\n")
+        with pytest.raises(InputError, match=r"queries.csv"):
+            evaluate_files(tmp_path / "seq", tmp_path / "pred.npz")

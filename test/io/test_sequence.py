@@ -239,3 +239,24 @@ class TestBadInput:
         path = write_sequence(tmp_path / "raw", textured_frames(), textured_frames(), data, queries())
         with pytest.raises(InputError, match="calib.yaml: T: expected T_x < 0"):
             read_sequence(path)
+
+
+class TestWriteSequence:
+    def test_streamed_frames(self, tmp_path):
+        frames = textured_frames()
+        path = write_sequence(tmp_path / "s", iter(frames), (f for f in frames[:, :, ::-1]),
+                              read_sequence(make_seq(tmp_path)).calib, queries())
+        seq = read_sequence(path)
+        np.testing.assert_array_equal(seq.left_rgb_u8, frames)
+        np.testing.assert_array_equal(seq.right_rgb_u8, frames[:, :, ::-1])
+
+    def test_failed_write_leaves_nothing(self, tmp_path):
+        calib = read_sequence(make_seq(tmp_path)).calib
+
+        def broken():
+            yield textured_frames(1)[0]
+            raise InputError("video.mp4: decoding broke off")
+
+        with pytest.raises(InputError, match="video.mp4"):
+            write_sequence(tmp_path / "s", broken(), textured_frames(), calib, queries())
+        assert not (tmp_path / "s").exists() and not (tmp_path / ".s.partial").exists()

@@ -1,0 +1,70 @@
+"""Tracker + a stereo source + optional RViz (DESIGN §5).
+
+    ros2 launch surg_invnerf_ros track.launch.py                      # synthetic endoscope
+    ros2 launch surg_invnerf_ros track.launch.py source:=bag bag:=/path/to/bag use_sim_time:=true
+    ros2 launch surg_invnerf_ros track.launch.py source:=live rviz:=true device:=cuda
+
+source:=live starts only the tracker: remap your camera's rectified topics to stereo/left/image_rect,
+stereo/right/image_rect, stereo/left/camera_info and stereo/right/camera_info. Without a ROS install
+(PyPI wheels, no launch_ros) run the console scripts instead:
+    track_node --ros-args --params-file config/track.yaml
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = "surg_invnerf_ros"
+
+# name, default, description: the one argument table
+ARGUMENTS = [
+    ("source", "synthetic", "Stereo source: synthetic | bag | live (live: only the tracker)."),
+    ("bag", "", "Bag folder (MCAP or sqlite3) for source:=bag."),
+    ("rviz", "false", "Start RViz with config/track.rviz: true | false."),
+    ("device", "auto", "Model device of the tracker: auto | cpu | cuda."),
+    ("use_sim_time", "false", "Follow /clock (with source:=bag the player publishes it)."),
+]
+
+
+def _source_is(name: str) -> IfCondition:
+    return IfCondition(PythonExpression(["'", LaunchConfiguration("source"), f"' == '{name}'"]))
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare(PACKAGE)
+    use_sim_time = LaunchConfiguration("use_sim_time")
+    sim_time = {"use_sim_time": PythonExpression(["'", use_sim_time, "'.lower() == 'true'"])}
+
+    tracker = Node(
+        package=PACKAGE, executable="track_node", name="surg_invnerf_tracker", output="screen",
+        parameters=[PathJoinSubstitution([share, "config", "track.yaml"]),
+                    {"device": LaunchConfiguration("device")}, sim_time],
+    )
+    synthetic = Node(
+        package=PACKAGE, executable="synthetic_stereo", name="synthetic_stereo", output="screen",
+        parameters=[sim_time],
+        # the source's queries (ids shared with its ~/ground_truth) go straight to the tracker
+        remappings=[("queries_out", "/surg_invnerf_tracker/queries")],
+        condition=_source_is("synthetic"),
+    )
+    bag_player = Node(
+        package=PACKAGE, executable="bag_player", name="bag_player", output="screen",
+        parameters=[{"bag": LaunchConfiguration("bag"),
+                     "clock": PythonExpression(["'", use_sim_time, "'.lower() == 'true'"])}],
+        condition=_source_is("bag"),
+    )
+    rviz = Node(
+        package="rviz2", executable="rviz2", name="rviz2", output="log",
+        arguments=["-d", PathJoinSubstitution([share, "config", "track.rviz"])],
+        parameters=[sim_time],
+        condition=IfCondition(LaunchConfiguration("rviz")),
+    )
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS]
+        # Fast DDS's default transports stall small topics behind images (ROS_STACK.md Q4)
+        + [SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
+           tracker, synthetic, bag_player, rviz]
+    )

@@ -1,0 +1,352 @@
+"""TrackerNode `surg_invnerf_tracker` (executable `track_node`): the ROS shell around OnlineTracker.
+
+DESIGN §5 lists its topics. The node is thin (STYLE §6):
+- input callbacks (one MutuallyExclusive group) only stamp a message, push it into the stereo
+  synchroniser and, for a complete set, into a bounded frame queue; a guard condition wakes
+- the front-end callback (its own group), which converts, runs `OnlineTracker.push_frame`
+  (milliseconds) and publishes tracked points, markers, TF, overlay and cloud for that frame;
+- a timer in the same group polls the refinement worker and publishes refined tracks;
+- a timer in a third group publishes /diagnostics and times out unpaired images;
+- services ~/clear and ~/reset sit in a fourth group.
+Under a MultiThreadedExecutor none of them waits for the model. A bad message is dropped, counted
+by reason and warned about (throttled); a bad parameter refuses the start with one line.
+
+Every output carries the source image stamp and the left camera_info frame_id.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PointStamped, PolygonStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+
+from ..config import NodeConfig
+from ..errors import ConfigError, InputError
+from ..online import FrameTracks, OnlineTracker, StereoFrame
+from ..structs import StereoCalib
+from . import compat, convert, params
+from .diagnostics import NodeStats, diagnostic_array
+from .publishers import TrackPublishers
+from .sync import INFO_L, INFO_R, LEFT, RIGHT, StereoSet, StereoSync
+from .tf import stereo_transform, track_transforms
+
+NODE_NAME = "surg_invnerf_tracker"
+INPUT_TOPICS = {LEFT: "stereo/left/image_rect", RIGHT: "stereo/right/image_rect",
+                INFO_L: "stereo/left/camera_info", INFO_R: "stereo/right/camera_info"}
+DEFAULT_FRAME = "left_camera_optical_frame"
+WARN_THROTTLE_S = 5.0
+
+
+class TrackerNode(Node):
+    """Stereo images in; tracked points, markers, cloud, overlay, TF and diagnostics out."""
+
+    def __init__(self, *, context: Any = None, parameter_overrides: list | None = None,
+                 cli_args: list[str] | None = None, frontend: Any = None, refiner: Any = None) -> None:
+        """Args:
+            frontend, refiner: injected OnlineTracker backends (tests); defaults otherwise.
+
+        Raises:
+            ConfigError: a bad or unknown parameter, or an unusable device. The node is destroyed first.
+        """
+        super().__init__(NODE_NAME, context=context, cli_args=cli_args,
+                         parameter_overrides=parameter_overrides or [],
+                         automatically_declare_parameters_from_overrides=False)
+        try:
+            self.cfg: NodeConfig = params.declare_config(self, NodeConfig)
+            params.check_no_unknown(self, NodeConfig)
+            self.backends = compat.choose_backends(self.cfg.sync.backend)
+            self.tracker = OnlineTracker(self.cfg.frontend, self.cfg.refine, self.cfg.queries,
+                                         frontend=frontend, refiner=refiner, device=self.cfg.device)
+        except ConfigError:
+            self.destroy_node()
+            raise
+        log = self.get_logger()
+        log.info(f"backends: {self.backends.describe()}")
+        if self.backends.tf == "none":
+            log.warning("tf2_msgs is not installed: /tf and /tf_static are off "
+                        "(pip install ./interfaces/tf2_msgs_pywheels)")
+        if self.cfg.kinematics.enabled:
+            log.info("kinematics: ecm/measured_cp is not subscribed yet; frames run without poses")
+
+        self.stats = NodeStats()
+        self._decode: Callable[[Image], np.ndarray] = compat.image_decoder(self.backends.image)
+        self._frames: deque[StereoSet] = deque()
+        self._frames_lock = threading.Lock()
+        self._last_enqueued_ns: int | None = None
+        self._calib_key: tuple | None = None
+        self._calib: StereoCalib | None = None
+        self._frame_ids: tuple[str, str] = (DEFAULT_FRAME, "")
+        self._static_key: tuple | None = None
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+
+        self._cb_inputs = MutuallyExclusiveCallbackGroup()
+        self._cb_frontend = MutuallyExclusiveCallbackGroup()
+        self._cb_timers = MutuallyExclusiveCallbackGroup()
+        self._cb_services = MutuallyExclusiveCallbackGroup()
+
+        self.pubs = TrackPublishers(self, self.cfg.publish)
+        self.tf_dynamic, self.tf_static = (compat.make_tf_broadcasters(self, self.backends.tf)
+                                           if self.cfg.publish.tf else (None, None))
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+
+        self.sync = StereoSync(self.cfg.sync)
+        qos_in = qos_profile_sensor_data
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._input_subs: list[Any] = []
+        if self.backends.sync == "message_filters":
+            topics = {slot: (CameraInfo if slot in (INFO_L, INFO_R) else Image, t) for slot, t in INPUT_TOPICS.items()}
+            self._input_subs, self._mf_sync = compat.make_message_filters_sync(
+                self, topics, qos_in, self.cfg.sync.approximate, self.cfg.sync.queue_size, self.cfg.sync.slop_s,
+                self._on_message_filters_set, self._cb_inputs, overrides)
+        else:
+            for slot, topic in INPUT_TOPICS.items():
+                msg_type = CameraInfo if slot in (INFO_L, INFO_R) else Image
+                self._input_subs.append(self.create_subscription(
+                    msg_type, topic, lambda msg, s=slot: self._on_input(s, msg), qos_in,
+                    callback_group=self._cb_inputs, qos_overriding_options=overrides))
+        self.create_subscription(PolygonStamped, "~/queries", self._on_queries, 10, callback_group=self._cb_inputs)
+        self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,
+                                 callback_group=self._cb_inputs)
+        self.create_service(Trigger, "~/clear", self._on_clear, callback_group=self._cb_services)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._cb_services)
+
+        self._wake_frontend = self.create_guard_condition(self._drain_frames, callback_group=self._cb_frontend)
+        self.create_timer(1.0 / self.cfg.publish.poll_rate_hz, self._poll_refined, callback_group=self._cb_frontend,
+                          clock=self._steady)
+        self.create_timer(1.0 / self.cfg.publish.diagnostics_rate_hz, self._publish_diagnostics,
+                          callback_group=self._cb_timers, clock=self._steady)
+        self.create_timer(0.1, self._flush_sync, callback_group=self._cb_inputs, clock=self._steady)
+        if not len(self.tracker.query_ids) and not self.cfg.queries.auto_grid:
+            log.info(f"no start queries: waiting for queries on {self.resolve_topic_name('~/queries')} "
+                     "(PolygonStamped, pixels) or clicked_point")
+
+    # ------------------------------------------------------------------ inputs
+
+    def _warn(self, text: str) -> None:
+        self.get_logger().warning(text, throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _on_input(self, slot: str, msg: Any) -> None:
+        """Stamp, sync, enqueue. Never converts or tracks (that is the front-end callback's job)."""
+        now = time.monotonic_ns()
+        self.stats.count_input(INPUT_TOPICS[slot], now)
+        try:
+            sets = self.sync.push(slot, convert.stamp_ns(msg.header.stamp), msg, now)
+        except Exception as err:  # a malformed header must not kill the node
+            self.stats.count_drop("bad_header")
+            self._warn(f"{INPUT_TOPICS[slot]}: dropped ({err})")
+            return
+        self.stats.set_drops(self.sync.drops)
+        for s in sets:
+            self._enqueue(s)
+
+    def _flush_sync(self) -> None:
+        for s in self.sync.flush(time.monotonic_ns()):
+            self._enqueue(s)
+        self.stats.set_drops(self.sync.drops)
+
+    def _on_message_filters_set(self, left: Image, right: Image, info_l: CameraInfo, info_r: CameraInfo) -> None:
+        now = time.monotonic_ns()
+        for slot, msg in ((LEFT, left), (RIGHT, right), (INFO_L, info_l), (INFO_R, info_r)):
+            self.stats.count_input(INPUT_TOPICS[slot], now)
+        stamps = [convert.stamp_ns(m.header.stamp) for m in (left, right, info_l, info_r)]
+        self._enqueue(StereoSet(stamps[0], left, right, info_l, info_r, max(abs(s - stamps[0]) for s in stamps)))
+
+    def _enqueue(self, s: StereoSet) -> None:
+        last = self._last_enqueued_ns
+        if last is not None and s.stamp_ns <= last:  # message_filters does not check order
+            self.stats.count_drop("duplicate_stamp" if s.stamp_ns == last else "out_of_order_stamp")
+            return
+        rate = self.cfg.sync.max_rate_hz
+        # 5 % tolerance, so a stream at exactly max_rate_hz with stamp jitter is not thinned
+        if rate > 0 and last is not None and s.stamp_ns - last < 0.95e9 / rate:
+            self.stats.count_drop("rate_limited")
+            return
+        self._last_enqueued_ns = s.stamp_ns
+        with self._frames_lock:
+            self._frames.append(s)
+            if len(self._frames) > self.cfg.sync.frame_queue_size:
+                self._frames.popleft()
+                self.stats.count_drop("frontend_busy")
+        self._wake_frontend.trigger()
+
+    def _on_queries(self, msg: PolygonStamped) -> None:
+        try:
+            size = self._calib.image_size if self._calib is not None else None
+            uv = convert.polygon_to_uv_px(msg, size)
+            ids = self.tracker.add_queries(uv, convert.stamp_ns(msg.header.stamp) or None)
+        except InputError as err:
+            self.stats.count_drop(err.reason)
+            self._warn(f"~/queries: dropped: {err}")
+            return
+        self.get_logger().info(f"added {len(ids)} queries (ids {int(ids[0])}..{int(ids[-1])})")
+
+    def _on_clicked_point(self, msg: PointStamped) -> None:
+        try:
+            if self._calib is None:
+                raise InputError("clicked_point: no camera_info yet", "clicked_point_no_camera")
+            left, right = self._frame_ids
+            frame = msg.header.frame_id
+            if frame in ("", left):
+                T = None
+            elif frame == right and right:
+                T = np.eye(4)
+                T[0, 3] = self._calib.baseline_m  # X_left = X_right + [B, 0, 0]
+            else:
+                raise InputError(f"clicked_point: frame {frame!r} is neither {left!r} nor {right!r} "
+                                 f"(set the RViz fixed frame to {left})", "clicked_point_unknown_frame")
+            uv = convert.point_to_uv_px(msg, self._calib, T)
+            ids = self.tracker.add_queries(uv)
+        except InputError as err:
+            self.stats.count_drop(err.reason)
+            self._warn(f"clicked_point: dropped: {err}")
+            return
+        self.get_logger().info(f"clicked_point → query {int(ids[0])} at ({uv[0, 0]:.1f}, {uv[0, 1]:.1f}) px")
+
+    def _on_clear(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        n = len(self.tracker.query_ids)
+        self.tracker.clear_queries()
+        self.pubs.clear_trails()
+        response.success, response.message = True, f"cleared {n} queries"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        n = len(self.tracker.query_ids)
+        self.tracker.reset()
+        self.pubs.clear_trails()
+        response.success, response.message = True, f"reset: dropped {n} queries and the model"
+        return response
+
+    # ------------------------------------------------------------------ front end
+
+    def _drain_frames(self) -> None:
+        while True:
+            with self._frames_lock:
+                if not self._frames:
+                    return
+                s = self._frames.popleft()
+            try:
+                self._process(s)
+            except InputError as err:
+                self.stats.count_drop(err.reason)
+                self._warn(f"stereo frame {s.stamp_ns}: dropped: {err}")
+            except Exception as err:  # e.g. an OpenCV error on odd data: count it, keep running
+                self.stats.count_drop("internal_error")
+                self.get_logger().error(f"stereo frame {s.stamp_ns}: {type(err).__name__}: {err}",
+                                        throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _calib_for(self, info_l: CameraInfo, info_r: CameraInfo) -> StereoCalib:
+        key = (tuple(info_l.k), tuple(info_l.p), tuple(info_r.p), info_l.width, info_l.height, info_r.width,
+               info_r.height)
+        if key != self._calib_key:
+            calib = convert.camera_info_to_calib(info_l, info_r)
+            self._calib_key, self._calib = key, calib
+        assert self._calib is not None
+        return self._calib
+
+    def _process(self, s: StereoSet) -> None:
+        calib = self._calib_for(s.info_left, s.info_right)
+        left = self._decode(s.left)
+        right = self._decode(s.right)
+        convert.check_stereo_images(left, right, calib)
+        left_frame = s.info_left.header.frame_id or s.left.header.frame_id or DEFAULT_FRAME
+        right_frame = s.info_right.header.frame_id or s.right.header.frame_id
+        self._frame_ids = (left_frame, right_frame)
+        self._publish_static(calib, left_frame, right_frame, s.stamp_ns)
+        ft = self.tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, self._pose_at(s.stamp_ns)))
+        hdr = convert.header(s.stamp_ns, left_frame)
+        self.pubs.tracks(ft, hdr)
+        self._send_tf(ft, left_frame)
+        self.pubs.overlay_image(left, ft, hdr)
+        self.pubs.cloud_from_depth(ft.depth_m, left, calib.K, hdr)
+        latency_s = (self.get_clock().now().nanoseconds - s.stamp_ns) * 1e-9
+        self.stats.record_frame(latency_s, s.skew_ns * 1e-9)
+
+    def _pose_at(self, stamp_ns: int) -> np.ndarray | None:
+        """Seam for `ros/kinematics.py` (a later issue): T_world_cam at the image stamp, or None."""
+        return None
+
+    def _publish_static(self, calib: StereoCalib, left_frame: str, right_frame: str, stamp_ns: int) -> None:
+        if self.tf_static is None or not right_frame or right_frame == left_frame:
+            return
+        key = (left_frame, right_frame, calib.baseline_m)
+        if key != self._static_key:
+            self._static_key = key
+            self.tf_static.sendTransform(stereo_transform(calib, left_frame, right_frame, stamp_ns))
+
+    def _send_tf(self, ft: FrameTracks, frame_id: str) -> None:
+        if self.tf_dynamic is not None:
+            transforms = track_transforms(ft.ids, ft.xyz_cam_m, ft.visible, frame_id, ft.stamp_ns)
+            if transforms:
+                self.tf_dynamic.sendTransform(transforms)
+
+    def _poll_refined(self) -> None:
+        refined = self.tracker.poll()
+        if not refined:
+            return
+        frame = self._frame_ids[0]
+        for ft in refined:
+            self.pubs.tracks(ft, convert.header(ft.stamp_ns, frame), live=False)
+            self._send_tf(ft, frame)
+        self.stats.record_refined()
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot(time.monotonic_ns())
+        queues = {f"sync.{k}": v for k, v in self.sync.depths().items()}
+        with self._frames_lock:
+            queues["frames"] = len(self._frames)
+        model = self.tracker.stats()
+        queues["keyframes"] = int(model.pop("keyframes", 0))
+        model["device"] = self.cfg.device if "device" not in model else model["device"]
+        msg = diagnostic_array(snap, queues, model, self.get_clock().now().nanoseconds, self.get_name())
+        self._diag_pub.publish(msg)
+
+    def close(self) -> None:
+        """Stop the refinement worker (call before destroy_node)."""
+        self.tracker.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `track_node`: spin the tracker until Ctrl-C or shutdown; 2 on a bad parameter."""
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # ROS_STACK.md Q4: images starve small topics
+    rclpy.init(args=args)
+    node: TrackerNode | None = None
+    code = 0
+    try:
+        node = TrackerNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except ConfigError as err:
+        print(f"{NODE_NAME}: refusing to start: {err}", file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""FitConfig validation: bad values are refused with the key named; device resolution."""
+
+import pytest
+import torch
+
+from surg_invnerf_ros.config import FitConfig, HexPlaneConfig, load_config, to_dict
+from surg_invnerf_ros.errors import ConfigError
+from surg_invnerf_ros.fit.optimiser import resolve_device
+
+
+class TestFitConfig:
+    def test_defaults_round_trip(self, tmp_path):
+        import yaml
+
+        p = tmp_path / "fit.yaml"
+        p.write_text(yaml.safe_dump(to_dict(FitConfig())))
+        assert load_config(FitConfig, p) == FitConfig()
+
+    def test_shipped_yaml_loads(self):
+        from pathlib import Path
+
+        p = Path(__file__).resolve().parents[2] / "config" / "fit.yaml"
+        assert load_config(FitConfig, p) == FitConfig()
+
+    @pytest.mark.parametrize("override, key", [
+        ("time_budget_s=-1", "fit.time_budget_s"),
+        ("device=tpu", "fit.device"),
+        ("hexplane.feature_dims=[8, 8, 8]", "fit.hexplane.feature_dims"),
+        ("canonical.feature_dims=[4]", "fit.canonical.feature_dims"),
+        ("coupling.axis_order=[0, 1]", "fit.coupling.axis_order"),
+        ("sampler.error_share=1.5", "fit.sampler.error_share"),
+        ("sampler.strategy=random", "fit.sampler.strategy"),
+        ("loss.corr_weight=-0.1", "fit.loss.corr_weight"),
+        ("render.workspace_percentiles=[90, 10]", "fit.render.workspace_percentiles"),
+        ("coupling.num_layers=0", "fit.coupling.num_layers"),
+    ])
+    def test_bad_input(self, override, key):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(FitConfig, None, [override])
+
+    def test_unknown_key(self):
+        with pytest.raises(ConfigError, match="hexplane.planes"):
+            load_config(FitConfig, None, ["hexplane.planes=3"])
+
+    def test_direct_construction_validates(self):
+        with pytest.raises(ConfigError, match="fit.hexplane.feature_dims"):
+            HexPlaneConfig(resolutions=(8, 16), feature_dims=(4,))
+
+
+class TestResolveDevice:
+    def test_cpu_and_auto(self):
+        assert resolve_device("cpu").type == "cpu"
+        assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+    def test_cuda_without_gpu_is_a_clear_error(self):
+        with pytest.raises(ConfigError, match="fit.device: cuda requested but no CUDA device"):
+            resolve_device("cuda")
+
+    def test_cuda_without_gpu_mocked(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(ConfigError, match="fit.device"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+
+    def test_unknown(self):
+        with pytest.raises(ConfigError, match="fit.device"):
+            resolve_device("tpu")

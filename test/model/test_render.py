@@ -1,0 +1,57 @@
+"""Volume rendering: hand-computed weights, an analytic plane, and the assembled model."""
+
+import torch
+
+from surg_invnerf_ros.config import FitConfig
+from surg_invnerf_ros.model.render import InvNeRF, expected, volume_weights
+from surg_invnerf_ros.model.workspace import Workspace
+
+
+class TestVolumeWeights:
+    def test_known_values(self):
+        # σ = [1, 1], z = [0, 1] (δ = 1, 1): α = 1 − e⁻¹ = 0.632; T = [1, e⁻¹ = 0.368]
+        # w = [0.632, 0.368 · 0.632 = 0.2325]
+        w, T = volume_weights(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]), torch.ones(1, 1))
+        torch.testing.assert_close(w, torch.tensor([[0.6321, 0.2325]]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(T, torch.tensor([[1.0, 0.3679]]), atol=1e-4, rtol=0)
+
+    def test_analytic_plane(self):
+        # An opaque half-space behind z0 = 0.07 m: the expected depth is the plane's depth.
+        z = torch.linspace(0.05, 0.10, 201).expand(3, 201).contiguous()
+        for z0 in (0.06, 0.07, 0.085):
+            sigma = torch.where(z >= z0, torch.full_like(z, 1e5), torch.zeros_like(z))
+            w, _ = volume_weights(sigma, z, torch.full((3, 1), 50.0))
+            assert float(w.sum(1).max()) <= 1.0 + 1e-6
+            torch.testing.assert_close(expected(w, z), torch.full((3,), z0), atol=2.6e-4, rtol=0)  # ≤ one step
+
+    def test_weights_sum_at_most_one(self):
+        g = torch.Generator().manual_seed(0)
+        sigma = torch.rand(64, 16, generator=g) * 30
+        z = torch.sort(torch.rand(64, 16, generator=g), dim=1).values
+        w, T = volume_weights(sigma, z, torch.ones(64, 1))
+        assert (w >= 0).all() and (w.sum(1) <= 1 + 1e-6).all()
+        assert (T[:, 1:] <= T[:, :-1] + 1e-7).all()  # transmittance never grows
+
+
+class TestInvNeRF:
+    def _model(self):
+        return InvNeRF(FitConfig(), num_frames=4, workspace=Workspace(torch.tensor([0.0, 0.0, 0.08]),
+                                                                      torch.tensor([0.03, 0.03, 0.02])))
+
+    def test_smoke(self):
+        m = self._model()
+        R, S = 5, 12
+        dirs = torch.cat([torch.rand(R, 2) * 0.2 - 0.1, torch.ones(R, 1)], -1)
+        z = torch.sort(torch.rand(R, S) * 0.04 + 0.06, 1).values
+        out = m.render(torch.zeros(R, 3), dirs, z, torch.zeros(R, dtype=torch.long), torch.full((R,), 3))
+        assert out["weights"].shape == (R, S) and out["rgb"].shape == (R, 3) and out["x_target_m"].shape == (R, 3)
+        assert ((out["rgb"] >= 0) & (out["rgb"] <= 1)).all()
+
+    def test_identity_map_maps_to_expected_point(self):
+        # F starts as the identity: the mapped point in any frame is the expected 3D point of the ray.
+        m = self._model()
+        R, S = 6, 10
+        dirs = torch.cat([torch.rand(R, 2) * 0.2 - 0.1, torch.ones(R, 1)], -1)
+        z = torch.sort(torch.rand(R, S) * 0.04 + 0.06, 1).values
+        out = m.render(torch.zeros(R, 3), dirs, z, torch.zeros(R, dtype=torch.long), torch.full((R,), 2))
+        torch.testing.assert_close(out["x_target_m"], out["depth_m"][:, None] * dirs, atol=1e-5, rtol=0)

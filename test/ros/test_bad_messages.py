@@ -1,0 +1,116 @@
+"""Bad input never kills the node (DESIGN §5): each case is dropped, counted by reason in
+/diagnostics, and good input right after it is still tracked and published. One test per case."""
+
+import time
+
+import numpy as np
+import pytest
+
+from surg_invnerf_ros.ros import convert
+
+from .track_harness import CALIB, LEFT_FRAME, PERIOD_NS, RIGHT_FRAME, T0_NS, Harness, ros_context, stereo_pair
+
+
+@pytest.fixture
+def h():
+    with ros_context() as ctx:
+        harness = Harness(ctx, {"queries.points_px": [20.0, 20.0], "sync.timeout_s": 0.2})
+        try:
+            yield harness
+        finally:
+            harness.close()
+
+
+def still_tracks(h: Harness, i: int) -> None:
+    """A good frame after the bad one is published with its own stamp."""
+    stamp = h.send(i)
+    assert h.spin_until(lambda: stamp in h.stamps(), 3.0), "good input after a bad message was not published"
+    assert len(h.points()[-1]) == 1
+
+
+def test_wrong_encoding(h):
+    left, _ = stereo_pair(0)
+    bad = h.image(left, T0_NS)
+    bad.encoding = "yuv422"
+    h.send(0, left=bad)
+    assert h.wait_drop("wrong_encoding") == 1
+    assert not h.got["points"]
+    still_tracks(h, 1)
+
+
+def test_data_shorter_than_height_times_step(h):
+    left, _ = stereo_pair(0)
+    bad = h.image(left, T0_NS)
+    bad.data = bytes(bad.data)[: bad.step * bad.height - 10]
+    h.send(0, left=bad)
+    assert h.wait_drop("data_too_short") == 1
+    still_tracks(h, 1)
+
+
+def test_left_right_size_mismatch(h):
+    _, right = stereo_pair(0)
+    bad = h.image(np.ascontiguousarray(right[:, :60]), T0_NS, frame=RIGHT_FRAME)
+    h.send(0, right=bad)
+    assert h.wait_drop("stereo_size_mismatch") == 1
+    still_tracks(h, 1)
+
+
+def test_camera_info_with_k_all_zero(h):
+    il, _ = convert.calib_to_camera_info(CALIB, T0_NS, LEFT_FRAME, RIGHT_FRAME)
+    il.k = [0.0] * 9
+    il.p = [0.0] * 12
+    h.send(0, info_left=il)
+    assert h.wait_drop("camera_info_k_zero") == 1
+    still_tracks(h, 1)
+
+
+def test_duplicate_stamps(h):
+    h.send(0)
+    assert h.spin_until(lambda: h.got["points"], 3.0)
+    h.send(0)  # the same four stamps again
+    assert h.wait_drop("duplicate_stamp", at_least=4) == 4
+    still_tracks(h, 1)
+    assert h.stamps().count(T0_NS) == 1
+
+
+def test_out_of_order_stamps(h):
+    h.send(5)
+    assert h.spin_until(lambda: h.got["points"], 3.0)
+    h.send(3)  # older than what was seen
+    assert h.wait_drop("out_of_order_stamp", at_least=4) == 4
+    still_tracks(h, 6)
+    assert T0_NS + 3 * PERIOD_NS not in h.stamps()
+
+
+def test_missing_right_image(h):
+    h.send(0, skip=("right",))
+    # dropped by the sync timeout (0.2 s here), with no newer right image to tell
+    assert h.wait_drop("missing_right_image", timeout_s=3.0) == 1
+    still_tracks(h, 1)
+    assert T0_NS not in h.stamps()
+
+
+def test_burst_at_twice_the_rate():
+    """20 sets at 60 Hz (stamps and wall clock) into a node limited to the nominal 30 Hz: every set is
+    either published or counted as rate_limited / frontend_busy, and the stream goes on."""
+    with ros_context() as ctx:
+        h = Harness(ctx, {"queries.points_px": [20.0, 20.0], "sync.max_rate_hz": 30.0})
+        try:
+            n, half_period_ns = 20, PERIOD_NS // 2
+            stamps = []
+            for k in range(n):
+                stamps.append(h.send(0, stamp_ns=T0_NS + k * half_period_ns))
+                h.spin_for(half_period_ns * 1e-9)
+            done = lambda: len(h.got["points"]) + sum(h.drops().values()) >= n  # noqa: E731
+            h.spin_until(done, 3.0)
+            drops = h.drops()
+            assert set(drops) <= {"rate_limited", "frontend_busy"}
+            assert len(h.got["points"]) + sum(drops.values()) == n
+            assert 8 <= drops.get("rate_limited", 0) <= 12  # every other set is over the 30 Hz limit
+            assert h.stamps() == sorted(h.stamps()) and h.stamps()[0] == stamps[0]
+            rate = float(h.diag()["surg_invnerf_tracker: input"]["rate_hz.stereo/left/image_rect"])
+            assert rate >= n / 2.0 - 1  # all 20 arrivals fall inside the 2 s rate window
+            stamp = h.send(0, stamp_ns=stamps[-1] + PERIOD_NS)
+            assert h.spin_until(lambda: stamp in h.stamps(), 3.0)
+        finally:
+            h.close()

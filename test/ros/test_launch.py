@@ -1,0 +1,144 @@
+"""launch/track.launch.py and the console script (DESIGN §5).
+
+Without launch_ros (PyPI wheels) the launch file is read as an AST: every executable it starts must
+be a console script of this package whose target imports, and every file it loads must exist and be
+installed by setup.py. The tracker itself is started as a subprocess with the parameter file and
+must publish, stop cleanly on SIGTERM, and refuse a bad parameter with one line and exit code 2.
+"""
+
+import ast
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "launch" / "track.launch.py"
+PACKAGE = "surg_invnerf_ros"
+
+
+def launch_nodes() -> list[dict[str, object]]:
+    """Keyword arguments (literals only) of every Node(...) call in the launch file."""
+    tree = ast.parse(LAUNCH.read_text())
+    out = []
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
+            kw = {k.arg: k.value for k in call.keywords}
+            out.append({k: (v.value if isinstance(v, ast.Constant) else (v.id if isinstance(v, ast.Name) else v))
+                        for k, v in kw.items()})
+    return out
+
+
+def console_scripts() -> dict[str, str]:
+    """name → 'module:function' from setup.py's entry_points (parsed, not executed)."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value == "console_scripts":
+                    items = [e.value for e in v.elts if isinstance(e, ast.Constant)]
+                    return {s.split("=")[0].strip(): s.split("=")[1].strip() for s in items}
+    return {}
+
+
+class TestLaunchFile:
+    def test_arguments(self):
+        text = LAUNCH.read_text()
+        for arg in ("source", "bag", "rviz", "device", "use_sim_time"):
+            assert f'("{arg}",' in text, f"launch argument {arg} missing"
+        assert "synthetic | bag | live" in text
+
+    def test_executables_are_console_scripts_of_the_package(self):
+        ours = {n["executable"] for n in launch_nodes() if n.get("package") == "PACKAGE"}
+        assert ours == {"track_node", "synthetic_stereo", "bag_player"}
+        scripts = console_scripts()
+        for exe in sorted(ours):
+            assert exe in scripts, f"setup.py: console_scripts lacks {exe}"
+            module, func = scripts[exe].split(":")
+            assert callable(getattr(importlib.import_module(module), func)), scripts[exe]
+
+    def test_tracker_node_name(self):
+        tracker = [n for n in launch_nodes() if n.get("executable") == "track_node"][0]
+        assert tracker["name"] == "surg_invnerf_tracker"
+
+    def test_files_it_loads_exist_and_are_installed(self):
+        text = LAUNCH.read_text()
+        for rel in ("config/track.yaml", "config/track.rviz"):
+            folder, name = rel.split("/")
+            assert f'"{folder}", "{name}"' in text, f"launch file does not load {rel}"
+            assert (REPO / rel).is_file(), rel
+        setup = (REPO / "setup.py").read_text()
+        for pattern in ('glob("launch/*.py")', 'glob("config/*.yaml")', 'glob("config/*.rviz")'):
+            assert pattern in setup, f"setup.py data_files lacks {pattern}"
+
+    def test_rviz_shows_the_outputs(self):
+        import yaml
+
+        rviz = yaml.safe_load((REPO / "config/track.rviz").read_text())
+        displays = rviz["Visualization Manager"]["Displays"]
+        topics = {d.get("Topic", {}).get("Value") for d in displays}
+        for t in ("overlay", "tracked_points", "markers", "cloud"):
+            assert f"/surg_invnerf_tracker/{t}" in topics
+        assert "rviz_default_plugins/TF" in {d["Class"] for d in displays}
+
+    def test_with_launch_ros(self):
+        pytest.importorskip("launch_ros")
+        spec = importlib.util.spec_from_file_location("track_launch", LAUNCH)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert len(mod.generate_launch_description().entities) >= 5
+
+
+def tracker_cmd(*ros_args: str) -> list[str]:
+    return [sys.executable, "-m", "surg_invnerf_ros.ros.track_node", "--ros-args", *ros_args]
+
+
+class TestConsoleScript:
+    def test_starts_with_the_parameter_file_publishes_and_stops_on_sigterm(self):
+        env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+        proc = subprocess.Popen(
+            tracker_cmd("--params-file", str(REPO / "config/track.yaml"), "-p", "refine.enabled:=false",
+                        "-p", "publish.diagnostics_rate_hz:=5.0"),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        try:
+            node = rclpy.create_node("launch_test_listener", context=ctx)
+            got = []
+            node.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
+            ex = SingleThreadedExecutor(context=ctx)
+            ex.add_node(node)
+            t0 = time.monotonic()
+            while not any(s.name.startswith("surg_invnerf_tracker") for m in got for s in m.status):
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() - t0 < 20, "no /diagnostics from the tracker within 20 s"
+                ex.spin_once(timeout_sec=0.05)
+            topics = dict(node.get_topic_names_and_types())
+            assert "sensor_msgs/msg/PointCloud2" in topics.get("/surg_invnerf_tracker/tracked_points", [])
+            ex.shutdown()
+            node.destroy_node()
+        finally:
+            rclpy.shutdown(context=ctx)
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=10)
+        assert proc.returncode == 0, out
+        assert "waiting for queries on /surg_invnerf_tracker/queries" in out
+        assert "Traceback" not in out
+
+    @pytest.mark.parametrize("arg,line", [
+        ("device:=gpu", "surg_invnerf_tracker: refusing to start: device: expected one of auto|cpu|cuda, got 'gpu'"),
+        ("sync.max_rate_hz:=-1.0", "surg_invnerf_tracker: refusing to start: sync.max_rate_hz: expected >= 0.0"),
+    ])
+    def test_bad_parameter_refuses_start(self, arg, line):
+        res = subprocess.run(tracker_cmd("-p", arg), capture_output=True, text=True, timeout=30)
+        assert res.returncode == 2
+        assert res.stderr.strip().startswith(line)
+        assert len(res.stderr.strip().splitlines()) == 1

@@ -1,0 +1,309 @@
+"""OnlineTracker (DESIGN §3.3): front end every frame, asynchronous refinement, queries any time."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from surg_invnerf_ros.config import FrontendConfig, QueryConfig, RefineConfig
+from surg_invnerf_ros.errors import ConfigError, InputError
+from surg_invnerf_ros.online import (
+    LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, grid_queries_px, index_of, resolve_device)
+from surg_invnerf_ros.structs import StereoCalib, Tracks
+
+W, H = 64, 48
+CALIB = StereoCalib(K=np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]]), baseline_m=0.005, image_size=(W, H))
+TRUE_STEP_PX = 1.0   # true motion per frame along u
+FRONT_STEP_PX = 1.2  # the fake front end over-estimates it: drift of 0.2 px per frame
+
+
+class FakeFrontEnd:
+    """Moves every point by FRONT_STEP_PX along u; constant 0.1 m depth."""
+
+    def track(self, prev, cur, uv):
+        return uv + np.array([FRONT_STEP_PX, 0.0], np.float32), np.ones(len(uv), bool)
+
+    def depth_m(self, left, right, calib):
+        return np.full((calib.height, calib.width), 0.1, np.float32)
+
+
+class TruthRefiner:
+    """Returns the true tracks (query pixel + TRUE_STEP_PX per frame since the query's frame)."""
+
+    def __init__(self, frame_of_stamp):
+        self.frame_of_stamp = frame_of_stamp
+        self.calls = 0
+        self.init_states = []
+
+    def __call__(self, job):
+        self.calls += 1
+        self.init_states.append(job.init_state)
+        seq = job.seq
+        q = seq.queries
+        frames = np.array([self.frame_of_stamp(s) for s in seq.stamps_ns])
+        q_frame = frames[q.frame_idx]
+        uv = q.uv_px[None] + (frames[:, None, None] - q_frame[None, :, None]) * np.array([TRUE_STEP_PX, 0.0])
+        T, N = len(frames), len(q)
+        xyz = np.zeros((T, N, 3), np.float32)
+        return RefineOutput(Tracks(ids=q.ids, uv=uv.astype(np.float32), visible=np.ones((T, N), bool), xyz=xyz),
+                            state={"fit": self.calls}, stats={"loss": 0.5})
+
+
+def frame(i: int) -> StereoFrame:
+    img = np.full((H, W, 3), i % 255, np.uint8)
+    return StereoFrame(img, img.copy(), CALIB, stamp_ns=1_000_000_000 + i * 33_000_000)
+
+
+def stamp_to_frame(stamp_ns: int) -> int:
+    return int(round((stamp_ns - 1_000_000_000) / 33_000_000))
+
+
+def wait_for(pred, timeout_s=5.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        out = pred()
+        if out:
+            return out
+        time.sleep(0.01)
+    return pred()
+
+
+class TestFrontEnd:
+    def test_result_every_frame(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
+        ids = trk.add_queries(np.array([[10.0, 20.0], [30.0, 5.0]]))
+        assert ids.tolist() == [0, 1]
+        for i in range(4):
+            res = trk.push_frame(frame(i))
+            assert res.stamp_ns == frame(i).stamp_ns
+            assert res.ids.tolist() == [0, 1]
+            # frame 0 keeps the query pixel; each later frame moves by FRONT_STEP_PX
+            np.testing.assert_allclose(res.uv_px[0], [10.0 + FRONT_STEP_PX * i, 20.0], atol=1e-5)
+            assert not res.refined.any()
+        # depth 0.1 m at (u, v): x = (u - cx) / fx * z = (13.6 - 32) / 50 * 0.1
+        np.testing.assert_allclose(res.xyz_cam_m[0], [(13.6 - 32) / 50 * 0.1, (20 - 24) / 50 * 0.1, 0.1], atol=1e-5)
+        assert res.visible.all() and (res.confidence > 0).all() and (res.confidence <= 1).all()
+        trk.close()
+
+    def test_point_leaving_image_is_not_visible(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
+        trk.add_queries(np.array([[W - 1.5, 10.0]]))
+        trk.push_frame(frame(0))
+        res = trk.push_frame(frame(1))
+        assert not res.visible[0] and res.confidence[0] == 0.0
+
+    def test_real_lk_and_sgbm(self):
+        """The default front end (frontend.lk + frontend.stereo) on a textured, shifted pair."""
+        rng = np.random.default_rng(0)
+        tex = (rng.random((H // 4, (W + 32) // 4)) * 255).astype(np.uint8)
+        big = np.repeat(np.repeat(tex, 4, 0), 4, 1)
+        import cv2
+
+        big = cv2.GaussianBlur(big, (3, 3), 0)
+        disp = 8
+
+        def view(o):  # texture column c sits at u = c - o
+            return np.repeat(big[:, o:o + W, None], 3, 2)
+
+        left, right = view(0), view(disp)
+        nxt, nxt_right = view(2), view(2 + disp)  # the scene moved 2 px left
+        cfg = FrontendConfig()
+        trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=LKStereoFrontEnd(cfg))
+        trk.add_queries(np.array([[32.0, 24.0]]))
+        trk.push_frame(StereoFrame(left, right, CALIB, 1))
+        res = trk.push_frame(StereoFrame(nxt, nxt_right, CALIB, 2))
+        assert res.visible[0]
+        np.testing.assert_allclose(res.uv_px[0], [30.0, 24.0], atol=0.3)
+        # Z = fx·B/d = 50 · 0.005 / 8 = 0.03125 m
+        assert abs(res.xyz_cam_m[0, 2] - 0.03125) < 0.001
+
+    def test_size_mismatch_is_input_error(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
+        bad = StereoFrame(np.zeros((H, W, 3), np.uint8), np.zeros((H, W - 2, 3), np.uint8), CALIB, 1)
+        with pytest.raises(InputError, match="frame") as err:
+            trk.push_frame(bad)
+        assert err.value.reason == "stereo_size_mismatch"
+
+
+class TestQueries:
+    def test_auto_grid_on_first_frame(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), query_cfg=QueryConfig(auto_grid=12),
+                            frontend=FakeFrontEnd())
+        assert len(trk.query_ids) == 0
+        res = trk.push_frame(frame(0))
+        assert res.ids.tolist() == list(range(12))
+        assert (res.uv_px[:, 0] >= 8).all() and (res.uv_px[:, 0] <= W - 9).all()
+        assert (res.uv_px[:, 1] >= 8).all() and (res.uv_px[:, 1] <= H - 9).all()
+        assert len(np.unique(res.uv_px, axis=0)) == 12
+
+    def test_points_from_config(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd(),
+                            query_cfg=QueryConfig(points_px=(1.0, 2.0, 3.0, 4.0), auto_grid=5))
+        res = trk.push_frame(frame(0))
+        assert res.ids.tolist() == [0, 1]  # explicit points win over auto_grid
+        np.testing.assert_allclose(res.uv_px, [[1, 2], [3, 4]])
+
+    def test_ids_are_stable_and_never_reused(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
+        assert trk.add_queries(np.zeros((2, 2))).tolist() == [0, 1]
+        trk.remove_queries(np.array([0]))
+        assert trk.query_ids.tolist() == [1]
+        trk.clear_queries()
+        assert trk.add_queries(np.ones((1, 2))).tolist() == [2]
+        trk.reset()
+        assert trk.add_queries(np.ones((1, 2))).tolist() == [3]
+
+    def test_bad_queries(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd(),
+                            query_cfg=QueryConfig(max_queries=3))
+        with pytest.raises(InputError, match="non-finite"):
+            trk.add_queries(np.array([[np.nan, 1.0]]))
+        with pytest.raises(InputError, match="max_queries") as err:
+            trk.add_queries(np.zeros((4, 2)))
+        assert err.value.reason == "too_many_queries"
+
+    def test_query_at_past_keyframe_is_moved_to_now(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(keyframe_every=1, min_keyframes=50, window_frames=50),
+                            frontend=FakeFrontEnd(), refiner=TruthRefiner(stamp_to_frame))
+        for i in range(3):
+            trk.push_frame(frame(i))
+        trk.add_queries(np.array([[10.0, 10.0]]), stamp_ns=frame(0).stamp_ns)
+        res = trk.push_frame(frame(3))
+        # given at frame 0, moved to frame 2 (one LK call: +1.2), then tracked into frame 3 (+1.2)
+        np.testing.assert_allclose(res.uv_px[0], [10.0 + 2 * FRONT_STEP_PX, 10.0], atol=1e-5)
+        trk.close()
+
+
+class TestRefinement:
+    def cfg(self, **kw):
+        base = dict(keyframe_every=1, window_frames=4, min_keyframes=3, new_keyframes=1, history_frames=50)
+        base.update(kw)
+        return RefineConfig(**base)
+
+    def test_refined_tracks_replace_and_reanchor(self):
+        ref = TruthRefiner(stamp_to_frame)
+        trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=ref)
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(3):
+            trk.push_frame(frame(i))
+        refined = wait_for(trk.poll)
+        assert refined, "no refined result within 5 s"
+        assert all(r.refined.all() for r in refined)
+        assert [r.stamp_ns for r in refined] == [frame(i).stamp_ns for i in range(3)]
+        # refined frame 2 is the truth: 10 + 2·1.0; front end said 10 + 2·1.2
+        np.testing.assert_allclose(refined[-1].uv_px[0], [12.0, 20.0], atol=1e-5)
+        assert trk.tracks_at(frame(2).stamp_ns).refined.all()
+        # re-anchored: next front-end step starts from the refined 12.0, not 12.4
+        res = trk.push_frame(frame(3))
+        np.testing.assert_allclose(res.uv_px[0], [12.0 + FRONT_STEP_PX, 20.0], atol=1e-5)
+        assert trk.stats()["fits"] >= 1 and trk.stats()["loss"] == 0.5
+        trk.close()
+
+    def test_warm_start_passes_last_state(self):
+        ref = TruthRefiner(stamp_to_frame)
+        trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=ref)
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(3):
+            trk.push_frame(frame(i))
+        assert wait_for(trk.poll)
+        trk.push_frame(frame(3))
+        assert wait_for(lambda: ref.calls >= 2)
+        assert ref.init_states[0] is None and ref.init_states[1] == {"fit": 1}
+        trk.close()
+
+    def test_push_frame_never_waits_for_the_model(self):
+        gate = threading.Event()
+
+        class SlowRefiner(TruthRefiner):
+            def __call__(self, job):
+                gate.wait(10.0)
+                return super().__call__(job)
+
+        trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=SlowRefiner(stamp_to_frame))
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(3):
+            trk.push_frame(frame(i))
+        assert wait_for(lambda: trk.busy)
+        t0 = time.perf_counter()
+        for i in range(3, 20):
+            trk.push_frame(frame(i))
+        assert trk.poll() == []
+        assert time.perf_counter() - t0 < 1.0  # 17 frames while the fit is stuck
+        assert trk.stats()["state"] == "fitting"
+        gate.set()
+        assert wait_for(trk.poll)
+        trk.close()
+
+    def test_memory_is_bounded(self):
+        trk = OnlineTracker(refine_cfg=self.cfg(window_frames=4, history_frames=10, min_keyframes=4),
+                            frontend=FakeFrontEnd(), refiner=lambda job: (_ for _ in ()).throw(RuntimeError("x")),
+                            start_worker=False)
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(100):
+            trk.push_frame(frame(i))
+        st = trk.stats()
+        assert st["keyframes"] == 4 and st["history"] == 10
+
+    def test_reset_discards_a_running_fit(self):
+        gate = threading.Event()
+
+        class SlowRefiner(TruthRefiner):
+            def __call__(self, job):
+                gate.wait(10.0)
+                return super().__call__(job)
+
+        trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=SlowRefiner(stamp_to_frame))
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(3):
+            trk.push_frame(frame(i))
+        assert wait_for(lambda: trk.busy)
+        trk.reset()
+        gate.set()
+        assert wait_for(lambda: not trk.busy)
+        assert trk.poll() == []  # the old fit's answer belongs to a dropped model
+        assert len(trk.query_ids) == 0 and trk.stats()["keyframes"] == 0
+        trk.close()
+
+    def test_failed_fit_is_reported_and_tracking_goes_on(self):
+        def broken(job):
+            raise RuntimeError("boom")
+
+        trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=broken)
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(3):
+            trk.push_frame(frame(i))
+        assert wait_for(lambda: trk.stats()["state"] == "error")
+        assert "boom" in trk.stats()["error"]
+        assert trk.push_frame(frame(3)).visible.all()
+        trk.close()
+
+    def test_time_going_backwards_drops_the_window(self):
+        trk = OnlineTracker(refine_cfg=self.cfg(min_keyframes=50, window_frames=50), frontend=FakeFrontEnd(),
+                            refiner=TruthRefiner(stamp_to_frame))
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(5):
+            trk.push_frame(frame(i))
+        assert trk.stats()["keyframes"] == 5
+        trk.push_frame(frame(0))  # e.g. a bag loop
+        assert trk.stats()["keyframes"] == 1 and len(trk.query_ids) == 1
+        trk.close()
+
+
+def test_helpers():
+    assert index_of(np.array([5, 3, 9]), np.array([9, 4, 5])).tolist() == [2, -1, 0]
+    assert index_of(np.zeros(0, np.int64), np.array([1])).tolist() == [-1]
+    g = grid_queries_px(7, (64, 48), 8.0)
+    assert g.shape == (7, 2)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device: cuda"):
+            resolve_device("cuda")
