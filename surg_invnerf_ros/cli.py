@@ -121,11 +121,11 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.metrics import evaluate_files
-    from .eval.report import format_table, metrics_row
+    from .eval.report import format_table, json_safe, metrics_row
 
     metrics = evaluate_files(args.seq, args.pred)
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps(json_safe(metrics), sort_keys=True))
     else:
         print(format_table([metrics_row(Path(args.pred).stem, metrics)]))
     return 0
