@@ -247,6 +247,9 @@ class LKConfig:
         5, "Pyramid levels for 'from_query' tracking, which spans big displacements.", lo=0, hi=8)
     reacquire: bool = option(
         True, "A lost chained point is re-tracked from its last visible frame; kept if it passes the checks.")
+    lost_points: Literal["hold", "follow_median"] = option(
+        "follow_median", "A lost point's position: 'hold' the last one, or move it with the median motion "
+        "of the points tracked in the same frame.")
 
     def __post_init__(self) -> None:
         check_fields(self, "frontend.lk.")
@@ -350,7 +353,7 @@ class CanonicalConfig:
     resolutions: tuple[int, ...] = option((32, 64), "Tri-plane side per scale.", lo=2)
     feature_dims: tuple[int, ...] = option((8, 8), "Feature channels per scale (one per resolution).", lo=1)
     hidden_dim: int = option(32, "Hidden width of the density/colour MLP.", lo=1)
-    density_activation: Literal["softplus", "trunc_exp"] = option("softplus", "Raw output → density.")
+    density_activation: Literal["softplus", "trunc_exp"] = option("trunc_exp", "Raw output → density.")
     density_bias: float = option(0.0, "Added to the raw density before the activation.")
     appearance_dim: int = option(4, "Per-frame appearance code length (0 disables it).", lo=0)
 
@@ -375,11 +378,15 @@ class RenderConfig:
     visibility_transmittance: float = option(0.5, "A point is visible when transmittance in front of it exceeds this.", lo=0.0, hi=1.0)
     visibility_front_disp_px: float = option(2.0, "Weight this far in front (disparity px) counts as occluding.", lo=0.0)
     stereo_visibility_check: bool = option(True, "Also call a point occluded when stereo depth at its pixel is well in front.")
+    stereo_depth_fusion_px: float = option(
+        1.0, "Output depth: use the SGBM depth at the tracked pixel where it agrees with the model's within "
+        "this many disparity px (0 disables; the model's depth is kept elsewhere).", lo=0.0)
     right_ray_share: float = option(0.0, "Share of photometric rays cast from the right camera.", lo=0.0, hi=1.0)
     mapped_point: Literal["per_sample", "expected_canonical"] = option(
         "per_sample", "X̂_j = Σ w F_j⁻¹(F_i(x)) per sample, or F_j⁻¹ of the expected canonical point (cheaper).")
-    surface: Literal["max_weight", "expected"] = option(
-        "max_weight", "Inference surface point: the max-weight sample, or the weighted mean of samples.")
+    surface: Literal["max_weight", "expected", "stereo"] = option(
+        "stereo", "Inference surface point: the max-weight sample (refined by its neighbours), the weighted "
+        "mean of samples, or the stereo point where stereo depth is valid (max-weight elsewhere).")
 
     def __post_init__(self) -> None:
         check_fields(self, "fit.render.")
@@ -395,9 +402,11 @@ class LossConfig:
     """Loss weights and schedules (DESIGN §3.2). Each term is in the unit its function states."""
 
     corr_weight: float = option(1.0, "Correspondence reprojection (px).", lo=0.0)
+    corr_detach_weights: bool = option(True, "Correspondence terms train the map only, not the density (keeps the surface sharp).")
     bidirectional: bool = option(True, "Supervise i→j and j→i in the same step (False: i→j only).")
     charbonnier_eps_px: float = option(0.5, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
     photo_weight: float = option(1.0, "Photometric (colour in [0, 1], squared).", lo=0.0)
+    anchor_weight: float = option(1.0, "Reprojection of the stereo surface point mapped i→j (px): trains F before the density is sharp.", lo=0.0)
     corr_depth_weight: float = option(0.2, "Mapped point's depth vs stereo depth at the matched pixel (disparity px).", lo=0.0)
     stereo_weight: float = option(0.2, "Expected depth vs stereo depth (disparity px).", lo=0.0)
     line_of_sight_weight: float = option(0.1, "Weights concentrated at the stereo depth.", lo=0.0)
@@ -723,11 +732,11 @@ class SyntheticSourceConfig:
         _IDENTITY_16, "Hand-eye T_ecm_cam, 16 floats row-major; the pose published is T_world_cam · T_ecm_cam⁻¹.")
     ground_truth: bool = option(True, "Publish ~/ground_truth (tracked_points schema) for every frame.")
     queries_period_s: float = option(
-        0.0, "Also republish the queries every this many seconds (0: only when a new subscriber appears).",
-        lo=0.0, hi=3600.0)
+        0.0, "Also republish the queries every this many seconds (0: only with frame 0, or when the first "
+        "subscriber appears).", lo=0.0, hi=3600.0)
     wait_for_subscribers_s: float = option(
-        5.0, "Before frame 0, wait up to this long until the image, camera_info and (if published) "
-        "ground-truth topics have subscribers.", lo=0.0, hi=3600.0)
+        5.0, "Before frame 0, wait up to this long until every published topic has a subscriber.",
+        lo=0.0, hi=3600.0)
     render_ahead: int = option(8, "Frames rendered ahead in a background thread.", lo=1, hi=1000)
     cache_mb: float = option(
         2048.0, "Rendered frames are kept (and rendered before publishing) if they fit in this many MB; "

@@ -12,8 +12,8 @@
 Nothing here blocks on the model: `push_frame`, `poll` and the query calls only take a short lock.
 Queries can be added, cleared or reset at any time; ids are never reused.
 
-The refinement backend is a callable (`Refiner`), so tests inject a fake and the default wraps
-`track.fit_invnerf` + `track.infer_tracks`, imported lazily (torch loads only when refinement runs).
+The refinement backend is a callable (`refiner.Refiner`), so tests inject a fake; the default
+(`refiner.ProcessRefiner`) runs `track.fit_invnerf` + `track.infer_tracks` in a child process.
 """
 
 from __future__ import annotations
@@ -22,15 +22,19 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 
-from .config import FrontendConfig, QueryConfig, RefineConfig, load_config
-from .errors import ConfigError, InputError
+from .config import FrontendConfig, QueryConfig, RefineConfig
+from .errors import InputError
 from .geometry import sample_bilinear, unproject_m
-from .structs import Queries, Sequence, StereoCalib, Tracks
+from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner
+from .structs import Queries, Sequence, StereoCalib
+
+__all__ = ["FrameTracks", "FrontEnd", "LKStereoFrontEnd", "OnlineTracker", "RefineJob", "RefineOutput",
+           "Refiner", "StereoFrame", "grid_queries_px", "index_of"]
 
 log = logging.getLogger(__name__)
 
@@ -81,32 +85,11 @@ class FrameTracks:
     refined: np.ndarray
     depth_m: np.ndarray | None = None
 
-
-@dataclass(frozen=True)
-class RefineJob:
-    """What the worker hands to a refiner: a window of keyframes with queries, plus the last state."""
-
-    seq: Sequence
-    init_state: Any | None
-    generation: int
-
-
-@dataclass
-class RefineOutput:
-    """A refiner's answer: tracks over the job's frames (ids = the job's query ids), its state, stats."""
-
-    tracks: Tracks
-    state: Any | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-Refiner = Callable[[RefineJob], RefineOutput]
-
-
 class FrontEnd(Protocol):
     """Per-frame front end: point motion between two left images and stereo depth."""
 
-    def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray, uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray,
+              uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ...
 
     def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
@@ -122,174 +105,14 @@ class LKStereoFrontEnd:
         self._lk = LKPointTracker(cfg.lk)
         self._stereo_cfg = cfg.stereo
 
-    def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray, uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray,
+              uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._lk.track_pair(prev_rgb_u8, cur_rgb_u8, uv_px)
 
     def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
         from .frontend.stereo import stereo_depth_m
 
         return stereo_depth_m(left_rgb_u8, right_rgb_u8, calib, self._stereo_cfg)
-
-
-def resolve_device(device: str) -> str:
-    """auto → cuda when torch sees a GPU, else cpu. Refuses cuda without a GPU (the node won't start).
-
-    Raises:
-        ConfigError: `device: cuda requested but ...`.
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device: expected one of auto|cpu|cuda, got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise ConfigError("device: cuda requested but torch sees no CUDA device")
-    return "cpu"
-
-
-class _Abort(Exception):
-    """Raised from the progress callback to stop a fit on reset or close."""
-
-
-class InvNeRFRefiner:
-    """The default refiner: `track.fit_invnerf` on the window, then `track.infer_tracks`."""
-
-    def __init__(self, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig, device: str = "auto") -> None:
-        from . import track  # noqa: F401  torch loads here, at start-up, not in the middle of a stream
-        from .config import FitConfig
-
-        self.fit_cfg = load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
-        self.fit_cfg = replace(self.fit_cfg, device=resolve_device(device))
-        self.frontend_cfg = frontend_cfg
-        self.progress: Callable[..., None] | None = None
-
-    def __call__(self, job: RefineJob) -> RefineOutput:
-        from .track import fit_invnerf, infer_tracks
-
-        t0 = time.perf_counter()
-        try:
-            result = fit_invnerf(job.seq, self.fit_cfg, self.frontend_cfg, progress=self.progress,
-                                 init_state=job.init_state)
-        except _Abort:
-            raise
-        except Exception as err:  # a warm start from a differently shaped window may not load
-            if job.init_state is None:
-                raise
-            log.warning("refine: warm start failed (%s); fitting from scratch", err)
-            result = fit_invnerf(job.seq, self.fit_cfg, self.frontend_cfg, progress=self.progress)
-        tracks = infer_tracks(result, job.seq, job.seq.queries)
-        meta = getattr(result, "meta", {}) or {}
-        stats = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
-        stats["fit_s"] = time.perf_counter() - t0
-        return RefineOutput(tracks=tracks, state=result.state_dict(), stats=stats)
-
-
-def _refine_process_main(conn: Any, abort: Any, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig,
-                         device: str) -> None:
-    """Child process of `ProcessRefiner`: owns torch, the model and the warm-start state.
-
-    Protocol (tuples over a Pipe): in ("job", seq, warm) | ("stop",); out ("ready", device) |
-    ("config_error", text) | ("progress", info) | ("result", tracks, stats) | ("aborted",) | ("error", text).
-    """
-    try:
-        refiner = InvNeRFRefiner(refine_cfg, frontend_cfg, device)
-    except ConfigError as err:
-        conn.send(("config_error", str(err)))
-        return
-    conn.send(("ready", refiner.fit_cfg.device))
-
-    def progress(info: Any = None, *args: Any, **kwargs: Any) -> None:
-        if abort.is_set():
-            raise _Abort()
-        if isinstance(info, dict):
-            conn.send(("progress", {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}))
-
-    refiner.progress = progress
-    state: Any = None
-    while True:
-        msg = conn.recv()
-        if msg[0] == "stop":
-            return
-        _, seq, warm = msg
-        try:
-            out = refiner(RefineJob(seq=seq, init_state=state if warm else None, generation=0))
-        except _Abort:
-            conn.send(("aborted",))
-            continue
-        except Exception as err:  # reported to the parent, which keeps running
-            conn.send(("error", f"{type(err).__name__}: {err}"))
-            continue
-        state = out.state
-        conn.send(("result", out.tracks, out.stats))
-
-
-class ProcessRefiner:
-    """`InvNeRFRefiner` in a child process (spawned), so the fit neither holds the node's GIL nor
-    loads torch into it. The warm-start state stays in the child; `RefineOutput.state` is a token.
-
-    Raises (at construction):
-        ConfigError: the child refused the config or device (e.g. cuda without a GPU).
-    """
-
-    def __init__(self, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig, device: str = "auto",
-                 start_timeout_s: float = 120.0) -> None:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._abort = ctx.Event()
-        self._proc = ctx.Process(target=_refine_process_main, name="invnerf-refine",
-                                 args=(child, self._abort, refine_cfg, frontend_cfg, device), daemon=True)
-        self._proc.start()
-        child.close()
-        self.progress: Callable[..., None] | None = None
-        self._fits = 0
-        if not self._conn.poll(start_timeout_s):
-            self.close()
-            raise ConfigError(f"refine.worker: the refinement process did not start within {start_timeout_s:.0f} s")
-        kind, *rest = self._conn.recv()
-        if kind != "ready":
-            self.close()
-            raise ConfigError(rest[0] if rest else "refine.worker: the refinement process failed to start")
-        self.device = rest[0]
-
-    def __call__(self, job: RefineJob) -> RefineOutput:
-        self._abort.clear()
-        self._conn.send(("job", job.seq, job.init_state is not None))
-        aborting = False
-        while True:
-            kind, *rest = self._conn.recv()  # blocks without the GIL
-            if kind == "progress":
-                try:
-                    if self.progress is not None and not aborting:
-                        self.progress(rest[0])
-                except _Abort:
-                    aborting = True
-                    self._abort.set()  # the child stops at its next progress report
-            elif kind == "result":
-                if aborting:
-                    raise _Abort()
-                self._fits += 1
-                return RefineOutput(tracks=rest[0], state=self._fits, stats=rest[1])
-            elif kind == "aborted":
-                raise _Abort()
-            else:
-                raise RuntimeError(rest[0] if rest else kind)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the child (abort a running fit first)."""
-        self._abort.set()
-        try:
-            self._conn.send(("stop",))
-        except (OSError, ValueError):
-            pass
-        self._proc.join(timeout_s)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout_s)
 
 
 @dataclass
@@ -484,7 +307,14 @@ class OnlineTracker:
             if self._prev_left is not None and len(self._ids):
                 uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))
                 ok = np.asarray(ok, bool)
-                self._uv = np.where(ok[:, None], np.asarray(uv_new, np.float64), self._uv)
+                uv_new = np.asarray(uv_new, np.float64)
+                if ok.any() and not ok.all() and self.frontend_cfg.lk.lost_points == "follow_median":
+                    # a lost point moves with the median motion of the tracked ones (frontend.lk.lost_points)
+                    uv_new[~ok] = self._uv[~ok] + np.median(uv_new[ok] - self._uv[ok], axis=0)
+                    ok_pos = np.ones_like(ok)
+                else:
+                    ok_pos = ok
+                self._uv = np.where(ok_pos[:, None], uv_new, self._uv)
                 self._visible = ok
                 self._age += 1.0
             W, H = frame.calib.image_size
@@ -640,12 +470,14 @@ class OnlineTracker:
                 job = self._make_job(kfs, ids, first_t, uv, init_state, generation)
                 assert self.refiner is not None
                 res = self.refiner(job)
-            except _Abort:
+            except FitAborted:
                 with self._lock:
                     self._busy = False
                     self._model["state"] = "idle"
                 continue
             except Exception as err:  # the worker must survive a failed fit; diagnostics show it
+                if self._stop:  # closing: the child process went away under the fit
+                    return
                 log.exception("refine: fit failed")
                 with self._lock:
                     self._busy = False
@@ -669,7 +501,7 @@ class OnlineTracker:
                     self._model[k] = info[k]
             stop = self._stop or self._running_generation != self._generation
         if stop:
-            raise _Abort()
+            raise FitAborted()
 
     # ------------------------------------------------------------------ state
 
@@ -692,6 +524,9 @@ class OnlineTracker:
         with self._wake:
             self._stop = True
             self._wake.notify_all()
+        close = getattr(self.refiner, "close", None)
+        if self._worker is not None and self.busy and callable(close):
+            close()  # a fit busy before its first progress report would otherwise hold the join
         if self._worker is not None:
             self._worker.join(timeout=timeout_s)
             if self._worker.is_alive():

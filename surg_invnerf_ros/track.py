@@ -194,7 +194,7 @@ def surface_points_world_m(model: InvNeRF, data: FitData, cfg: FitConfig, frame:
                          n_near=2 * cfg.render.near_samples, n_ws=cfg.render.inference_samples)
     out = model.render(origins, dirs, z, frame, with_colour=False)
     w = out["weights"]
-    if cfg.render.surface == "max_weight":
+    if cfg.render.surface in ("max_weight", "stereo"):
         # the max-weight sample, refined to the weighted mean of it and its two neighbours
         idx = w.argmax(dim=1, keepdim=True)
         nb = torch.cat([idx - 1, idx, idx + 1], dim=1)  # (N, 3)
@@ -204,6 +204,8 @@ def surface_points_world_m(model: InvNeRF, data: FitData, cfg: FitConfig, frame:
         z_s = (wn * z.gather(1, nb)).sum(1) / wn.sum(1).clamp_min(1e-12)
     else:
         z_s = (w * z).sum(1) / w.sum(1).clamp_min(1e-6)
+    if cfg.render.surface == "stereo":  # the point the anchor term trains F on
+        z_s = torch.where(torch.isfinite(depth_st), depth_st, z_s)
     return origins + z_s[:, None] * dirs, out
 
 
@@ -259,6 +261,13 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
         occluded = torch.isfinite(d_st) & (disp_gap > 2.0 * max(cfg.render.visibility_front_disp_px, 0.5))
         visible = visible & ~occluded
     visible[f_q, torch.arange(N, device=dev)] = True  # a query is visible in its own frame by definition
+    if cfg.render.stereo_depth_fusion_px > 0:
+        # SGBM is the better depth sensor where it agrees with the model: keep the model's pixel, take its depth
+        d_st = data.depth_at(flat_f, flat_uv).reshape(T, N)
+        gap = (data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)).abs()
+        agree = torch.isfinite(d_st) & (gap <= cfg.render.stereo_depth_fusion_px) & visible
+        fused = xyz_cam * (torch.nan_to_num(d_st) / z.clamp_min(1e-6))[..., None]  # same ray, stereo depth
+        xyz_cam = torch.where(agree[..., None], fused, xyz_cam)
     return {"uv": uv.float().cpu().numpy(), "visible": visible.cpu().numpy(),
             "xyz_cam_m": xyz_cam.float().cpu().numpy(), "transmittance": trans.float().cpu().numpy()}
 

@@ -9,10 +9,18 @@ import pytest
 
 def pytest_configure(config):
     # Must happen before any rclpy.init: isolates parallel runs and xdist workers (ROS_STACK.md Q3).
-    if "ROS_DOMAIN_ID" not in os.environ:
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    # The controller picks a base from its pid; workers inherit it and add their index, so each
+    # worker gets its own domain (workers inherit the controller's environment, ROS_DOMAIN_ID too).
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        if "ROS_DOMAIN_ID" not in os.environ:
+            base = os.getpid() % 100
+            os.environ["SURG_TEST_DOMAIN_BASE"] = str(base)
+            os.environ["ROS_DOMAIN_ID"] = str(1 + base)
+    elif "SURG_TEST_DOMAIN_BASE" in os.environ:
         idx = int("".join(c for c in worker if c.isdigit()) or 0)
-        os.environ["ROS_DOMAIN_ID"] = str(1 + (os.getpid() + idx) % 100)
+        base = int(os.environ["SURG_TEST_DOMAIN_BASE"])
+        os.environ["ROS_DOMAIN_ID"] = str(1 + (base + 1 + idx) % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.config import FrontendConfig, QueryConfig, RefineConfig
-from surg_invnerf_ros.errors import ConfigError, InputError
+from surg_invnerf_ros.config import FrontendConfig, LKConfig, QueryConfig, RefineConfig
+from surg_invnerf_ros.errors import InputError
 from surg_invnerf_ros.online import (
-    LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, grid_queries_px, index_of, resolve_device)
+    LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, grid_queries_px, index_of)
 from surg_invnerf_ros.structs import StereoCalib, Tracks
 
 W, H = 64, 48
@@ -297,13 +297,17 @@ def test_helpers():
     assert g.shape == (7, 2)
 
 
-def test_resolve_device():
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") in ("cpu", "cuda")
-    with pytest.raises(ConfigError, match="device"):
-        resolve_device("gpu")
-    import torch
+def test_lost_points_follow_the_median_motion():
+    class HalfLost(FakeFrontEnd):
+        def track(self, prev, cur, uv):
+            ok = np.array([True, True, False])
+            return np.where(ok[:, None], uv + np.array([2.0, 1.0], np.float32), uv), ok
 
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="device: cuda"):
-            resolve_device("cuda")
+    for policy, expected in (("follow_median", [12.0, 11.0]), ("hold", [10.0, 10.0])):
+        cfg = FrontendConfig(lk=LKConfig(lost_points=policy))
+        trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=HalfLost())
+        trk.add_queries(np.array([[5.0, 5.0], [20.0, 20.0], [10.0, 10.0]]))
+        trk.push_frame(frame(0))
+        res = trk.push_frame(frame(1))
+        np.testing.assert_allclose(res.uv_px[2], expected)
+        assert res.visible.tolist() == [True, True, False]

@@ -141,7 +141,8 @@ def render_mapped(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tens
     origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
     depth_st = data.depth_at(frame, uv_px)
     z, valid = sample_depths(origins, dirs, depth_st, model.workspace, cfg.render, data.fx_b, jitter, generator)
-    out = model.render(origins, dirs, z, frame, target, with_colour=with_colour, mapped_point=cfg.render.mapped_point)
+    out = model.render(origins, dirs, z, frame, target, with_colour=with_colour, mapped_point=cfg.render.mapped_point,
+                       detach_weights_for_target=cfg.loss.corr_detach_weights)
     uv_pred, z_pred = project_px(out["x_target_m"], data.K, data.inv_poses(target))
     out.update(uv_pred_px=uv_pred, z_target_m=z_pred, stereo_depth_m=depth_st, stereo_valid=valid)
     return out
@@ -242,6 +243,8 @@ class Fitter:
             terms["photo"] = losses.photometric_loss(out["rgb"], colour_at(data.rgb, frame, uv), sup)
         sv = out["stereo_valid"].float() * sup
         sscale = self._stereo_scale(share)
+        if lc.anchor_weight > 0:
+            terms["anchor"] = self._anchor_loss(out, frame, uv, target, uv_tgt, conf)
         if lc.corr_depth_weight > 0:
             # scene flow: the matched pixel's stereo depth is the mapped point's depth in the target frame
             d_tgt = data.depth_at(target, uv_tgt)
@@ -260,7 +263,7 @@ class Fitter:
         if step % lc.reg_every == 0 and (lc.tv_weight > 0 or lc.time_smooth_weight > 0):
             tv, ts = self.model.plane_regularisers()
             terms["tv"], terms["time_smooth"] = tv, ts
-        weights = {"corr": lc.corr_weight, "corr_depth": lc.corr_depth_weight * sscale, "photo": lc.photo_weight, "photo_right": lc.photo_weight,
+        weights = {"corr": lc.corr_weight, "anchor": lc.anchor_weight, "corr_depth": lc.corr_depth_weight * sscale, "photo": lc.photo_weight, "photo_right": lc.photo_weight,
                    "stereo": lc.stereo_weight * sscale, "los": lc.line_of_sight_weight * sscale,
                    "range": lc.range_weight, "dist": lc.distortion_weight, "tv": lc.tv_weight,
                    "time_smooth": lc.time_smooth_weight}
@@ -270,6 +273,27 @@ class Fitter:
             self.sampler.update(frame, uv[:, 0], uv[:, 1], err, conf > 0)
         _add(timings, "forward_s", t0)
         return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def _anchor_loss(self, out: dict[str, Tensor], frame: Tensor, uv: Tensor, target: Tensor, uv_tgt: Tensor,
+                     conf: Tensor) -> Tensor:
+        """Map the stereo surface point itself (one point per ray) into the target frame.
+
+        The rendered term X̂_j needs a sharp density to be precise; this one trains F_t from the
+        first step (scene flow: 2D reprojection plus the target's stereo depth, both in px).
+        """
+        data = self.data
+        valid = out["stereo_valid"]
+        d = torch.where(valid, out["stereo_depth_m"], torch.ones_like(out["stereo_depth_m"]))
+        origins, dirs = pixel_rays(uv, data.K, data.poses(frame))
+        x = origins + d[:, None] * dirs
+        u = self.model.to_canonical(x, frame)
+        xj = self.model.from_canonical(u, target)
+        uv_pred, z_pred = project_px(xj, data.K, data.inv_poses(target))
+        w = conf * valid.float()
+        loss = losses.reprojection_loss_px(uv_pred, uv_tgt, w, self.cfg.loss.charbonnier_eps_px)
+        d_tgt = data.depth_at(target, uv_tgt)
+        ok = torch.isfinite(d_tgt).float() * w
+        return loss + losses.stereo_depth_loss_px(z_pred, d_tgt, ok, data.fx_b)
 
     def _right_photometric(self, f_i: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """Photometric term on right-camera rays (stereo supervision of the colour field)."""

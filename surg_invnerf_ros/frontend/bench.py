@@ -20,7 +20,9 @@ from .lk import track_lk
 from .stereo import stereo_depth_sequence_m
 
 
-def random_stereo_video(width: int, height: int, frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, StereoCalib]:
+def random_stereo_video(
+    width: int, height: int, frames: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, StereoCalib]:
     """(T, H, W, 3) left and right uint8 views of a blurred-noise texture drifting ~1 px a frame,
     seen at a constant disparity of width/16 px; plus a matching calibration."""
     rng = np.random.default_rng(seed)

@@ -1,14 +1,16 @@
 """Dense optical flow at several frame gaps, both ways, with forward-backward cycle masks (DESIGN §3.1).
 
 OpenCV DIS flow is computed for every pair (i, i+g) and (i+g, i), g in `cfg.gaps`. A flow pixel is
-kept only where the round trip closes: |F_ij(x) + F_ji(x + F_ij(x))| < `cycle_thresh_px`, the
-target lies inside the image, neither end is masked, and the target looks like the source: in a 7×7
-window, zero-mean NCC at least `min_ncc` where both sides have texture (grey std >= 4), no
-texture on one side only (std ratio under 1/2), and mean absolute grey difference at most
-`photo_thresh`. The last test is needed because DIS is smooth
-both ways over something that appears in one frame only (an instrument entering, a specular
-flash): such a region is wrongly matched in both directions, and the cycle closes. This is MFT's lesson (several gaps, keep
-the reliable ones) without learned weights; `chains.py` composes the bank into long-range pairs.
+kept only where
+- the round trip closes: |F_ij(x) + F_ji(x + F_ij(x))| < `cycle_thresh_px`;
+- the target lies inside the image and neither end is masked;
+- the target looks like the source, in 7×7 windows: zero-mean NCC at least `min_ncc` where both
+  sides have texture (grey std >= 4), no texture on one side only (std ratio under 1/2), and mean
+  absolute grey difference at most `photo_thresh`.
+The appearance test is needed because DIS is smooth both ways over something that appears in one
+frame only (an instrument entering, a specular flash): the region is wrongly matched in both
+directions and the cycle closes. Several gaps, keeping the reliable flows, is MFT's lesson without
+learned weights; `chains.py` composes the bank into long-range pairs.
 
 Memory: the bank holds Q = 2·Σ_g (T − g) pairs of (H, W, 2) float32 flow, (H, W) float32 cycle
 error and (H, W) bool: 13 bytes a pixel a pair. At 256×192 with T = 48 and gaps (1, 2, 4, 8) that is

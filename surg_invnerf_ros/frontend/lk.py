@@ -4,17 +4,21 @@ A point is visible in the new frame only if LK converged both ways (OpenCV statu
 forward-backward error |LK_ba(LK_ab(x)) − x| is under `fb_thresh_px`, the zero-mean normalised
 cross-correlation of the old and new patches is at least `min_ncc` (frame to frame) or
 `min_ncc_query` (against an older template, which deforms and changes lighting), and the point
-lies inside the image. An occluder or the image border fails at least one of these: a flat occluder has no
-correlation, a textured one no correlation with tissue, and an occluder that moves with the point
-(which fools the forward-backward check) still fails the correlation on the frame where it arrives.
+lies inside the image. An occluder or the image border fails at least one of these: a flat
+occluder has no correlation, a textured one no correlation with tissue, and an occluder that moves
+with the point (which fools the forward-backward check) still fails the correlation on the frame
+where it arrives.
 
 Two modes, both forwards and backwards from each query's frame:
-- "chained": frame to frame. A lost point keeps its last visible position and is not visible. With
+- "chained": frame to frame. A lost point is not visible; its position either holds
+  (`lost_points: hold`) or moves with the median motion of the points tracked in that step
+  (`follow_median`, the default: under camera motion a held point is soon far off). With
   `reacquire`, it is re-tracked each frame straight from the frame and position where it was last
-  seen (a big-displacement LK, `query_max_level` levels); it is visible again only if that passes the
-  same checks, so a point never comes back on the strength of the drifting chain.
+  seen (a big-displacement LK, `query_max_level` levels, seeded at its guess); it is visible again
+  only if that passes the checks, so a point never comes back on the strength of a guess.
 - "from_query": every frame straight from the query frame's image, starting LK at the neighbouring
-  frame's estimate; no drift, but the template ages.
+  frame's estimate (for a failed point, moved by the median motion as above); no drift, but the
+  template ages.
 """
 
 from __future__ import annotations
@@ -158,11 +162,22 @@ def track_lk(
     return uv, vis
 
 
+_MIN_MOVERS = 3  # fewer tracked points than this (or than a tenth of the group) say nothing of the motion
+
+
+def _median_shift(old_uv: np.ndarray, new_uv: np.ndarray, group_size: int) -> np.ndarray:
+    """Median displacement (2,) of the points tracked this step; zero if too few were tracked."""
+    if len(old_uv) < max(_MIN_MOVERS, 0.1 * group_size):
+        return np.zeros(2, np.float32)
+    return np.median(new_uv - old_uv, axis=0).astype(np.float32)
+
+
 def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarray,
              uv: np.ndarray, vis: np.ndarray, direction: int) -> None:
     """Frame-to-frame LK away from each query frame, filling uv/vis in place."""
     T, N = vis.shape
     cols = np.arange(N)
+    follow = tracker.cfg.lost_points == "follow_median"
     last_frame = q_frame.copy()  # frame and position where each point was last visible
     last_uv = uv[q_frame, cols].copy()
     frames = range(0, T - 1) if direction > 0 else range(T - 1, 0, -1)
@@ -170,19 +185,22 @@ def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarra
         nxt = t + direction
         started = (q_frame <= t) if direction > 0 else (q_frame >= t)
         alive = started & vis[t]
-        lost = started & ~vis[t] & np.isfinite(last_uv).all(-1)
-        uv[nxt, started] = last_uv[started]
+        lost = started & ~vis[t]
         idx = cols[alive]
         new, ok = tracker.track_grey(grey[t], grey[nxt], uv[t, idx])
+        shift = _median_shift(uv[t, idx[ok]], new[ok], int(started.sum())) if follow else np.zeros(2, np.float32)
+        # Default for every started point that does not pass below: its guess, not visible.
+        uv[nxt, started] = (uv[t, started] + shift) if follow else last_uv[started]
         uv[nxt, idx[ok]] = new[ok]
         vis[nxt, idx[ok]] = True
         if tracker.cfg.reacquire and lost.any():
-            # Re-track from where each lost point was last seen, never from its chained guess.
+            # Re-track from where each lost point was last seen, never from its chained guess
+            # (the guess only seeds LK); it must pass the same checks against that older template.
             for f in np.unique(last_frame[lost]):
                 idx = cols[lost & (last_frame == f)]
                 if not _inside(last_uv[idx], grey[0].shape).any():
                     continue
-                new, ok = tracker.track_grey(grey[f], grey[nxt], last_uv[idx], init_uv_px=last_uv[idx],
+                new, ok = tracker.track_grey(grey[f], grey[nxt], last_uv[idx], init_uv_px=uv[nxt, idx],
                                              max_level=tracker.cfg.query_max_level,
                                              min_ncc=tracker.cfg.min_ncc_query)
                 uv[nxt, idx[ok]] = new[ok]
@@ -196,6 +214,7 @@ def _from_query(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.nda
                 uv: np.ndarray, vis: np.ndarray, direction: int) -> None:
     """LK from each query frame's image straight to every frame, seeded by the neighbour's estimate."""
     T = vis.shape[0]
+    follow = tracker.cfg.lost_points == "follow_median"
     for q in np.unique(q_frame):
         idx = np.flatnonzero(q_frame == q)
         src = uv[q, idx].copy()
@@ -204,6 +223,8 @@ def _from_query(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.nda
         for t in range(q + direction, T if direction > 0 else -1, direction):
             new, ok = tracker.track_grey(grey[q], grey[t], src, init_uv_px=guess, max_level=level,
                                          min_ncc=tracker.cfg.min_ncc_query)
+            if follow:  # failed points move with the tracked ones, so their next seed is not stale
+                guess = guess + _median_shift(guess[ok], new[ok], len(idx))
             uv[t, idx] = np.where(ok[:, None], new, guess)
             vis[t, idx] = ok & vis[q, idx]
             guess = uv[t, idx].copy()

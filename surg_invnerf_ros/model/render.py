@@ -87,12 +87,14 @@ class InvNeRF(nn.Module):
     def render(self, origins_m: Float[Tensor, "R 3"], dirs: Float[Tensor, "R 3"], z_m: Float[Tensor, "R S"],
                frame_idx: Int[Tensor, " R"], target_frame: Int[Tensor, " R"] | None = None,
                with_colour: bool = True,
-               mapped_point: Literal["per_sample", "expected_canonical"] = "per_sample") -> dict[str, Tensor]:
+               mapped_point: Literal["per_sample", "expected_canonical"] = "per_sample",
+               detach_weights_for_target: bool = False) -> dict[str, Tensor]:
         """Render rays of frames `frame_idx`; optionally map them into `target_frame`.
 
         Returns a dict with `weights` (R, S), `trans` (R, S), `depth_m` (R,), `acc` (R,),
         `rgb` (R, 3) if asked, `u_canon` (R, S, 3), `x_norm` (R, S, 3) and, with targets,
-        `x_target_m` (R, 3) world metres and `x_target_norm` (R, S, 3) or (R, 3).
+        `x_target_m` (R, 3) world metres and `x_target_norm` (R, S, 3) or (R, 3). With
+        `detach_weights_for_target`, the weights used for the mapped point carry no gradient.
         """
         R, S = z_m.shape
         x_m = origins_m[:, None, :] + z_m[..., None] * dirs[:, None, :]  # (R, S, 3)
@@ -108,6 +110,8 @@ class InvNeRF(nn.Module):
         if rgb is not None:
             out["rgb"] = expected(w, rgb)
         if target_frame is not None:
+            if detach_weights_for_target:  # the mapped point then trains F, never the density
+                w = w.detach()
             if mapped_point == "per_sample":
                 tj = self.t_norm(target_frame)[:, None, :].expand(R, S, 1)
                 xj = self.map.inverse(u, tj)  # (R, S, 3)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Literal
 from ..config import BagPlayerConfig
 from ..errors import ConfigError, InputError
 from ..io import rosbag as rb
+from ..structs import Queries
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,11 @@ def play(bag: str | Path, stop: threading.Event | None = None, node_name: str = 
 
 
 def player_main(args: list[str] | None = None) -> int:
-    """`bag_player` console script: `bag_player --ros-args -p bag:=PATH [-p rate:=2.0 -p clock:=true]`."""
+    """`bag_player` console script: `bag_player --ros-args -p bag:=PATH [-p rate:=2.0 -p clock:=true]`.
+
+    Sets FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA first unless the environment chose otherwise; exits
+    with 2 and one stderr line on a bad parameter or bag, 0 after the bag (or on SIGINT/SIGTERM).
+    """
 
     def make() -> Any:
         from rclpy.node import Node
@@ -389,7 +394,7 @@ def record(
     stop: threading.Event | None = None,
     on_ready: Callable[[], None] | None = None,
     sequence_topics: rb.BagTopics = SEQUENCE_TOPICS,
-    queries: Any = None,
+    queries: Queries | None = None,
     auto_grid: int = 64,
     keep_bag: bool = False,
     node_name: str = "surg_invnerf_recorder",

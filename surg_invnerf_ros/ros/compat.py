@@ -12,6 +12,7 @@ injectable so the fallbacks are unit-tested on a machine that has none of these 
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import logging
@@ -100,10 +101,12 @@ def make_message_filters_sync(node: Any, topics: dict[str, tuple[type, str]], qo
     `callback(left, right, info_left, info_right)` gets each complete set.
     """
     mf = importlib.import_module("message_filters")
-    kwargs: dict[str, Any] = {"qos_profile": qos, "callback_group": callback_group}
+    kwargs: dict[str, Any] = {"callback_group": callback_group}
     if qos_overriding_options is not None:
         kwargs["qos_overriding_options"] = qos_overriding_options
-    subs = [mf.Subscriber(node, msg_type, topic, **kwargs) for msg_type, topic in topics.values()]
+    # one profile object per subscription: QoS overrides modify the object they are given
+    subs = [mf.Subscriber(node, msg_type, topic, qos_profile=copy.copy(qos), **kwargs)
+            for msg_type, topic in topics.values()]
     if approximate:
         sync = mf.ApproximateTimeSynchronizer(subs, queue_size, slop_s)
     else:

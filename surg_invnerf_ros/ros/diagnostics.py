@@ -116,7 +116,8 @@ def _kv(key: str, value: Any) -> KeyValue:
 
 
 def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: Mapping[str, Any],
-                     stamp_ns: int, node_name: str = "surg_invnerf_tracker", idle_warn_s: float = 2.0) -> DiagnosticArray:
+                     stamp_ns: int, node_name: str = "surg_invnerf_tracker",
+                     idle_warn_s: float = 2.0) -> DiagnosticArray:
     """One DiagnosticArray with an `input`, a `tracking` and a `model` status."""
     hw = f"{node_name}"
     # input

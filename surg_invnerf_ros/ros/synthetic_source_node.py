@@ -12,14 +12,15 @@ Publishes, for frame k of the stream, all with the same stamp start + k/synth.fp
 
 Queries: point i of the polygon is query id i (`scene.queries.ids` = 0..N−1, the ground truth's
 ids), at its ground-truth position in the frame whose stamp the polygon carries; it is published
-just before that frame's images. It goes out with the first frame, again whenever `queries_out`
-gains a subscriber (so a tracker started later still gets it, at the then current frame), and every
-`queries_period_s` if that is > 0. A tracker that numbers queries in arrival order from 0 therefore
-shares ids with `~/ground_truth`.
+just before that frame's images. It goes out once, with the first frame; if nobody subscribed to
+`queries_out` then, once more with the frame at which the first subscriber appears (so a tracker
+started later still gets it, at the then current frame); and every `queries_period_s` if that is
+> 0 (each copy adds the queries again in a tracker that appends). A tracker that numbers queries in
+arrival order from 0 therefore shares ids with `~/ground_truth`.
 
-Frame 0 goes out once the image, camera_info and ground-truth topics all have a subscriber, or
-after `wait_for_subscribers_s`. With end = stop the node exits after the last frame, once every
-reliable subscriber has acknowledged it (at most 5 s later).
+Frame 0 goes out once every topic above has a subscriber, or after `wait_for_subscribers_s`.
+With end = stop the node exits after the last frame, once every reliable subscriber has
+acknowledged it (at most 5 s later).
 
 Frames are rendered off the executor: all `synth.frames` of them before the first publish for
 end = pingpong | loop | stop (when they fit in `cache_mb`), so the rate holds at 640×512; for
@@ -107,8 +108,10 @@ class SyntheticStereoNode(Node):
         self.pub_gt = self.create_publisher(PointCloud2, "~/ground_truth", 10) if cfg.ground_truth else None
         self.pub_queries = self.create_publisher(PolygonStamped, QUERIES_TOPIC, 10)
         self._image_pubs = [self.pub_left, self.pub_right, self.pub_info_left, self.pub_info_right]
-        # Frame 0 waits for these (the ground truth too: a checker that misses the start is useless).
-        self._wait_pubs = self._image_pubs + ([self.pub_gt] if self.pub_gt is not None else [])
+        # Frame 0 waits for a subscriber on every output: a tracker or recorder that misses frame 0's
+        # pose, queries or ground truth would start from a different frame than its images.
+        self._wait_pubs = [p for p in (*self._image_pubs, self.pub_pose, self.pub_gt, self.pub_queries)
+                           if p is not None]
 
         W, H = self.calib.image_size
         frame_mb = 2 * W * H * 3 / 1e6
@@ -248,17 +251,18 @@ class SyntheticStereoNode(Node):
         return msg
 
     def _maybe_publish_queries(self, item: _Prepared, stamp: Any) -> None:
+        """Frame 0; later only if no one had it yet (a second copy would add duplicate queries) or on period."""
         subs = self.pub_queries.get_subscription_count()
         now = time.monotonic()
         period = self.cfg.queries_period_s
-        due = (self.published == 0 or subs > self._queries_subs
+        due = (self.published == 0 or (self._queries_subs == 0 and subs > 0)
                or (period > 0 and now - self._queries_last_s >= period))
-        self._queries_subs = subs
         if not due:
             return
         msg = PolygonStamped(header=convert.header(stamp, self.cfg.frame_id_left))
         msg.polygon.points = [Point32(x=float(u), y=float(v), z=0.0) for u, v in item.gt_uv_px]
         self.pub_queries.publish(msg)
+        self._queries_subs = subs  # how many received this copy
         self._queries_last_s = now
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -5,7 +5,8 @@ DESIGN §5 lists its topics. The node is thin (STYLE §6):
   synchroniser and, for a complete set, into a bounded frame queue; a guard condition wakes
 - the front-end callback (its own group), which converts, runs `OnlineTracker.push_frame`
   (milliseconds) and publishes tracked points, markers, TF, overlay and cloud for that frame;
-- a timer in the same group polls the refinement worker and publishes refined tracks;
+- a timer in the same group polls the refinement worker and publishes refined tracks: they go out
+  again on ~/tracked_points (and /tf) with their frame's original stamp and refined = 1;
 - a timer in a third group publishes /diagnostics and times out unpaired images;
 - services ~/clear and ~/reset sit in a fourth group.
 Under a MultiThreadedExecutor none of them waits for the model. A bad message is dropped, counted
@@ -16,6 +17,7 @@ Every output carries the source image stamp and the left camera_info frame_id.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import threading
@@ -50,6 +52,12 @@ INPUT_TOPICS = {LEFT: "stereo/left/image_rect", RIGHT: "stereo/right/image_rect"
                 INFO_L: "stereo/left/camera_info", INFO_R: "stereo/right/camera_info"}
 DEFAULT_FRAME = "left_camera_optical_frame"
 WARN_THROTTLE_S = 5.0
+
+
+def sensor_qos() -> QoSProfile:
+    """A fresh SensorData profile (REP-2003): QoS overrides modify the profile object they are given,
+    so sharing rclpy's module-level `qos_profile_sensor_data` would leak one topic's override to all."""
+    return copy.copy(qos_profile_sensor_data)
 
 
 class TrackerNode(Node):
@@ -107,19 +115,18 @@ class TrackerNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
 
         self.sync = StereoSync(self.cfg.sync)
-        qos_in = qos_profile_sensor_data
         overrides = QoSOverridingOptions.with_default_policies()
         self._input_subs: list[Any] = []
         if self.backends.sync == "message_filters":
             topics = {slot: (CameraInfo if slot in (INFO_L, INFO_R) else Image, t) for slot, t in INPUT_TOPICS.items()}
             self._input_subs, self._mf_sync = compat.make_message_filters_sync(
-                self, topics, qos_in, self.cfg.sync.approximate, self.cfg.sync.queue_size, self.cfg.sync.slop_s,
+                self, topics, sensor_qos(), self.cfg.sync.approximate, self.cfg.sync.queue_size, self.cfg.sync.slop_s,
                 self._on_message_filters_set, self._cb_inputs, overrides)
         else:
             for slot, topic in INPUT_TOPICS.items():
                 msg_type = CameraInfo if slot in (INFO_L, INFO_R) else Image
                 self._input_subs.append(self.create_subscription(
-                    msg_type, topic, lambda msg, s=slot: self._on_input(s, msg), qos_in,
+                    msg_type, topic, lambda msg, s=slot: self._on_input(s, msg), sensor_qos(),
                     callback_group=self._cb_inputs, qos_overriding_options=overrides))
         self.create_subscription(PolygonStamped, "~/queries", self._on_queries, 10, callback_group=self._cb_inputs)
         self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,

@@ -111,6 +111,22 @@ class TestTrackDisChained:
         assert np.abs(uv - truth).max() < 0.5
         np.testing.assert_array_equal(uv[q_tuv[:, 0].astype(int), np.arange(4)], q_tuv[:, 1:].astype(np.float32))
 
+    def test_occlusion_and_reacquisition(self, video):
+        # Point 0 is covered by a flat square at frames 5..7 (shorter than the longest gap, 8).
+        q_tuv = np.array([[0, 30, 20], [0, 15, 12], [0, 45, 15], [0, 20, 35.0], [0, 50, 35]])
+        truth = translated_truth(q_tuv, T, VEL)
+        v = video.copy()
+        for t in range(5, 8):
+            u, w = np.rint(truth[t, 0]).astype(int)
+            v[t, w - 8:w + 9, u - 8:u + 9] = 128
+        b = compute_flow_bank(v, CFG)
+        uv, vis = track_dis_chained(b, Queries(ids=np.arange(5), query_tuv=q_tuv), T, CFG)
+        np.testing.assert_array_equal(vis[:, 0], [True] * 5 + [False] * 3 + [True] * 9)
+        assert vis[:, 1:].all()
+        # While hidden it rides with the others' median motion; afterwards a gap-4/8 path from
+        # before the occlusion puts it back on the truth.
+        assert np.abs(uv - truth).max() < 0.5
+
     def test_point_leaving_the_image_is_not_visible(self):
         v = translated_video(8, (3.0, 0.0))
         cfg = FlowConfig(gaps=(1, 2))

@@ -82,13 +82,19 @@ class TestTrackLK:
         # Re-acquired after the occluder leaves, on the true position.
         np.testing.assert_allclose(uv[7:, 0], truth[7:, 0], atol=0.2)
 
-    def test_lost_point_keeps_last_position(self, video):
-        queries = Queries(ids=np.arange(3), query_tuv=Q_TUV)
-        truth = translated_truth(Q_TUV, T, VEL)
-        uv, vis = track_lk(occlude(video, truth, range(4, 7)), queries, LKConfig(win_size_px=15, reacquire=False),
+    def test_lost_point_holds_or_follows(self, video):
+        q_tuv = np.concatenate([Q_TUV, [[0, 15, 12], [0, 45, 15], [0, 20, 35.0]]])  # >= 3 others to follow
+        queries = Queries(ids=np.arange(6), query_tuv=q_tuv)
+        truth = translated_truth(q_tuv, T, VEL)
+        occluded = occlude(video, truth, range(4, 7))
+        uv, vis = track_lk(occluded, queries, LKConfig(win_size_px=15, reacquire=False, lost_points="hold"),
                            "chained")
         assert vis[:4, 0].all() and not vis[4:, 0].any()  # never comes back without re-acquisition
         np.testing.assert_allclose(uv[4:, 0], np.broadcast_to(uv[3, 0], (8, 2)))
+        # follow_median: the lost point moves with the others, which all move by VEL a frame.
+        uv, vis = track_lk(occluded, queries, LKConfig(win_size_px=15, reacquire=False), "chained")
+        assert not vis[4:, 0].any()
+        np.testing.assert_allclose(uv[4:, 0], truth[4:, 0], atol=0.3)
 
     def test_leaving_the_image(self):
         v = translated_video(8, (3.0, 0.0))

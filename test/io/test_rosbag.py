@@ -181,12 +181,15 @@ class TestBagToSequence:
             rb.bag_to_sequence(tmp_path / "bag", tmp_path / "exact")
         T_ecm_cam = T_from_xyz_qxyzw(np.array([0.0, 0.0, 0.01]), np.array([0.0, 0.0, 0.0, 1.0]))
         out = rb.bag_to_sequence(tmp_path / "bag", tmp_path / "seq", slop_s=0.002, T_ecm_cam=T_ecm_cam,
-                                 time_offset_s=PERIOD_NS * 1e-9)
+                                 time_offset_s=PERIOD_NS * 1e-9, max_pose_gap_s=0.06)
         back = read_sequence(out)
         np.testing.assert_array_equal(back.right_rgb_u8, seq.right_rgb_u8)
         # Frame t looks up the pose at t + one period (the last frame holds the last pose).
         expect = np.concatenate([seq.T_world_cam[1:], seq.T_world_cam[-1:]]) @ T_ecm_cam
         np.testing.assert_allclose(back.T_world_cam, expect, atol=1e-6)
+        # beyond the allowed gap the kinematics are left out rather than guessed
+        out = rb.bag_to_sequence(tmp_path / "bag", tmp_path / "seq2", slop_s=0.002, time_offset_s=PERIOD_NS * 1e-9)
+        assert not (out / "kinematics.csv").exists()
 
     def test_missing_topic(self, tmp_path):
         seq, _ = make_sequence()

@@ -1,8 +1,6 @@
 """Bad input never kills the node (DESIGN §5): each case is dropped, counted by reason in
 /diagnostics, and good input right after it is still tracked and published. One test per case."""
 
-import time
-
 import numpy as np
 import pytest
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -40,11 +41,12 @@ class _Source:
     """A synthetic_stereo node (end=stop) spinning in a thread in its own context."""
 
     def __init__(self, **extra) -> None:
+        self.ns = f"/t{uuid.uuid4().hex[:8]}"  # parallel runs sharing a domain cannot cross-talk
         self.ctx = Context()
         rclpy.init(context=self.ctx)
         params = {f"synth.{k}": v for k, v in SYNTH.items()}
         params.update({"rate_hz": 50.0, "end": "stop", "wait_for_subscribers_s": 10.0}, **extra)
-        self.node = SyntheticStereoNode(context=self.ctx, parameter_overrides=[
+        self.node = SyntheticStereoNode(context=self.ctx, namespace=self.ns, parameter_overrides=[
             Parameter(k, value=v) for k, v in params.items()])
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
@@ -56,6 +58,13 @@ class _Source:
             self.executor.spin_once(timeout_sec=0.02)
         if self.node.done.is_set():
             self.node.drain(3.0)
+
+    def stop_after_done(self, linger_s: float = 1.0) -> threading.Event:
+        """An event set `linger_s` after the last frame (a recorder stops on it, whatever else talks)."""
+        ev = threading.Event()
+        threading.Thread(target=lambda: (self.node.done.wait(30), time.sleep(linger_s), ev.set()),
+                         daemon=True).start()
+        return ev
 
     def close(self) -> None:
         self.thread.join(timeout=10)
@@ -92,17 +101,22 @@ def check_sequence(seq, scene, frames) -> None:
 class TestRecord:
     def test_bag_then_sequence(self, tmp_path, source, scene_frames):
         scene, frames = scene_frames
-        bag = record(None, tmp_path / "rec", duration_s=30.0, to="bag", storage="mcap", idle_timeout_s=1.0)
+        ns = source.ns
+        bag = record(None, tmp_path / "rec", duration_s=30.0, to="bag", storage="mcap",
+                     stop=source.stop_after_done())
         assert source.node.published == FRAMES
         topics = rb.bag_topics(bag)
-        assert topics["/stereo/left/image_rect"] == rb.IMAGE
-        assert topics["/synthetic_stereo/ground_truth"] == rb.POINT_CLOUD2
+        assert topics[f"{ns}/stereo/left/image_rect"] == rb.IMAGE
+        assert topics[f"{ns}/synthetic_stereo/ground_truth"] == rb.POINT_CLOUD2
         counts: dict[str, int] = {}
         for m in rb.read_bag(bag):
             counts[m.topic] = counts.get(m.topic, 0) + 1
-        assert counts["/stereo/left/image_rect"] == FRAMES and counts["/ecm/measured_cp"] == FRAMES
+        assert counts[f"{ns}/stereo/left/image_rect"] == FRAMES and counts[f"{ns}/ecm/measured_cp"] == FRAMES
 
-        out = rb.bag_to_sequence(bag, tmp_path / "seq")
+        # exact names: a run sharing this domain may have recorded its own stereo topics too
+        names = rb.BagTopics(**{**{k: f"{ns}/{v}" for k, v in vars(rb.BagTopics()).items()},
+                                "ground_truth": f"{ns}/synthetic_stereo/ground_truth"})
+        out = rb.bag_to_sequence(bag, tmp_path / "seq", topics=names)
         seq = read_sequence(out)
         check_sequence(seq, scene, frames)
         assert np.all(np.diff(seq.stamps_ns) > 0)
@@ -114,15 +128,20 @@ class TestRecord:
 
     def test_sequence_with_queries_topic(self, tmp_path, source_no_gt, scene_frames):
         scene, frames = scene_frames
-        topics = ["stereo/left/image_rect", "stereo/right/image_rect", "stereo/left/camera_info",
-                  "stereo/right/camera_info", "ecm/measured_cp", "queries_out"]
+        topics = [f"{source_no_gt.ns}/{t}" for t in (
+            "stereo/left/image_rect", "stereo/right/image_rect", "stereo/left/camera_info",
+            "stereo/right/camera_info", "ecm/measured_cp", "queries_out")]
         out = record(topics, tmp_path / "seq", duration_s=30.0, to="sequence", storage="sqlite3",
-                     idle_timeout_s=1.0, sequence_topics=rb.BagTopics(queries="queries_out"), keep_bag=True)
+                     idle_timeout_s=1.0, sequence_topics=rb.BagTopics(queries="queries_out"), keep_bag=True,
+                     stop=source_no_gt.stop_after_done())
         seq = read_sequence(out)
         check_sequence(seq, scene, frames)
-        np.testing.assert_allclose(seq.queries.query_tuv, scene.queries.query_tuv, atol=1e-3)  # the polygon
+        # the first polygon recorded: frame 0, or the frame where it was republished for the late subscriber
+        t = int(seq.queries.query_tuv[0, 0])
+        assert t <= 2 and np.all(seq.queries.query_tuv[:, 0] == t)
+        np.testing.assert_allclose(seq.queries.uv_px, frames[t].gt_uv_px, atol=1e-3)
         assert not (out / "gt").exists()  # no ground truth published
-        assert set(rb.bag_topics(tmp_path / ".seq.bag")) == {"/" + t for t in topics}
+        assert set(rb.bag_topics(tmp_path / ".seq.bag")) == set(topics)
 
 
 class TestPlayer:
@@ -133,7 +152,7 @@ class TestPlayer:
         seq = Sequence(np.stack([f.left_rgb_u8 for f in frames]), np.stack([f.right_rgb_u8 for f in frames]),
                        scene.calib, np.array([f.stamp_ns for f in frames]), scene.queries,
                        T_world_cam=np.stack([f.T_world_cam for f in frames]))
-        bag = rb.sequence_to_bag(seq, tmp_path / "bag")
+        bag = rb.sequence_to_bag(seq, tmp_path / "bag", namespace=f"/t{uuid.uuid4().hex[:8]}")
         expected: dict[str, list[bytes]] = {}
         for m in rb.read_bag(bag):
             expected.setdefault(m.topic, []).append(bytes(m.rawdata))
@@ -179,18 +198,19 @@ class TestPlayer:
         scene, frames = scene_frames
         seq = Sequence(np.stack([f.left_rgb_u8 for f in frames]), np.stack([f.right_rgb_u8 for f in frames]),
                        scene.calib, np.array([f.stamp_ns for f in frames]), scene.queries)
-        bag = rb.sequence_to_bag(seq, tmp_path / "bag")
+        ns = f"/t{uuid.uuid4().hex[:8]}"
+        bag = rb.sequence_to_bag(seq, tmp_path / "bag", namespace=ns)
         ctx = Context()
         rclpy.init(context=ctx)
         try:
             node = rclpy.create_node("listener", context=ctx)
             got = []
-            node.create_subscription(message_class(rb.IMAGE), "/stereo/left/image_rect", got.append, 100)
+            node.create_subscription(message_class(rb.IMAGE), f"{ns}/stereo/left/image_rect", got.append, 100)
             ex = SingleThreadedExecutor(context=ctx)
             ex.add_node(node)
             result = {}
             th = threading.Thread(target=lambda: result.setdefault("n", play(
-                bag, rate=0.0, topics=["/stereo/left/image_rect"], wait_for_subscribers_s=10.0)))
+                bag, rate=0.0, topics=[f"{ns}/stereo/left/image_rect"], wait_for_subscribers_s=10.0)))
             th.start()
             end = time.monotonic() + 20
             while time.monotonic() < end and (th.is_alive() or len(got) < FRAMES):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from geometry_msgs.msg import Point32, PointStamped, PolygonStamped
-from sensor_msgs.msg import Image, PointCloud2, PointField
+from sensor_msgs.msg import Image, PointField
 from visualization_msgs.msg import Marker
 
 from surg_invnerf_ros.errors import InputError
@@ -151,7 +151,8 @@ class TestPointCloud:
                                          convert.header(9, "left"))
         assert [f.name for f in msg.fields] == ["x", "y", "z", "u", "v", "id", "visible", "confidence", "refined"]
         assert {f.name: f.datatype for f in msg.fields}["id"] == PointField.UINT32
-        assert msg.point_step == 30 and [f.offset for f in msg.fields][-3:] == [24, 25, 29] and msg.width == 3 and not msg.is_dense
+        assert msg.point_step == 30 and [f.offset for f in msg.fields][-3:] == [24, 25, 29]
+        assert msg.width == 3 and not msg.is_dense
         back = convert.tracked_points_from_msg(msg)
         assert back["id"].tolist() == [3, 7, 11] and back["visible"].tolist() == [1, 0, 1]
         np.testing.assert_allclose(back["u"], uv[:, 0])

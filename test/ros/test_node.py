@@ -151,7 +151,8 @@ class TestRefinement:
             refined = h.spin_until(lambda: [p for p in h.points() if p["refined"].any()], 5.0)
             assert refined, "no refined tracked_points"
             assert refined[0]["refined"].all() and refined[0]["id"].tolist() == [0]
-            assert h.spin_until(lambda: h.diag().get("surg_invnerf_tracker: model", {}).get("fits") not in (None, "0"), 3)
+            fits = lambda: h.diag().get("surg_invnerf_tracker: model", {}).get("fits")  # noqa: E731
+            assert h.spin_until(lambda: fits() not in (None, "0"), 3.0)
         finally:
             h.close()
 
@@ -165,3 +166,33 @@ class TestParameters:
     def test_bad_parameter_refuses_start(self, ctx, name, value, match):
         with pytest.raises(ConfigError, match=match):
             TrackerNode(context=ctx, parameter_overrides=[Parameter(name, value=value)])
+
+
+class TestQueues:
+    def test_frame_queue_is_bounded_and_counts_frontend_busy(self, ctx):
+        from surg_invnerf_ros.ros.sync import StereoSet
+
+        h = Harness(ctx, {"sync.frame_queue_size": 2})
+        try:
+            for k in range(5):  # nobody drains between these: the front end is "busy"
+                h.node._enqueue(StereoSet(T0_NS + k, None, None, None, None, 0))
+            assert len(h.node._frames) == 2 and [s.stamp_ns for s in h.node._frames] == [T0_NS + 3, T0_NS + 4]
+            assert h.node.stats.drops["frontend_busy"] == 3
+            h.node._frames.clear()
+        finally:
+            h.close()
+
+    def test_input_qos_is_sensor_data_and_overridable(self, ctx):
+        from rclpy.qos import ReliabilityPolicy
+
+        h = Harness(ctx, {"qos_overrides./stereo/left/image_rect.subscription.reliability": "reliable"})
+        try:
+            def reliability(topic):
+                infos = [i for i in h.io.get_subscriptions_info_by_topic(topic)
+                         if i.node_name == "surg_invnerf_tracker"]
+                return infos[0].qos_profile.reliability
+
+            assert reliability("/stereo/left/image_rect") == ReliabilityPolicy.RELIABLE
+            assert reliability("/stereo/right/image_rect") == ReliabilityPolicy.BEST_EFFORT  # SensorData default
+        finally:
+            h.close()

@@ -3,7 +3,9 @@
 Checks: tracked points for every frame; their error against ~/ground_truth under a stated bound;
 refined points appear (a real InvNeRF fit, kept tiny); /tf has track_<id> frames and /tf_static the
 stereo frame; /diagnostics is published. Both nodes run as `python -m` subprocesses (the console
-scripts' modules) with LARGE_DATA transports and are stopped with SIGTERM.
+scripts' targets) with LARGE_DATA transports and are stopped with SIGTERM. The source runs at
+15 Hz (stamps still 1/30 s apart) and the frame queue is 8 deep, so a loaded 2-core CI machine does
+not drop frames: throughput is the benchmark's business, not this test's.
 """
 
 import os
@@ -62,7 +64,7 @@ def test_synthetic_source_to_tracker_to_subscriber():
         "-p", "device:=cpu", "-p", "refine.keyframe_every:=2", "-p", "refine.min_keyframes:=4",
         "-p", "refine.window_frames:=6",
         "-p", "refine.fit_overrides:=[max_steps=40, time_budget_s=6.0, num_threads=1, log_every=5]",
-        "-p", "publish.diagnostics_rate_hz:=4.0")
+        "-p", "publish.diagnostics_rate_hz:=4.0", "-p", "sync.frame_queue_size:=8")
     source = None
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -93,7 +95,8 @@ def test_synthetic_source_to_tracker_to_subscriber():
         source = start(
             "surg_invnerf_ros.ros.synthetic_source_node:main", "-p", "synth.width:=96", "-p", "synth.height:=72",
             "-p", f"synth.frames:={FRAMES}", "-p", "synth.num_queries:=9", "-p", "synth.difficulty:=easy",
-            "-p", "end:=stop", "-p", "pose_type:=none", "-r", "queries_out:=/surg_invnerf_tracker/queries")
+            "-p", "end:=stop", "-p", "pose_type:=none", "-p", "rate_hz:=15.0",
+            "-r", "queries_out:=/surg_invnerf_tracker/queries")
         def live():
             return [m for m in got["points"] if not convert.tracked_points_from_msg(m)["refined"].any()]
 
@@ -101,7 +104,8 @@ def test_synthetic_source_to_tracker_to_subscriber():
             return sorted(convert.stamp_ns(m.header.stamp) for m in live())
 
         assert spin_until(lambda: len(got["gt"]) >= FRAMES and len(live()) >= FRAMES, 30.0), (
-            f"{len(live())} front-end tracked_points, {len(got['gt'])} ground truth")
+            f"{len(live())} front-end tracked_points, {len(got['gt'])} ground truth; tracker drops: "
+            + str({kv.key: kv.value for s in got["diag"][-1].status for kv in s.values if "drops" in kv.key}))
 
         # every frame has tracked points (exactly once from the front end), with the source stamp and frame
         gt = {convert.stamp_ns(m.header.stamp): convert.tracked_points_from_msg(m) for m in got["gt"]}
@@ -131,6 +135,13 @@ def test_synthetic_source_to_tracker_to_subscriber():
         assert spin_until(refined, 40.0), "no refined tracked_points within 40 s"
         r = convert.tracked_points_from_msg(refined()[0])
         assert r["refined"].all() and convert.stamp_ns(refined()[0].header.stamp) in gt
+        ref_err = []
+        for m in refined():  # reported, not bounded: a 40-step fit on 96×72 is a smoke test of the plumbing
+            p, g = convert.tracked_points_from_msg(m), gt[convert.stamp_ns(m.header.stamp)]
+            vis = (p["visible"] == 1) & (g["visible"] == 1)
+            ref_err += np.hypot(p["u"] - g["u"], p["v"] - g["v"])[vis].tolist()
+        print(f"pipeline: refined median 2D error {np.median(ref_err) if ref_err else float('nan'):.3f} px "
+              f"over {len(ref_err)} visible point-frames in {len(refined())} refined messages")
 
         # TF: track frames under the left optical frame; the stereo frame on /tf_static
         children = {t.child_frame_id for m in got["tf"] for t in m.transforms}

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -31,9 +32,15 @@ TOPICS = {
     "stereo/right/image_rect": Image,
     "stereo/left/camera_info": CameraInfo,
     "stereo/right/camera_info": CameraInfo,
-    "/synthetic_stereo/ground_truth": PointCloud2,
+    "synthetic_stereo/ground_truth": PointCloud2,
     "queries_out": PolygonStamped,
 }
+
+
+@pytest.fixture
+def ns():
+    """A namespace of its own, so parallel runs sharing a domain cannot cross-talk."""
+    return f"/t{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -51,9 +58,9 @@ def overrides(**extra):
     return [Parameter(k, value=v) for k, v in params.items()]
 
 
-def collect(ctx, topics, until, timeout_s=15.0, nodes=()):
-    """Subscribe (reliable, depth 50) to `topics`, spin with `nodes` until `until(got)` or timeout."""
-    sub = rclpy.create_node("probe", context=ctx)
+def collect(ctx, ns, topics, until, timeout_s=15.0, nodes=()):
+    """Subscribe (reliable, depth 50) to `topics` under `ns`; spin with `nodes` until `until(got)`."""
+    sub = rclpy.create_node("probe", namespace=ns, context=ctx)
     got: dict[str, list] = {t: [] for t in topics}
     for topic, cls in topics.items():
         sub.create_subscription(cls, topic, lambda m, t=topic: got[t].append(m), 50)
@@ -80,12 +87,12 @@ class TestSceneIndex:
 
 
 class TestSyntheticStereoNode:
-    def test_topics_stamps_and_ground_truth(self, ctx):
+    def test_topics_stamps_and_ground_truth(self, ctx, ns):
         topics = dict(TOPICS, **{"ecm/measured_cp": PoseStamped})
-        src = SyntheticStereoNode(context=ctx, parameter_overrides=overrides(T_ecm_cam=[
+        src = SyntheticStereoNode(context=ctx, namespace=ns, parameter_overrides=overrides(T_ecm_cam=[
             1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.01, 0.0, 0.0, 0.0, 1.0]))
         try:
-            got = collect(ctx, topics, lambda g: src.done.is_set() and all(
+            got = collect(ctx, ns, topics, lambda g: src.done.is_set() and all(
                 len(g[t]) >= FRAMES for t in topics if t != "queries_out"), nodes=[src])
         finally:
             src.destroy_node()
@@ -112,7 +119,7 @@ class TestSyntheticStereoNode:
             np.testing.assert_array_equal(convert.image_to_rgb_u8(got["stereo/left/image_rect"][i]), f.left_rgb_u8)
             right = convert.image_to_rgb_u8(got["stereo/right/image_rect"][i])
             np.testing.assert_array_equal(right, f.right_rgb_u8)
-            pts = convert.tracked_points_from_msg(got["/synthetic_stereo/ground_truth"][i])
+            pts = convert.tracked_points_from_msg(got["synthetic_stereo/ground_truth"][i])
             np.testing.assert_array_equal(pts["id"], scene.queries.ids)
             np.testing.assert_allclose(np.stack([pts["u"], pts["v"]], 1), f.gt_uv_px, atol=1e-4)
             np.testing.assert_allclose(np.stack([pts["x"], pts["y"], pts["z"]], 1), f.gt_xyz_cam_m, atol=1e-6)
@@ -127,13 +134,13 @@ class TestSyntheticStereoNode:
         assert convert.stamp_ns(q.header.stamp) == stamps[0]
         np.testing.assert_allclose(convert.polygon_to_uv_px(q), scene.queries.uv_px, atol=1e-4)
 
-    def test_transform_stamped_and_loop(self, ctx):
-        topics = {**{t: c for t, c in TOPICS.items() if "stereo/" in t}, "ecm/measured_cp": TransformStamped}
+    def test_transform_stamped_and_loop(self, ctx, ns):
+        topics = {**{t: c for t, c in TOPICS.items() if "ground_truth" not in t}, "ecm/measured_cp": TransformStamped}
         n = 2 * FRAMES + 1
-        src = SyntheticStereoNode(context=ctx, parameter_overrides=overrides(
+        src = SyntheticStereoNode(context=ctx, namespace=ns, parameter_overrides=overrides(
             pose_type="TransformStamped", end="loop", ground_truth=False))
         try:
-            got = collect(ctx, topics, lambda g: len(g["stereo/left/image_rect"]) >= n, nodes=[src])
+            got = collect(ctx, ns, topics, lambda g: len(g["stereo/left/image_rect"]) >= n, nodes=[src])
         finally:
             src.destroy_node()
         imgs = got["stereo/left/image_rect"]
@@ -143,6 +150,28 @@ class TestSyntheticStereoNode:
         assert convert.stamp_ns(imgs[FRAMES].header.stamp) > convert.stamp_ns(imgs[FRAMES - 1].header.stamp)
         tf = got["ecm/measured_cp"][0]
         assert tf.header.frame_id == "world" and tf.child_frame_id == "ecm"
+
+    def test_queries_reach_a_late_subscriber_once(self, ctx, ns):
+        src = SyntheticStereoNode(context=ctx, namespace=ns, parameter_overrides=overrides(
+            end="continue", wait_for_subscribers_s=0.0))
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(src)
+        try:
+            end = time.monotonic() + 10
+            while src.published < 3 and time.monotonic() < end:  # frame 0's copy reached no one
+                ex.spin_once(timeout_sec=0.02)
+            n0 = src.published
+            got = collect(ctx, ns, {"queries_out": PolygonStamped, "synthetic_stereo/ground_truth": PointCloud2},
+                          lambda g: src.published > n0 + 20, nodes=[src])
+        finally:
+            ex.shutdown()
+            src.destroy_node()
+        assert len(got["queries_out"]) == 1  # one copy, not one per later subscriber or frame
+        q = got["queries_out"][0]
+        gt = {convert.stamp_ns(m.header.stamp): m for m in got["synthetic_stereo/ground_truth"]}
+        pts = convert.tracked_points_from_msg(gt[convert.stamp_ns(q.header.stamp)])  # at a later frame's stamp
+        assert convert.stamp_ns(q.header.stamp) > src.start_ns
+        np.testing.assert_allclose(convert.polygon_to_uv_px(q), np.stack([pts["u"], pts["v"]], 1), atol=1e-4)
 
     def test_bad_parameter(self, ctx):
         from surg_invnerf_ros.errors import ConfigError
@@ -157,13 +186,14 @@ class TestConsoleScript:
     CMD = [sys.executable, "-c", "import sys; from surg_invnerf_ros.ros.synthetic_source_node import main; "
            "sys.exit(main())", "--ros-args"]
 
-    def test_streams_until_sigterm(self, ctx):
+    def test_streams_until_sigterm(self, ctx, ns):
         params = {**{f"synth.{k}": v for k, v in SYNTH.items()}, "end": "continue", "rate_hz": 50.0,
                   "wait_for_subscribers_s": 0.0}
         args = [a for k, v in params.items() for a in ("-p", f"{k}:={str(v).lower()}")]
-        proc = subprocess.Popen(self.CMD + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(self.CMD + args + ["-r", f"__ns:={ns}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
         try:
-            got = collect(ctx, {"stereo/left/image_rect": Image},
+            got = collect(ctx, ns, {"stereo/left/image_rect": Image},
                           lambda g: len(g["stereo/left/image_rect"]) >= FRAMES + 2, timeout_s=20.0)
             assert len(got["stereo/left/image_rect"]) >= FRAMES + 2  # continues past synth.frames
         finally:

@@ -72,7 +72,8 @@ class Harness:
             "queries": self.io.create_publisher(PolygonStamped, "/surg_invnerf_tracker/queries", 10),
             "clicked": self.io.create_publisher(PointStamped, "clicked_point", 10),
         }
-        self.got: dict[str, list] = {k: [] for k in ("points", "markers", "cloud", "overlay", "diag", "tf", "tf_static")}
+        keys = ("points", "markers", "cloud", "overlay", "diag", "tf", "tf_static")
+        self.got: dict[str, list] = {k: [] for k in keys}
         ns = "/surg_invnerf_tracker"
         self.io.create_subscription(PointCloud2, f"{ns}/tracked_points", self.got["points"].append, 100)
         self.io.create_subscription(MarkerArray, f"{ns}/markers", self.got["markers"].append, 100)

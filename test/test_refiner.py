@@ -1,0 +1,80 @@
+"""refiner.py: the InvNeRF refinement backends (in-thread and in a child process)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from surg_invnerf_ros.config import FrontendConfig, RefineConfig
+from surg_invnerf_ros.errors import ConfigError
+from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob, resolve_device
+from surg_invnerf_ros.structs import Queries, Sequence, StereoCalib
+
+W, H = 64, 48
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device: cuda"):
+            resolve_device("cuda")
+
+
+class TestProcessRefiner:
+    """The default backend: track.fit_invnerf + infer_tracks in a child process."""
+
+    def seq_job(self, warm):
+        rng = np.random.default_rng(0)
+        tex = cv2.resize((rng.random((16, 24)) * 255).astype(np.uint8), (W + 16, H),
+                         interpolation=cv2.INTER_CUBIC)
+        tex = np.repeat(tex[:, :, None], 3, 2)
+        T, d = 4, 4
+        left = np.stack([tex[:, t:t + W] for t in range(T)])
+        right = np.stack([tex[:, t + d:t + d + W] for t in range(T)])
+        calib = StereoCalib(K=np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]]), baseline_m=0.004,
+                            image_size=(W, H))
+        seq = Sequence(left, right, calib, np.arange(T, dtype=np.int64) * 33_000_000,
+                       Queries(np.array([7, 9]), np.array([[0, 30.0, 20.0], [0, 40.0, 30.0]])))
+        return RefineJob(seq=seq, init_state="warm" if warm else None, generation=0)
+
+    def test_fits_in_a_child_and_warm_starts(self):
+        cfg = RefineConfig(fit_overrides=("max_steps=2", "time_budget_s=5.0", "num_threads=1", "log_every=1"))
+        ref = ProcessRefiner(cfg, FrontendConfig(), device="cpu")
+        seen = []
+        ref.progress = seen.append
+        try:
+            assert ref.device == "cpu"
+            out = ref(self.seq_job(warm=False))
+            assert out.tracks.ids.tolist() == [7, 9] and out.tracks.uv.shape == (4, 2, 2)
+            assert np.isfinite(out.tracks.uv).all() and out.state == 1
+            assert out.stats["steps"] >= 1 and seen and "step" in seen[-1]
+            out2 = ref(self.seq_job(warm=True))  # the child warm-starts from its own stored state
+            assert out2.state == 2 and out2.tracks.uv.shape == (4, 2, 2)
+
+            def abort(info):
+                raise FitAborted()
+
+            ref.progress = abort  # e.g. ~/reset during a fit
+            with pytest.raises(FitAborted):
+                ref(self.seq_job(warm=True))
+            ref.progress = None
+            assert ref(self.seq_job(warm=False)).state == 3  # the child is still usable
+        finally:
+            ref.close()
+        assert ref._proc.poll() is not None  # the child has exited
+
+    def test_bad_device_is_refused_through_the_child(self):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+        with pytest.raises(ConfigError, match="device: cuda requested"):
+            ProcessRefiner(RefineConfig(), FrontendConfig(), device="cuda")
+
+    def test_bad_fit_override_is_refused_through_the_child(self):
+        with pytest.raises(ConfigError, match="max_stepz"):
+            ProcessRefiner(RefineConfig(fit_overrides=("max_stepz=3",)), FrontendConfig(), device="cpu")
