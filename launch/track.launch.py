@@ -15,17 +15,19 @@ from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = "surg_invnerf_ros"
 
-# name, default, description: the one argument table
+# name, default, description, choices (None: free text): the one argument table
 ARGUMENTS = [
-    ("source", "synthetic", "Stereo source: synthetic | bag | live (live: only the tracker)."),
-    ("bag", "", "Bag folder (MCAP or sqlite3) for source:=bag."),
-    ("rviz", "false", "Start RViz with config/track.rviz: true | false."),
-    ("device", "auto", "Model device of the tracker: auto | cpu | cuda."),
-    ("use_sim_time", "false", "Follow /clock (with source:=bag the player publishes it)."),
+    ("source", "synthetic", "Stereo source: synthetic | bag | live (live: only the tracker).",
+     ["synthetic", "bag", "live"]),
+    ("bag", "", "Bag folder (MCAP or sqlite3) for source:=bag.", None),
+    ("rviz", "false", "Start RViz with config/track.rviz: true | false.", ["true", "false"]),
+    ("device", "auto", "Model device of the tracker: auto | cpu | cuda.", ["auto", "cpu", "cuda"]),
+    ("use_sim_time", "false", "Follow /clock (with source:=bag the player publishes it).", ["true", "false"]),
 ]
 
 
@@ -36,12 +38,12 @@ def _source_is(name: str) -> IfCondition:
 def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
     use_sim_time = LaunchConfiguration("use_sim_time")
-    sim_time = {"use_sim_time": PythonExpression(["'", use_sim_time, "'.lower() == 'true'"])}
+    sim_time = {"use_sim_time": ParameterValue(use_sim_time, value_type=bool)}
 
     tracker = Node(
         package=PACKAGE, executable="track_node", name="surg_invnerf_tracker", output="screen",
         parameters=[PathJoinSubstitution([share, "config", "track.yaml"]),
-                    {"device": LaunchConfiguration("device")}, sim_time],
+                    {"device": ParameterValue(LaunchConfiguration("device"), value_type=str)}, sim_time],
     )
     synthetic = Node(
         package=PACKAGE, executable="synthetic_stereo", name="synthetic_stereo", output="screen",
@@ -52,8 +54,8 @@ def generate_launch_description() -> LaunchDescription:
     )
     bag_player = Node(
         package=PACKAGE, executable="bag_player", name="bag_player", output="screen",
-        parameters=[{"bag": LaunchConfiguration("bag"),
-                     "clock": PythonExpression(["'", use_sim_time, "'.lower() == 'true'"])}],
+        parameters=[{"bag": ParameterValue(LaunchConfiguration("bag"), value_type=str),
+                     "clock": ParameterValue(use_sim_time, value_type=bool)}],
         condition=_source_is("bag"),
     )
     rviz = Node(
@@ -63,7 +65,8 @@ def generate_launch_description() -> LaunchDescription:
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
     return LaunchDescription(
-        [DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS]
+        [DeclareLaunchArgument(name, default_value=default, description=desc, **({"choices": ch} if ch else {}))
+         for name, default, desc, ch in ARGUMENTS]
         # Fast DDS's default transports stall small topics behind images (ROS_STACK.md Q4)
         + [SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
            tracker, synthetic, bag_player, rviz]

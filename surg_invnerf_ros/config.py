@@ -269,6 +269,10 @@ class StereoConfig:
     uniqueness_ratio: int = option(10, "SGBM uniqueness margin in percent.", lo=0, hi=100)
     speckle_area_px: int = option(50, "Disparity blobs smaller than this are removed (0 = off).", lo=0)
     speckle_range_px: int = option(2, "Disparity variation allowed inside one speckle blob.", lo=0)
+    refine: Literal["none", "dis"] = option(
+        "dis", "Sub-pixel refinement: DIS flow left->right replaces the SGBM disparity where they agree.")
+    refine_agree_px: float = option(
+        1.0, "Max |DIS - SGBM| disparity (and |vertical flow| / 2) for the refined value to be used.", lo=0.0)
     fill_radius_px: int = option(
         5, "Baselines: window radius searched for the nearest valid depth at a track.", lo=0)
 
@@ -379,7 +383,7 @@ class RenderConfig:
     visibility_front_disp_px: float = option(2.0, "Weight this far in front (disparity px) counts as occluding.", lo=0.0)
     stereo_visibility_check: bool = option(True, "Also call a point occluded when stereo depth at its pixel is well in front.")
     stereo_depth_fusion_px: float = option(
-        1.0, "Output depth: use the SGBM depth at the tracked pixel where it agrees with the model's within "
+        2.0, "Output depth: use the SGBM depth at the tracked pixel where it agrees with the model's within "
         "this many disparity px (0 disables; the model's depth is kept elsewhere).", lo=0.0)
     right_ray_share: float = option(0.0, "Share of photometric rays cast from the right camera.", lo=0.0, hi=1.0)
     mapped_point: Literal["per_sample", "expected_canonical"] = option(
@@ -401,7 +405,7 @@ class RenderConfig:
 class LossConfig:
     """Loss weights and schedules (DESIGN §3.2). Each term is in the unit its function states."""
 
-    corr_weight: float = option(1.0, "Correspondence reprojection (px).", lo=0.0)
+    corr_weight: float = option(0.1, "Rendered correspondence reprojection X̂_j (px).", lo=0.0)
     corr_detach_weights: bool = option(True, "Correspondence terms train the map only, not the density (keeps the surface sharp).")
     bidirectional: bool = option(True, "Supervise i→j and j→i in the same step (False: i→j only).")
     charbonnier_eps_px: float = option(0.5, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
@@ -660,6 +664,9 @@ class RefineConfig:
     fit_config: str = option("", "YAML file with FitConfig keys for the worker (empty: defaults).")
     fit_overrides: tuple[str, ...] = option((), "FitConfig overrides as key=value strings, e.g. max_steps=200.")
     history_frames: int = option(300, "Per-frame results kept so refined fits can replace them.", lo=1, hi=100000)
+    render_cloud: bool = option(
+        False, "After each fit, render the model's depth of the newest keyframe for ~/cloud. Renders every "
+        "pixel: seconds on a GPU, ~40 s for 256x192 on a 2-core CPU.")
 
     def __post_init__(self) -> None:
         check_fields(self, "refine.")

@@ -73,7 +73,9 @@ class FrameTracks:
         visible: (N,) bool.
         confidence: (N,) float32 in [0, 1].
         refined: (N,) bool, True where the InvNeRF fit produced the value.
-        depth_m: optional (H, W) float32 stereo depth of the frame (NaN invalid), for the cloud.
+        depth_m: optional (H, W) float32 depth of the frame (NaN invalid), for the cloud: stereo for
+            front-end results, the model's render for the newest refined frame (refine.render_cloud).
+        left_rgb_u8: optional (H, W, 3) left image, set with a rendered depth_m (the cloud's colours).
     """
 
     stamp_ns: int
@@ -84,6 +86,8 @@ class FrameTracks:
     confidence: np.ndarray
     refined: np.ndarray
     depth_m: np.ndarray | None = None
+    left_rgb_u8: np.ndarray | None = None
+
 
 class FrontEnd(Protocol):
     """Per-frame front end: point motion between two left images and stereo depth."""
@@ -383,6 +387,9 @@ class OnlineTracker:
                 depth_m=None))
             if int(stamp) in self._history:
                 self._history[int(stamp)] = replace(frames[-1], depth_m=self._history[int(stamp)].depth_m)
+        if res.depth_m is not None and frames:
+            frames[-1].depth_m = np.asarray(res.depth_m, np.float32)
+            frames[-1].left_rgb_u8 = job.seq.left_rgb_u8[-1]
         # Re-anchor on the newest covered keyframe: shift by the correction the fit made there.
         # Later keyframe snapshots descend from the same uncorrected state, so they shift too.
         kf = next((k for k in reversed(self._keyframes) if k.frame.stamp_ns == int(stamps[-1])), None)

@@ -41,6 +41,7 @@ class RefineOutput:
     tracks: Tracks
     state: Any | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    depth_m: Any | None = None  # optional (H, W) model depth of the job's last frame, metres, NaN invalid
 
 
 Refiner = Callable[[RefineJob], RefineOutput]
@@ -91,6 +92,7 @@ class InvNeRFRefiner:
         self.fit_cfg = load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
         self.fit_cfg = replace(self.fit_cfg, device=resolve_device(device))
         self.frontend_cfg = frontend_cfg
+        self.render_cloud = refine_cfg.render_cloud
         self.progress: Callable[..., None] | None = None
 
     def __call__(self, job: RefineJob) -> RefineOutput:
@@ -111,8 +113,15 @@ class InvNeRFRefiner:
         meta = getattr(result, "meta", {}) or {}
         stats = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
         stats["fit_s"] = time.perf_counter() - t0
+        depth_m = None
+        if self.render_cloud:
+            from .track import render_frame
+
+            t1 = time.perf_counter()
+            depth_m = render_frame(result, job.seq.num_frames - 1)[0].astype("float32")
+            stats["render_s"] = time.perf_counter() - t1
         stats.update(worker_memory())
-        return RefineOutput(tracks=tracks, state=result.state_dict(), stats=stats)
+        return RefineOutput(tracks=tracks, state=result.state_dict(), stats=stats, depth_m=depth_m)
 
 
 _AUTHKEY_ENV = "SURG_INVNERF_REFINE_AUTHKEY"
@@ -123,7 +132,7 @@ def _refine_process_main(conn: Any) -> None:
 
     Protocol (pickled tuples over a multiprocessing Connection): in ("init", refine_cfg, frontend_cfg,
     device), then ("job", seq, warm) | ("abort",) | ("stop",); out ("ready", device) |
-    ("config_error", text) | ("progress", info) | ("result", tracks, stats) | ("aborted",) | ("error", text).
+    ("config_error", text) | ("progress", info) | ("result", tracks, stats, depth_m) | ("aborted",) | ("error", text).
     """
     _, refine_cfg, frontend_cfg, device = conn.recv()
     try:
@@ -163,7 +172,7 @@ def _refine_process_main(conn: Any) -> None:
             conn.send(("error", f"{type(err).__name__}: {err}"))
             continue
         state = out.state
-        conn.send(("result", out.tracks, out.stats))
+        conn.send(("result", out.tracks, out.stats, out.depth_m))
 
 
 class ProcessRefiner:
@@ -236,7 +245,7 @@ class ProcessRefiner:
                 if aborting:
                     raise FitAborted()
                 self._fits += 1
-                return RefineOutput(tracks=rest[0], state=self._fits, stats=rest[1])
+                return RefineOutput(tracks=rest[0], state=self._fits, stats=rest[1], depth_m=rest[2])
             elif kind == "aborted":
                 raise FitAborted()
             else:

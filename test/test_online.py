@@ -47,7 +47,7 @@ class TruthRefiner:
         T, N = len(frames), len(q)
         xyz = np.zeros((T, N, 3), np.float32)
         return RefineOutput(Tracks(ids=q.ids, uv=uv.astype(np.float32), visible=np.ones((T, N), bool), xyz=xyz),
-                            state={"fit": self.calls}, stats={"loss": 0.5})
+                            state={"fit": self.calls}, stats={"loss": 0.5}, depth_m=np.full((H, W), 0.2, np.float32))
 
 
 def frame(i: int) -> StereoFrame:
@@ -194,6 +194,9 @@ class TestRefinement:
         # refined frame 2 is the truth: 10 + 2·1.0; front end said 10 + 2·1.2
         np.testing.assert_allclose(refined[-1].uv_px[0], [12.0, 20.0], atol=1e-5)
         assert trk.tracks_at(frame(2).stamp_ns).refined.all()
+        # a model render comes with the newest refined frame only, with its image for the colours
+        assert refined[-1].depth_m[0, 0] == 0.2 and refined[-1].left_rgb_u8[0, 0, 0] == 2
+        assert refined[0].depth_m is None
         # re-anchored: next front-end step starts from the refined 12.0, not 12.4
         res = trk.push_frame(frame(3))
         np.testing.assert_allclose(res.uv_px[0], [12.0 + FRONT_STEP_PX, 20.0], atol=1e-5)

@@ -42,7 +42,8 @@ class TestProcessRefiner:
         return RefineJob(seq=seq, init_state="warm" if warm else None, generation=0)
 
     def test_fits_in_a_child_and_warm_starts(self):
-        cfg = RefineConfig(fit_overrides=("max_steps=2", "time_budget_s=5.0", "num_threads=1", "log_every=1"))
+        cfg = RefineConfig(fit_overrides=("max_steps=2", "time_budget_s=5.0", "num_threads=1", "log_every=1"),
+                           render_cloud=True)
         ref = ProcessRefiner(cfg, FrontendConfig(), device="cpu")
         seen = []
         ref.progress = seen.append
@@ -52,6 +53,7 @@ class TestProcessRefiner:
             assert out.tracks.ids.tolist() == [7, 9] and out.tracks.uv.shape == (4, 2, 2)
             assert np.isfinite(out.tracks.uv).all() and out.state == 1
             assert out.stats["steps"] >= 1 and seen and "step" in seen[-1]
+            assert out.depth_m.shape == (H, W) and out.stats["render_s"] > 0  # the model's depth, last frame
             out2 = ref(self.seq_job(warm=True))  # the child warm-starts from its own stored state
             assert out2.state == 2 and out2.tracks.uv.shape == (4, 2, 2)
 

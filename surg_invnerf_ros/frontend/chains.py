@@ -36,7 +36,8 @@ import numpy as np
 from ..config import FlowConfig
 from ..errors import InputError
 from ..structs import Queries
-from .flow import FlowBank, pixel_grid
+from .flow import (FlowBank, check_mask, check_rgb_u8, checked_flow_pair, make_dis, pixel_grid,
+                   to_grey)
 
 _ERR_CAP_PX = 1e4  # stands in for +inf where values are interpolated (0 · inf would give NaN)
 _VALID_MIN = 0.99  # a bilinear look-up counts as valid only if (nearly) all its neighbours are
@@ -236,12 +237,16 @@ def build_correspondences(
 # ------------------------------------------------------------------------------------------------
 
 
-def _gather_bilinear(bank: FlowBank, q: np.ndarray, uv_px: np.ndarray):
-    """Flow, cycle error and validity of bank rows `q` (N,) at pixels `uv_px` (N, 2), bilinear.
 
-    Returns (flow (N, 2), err (N,), valid (N,) bool); invalid outside the image.
-    """
-    H, W = bank.image_hw
+Link = tuple[np.ndarray, np.ndarray, np.ndarray]  # flow (H, W, 2), valid (H, W), cycle error (H, W)
+_MIN_MOVERS = 3  # fewer visible points than this (or a tenth of those tracked) say nothing of the motion
+
+
+def _gather_link(link: Link, uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flow (N, 2), cycle error (N,) and validity (N,) of one link at (N, 2) pixels, bilinear;
+    invalid outside the image or next to an invalid pixel."""
+    flow_px, valid, cycle = link
+    H, W = valid.shape
     u, v = uv_px[:, 0], uv_px[:, 1]
     inside = (u >= 0) & (v >= 0) & (u <= W - 1) & (v <= H - 1)
     u0 = np.clip(np.floor(u), 0, max(W - 2, 0)).astype(np.intp)
@@ -250,10 +255,72 @@ def _gather_bilinear(bank: FlowBank, q: np.ndarray, uv_px: np.ndarray):
     dv = np.clip(v - v0, 0, 1)[:, None]
     u1, v1 = np.minimum(u0 + 1, W - 1), np.minimum(v0 + 1, H - 1)
     corners = [(v0, u0, (1 - du) * (1 - dv)), (v0, u1, du * (1 - dv)), (v1, u0, (1 - du) * dv), (v1, u1, du * dv)]
-    flow = sum(w * bank.flow_px[q, vv, uu] for vv, uu, w in corners)  # (N, 2)
-    err = sum(w[:, 0] * np.minimum(bank.cycle_err_px[q, vv, uu], _ERR_CAP_PX) for vv, uu, w in corners)
-    val = sum(w[:, 0] * bank.valid[q, vv, uu] for vv, uu, w in corners)
+    flow = sum(w * flow_px[vv, uu] for vv, uu, w in corners)  # (N, 2)
+    err = sum(w[:, 0] * np.minimum(cycle[vv, uu], _ERR_CAP_PX) for vv, uu, w in corners)
+    val = sum(w[:, 0] * valid[vv, uu] for vv, uu, w in corners)
     return flow, err, inside & (val >= _VALID_MIN)
+
+
+def _track_points(link_of: Callable[[int, int], Link | None], queries: Queries, num_frames: int,
+                  image_hw: tuple[int, int], cfg: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The chaining rule of `track_dis_chained`, frame by frame in time order.
+
+    `link_of(s, t)` gives the checked flow s → t (or None if there is none). It is asked once per
+    pair and direction, and only for frames some point needs, so a caller may compute links on
+    the fly and forget them (`track_dis_streaming`).
+    """
+    H, W = image_hw
+    T, N = num_frames, len(queries)
+    q_frame = queries.frame_idx
+    if N and (q_frame.min() < 0 or q_frame.max() >= T):
+        raise InputError(f"queries: frame index outside 0..{T - 1}", reason="bad_query")
+    gaps = sorted(set(cfg.gaps))
+    uv = np.zeros((T, N, 2), np.float64)
+    score = np.full((T, N), np.inf)  # path cost; inf = no path reached this frame
+    visible = np.zeros((T, N), bool)
+    cols = np.arange(N)
+    q_uv = queries.uv_px.astype(np.float64)
+    uv[q_frame, cols] = q_uv
+    score[q_frame, cols] = 0.0
+    visible[q_frame, cols] = (q_uv[:, 0] >= 0) & (q_uv[:, 1] >= 0) & (q_uv[:, 0] <= W - 1) & (q_uv[:, 1] <= H - 1)
+
+    for direction in (1, -1):
+        for t in (range(1, T) if direction > 0 else range(T - 2, -1, -1)):
+            n = cols[(q_frame < t) if direction > 0 else (q_frame > t)]  # points tracked into t
+            if not len(n):
+                continue
+            prev = t - direction
+            best = np.full(len(n), np.inf)
+            best_uv = uv[prev, n].copy()  # fallback: stay put (no path at all)
+            best_vis = np.zeros(len(n), bool)
+            for g in gaps:
+                s = t - direction * g
+                if not 0 <= s < T:
+                    break
+                between = (s >= q_frame[n]) if direction > 0 else (s <= q_frame[n])
+                ok = between & np.isfinite(score[s, n])
+                if not ok.any():
+                    continue
+                link = link_of(s, t)
+                if link is None:
+                    continue
+                flow, err, valid = _gather_link(link, uv[s, n])
+                cost = np.where(valid, err + cfg.link_cost_px, cfg.invalid_link_cost_px)
+                cand = np.where(ok, score[s, n] + cost, np.inf)
+                better = cand < best
+                best = np.where(better, cand, best)
+                best_uv[better] = uv[s, n][better] + flow[better]
+                best_vis = np.where(better, valid & visible[s, n], best_vis)
+            # A point that is not visible rides with the median motion of the visible ones
+            # (camera motion, bulk tissue motion), not with the flow of whatever covers it.
+            moving = best_vis & visible[prev, n]
+            if (~best_vis).any() and moving.sum() >= max(_MIN_MOVERS, 0.1 * len(n)):
+                shift = np.median(best_uv[moving] - uv[prev, n[moving]], axis=0)
+                best_uv[~best_vis] = uv[prev, n[~best_vis]] + shift
+            uv[t, n] = best_uv
+            score[t, n] = best
+            visible[t, n] = best_vis
+    return uv.astype(np.float32), visible
 
 
 def track_dis_chained(
@@ -276,62 +343,44 @@ def track_dis_chained(
         uv (T, N, 2) float32 pixels and visible (T, N) bool.
     """
     _check_bank(bank, num_frames)
-    H, W = bank.image_hw
-    T, N = num_frames, len(queries)
-    q_frame = queries.frame_idx
-    if N and (q_frame.min() < 0 or q_frame.max() >= T):
-        raise InputError(f"queries: frame index outside 0..{T - 1}", reason="bad_query")
-    lut = np.full((T, T), -1, np.int64)
-    lut[bank.pairs[:, 0], bank.pairs[:, 1]] = np.arange(len(bank.pairs))
-    gaps = sorted(set(cfg.gaps))
+    index = bank.index()
 
-    uv = np.zeros((T, N, 2), np.float64)
-    score = np.full((T, N), np.inf)  # path cost; inf = no path reached this frame
-    visible = np.zeros((T, N), bool)
-    cols = np.arange(N)
-    q_uv = queries.uv_px.astype(np.float64)
-    uv[q_frame, cols] = q_uv
-    in_img = (q_uv[:, 0] >= 0) & (q_uv[:, 1] >= 0) & (q_uv[:, 0] <= W - 1) & (q_uv[:, 1] <= H - 1)
-    score[q_frame, cols] = 0.0
-    visible[q_frame, cols] = in_img
+    def link_of(s: int, t: int) -> Link | None:
+        q = index.get((s, t))
+        return None if q is None else (bank.flow_px[q], bank.valid[q], bank.cycle_err_px[q])
 
-    for step in range(1, T):
-        for direction in (1, -1):
-            t = q_frame + direction * step  # (N,)
-            act = (t >= 0) & (t < T)
-            if not act.any():
-                continue
-            n = cols[act]
-            tn = t[act]
-            best = np.full(len(n), np.inf)
-            best_uv = uv[tn - direction, n].copy()  # fallback: stay put (no path at all)
-            best_vis = np.zeros(len(n), bool)
-            for g in gaps:
-                if g > step:
-                    break
-                s = tn - direction * g
-                q = lut[s, tn]
-                ok = (q >= 0) & np.isfinite(score[s, n])
-                if not ok.any():
-                    continue
-                flow, err, valid = _gather_bilinear(bank, np.maximum(q, 0), uv[s, n])
-                link = np.where(valid, err + cfg.link_cost_px, cfg.invalid_link_cost_px)
-                cand = np.where(ok, score[s, n] + link, np.inf)
-                better = cand < best
-                best = np.where(better, cand, best)
-                best_uv[better] = uv[s, n][better] + flow[better]
-                best_vis = np.where(better, valid & visible[s, n], best_vis)
-            # A point that is not visible rides with the median motion of the visible ones
-            # (camera motion, bulk tissue motion), not with the flow of whatever covers it.
-            prev = tn - direction
-            for f in np.unique(tn[~best_vis]):
-                here = tn == f
-                moving = here & best_vis & visible[prev, n]
-                if moving.any():
-                    shift = np.median(best_uv[moving] - uv[prev[moving], n[moving]], axis=0)
-                    hidden = here & ~best_vis
-                    best_uv[hidden] = uv[prev[hidden], n[hidden]] + shift
-            uv[tn, n] = best_uv
-            score[tn, n] = best
-            visible[tn, n] = best_vis
-    return uv.astype(np.float32), visible
+    return _track_points(link_of, queries, num_frames, bank.image_hw, cfg)
+
+
+def track_dis_streaming(
+    left_rgb_u8: np.ndarray,
+    queries: Queries,
+    cfg: FlowConfig,
+    mask: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`track_dis_chained` without a bank: each checked flow is computed when first needed and
+    dropped after, so memory is a few images, not Q = 2·Σ(T − g) flow fields (which grows past RAM
+    for long or large videos). DIS runs for the pairs the queries need: once per pair if all
+    queries sit at the first (or last) frame, at most twice otherwise.
+
+    Args:
+        left_rgb_u8: (T, H, W, 3) uint8 left images.
+        mask: optional (T, H, W) bool, True = excluded, as in `compute_flow_bank`.
+        progress: called with 2 after each couple of flows.
+    """
+    frames = check_rgb_u8("track_dis_streaming: left_rgb_u8", left_rgb_u8, ndim=4)
+    T, H, W = frames.shape[:3]
+    mask = check_mask(mask, (T, H, W), "track_dis_streaming")
+    grey = [to_grey(f) for f in frames]
+    grid = pixel_grid(H, W)
+    dis = make_dis(cfg)
+
+    def link_of(s: int, t: int) -> Link:
+        fwd, _ = checked_flow_pair(dis, grey[s], grey[t], grid, cfg,
+                                   None if mask is None else mask[s], None if mask is None else mask[t])
+        if progress is not None:
+            progress(2)
+        return fwd
+
+    return _track_points(link_of, queries, T, (H, W), cfg)

@@ -97,7 +97,8 @@ def inside_image(flow_px: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np
 def cycle_error_px(fwd_px: np.ndarray, bwd_px: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """|F_ij(x) + F_ji(x + F_ij(x))| in pixels, (H, W) float32; +inf where the target leaves the image."""
     back = warp_sample(bwd_px, fwd_px, grid)  # (H, W, 2)
-    err = np.linalg.norm(fwd_px + back, axis=-1).astype(np.float32)
+    s = fwd_px + back
+    err = np.hypot(s[..., 0], s[..., 1]).astype(np.float32)
     err[~inside_image(fwd_px, grid)] = np.inf
     return err
 
@@ -164,6 +165,33 @@ def gap_pairs(num_frames: int, gaps: tuple[int, ...]) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
 
+def checked_flow_pair(
+    dis: cv2.DISOpticalFlow, grey_i: np.ndarray, grey_j: np.ndarray, grid: tuple[np.ndarray, np.ndarray],
+    cfg: FlowConfig, mask_i: np.ndarray | None = None, mask_j: np.ndarray | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """DIS flow i→j and j→i with their checks: ((flow_ij, valid_ij, cycle_ij), (flow_ji, ...)).
+
+    Shapes (H, W, 2) float32, (H, W) bool, (H, W) float32; masks (H, W) bool, True = excluded.
+    """
+    H, W = grey_i.shape
+    flows = (_dis_grey(dis, grey_i, grey_j), _dis_grey(dis, grey_j, grey_i))
+    greys, masks = (grey_i, grey_j), (mask_i, mask_j)
+    out = []
+    for a in (0, 1):
+        b = 1 - a
+        cycle = cycle_error_px(flows[a], flows[b], grid)
+        ok = cycle < cfg.cycle_thresh_px
+        ok &= photo_consistent(greys[a], greys[b], flows[a], grid, cfg)
+        if masks[a] is not None:
+            ok &= ~masks[a]
+        if masks[b] is not None:
+            tgt_u = np.clip(np.rint(grid[0] + flows[a][..., 0]), 0, W - 1).astype(np.intp)
+            tgt_v = np.clip(np.rint(grid[1] + flows[a][..., 1]), 0, H - 1).astype(np.intp)
+            ok &= ~masks[b][tgt_v, tgt_u]
+        out.append((flows[a], ok, cycle))
+    return out[0], out[1]
+
+
 def compute_flow_bank(
     left_rgb_u8: np.ndarray,
     cfg: FlowConfig,
@@ -177,15 +205,11 @@ def compute_flow_bank(
         cfg: gaps, DIS preset and the cycle threshold.
         mask: optional (T, H, W) bool, True = excluded (e.g. `masks.specular_mask`): a flow pixel is
             invalid if its source is masked or its target lands (nearest pixel) on a masked pixel.
-        progress: called with 1 after each flow pair.
+        progress: called with 2 after each couple of flows (i→j and j→i).
     """
     frames = check_rgb_u8("compute_flow_bank: left_rgb_u8", left_rgb_u8, ndim=4)
     T, H, W = frames.shape[:3]
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (T, H, W):
-            raise InputError(f"compute_flow_bank: mask: expected shape {(T, H, W)}, got {mask.shape}",
-                             reason="size_mismatch")
+    mask = check_mask(mask, (T, H, W), "compute_flow_bank")
     grey = [to_grey(f) for f in frames]
     grid = pixel_grid(H, W)
     dis = make_dis(cfg)
@@ -197,17 +221,20 @@ def compute_flow_bank(
     # Rows come in adjacent (i→j, j→i) couples, so each couple's cycle check uses both its flows.
     for q in range(0, Q, 2):
         i, j = pairs[q]
-        flow[q] = _dis_grey(dis, grey[i], grey[j])
-        flow[q + 1] = _dis_grey(dis, grey[j], grey[i])
-        for a, b, (s, d) in ((q, q + 1, (i, j)), (q + 1, q, (j, i))):
-            cycle[a] = cycle_error_px(flow[a], flow[b], grid)
-            ok = cycle[a] < cfg.cycle_thresh_px
-            ok &= photo_consistent(grey[s], grey[d], flow[a], grid, cfg)
-            if mask is not None:
-                tgt_u = np.clip(np.rint(grid[0] + flow[a, ..., 0]), 0, W - 1).astype(np.intp)
-                tgt_v = np.clip(np.rint(grid[1] + flow[a, ..., 1]), 0, H - 1).astype(np.intp)
-                ok &= ~mask[s] & ~mask[d][tgt_v, tgt_u]
-            valid[a] = ok
+        fwd, bwd = checked_flow_pair(dis, grey[i], grey[j], grid, cfg,
+                                     None if mask is None else mask[i], None if mask is None else mask[j])
+        flow[q], valid[q], cycle[q] = fwd
+        flow[q + 1], valid[q + 1], cycle[q + 1] = bwd
         if progress is not None:
             progress(2)
     return FlowBank(pairs=pairs, flow_px=flow, valid=valid, cycle_err_px=cycle)
+
+
+def check_mask(mask: np.ndarray | None, shape: tuple[int, ...], who: str) -> np.ndarray | None:
+    """A bool (T, H, W) mask of the frames' shape, or None."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != shape:
+        raise InputError(f"{who}: mask: expected shape {shape}, got {mask.shape}", reason="size_mismatch")
+    return mask

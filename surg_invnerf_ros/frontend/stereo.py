@@ -8,6 +8,13 @@ u − d_L(u), points back: |d_L(u) − d_R(u − d_L(u))| <= `lr_thresh_px`. Tha
 (surfaces seen by one camera only) and most mismatches. Depth is z = fx·B/d in metres, NaN where
 invalid or outside [min_depth_m, max_depth_m].
 
+SGBM's sub-pixel step fits a parabola to the matching cost, which pulls disparities towards
+integers (median error ~0.13 px on the synthetic scenes, 1.2 % of depth at 11 px). With
+`refine: dis`, a DIS flow from the left to the right image (a few ms) replaces the disparity where
+it agrees with SGBM within `refine_agree_px` and is horizontal (|v| under half that); this halves
+the error there (~0.07 px). On pixel-scale noise at an integer disparity SGBM is already exact and
+DIS is slightly worse (`refine: none`). Validity always comes from SGBM's left-right check.
+
 `num_disparities = 0` sizes the search from the calibration: the disparity of the nearest allowed
 depth, fx·B/min_depth_m, rounded up to a multiple of 16 and capped at half the image width.
 """
@@ -93,6 +100,27 @@ def lr_checked_disparity_px(
     return np.where(ok, disp_l, np.nan).astype(np.float32)
 
 
+def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: np.ndarray,
+                        agree_px: float) -> np.ndarray:
+    """DIS left→right flow as disparity (d = −flow_u) where it agrees with `disp_px`; else `disp_px`.
+
+    NaN in `disp_px` stays NaN: refinement never makes a pixel valid.
+    """
+    flow = cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM).calc(left_grey, right_grey, None)
+    d_dis = -flow[..., 0]
+    with np.errstate(invalid="ignore"):
+        agree = (np.abs(d_dis - disp_px) <= agree_px) & (np.abs(flow[..., 1]) <= 0.5 * agree_px)
+    return np.where(agree, d_dis, disp_px).astype(np.float32)
+
+
+def _disparity_checked_px(left_grey: np.ndarray, right_grey: np.ndarray, sgbm: cv2.StereoSGBM,
+                          cfg: StereoConfig) -> np.ndarray:
+    disp = lr_checked_disparity_px(left_grey, right_grey, sgbm, cfg.lr_thresh_px)
+    if cfg.refine == "dis":
+        disp = refine_disparity_px(left_grey, right_grey, disp, cfg.refine_agree_px)
+    return disp
+
+
 def _check_pair(left: np.ndarray, right: np.ndarray, calib: StereoCalib, who: str, ndim: int) -> None:
     check_rgb_u8(f"{who}: left_rgb_u8", left, ndim=ndim)
     check_rgb_u8(f"{who}: right_rgb_u8", right, ndim=ndim)
@@ -121,7 +149,7 @@ def stereo_depth_m(left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: Ste
     right = np.asarray(right_rgb_u8)
     _check_pair(left, right, calib, "stereo_depth_m", ndim=3)
     sgbm = make_sgbm(num_disparities_for(calib, cfg), cfg)
-    disp = lr_checked_disparity_px(to_grey(left), to_grey(right), sgbm, cfg.lr_thresh_px)
+    disp = _disparity_checked_px(to_grey(left), to_grey(right), sgbm, cfg)
     return _depth_m(disp, calib, cfg)
 
 
@@ -145,7 +173,7 @@ def stereo_depth_sequence_m(
     sgbm = make_sgbm(num, cfg)
     out = np.empty(left.shape[:3], np.float32)
     for t in range(left.shape[0]):
-        disp = lr_checked_disparity_px(to_grey(left[t]), to_grey(right[t]), sgbm, cfg.lr_thresh_px)
+        disp = _disparity_checked_px(to_grey(left[t]), to_grey(right[t]), sgbm, cfg)
         out[t] = _depth_m(disp, calib, cfg)
         if progress is not None:
             progress(1)

@@ -112,12 +112,12 @@ class TrackPublishers:
         self.overlay.publish(convert.numpy_to_image(drawn, "rgb8", hdr.stamp, hdr.frame_id))
 
     def cloud_from_depth(self, depth_m: np.ndarray | None, left_rgb_u8: np.ndarray, K: np.ndarray,
-                         hdr: Header) -> bool:
-        """~/cloud from stereo depth, at most `cloud_rate_hz`; True when one was published."""
+                         hdr: Header, force: bool = False) -> bool:
+        """~/cloud from a depth map, at most `cloud_rate_hz` unless forced (a model render); True if sent."""
         if self.cloud is None or depth_m is None:
             return False
         now_s = time.monotonic()
-        if now_s - self._last_cloud_s < 1.0 / self.cfg.cloud_rate_hz:
+        if not force and now_s - self._last_cloud_s < 1.0 / self.cfg.cloud_rate_hz:
             return False
         self._last_cloud_s = now_s
         xyz, rgb = convert.depth_to_points(depth_m, left_rgb_u8, K, self.cfg.cloud_stride_px)

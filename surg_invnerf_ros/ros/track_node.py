@@ -7,12 +7,13 @@ DESIGN §5 lists its topics. The node is thin (STYLE §6):
   (milliseconds) and publishes tracked points, markers, TF, overlay and cloud for that frame;
 - a timer in the same group polls the refinement worker and publishes refined tracks: they go out
   again on ~/tracked_points (and /tf) with their frame's original stamp and refined = 1;
-- a timer in a third group publishes /diagnostics and times out unpaired images;
+- a timer in the input group times out unpaired images; one in a third group publishes /diagnostics;
 - services ~/clear and ~/reset sit in a fourth group.
 Under a MultiThreadedExecutor none of them waits for the model. A bad message is dropped, counted
 by reason and warned about (throttled); a bad parameter refuses the start with one line.
 
-Every output carries the source image stamp and the left camera_info frame_id.
+Every data output carries the source image stamp and the left camera_info frame_id (/diagnostics
+is stamped with the node clock, as diagnostic_updater does).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PolygonStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -74,15 +76,28 @@ class TrackerNode(Node):
         super().__init__(NODE_NAME, context=context, cli_args=cli_args,
                          parameter_overrides=parameter_overrides or [],
                          automatically_declare_parameters_from_overrides=False)
+        self.tracker: OnlineTracker | None = None
         try:
             self.cfg: NodeConfig = params.declare_config(self, NodeConfig)
             params.check_no_unknown(self, NodeConfig)
             self.backends = compat.choose_backends(self.cfg.sync.backend)
+            self._setup()
+            # last: the refinement process starts here, and a bad device is refused here
             self.tracker = OnlineTracker(self.cfg.frontend, self.cfg.refine, self.cfg.queries,
                                          frontend=frontend, refiner=refiner, device=self.cfg.device)
         except ConfigError:
             self.destroy_node()
             raise
+        if not len(self.tracker.query_ids) and not self.cfg.queries.auto_grid:
+            self.get_logger().info(f"no start queries: waiting for queries on {self.resolve_topic_name('~/queries')} "
+                                   "(PolygonStamped, pixels) or clicked_point")
+
+    def _setup(self) -> None:
+        """Publishers, subscriptions, services and timers (callbacks only run once the executor spins).
+
+        Raises:
+            ConfigError: a QoS override that rclpy refuses, named by its topic.
+        """
         log = self.get_logger()
         log.info(f"backends: {self.backends.describe()}")
         if self.backends.tf == "none":
@@ -110,8 +125,6 @@ class TrackerNode(Node):
         self.pubs = TrackPublishers(self, self.cfg.publish)
         self.tf_dynamic, self.tf_static = (compat.make_tf_broadcasters(self, self.backends.tf)
                                            if self.cfg.publish.tf else (None, None))
-        from diagnostic_msgs.msg import DiagnosticArray
-
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
 
         self.sync = StereoSync(self.cfg.sync)
@@ -125,9 +138,12 @@ class TrackerNode(Node):
         else:
             for slot, topic in INPUT_TOPICS.items():
                 msg_type = CameraInfo if slot in (INFO_L, INFO_R) else Image
-                self._input_subs.append(self.create_subscription(
-                    msg_type, topic, lambda msg, s=slot: self._on_input(s, msg), sensor_qos(),
-                    callback_group=self._cb_inputs, qos_overriding_options=overrides))
+                try:
+                    self._input_subs.append(self.create_subscription(
+                        msg_type, topic, lambda msg, s=slot: self._on_input(s, msg), sensor_qos(),
+                        callback_group=self._cb_inputs, qos_overriding_options=overrides))
+                except (RuntimeError, ValueError, TypeError) as err:  # rclpy's QoS override checks
+                    raise ConfigError(f"qos_overrides.{self.resolve_topic_name(topic)}.subscription: {err}") from None
         self.create_subscription(PolygonStamped, "~/queries", self._on_queries, 10, callback_group=self._cb_inputs)
         self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,
                                  callback_group=self._cb_inputs)
@@ -140,9 +156,6 @@ class TrackerNode(Node):
         self.create_timer(1.0 / self.cfg.publish.diagnostics_rate_hz, self._publish_diagnostics,
                           callback_group=self._cb_timers, clock=self._steady)
         self.create_timer(0.1, self._flush_sync, callback_group=self._cb_inputs, clock=self._steady)
-        if not len(self.tracker.query_ids) and not self.cfg.queries.auto_grid:
-            log.info(f"no start queries: waiting for queries on {self.resolve_topic_name('~/queries')} "
-                     "(PolygonStamped, pixels) or clicked_point")
 
     # ------------------------------------------------------------------ inputs
 
@@ -309,8 +322,11 @@ class TrackerNode(Node):
             return
         frame = self._frame_ids[0]
         for ft in refined:
-            self.pubs.tracks(ft, convert.header(ft.stamp_ns, frame), live=False)
+            hdr = convert.header(ft.stamp_ns, frame)
+            self.pubs.tracks(ft, hdr, live=False)
             self._send_tf(ft, frame)
+            if ft.depth_m is not None and ft.left_rgb_u8 is not None and self._calib is not None:
+                self.pubs.cloud_from_depth(ft.depth_m, ft.left_rgb_u8, self._calib.K, hdr, force=True)
         self.stats.record_refined()
 
     # ------------------------------------------------------------------ diagnostics
@@ -328,7 +344,8 @@ class TrackerNode(Node):
 
     def close(self) -> None:
         """Stop the refinement worker (call before destroy_node)."""
-        self.tracker.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -95,6 +95,15 @@ class TestXyzFill:
         xyz_r1 = xyz_from_depth_m(uv, depth, K, q_frame=np.array([2]), fill_radius_px=1)
         assert xyz_r1[0, 0, 2] == pytest.approx(0.07)  # window too small: carried outwards from frame 2
 
+    def test_nothing_known_near_the_query(self):
+        depth = np.full((4, H, W), np.nan, np.float32)
+        depth[2] = 0.06
+        depth[3] = 0.08
+        uv = np.full((4, 1, 2), 20.0, np.float32)
+        xyz = xyz_from_depth_m(uv, depth, K, q_frame=np.array([0]), fill_radius_px=2)
+        # Frames 0 and 1 have nothing between them and the query frame: nearest known frame (2).
+        np.testing.assert_allclose(xyz[:, 0, 2], [0.06, 0.06, 0.06, 0.08], rtol=1e-6)
+
     def test_never_known_stays_nan(self):
         depth = np.full((2, H, W), np.nan, np.float32)
         uv = np.zeros((2, 1, 2), np.float32) + 10

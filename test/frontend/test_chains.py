@@ -5,7 +5,7 @@ import pytest
 
 from surg_invnerf_ros.config import FlowConfig
 from surg_invnerf_ros.errors import InputError
-from surg_invnerf_ros.frontend.chains import build_correspondences, track_dis_chained
+from surg_invnerf_ros.frontend.chains import build_correspondences, track_dis_chained, track_dis_streaming
 from surg_invnerf_ros.frontend.flow import compute_flow_bank
 from surg_invnerf_ros.structs import Queries
 
@@ -136,7 +136,19 @@ class TestTrackDisChained:
         assert vis[:2, 0].all() and not vis[-1, 0]  # u = 55 + 3t passes the border (63) by t = 3
         assert vis[:, 1].all()
 
-    def test_bad_input(self, bank):
+    def test_streaming_matches_the_bank(self, video, bank):
+        q_tuv = np.array([[0, 30, 20], [8, 20, 25], [16, 40, 30.0]])
+        queries = Queries(ids=np.arange(3), query_tuv=q_tuv)
+        calls = []
+        uv_s, vis_s = track_dis_streaming(video, queries, CFG, progress=calls.append)
+        uv_b, vis_b = track_dis_chained(bank, queries, T, CFG)
+        np.testing.assert_allclose(uv_s, uv_b, atol=1e-5)
+        np.testing.assert_array_equal(vis_s, vis_b)
+        assert 0 < len(calls) <= len(bank.pairs)  # at most one couple of flows per bank row
+
+    def test_bad_input(self, video, bank):
         queries = Queries(ids=np.arange(1), query_tuv=np.array([[20, 30, 20.0]]))
         with pytest.raises(InputError, match="queries"):
             track_dis_chained(bank, queries, T, CFG)
+        with pytest.raises(InputError, match="mask"):
+            track_dis_streaming(video, queries, CFG, mask=np.zeros((T, 48, 63), bool))

@@ -139,7 +139,8 @@ class TestRefinement:
                 frames = (job.seq.stamps_ns - T0_NS) // 33_333_333
                 uv = q.uv_px[None] - (frames[:, None, None] - frames[q.frame_idx][None, :, None]) * np.array([1.0, 0])
                 return RefineOutput(Tracks(q.ids, uv.astype(np.float32), np.ones((T, len(q)), bool),
-                                           np.full((T, len(q), 3), 0.03, np.float32)), state="s", stats={"loss": 0.1})
+                                           np.full((T, len(q), 3), 0.03, np.float32)), state="s", stats={"loss": 0.1},
+                                    depth_m=np.full((48, 64), 0.05, np.float32))
 
         h = Harness(ctx, {"queries.points_px": [20.0, 20.0], "refine.enabled": True, "refine.keyframe_every": 1,
                           "refine.min_keyframes": 3, "refine.window_frames": 4, "refine.new_keyframes": 1},
@@ -151,6 +152,17 @@ class TestRefinement:
             refined = h.spin_until(lambda: [p for p in h.points() if p["refined"].any()], 5.0)
             assert refined, "no refined tracked_points"
             assert refined[0]["refined"].all() and refined[0]["id"].tolist() == [0]
+            # the model's render goes out on ~/cloud with the newest refined frame's stamp
+            def model_cloud_stamps():
+                return {convert.stamp_ns(c.header.stamp) for c in h.got["cloud"]
+                        if np.allclose(convert.unpack_cloud(c)["z"], 0.05)}
+
+            def refined_stamps():
+                return {convert.stamp_ns(m.header.stamp) for m in h.got["points"]
+                        if convert.tracked_points_from_msg(m)["refined"].any()}
+
+            assert h.spin_until(lambda: model_cloud_stamps() and model_cloud_stamps() <= refined_stamps(), 3.0)
+            assert max(model_cloud_stamps()) == max(refined_stamps())
             fits = lambda: h.diag().get("surg_invnerf_tracker: model", {}).get("fits")  # noqa: E731
             assert h.spin_until(lambda: fits() not in (None, "0"), 3.0)
         finally:
@@ -162,6 +174,8 @@ class TestParameters:
         ("device", "gpu", "device: expected one of auto|cpu|cuda"),
         ("publish.poll_rate_hz", -2.0, "publish.poll_rate_hz: expected >= 0.1"),
         ("sync.slopp_s", 0.1, "sync.slopp_s: unknown parameter"),
+        ("qos_overrides./stereo/left/image_rect.subscription.reliability", "bogus",
+         "qos_overrides./stereo/left/image_rect.subscription: Unexpected QoS override"),
     ])
     def test_bad_parameter_refuses_start(self, ctx, name, value, match):
         with pytest.raises(ConfigError, match=match):
