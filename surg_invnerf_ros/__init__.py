@@ -1,3 +1,26 @@
-"""surg_invnerf_ros: Surg-InvNeRF tissue tracking for stereo endoscopy (ROS-free core + ROS 2 shell)."""
+"""surg_invnerf_ros: Surg-InvNeRF tissue tracking for stereo endoscopy (ROS-free core + ROS 2 shell).
+
+Public API (imported lazily so `import surg_invnerf_ros` stays light):
+`track_sequence`, `fit_invnerf`, `infer_tracks` (track.py), `OnlineTracker` (online.py) and the
+configs `FitConfig`, `FrontendConfig`, `NodeConfig`, `SynthConfig` (config.py).
+"""
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "track_sequence": "track", "fit_invnerf": "track", "infer_tracks": "track",
+    "OnlineTracker": "online",
+    "FitConfig": "config", "FrontendConfig": "config", "NodeConfig": "config", "SynthConfig": "config",
+    "load_config": "config",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -379,9 +379,13 @@ class RenderConfig:
     workspace_samples: int = option(4, "Stratified samples per ray over the whole workspace.", lo=0)
     invalid_depth_samples: int = option(12, "Workspace samples for rays without stereo depth.", lo=1)
     inference_samples: int = option(48, "Workspace samples per ray at inference (surface, visibility).", lo=2)
-    visibility_transmittance: float = option(0.5, "A point is visible when transmittance in front of it exceeds this.", lo=0.0, hi=1.0)
+    visibility_transmittance: float = option(
+        0.0, "Rendered occlusion test: a point is visible when the transmittance in front of it exceeds this "
+        "(0 turns the test off; on the hard synthetic set a diffuse density made it cost occlusion accuracy).",
+        lo=0.0, hi=1.0)
     visibility_front_disp_px: float = option(2.0, "Weight this far in front (disparity px) counts as occluding.", lo=0.0)
     stereo_visibility_check: bool = option(True, "Also call a point occluded when stereo depth at its pixel is well in front.")
+    stereo_occlusion_gap_px: float = option(1.0, "Stereo disparity this much above the point's own means an occluder.", lo=0.0)
     stereo_depth_fusion_px: float = option(
         2.0, "Output depth: use the SGBM depth at the tracked pixel where it agrees with the model's within "
         "this many disparity px (0 disables; the model's depth is kept elsewhere).", lo=0.0)
@@ -441,7 +445,7 @@ class SamplerConfig:
     refresh_every: int = option(300, "Dense refresh of the error maps every this many steps (0: never).", lo=0)
     refresh_chunk: int = option(4096, "Rays per batch during a dense refresh.", lo=1)
     error_ema: float = option(0.5, "Weight of a new error sample in its cell.", lo=0.0, hi=1.0)
-    stall_steps: int = option(600, "Stop when the loss EMA has not improved by stall_rel for this many steps (0: never).", lo=0)
+    stall_steps: int = option(1500, "Stop when the loss EMA has not improved by stall_rel for this many steps (0: never).", lo=0)
     stall_rel: float = option(0.005, "Relative improvement that counts as progress.", lo=0.0)
 
     def __post_init__(self) -> None:
@@ -471,7 +475,7 @@ class FitConfig:
     seed: int = option(0, "Seed of parameters and sampling.", lo=0)
     time_budget_s: float = option(200.0, "Wall-clock budget of the optimisation loop.", lo=0.0)
     max_steps: int = option(6000, "Step budget.", lo=0)
-    num_threads: int = option(0, "torch CPU threads (0 leaves torch's default).", lo=0)
+    num_threads: int = option(1, "torch CPU threads for the fit (process-wide; 0 leaves torch's default). One thread is as fast on small batches and robust on a shared machine.", lo=0)
     log_every: int = option(25, "Progress callback every this many steps.", lo=1)
     use_kinematics: bool = option(True, "Cast rays in the world frame from the sequence's camera poses when it has them.")
     hexplane: HexPlaneConfig = nested(HexPlaneConfig, "Deformation features.")
@@ -651,6 +655,23 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class OnlineConfig:
+    """The online tracker's per-frame front end (`online.py`, DESIGN §3.3)."""
+
+    point_depth: Literal["lk_stereo", "sgbm"] = option(
+        "lk_stereo", "Depth of the tracked points each frame: LK from the left to the right image at the "
+        "points (~3 ms), or a dense SGBM map (~170 ms at 640x512 on 2 CPU cores; ~cloud_rate_hz anyway).")
+    stereo_max_dy_px: float = option(1.0, "lk_stereo: a match further than this off the epipolar row is invalid.",
+                                     lo=0.0)
+    confidence_half_life_frames: float = option(
+        30.0, "Front-end confidence halves every this many frames since a point was last anchored by a fit.",
+        lo=0.1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "online.")
+
+
+@dataclass(frozen=True)
 class RefineConfig:
     """Asynchronous InvNeRF refinement on a window of keyframes (`online.py`, DESIGN §3.3)."""
 
@@ -699,6 +720,7 @@ class NodeConfig:
 
     device: Literal["auto", "cpu", "cuda"] = option("auto", "Model device; auto uses CUDA when present.")
     frontend: FrontendConfig = nested(FrontendConfig, "Per-frame LK tracking and SGBM depth.")
+    online: OnlineConfig = nested(OnlineConfig, "Per-frame point depth and confidence.")
     sync: SyncConfig = nested(SyncConfig, "Stereo + camera_info synchronisation.")
     queries: QueryConfig = nested(QueryConfig, "Start queries.")
     refine: RefineConfig = nested(RefineConfig, "Asynchronous InvNeRF refinement.")

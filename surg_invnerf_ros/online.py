@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import FrontendConfig, QueryConfig, RefineConfig
+from .config import FrontendConfig, OnlineConfig, QueryConfig, RefineConfig
 from .errors import InputError
 from .geometry import sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner
@@ -37,10 +37,6 @@ __all__ = ["FrameTracks", "FrontEnd", "LKStereoFrontEnd", "OnlineTracker", "Refi
            "Refiner", "StereoFrame", "grid_queries_px", "index_of"]
 
 log = logging.getLogger(__name__)
-
-# Front-end confidence halves every this many frames since the point was last anchored by a fit
-# (or created): a heuristic for chained-LK drift, reported as `confidence` in ~/tracked_points.
-CONFIDENCE_HALF_LIFE_FRAMES = 30.0
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,11 @@ class FrameTracks:
 
 
 class FrontEnd(Protocol):
-    """Per-frame front end: point motion between two left images and stereo depth."""
+    """Per-frame front end: point motion between two left images and stereo depth.
+
+    A front end may also offer `point_depth_m(left, right, calib, uv_px, disp_guess_px) -> ((N,) z, (N,) disp)`
+    for depth at the points only; without it the dense map is sampled.
+    """
 
     def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray,
               uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +117,31 @@ class LKStereoFrontEnd:
         from .frontend.stereo import stereo_depth_m
 
         return stereo_depth_m(left_rgb_u8, right_rgb_u8, calib, self._stereo_cfg)
+
+    def point_depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib,
+                      uv_px: np.ndarray, disp_guess_px: np.ndarray, max_dy_px: float = 1.0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse stereo: LK from the left to the right image at (N, 2) points, Z = fx·B/d.
+
+        On a rectified pair the match lies on the same row; one off it by more than `max_dy_px`, a
+        failed LK check, d <= 0 or a depth outside [min_depth_m, max_depth_m] gives NaN.
+        `disp_guess_px` (N,) (NaN: none) starts LK near the last disparity, so large ones stay in range.
+
+        Returns:
+            (N,) z metres and (N,) disparity px, NaN where invalid.
+        """
+        from .frontend.flow import to_grey
+
+        uv = np.asarray(uv_px, np.float32).reshape(-1, 2)
+        guess = np.where(np.isfinite(disp_guess_px), disp_guess_px, 0.0).astype(np.float32)
+        init = uv - np.stack([guess, np.zeros_like(guess)], axis=-1)
+        uv_r, ok = self._lk.track_grey(to_grey(left_rgb_u8), to_grey(right_rgb_u8), uv, init_uv_px=init)
+        disp = (uv[:, 0] - uv_r[:, 0]).astype(np.float64)
+        good = ok & (np.abs(uv_r[:, 1] - uv[:, 1]) <= max_dy_px) & (disp > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(good, calib.fx * calib.baseline_m / disp, np.nan)
+        good &= (z >= self._stereo_cfg.min_depth_m) & (z <= self._stereo_cfg.max_depth_m)
+        return np.where(good, z, np.nan), np.where(good, disp, np.nan)
 
 
 @dataclass
@@ -154,8 +179,9 @@ class OnlineTracker:
     """Streaming tracker: front end every frame, InvNeRF refinement in a worker thread."""
 
     def __init__(self, frontend_cfg: FrontendConfig | None = None, refine_cfg: RefineConfig | None = None,
-                 query_cfg: QueryConfig | None = None, *, frontend: FrontEnd | None = None,
-                 refiner: Refiner | None = None, device: str = "auto", start_worker: bool = True) -> None:
+                 query_cfg: QueryConfig | None = None, *, online_cfg: OnlineConfig | None = None,
+                 frontend: FrontEnd | None = None, refiner: Refiner | None = None, device: str = "auto",
+                 start_worker: bool = True) -> None:
         """Args:
             frontend: per-frame backend (default `LKStereoFrontEnd(frontend_cfg)`).
             refiner: refinement backend (default `InvNeRFRefiner`, only when refine_cfg.enabled).
@@ -167,6 +193,7 @@ class OnlineTracker:
         self.frontend_cfg = frontend_cfg or FrontendConfig()
         self.refine_cfg = refine_cfg or RefineConfig()
         self.query_cfg = query_cfg or QueryConfig()
+        self.online_cfg = online_cfg or OnlineConfig()
         self.frontend = frontend if frontend is not None else LKStereoFrontEnd(self.frontend_cfg)
         if refiner is None and self.refine_cfg.enabled:
             make = ProcessRefiner if self.refine_cfg.worker == "process" else InvNeRFRefiner
@@ -181,6 +208,8 @@ class OnlineTracker:
         self._uv = np.zeros((0, 2), np.float64)
         self._visible = np.zeros(0, bool)
         self._age = np.zeros(0, np.float64)
+        self._disp = np.zeros(0, np.float64)  # last stereo disparity per query (NaN: unknown), an LK start
+        self._seeded = np.zeros(0, bool)  # the disparity start was looked up in a dense map once
         self._next_id = 0
         self._prev_left: np.ndarray | None = None
         self._last_stamp: int | None = None
@@ -232,6 +261,8 @@ class OnlineTracker:
         self._uv = np.concatenate([self._uv, uv])
         self._visible = np.concatenate([self._visible, np.ones(len(uv), bool)])
         self._age = np.concatenate([self._age, np.zeros(len(uv))])
+        self._disp = np.concatenate([self._disp, np.full(len(uv), np.nan)])
+        self._seeded = np.concatenate([self._seeded, np.zeros(len(uv), bool)])
         self._pending_grid = 0
         return ids
 
@@ -276,6 +307,7 @@ class OnlineTracker:
     def _select(self, keep: np.ndarray) -> None:
         self._ids, self._uv = self._ids[keep], self._uv[keep]
         self._visible, self._age = self._visible[keep], self._age[keep]
+        self._disp, self._seeded = self._disp[keep], self._seeded[keep]
 
     @property
     def query_ids(self) -> np.ndarray:
@@ -284,8 +316,12 @@ class OnlineTracker:
 
     # ------------------------------------------------------------------ front end
 
-    def push_frame(self, frame: StereoFrame) -> FrameTracks:
+    def push_frame(self, frame: StereoFrame, dense_depth: bool = False) -> FrameTracks:
         """Track every query into `frame` (front end only) and buffer it for refinement.
+
+        Args:
+            dense_depth: also compute the dense stereo depth map (`FrameTracks.depth_m`, for a cloud);
+                with `online.point_depth = sgbm` it is always computed.
 
         Raises:
             InputError: left/right size differs from each other or from the calibration
@@ -295,7 +331,14 @@ class OnlineTracker:
         if left.shape != right.shape or left.shape[:2] != (frame.calib.height, frame.calib.width):
             raise InputError(f"frame: left {left.shape}, right {right.shape}, calib {frame.calib.image_size}",
                              "stereo_size_mismatch")
-        depth_m = np.asarray(self.frontend.depth_m(left, right, frame.calib), np.float32)
+        sparse = self.online_cfg.point_depth == "lk_stereo" and hasattr(self.frontend, "point_depth_m")
+        # Sparse stereo LK needs a start near the true disparity (fine texture aliases in the pyramid):
+        # a new query gets it once from a dense map. Peeked without the lock: a query added meanwhile
+        # is seeded on the next frame.
+        seed = sparse and (not bool(self._seeded.all()) or self._pending_grid > 0)
+        depth_m = None
+        if dense_depth or not sparse or seed:
+            depth_m = np.asarray(self.frontend.depth_m(left, right, frame.calib), np.float32)
         with self._lock:
             if self._last_stamp is not None and frame.stamp_ns <= self._last_stamp:
                 log.warning("time moved backwards (%d -> %d ns): dropping buffered frames and the model",
@@ -328,7 +371,21 @@ class OnlineTracker:
             self._prev_left = left
             self._last_stamp = frame.stamp_ns
             self._frame_index += 1
-            result = self._front_result(frame, depth_m)
+            if sparse and len(self._uv):
+                guess = self._disp
+                if depth_m is not None:  # seed unknown disparities from the dense map: d = fx·B/Z
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        d_dense = frame.calib.fx * frame.calib.baseline_m / sample_bilinear(depth_m, self._uv)
+                    guess = np.where(np.isfinite(self._disp), self._disp, d_dense)
+                    self._seeded[:] = True
+                z, disp = self.frontend.point_depth_m(left, right, frame.calib, self._uv, guess,
+                                                      self.online_cfg.stereo_max_dy_px)
+                self._disp = np.where(np.isfinite(disp), disp, self._disp)
+            elif depth_m is not None and len(self._uv):
+                z = sample_bilinear(depth_m, self._uv)
+            else:
+                z = np.zeros(0)
+            result = self._front_result(frame, depth_m, z)
             self._remember(result)
             if self.refiner is not None and self._frame_index % self.refine_cfg.keyframe_every == 0:
                 self._keyframes.append(_KeyFrame(self._frame_index, frame, self._ids.copy(), self._uv.copy(),
@@ -337,10 +394,10 @@ class OnlineTracker:
                 self._wake.notify()
             return result
 
-    def _front_result(self, frame: StereoFrame, depth_m: np.ndarray) -> FrameTracks:
-        z = sample_bilinear(depth_m, self._uv) if len(self._uv) else np.zeros(0)
-        xyz = unproject_m(self._uv, z, frame.calib.K)
-        conf = np.where(self._visible, 0.5 ** (self._age / CONFIDENCE_HALF_LIFE_FRAMES), 0.0)
+    def _front_result(self, frame: StereoFrame, depth_m: np.ndarray | None, z: np.ndarray) -> FrameTracks:
+        xyz = unproject_m(self._uv, np.asarray(z, np.float64), frame.calib.K)
+        # a heuristic for chained-LK drift, reported as `confidence` in ~/tracked_points
+        conf = np.where(self._visible, 0.5 ** (self._age / self.online_cfg.confidence_half_life_frames), 0.0)
         return FrameTracks(stamp_ns=frame.stamp_ns, ids=self._ids.copy(), uv_px=self._uv.astype(np.float32),
                            xyz_cam_m=xyz.astype(np.float32), visible=self._visible.copy(),
                            confidence=conf.astype(np.float32), refined=np.zeros(len(self._ids), bool),

@@ -4,8 +4,13 @@
 the weight-free front end (SGBM depth, specular masks, DIS flow bank, multi-gap chains), fits the
 model (`fit_invnerf`) and queries it (`infer_tracks`): query pixel → ray → max-weight surface
 sample → canonical point u → X_t = F_t⁻¹(u) for every frame t, all queries × all frames in one
-batched call. Visibility at t is a rendered transmittance test along the ray of X_t at time t.
-`reconstruct` renders depth maps and coloured point clouds of the fitted model.
+batched call. A point is visible at t when it projects inside the image, when no stereo surface
+lies well in front of it at its pixel (an instrument), and, if `render.visibility_transmittance` > 0,
+when the rendered transmittance in front of X_t along its ray at time t exceeds that threshold.
+With `render.surface="stereo"` (default) the surface point at the query frame is the stereo point
+the anchor term trains F on; `max_weight` is the max-weight sample. Output depth is fused with SGBM
+where they agree (`render.stereo_depth_fusion_px`). `reconstruct` renders depth maps and coloured
+point clouds of the fitted model.
 """
 
 import json
@@ -143,8 +148,18 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
     fit_cfg = fit_cfg or FitConfig()
     frontend_cfg = frontend_cfg or FrontendConfig()
     device = resolve_device(fit_cfg.device)
+    threads = torch.get_num_threads()
     if fit_cfg.num_threads > 0:
         torch.set_num_threads(fit_cfg.num_threads)
+    try:
+        return _fit(seq, fit_cfg, frontend_cfg, device, progress, init_state, frontend)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device: torch.device,
+         progress: Callable[[dict], None] | None, init_state: dict | None,
+         frontend: dict[str, np.ndarray] | None) -> FitResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     if seq.num_frames < 1:
@@ -258,7 +273,7 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
     if cfg.render.stereo_visibility_check:
         d_st = data.depth_at(flat_f, flat_uv).reshape(T, N)
         disp_gap = data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)
-        occluded = torch.isfinite(d_st) & (disp_gap > 2.0 * max(cfg.render.visibility_front_disp_px, 0.5))
+        occluded = torch.isfinite(d_st) & (disp_gap > cfg.render.stereo_occlusion_gap_px)
         visible = visible & ~occluded
     visible[f_q, torch.arange(N, device=dev)] = True  # a query is visible in its own frame by definition
     if cfg.render.stereo_depth_fusion_px > 0:

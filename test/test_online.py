@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.config import FrontendConfig, LKConfig, QueryConfig, RefineConfig
+from surg_invnerf_ros.config import FrontendConfig, LKConfig, OnlineConfig, QueryConfig, RefineConfig
 from surg_invnerf_ros.errors import InputError
 from surg_invnerf_ros.online import (
     LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, grid_queries_px, index_of)
@@ -86,6 +86,22 @@ class TestFrontEnd:
         assert res.visible.all() and (res.confidence > 0).all() and (res.confidence <= 1).all()
         trk.close()
 
+    def test_sparse_stereo_rejects_off_row_matches(self):
+        rng = np.random.default_rng(3)
+        import cv2
+
+        tex = cv2.resize((rng.random((16, 24)) * 255).astype(np.uint8), (W + 16, H + 8),
+                         interpolation=cv2.INTER_CUBIC)
+        left = np.repeat(tex[:H, 8:8 + W, None], 3, 2)
+        right_ok = np.repeat(tex[:H, 12:12 + W, None], 3, 2)        # d = 4 px, same rows
+        right_shifted = np.repeat(tex[4:4 + H, 12:12 + W, None], 3, 2)  # also 4 rows up: not rectified
+        fe = LKStereoFrontEnd(FrontendConfig())
+        uv = np.array([[30.0, 20.0]])
+        z, d = fe.point_depth_m(left, right_ok, CALIB, uv, np.array([np.nan]))
+        assert abs(d[0] - 4.0) < 0.1 and abs(z[0] - 50 * 0.005 / 4) < 1e-3
+        z, d = fe.point_depth_m(left, right_shifted, CALIB, uv, np.array([4.0]))
+        assert np.isnan(z[0]) and np.isnan(d[0])
+
     def test_point_leaving_image_is_not_visible(self):
         trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
         trk.add_queries(np.array([[W - 1.5, 10.0]]))
@@ -109,14 +125,22 @@ class TestFrontEnd:
         left, right = view(0), view(disp)
         nxt, nxt_right = view(2), view(2 + disp)  # the scene moved 2 px left
         cfg = FrontendConfig()
-        trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=LKStereoFrontEnd(cfg))
-        trk.add_queries(np.array([[32.0, 24.0]]))
-        trk.push_frame(StereoFrame(left, right, CALIB, 1))
-        res = trk.push_frame(StereoFrame(nxt, nxt_right, CALIB, 2))
-        assert res.visible[0]
-        np.testing.assert_allclose(res.uv_px[0], [30.0, 24.0], atol=0.3)
-        # Z = fx·B/d = 50 · 0.005 / 8 = 0.03125 m
-        assert abs(res.xyz_cam_m[0, 2] - 0.03125) < 0.001
+        for point_depth in ("lk_stereo", "sgbm"):
+            trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=LKStereoFrontEnd(cfg),
+                                online_cfg=OnlineConfig(point_depth=point_depth))
+            trk.add_queries(np.array([[32.0, 24.0], [60.0, 2.0]]))
+            first = trk.push_frame(StereoFrame(left, right, CALIB, 1))
+            res = trk.push_frame(StereoFrame(nxt, nxt_right, CALIB, 2))
+            assert res.visible[0]
+            np.testing.assert_allclose(res.uv_px[0], [30.0, 24.0], atol=0.3)
+            # Z = fx·B/d = 50 · 0.005 / 8 = 0.03125 m, from LK at the points or from SGBM
+            assert abs(res.xyz_cam_m[0, 2] - 0.03125) < 0.001, point_depth
+            # the dense map: on the first frame (it seeds the LK disparities), when it is the
+            # point-depth source, or when asked for (a cloud)
+            assert first.depth_m.shape == (H, W)
+            assert (res.depth_m is None) == (point_depth == "lk_stereo")
+            third = trk.push_frame(StereoFrame(view(4), view(4 + disp), CALIB, 3), dense_depth=True)
+            assert third.depth_m.shape == (H, W)
 
     def test_size_mismatch_is_input_error(self):
         trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())

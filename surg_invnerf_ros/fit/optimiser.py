@@ -4,7 +4,13 @@ One step draws pixels from the sampler, pairs each with a correspondence (frame 
 renders the ray at the pixel in frame i mapped into frame j and, in the same step, the ray at the
 matched pixel in frame j mapped back into frame i (the bidirectional term), plus the photometric,
 stereo, range, distortion and plane terms. Everything stays on the device; nothing loops over
-pixels or points in Python.
+pixels or points in Python, and the host reads losses only every `log_every` steps.
+
+Two measured choices keep the density sharp (a fog of weights along the ray made depth, and with
+camera motion parallax, wrong): the "anchor" term maps the stereo surface point itself
+F_j⁻¹(F_i(x_stereo)) and trains F from the first step, and by default the rendered X̂_j term does not
+back-propagate into the weights (`loss.corr_detach_weights`), so only the stereo, line-of-sight and
+photometric terms shape the density.
 """
 
 import logging
@@ -74,6 +80,7 @@ class FitData:
             by_src[src[order], rank] = order
         self.by_src, self.degree = by_src, degree.to(dev)
         self.T_cam_world = torch.linalg.inv(self.T_world_cam) if self.T_world_cam is not None else None
+        self._fx_b = float(self.K[0, 0]) * self.baseline_m  # a Python float: no device sync per use
 
     @property
     def num_frames(self) -> int:
@@ -85,7 +92,7 @@ class FitData:
 
     @property
     def fx_b(self) -> float:
-        return float(self.K[0, 0]) * self.baseline_m
+        return self._fx_b
 
     def poses(self, frame: Int[Tensor, " R"]) -> Tensor | None:
         return None if self.T_world_cam is None else self.T_world_cam[frame]
@@ -218,11 +225,11 @@ class Fitter:
         return 1.0 + (lc.stereo_final_scale - 1.0) * a
 
     # ------------------------------------------------------------------------------------------
-    def step_losses(self, step: int, share: float, timings: dict[str, float]) -> tuple[Tensor, dict[str, float]]:
+    def step_losses(self, step: int, share: float, timings: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of one step (forward only); also updates the error maps."""
         cfg, data, lc = self.cfg, self.data, self.cfg.loss
         t0 = time.perf_counter()
-        n = self.sampler.budget()
+        n = self.sampler.budget(recompute=step % self.cfg.log_every == 0)
         f_i, u, v = self.sampler.draw(n)
         cb = correspondence_batch(data, f_i, u, v, self.gen)
         if lc.bidirectional:
@@ -272,7 +279,7 @@ class Fitter:
             err = (out["uv_pred_px"] - uv_tgt).norm(dim=-1)
             self.sampler.update(frame, uv[:, 0], uv[:, 1], err, conf > 0)
         _add(timings, "forward_s", t0)
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+        return total, {k: v.detach() for k, v in terms.items()}  # tensors: read only when logging
 
     def _anchor_loss(self, out: dict[str, Tensor], frame: Tensor, uv: Tensor, target: Tensor, uv_tgt: Tensor,
                      conf: Tensor) -> Tensor:
@@ -331,7 +338,7 @@ class Fitter:
         self.model.train()
         step = 0
         stop = ""
-        last_terms: dict[str, float] = {}
+        last_terms: dict[str, Tensor] = {}
         while True:
             elapsed = time.perf_counter() - t_start
             if cfg.max_steps > 0 and step >= cfg.max_steps:
@@ -353,24 +360,25 @@ class Fitter:
             _add(timings, "backward_s", t0)
             step += 1
             last_terms = terms
-            loss_val = float(total.detach())
-            if not math.isfinite(loss_val):
-                stop = "non_finite_loss"
-                log.warning("fit: loss became %s at step %d; stopping", loss_val, step)
-                break
-            stalled = self.sampler.observe_loss(step, terms.get("corr", loss_val))
+            stalled = False
+            if step % cfg.log_every == 0:  # host reads (device syncs) only here
+                loss_val = float(total.detach())
+                if not math.isfinite(loss_val):
+                    stop = "non_finite_loss"
+                    log.warning("fit: loss became %s at step %d; stopping", loss_val, step)
+                    break
+                corr = terms.get("anchor", terms.get("corr", total))
+                stalled = self.sampler.observe_loss(step, float(corr))
             if cfg.sampler.refresh_every > 0 and step % cfg.sampler.refresh_every == 0:
                 t0 = time.perf_counter()
                 self.dense_refresh()
                 _add(timings, "refresh_s", t0)
                 if self.sampler.is_converged():
                     stop = "converged"
-                if cfg.sampler.strategy == "uniform":
-                    pass
             if step % cfg.log_every == 0 or stop:
-                rec = {"step": step, "max_steps": cfg.max_steps, "loss": loss_val,
+                rec = {"step": step, "max_steps": cfg.max_steps, "loss": float(total.detach()),
                        "converged": self.sampler.converged_share(), "elapsed_s": time.perf_counter() - t_start,
-                       **{f"loss_{k}": val for k, val in terms.items()}}
+                       **{f"loss_{k}": float(val) for k, val in terms.items()}}
                 self.stats.history.append(rec)
                 if progress is not None:
                     progress(rec)
@@ -383,7 +391,7 @@ class Fitter:
         self.model.eval()
         self.stats.steps = step
         self.stats.stop_reason = stop
-        self.stats.losses = last_terms
+        self.stats.losses = {k: float(v) for k, v in last_terms.items()}
         self.stats.converged_share = self.sampler.converged_share()
         return self.stats
 

@@ -39,6 +39,7 @@ class PixelSampler:
         self.best_loss = float("inf")
         self.best_step = 0
         self.loss_ema: float | None = None
+        self._share: float | None = None  # cached converged share (recomputed every `share_every` steps)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -65,11 +66,15 @@ class PixelSampler:
         n = int(known.sum())
         return float(self.converged_mask().sum()) / n if n else 0.0
 
-    def budget(self) -> int:
-        """Pixels to draw this step: shrinks as cells converge (never below min_budget_share)."""
+    def budget(self, recompute: bool = True) -> int:
+        """Pixels to draw this step: shrinks as cells converge (never below min_budget_share).
+
+        `recompute=False` reuses the last converged share (no device synchronisation)."""
         if self.cfg.strategy == "uniform":
             return self.cfg.rays_per_step
-        share = max(self.cfg.min_budget_share, 1.0 - self.converged_share())
+        if recompute or self._share is None:
+            self._share = self.converged_share()
+        share = max(self.cfg.min_budget_share, 1.0 - self._share)
         return max(1, int(round(self.cfg.rays_per_step * share)))
 
     # -- draws ---------------------------------------------------------------------------------
@@ -81,18 +86,16 @@ class PixelSampler:
         else:
             finite = torch.isfinite(flat)
             open_ = ~(torch.nan_to_num(flat, nan=float("inf")) < self.cfg.converged_below_px)  # unknown or above τ
-            if not bool(open_.any()):
-                open_ = torch.ones_like(open_)
+            # tensor-side fallbacks instead of Python branches: no device synchronisation per step
+            open_f = torch.where(open_.any(), open_.float(), torch.ones_like(flat))
             n_err = int(round(n * self.cfg.error_share))
-            err_w = torch.where(finite & open_, flat, torch.zeros_like(flat)).clamp_min(0)
-            if float(err_w.sum()) <= 0:
-                n_err = 0
+            err_w = torch.where(finite & open_, flat, torch.zeros_like(flat)).clamp_min(0) + 1e-9 * open_f
             n_uni = n - n_err
             parts = []
             if n_err:
                 parts.append(torch.multinomial(err_w, n_err, replacement=True, generator=self.gen))
             if n_uni:
-                parts.append(torch.multinomial(open_.float(), n_uni, replacement=True, generator=self.gen))
+                parts.append(torch.multinomial(open_f, n_uni, replacement=True, generator=self.gen))
             cells = torch.cat(parts)
         frame = cells // (self.Hc * self.Wc)
         rem = cells % (self.Hc * self.Wc)
@@ -118,18 +121,17 @@ class PixelSampler:
     def update(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor, err_px: Float[Tensor, " P"],
                valid: Bool[Tensor, " P"]) -> None:
         """Blend the errors of supervised pixels into their cells (mean per cell, then EMA)."""
-        if not bool(valid.any()):
-            return
-        idx = self.cell_index(frame[valid], u_px[valid], v_px[valid])
-        e = err_px[valid].detach().float()
+        idx = self.cell_index(frame, u_px, v_px)
+        m = valid.float()
+        e = torch.nan_to_num(err_px.detach().float()) * m
         s = torch.zeros(self.num_cells, device=self.device).index_add_(0, idx, e)
-        c = torch.zeros(self.num_cells, device=self.device).index_add_(0, idx, torch.ones_like(e))
+        c = torch.zeros(self.num_cells, device=self.device).index_add_(0, idx, m)
         hit = c > 0
-        mean = s[hit] / c[hit]
-        flat = self.err.view(-1)
-        old = flat[hit]
+        mean = s / c.clamp_min(1.0)
+        old = self.err.view(-1)
         a = self.cfg.error_ema
-        flat[hit] = torch.where(torch.isfinite(old), (1 - a) * old + a * mean, mean)
+        new = torch.where(torch.isfinite(old), (1 - a) * old + a * mean, mean)
+        self.err = torch.where(hit, new, old).view(self.T, self.Hc, self.Wc)
 
     def refresh(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor, err_px: Float[Tensor, " P"],
                 valid: Bool[Tensor, " P"]) -> None:

@@ -111,6 +111,10 @@ class TrackPublishers:
         drawn = draw_tracks(left_rgb_u8, ft.uv_px, ft.visible, ft.refined, ft.ids)
         self.overlay.publish(convert.numpy_to_image(drawn, "rgb8", hdr.stamp, hdr.frame_id))
 
+    def cloud_due(self) -> bool:
+        """True when the next ~/cloud may go out (so the front end computes a dense depth map)."""
+        return self.cloud is not None and time.monotonic() - self._last_cloud_s >= 1.0 / self.cfg.cloud_rate_hz
+
     def cloud_from_depth(self, depth_m: np.ndarray | None, left_rgb_u8: np.ndarray, K: np.ndarray,
                          hdr: Header, force: bool = False) -> bool:
         """~/cloud from a depth map, at most `cloud_rate_hz` unless forced (a model render); True if sent."""

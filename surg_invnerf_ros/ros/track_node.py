@@ -84,7 +84,8 @@ class TrackerNode(Node):
             self._setup()
             # last: the refinement process starts here, and a bad device is refused here
             self.tracker = OnlineTracker(self.cfg.frontend, self.cfg.refine, self.cfg.queries,
-                                         frontend=frontend, refiner=refiner, device=self.cfg.device)
+                                         online_cfg=self.cfg.online, frontend=frontend, refiner=refiner,
+                                         device=self.cfg.device)
         except ConfigError:
             self.destroy_node()
             raise
@@ -289,7 +290,8 @@ class TrackerNode(Node):
         right_frame = s.info_right.header.frame_id or s.right.header.frame_id
         self._frame_ids = (left_frame, right_frame)
         self._publish_static(calib, left_frame, right_frame, s.stamp_ns)
-        ft = self.tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, self._pose_at(s.stamp_ns)))
+        ft = self.tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, self._pose_at(s.stamp_ns)),
+                                     dense_depth=self.pubs.cloud_due())
         hdr = convert.header(s.stamp_ns, left_frame)
         self.pubs.tracks(ft, hdr)
         self._send_tf(ft, left_frame)
@@ -364,6 +366,9 @@ def main(args: list[str] | None = None) -> int:
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:  # SIGTERM shut the context down while the executor built its wait set
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.close()

@@ -1,0 +1,194 @@
+"""The ROS part of `make demo`: synthetic source → tracker node → a live accuracy checker.
+
+Both nodes run as their console scripts' targets in subprocesses (LARGE_DATA transports, stopped
+with SIGTERM); the checker runs here, matches `~/tracked_points` to `~/ground_truth` by image stamp
+and prints accuracy every second. At the end it writes an overlay contact sheet (frames of the
+node's `~/overlay`) and the metric table (front end alone, and with refined tracks where a fit has
+delivered them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..eval.metrics import compute_metrics
+from ..eval.report import format_table, metrics_row
+from ..structs import Tracks
+from . import convert
+from .bag_nodes import use_large_data_transport
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "track.yaml"
+TRACKER = "/surg_invnerf_tracker"
+SOURCE = "/synthetic_stereo"
+
+
+def _start(entry: str, log_path: Path, *ros_args: str) -> subprocess.Popen:
+    """Run a console script's target; its output goes to a log file (a pipe nobody reads would fill
+    up and block the node)."""
+    module, func = entry.split(":")
+    env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    code = f"import sys; from {module} import {func}; sys.exit({func}())"
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, "-c", code, "--ros-args", *ros_args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _as_tracks(by_stamp: dict[int, np.ndarray], stamps: list[int], ids: np.ndarray) -> Tracks:
+    """Stack per-stamp tracked_points arrays (matched by id) into a Tracks over `stamps`."""
+    T, N = len(stamps), len(ids)
+    uv = np.full((T, N, 2), np.nan, np.float32)
+    xyz = np.full((T, N, 3), np.nan, np.float32)
+    vis = np.zeros((T, N), bool)
+    for t, s in enumerate(stamps):
+        p = by_stamp.get(s)
+        if p is None:
+            continue
+        idx = np.searchsorted(ids, p["id"])
+        ok = (idx < N) & (ids[np.minimum(idx, N - 1)] == p["id"])
+        uv[t, idx[ok]] = np.stack([p["u"], p["v"]], -1)[ok]
+        xyz[t, idx[ok]] = np.stack([p["x"], p["y"], p["z"]], -1)[ok]
+        vis[t, idx[ok]] = p["visible"][ok] == 1
+    return Tracks(ids=ids.astype(np.int64), uv=uv, visible=vis, xyz=xyz)
+
+
+def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, width: int = 256,
+                 height: int = 192, rate_hz: float = 30.0) -> int:
+    """Run the live pipeline for `duration_s`; print accuracy every second; write the results."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image, PointCloud2
+
+    use_large_data_transport()  # the checker must speak the nodes' transports, before rclpy.init
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[demo] ROS pipeline for {duration_s:.0f} s: synthetic_stereo ({width}x{height} @ {rate_hz:.0f} Hz) "
+          f"→ surg_invnerf_tracker (device {device}) → live checker")
+    tracker = _start("surg_invnerf_ros.ros.track_node:main", out / "tracker.log", "--params-file", str(REPO_CONFIG),
+                     "-p", f"device:={device}")
+    source = None
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    live: dict[int, np.ndarray] = {}
+    refined: dict[int, np.ndarray] = {}
+    gt: dict[int, np.ndarray] = {}
+    overlays: list[tuple[int, np.ndarray]] = []
+
+    def on_points(msg: PointCloud2) -> None:
+        p = convert.tracked_points_from_msg(msg)
+        (refined if p["refined"].any() else live)[convert.stamp_ns(msg.header.stamp)] = p
+
+    def on_overlay(msg: Image) -> None:
+        if not overlays or convert.stamp_ns(msg.header.stamp) - overlays[-1][0] > 2e9:
+            overlays.append((convert.stamp_ns(msg.header.stamp), convert.image_to_rgb_u8(msg)))
+
+    try:
+        node = rclpy.create_node("demo_checker", context=ctx)
+        node.create_subscription(PointCloud2, f"{TRACKER}/tracked_points", on_points, 500)
+        node.create_subscription(PointCloud2, f"{SOURCE}/ground_truth",
+                                 lambda m: gt.__setitem__(convert.stamp_ns(m.header.stamp),
+                                                          convert.tracked_points_from_msg(m)), 500)
+        node.create_subscription(Image, f"{TRACKER}/overlay", on_overlay, 10)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60 and node.count_publishers(f"{TRACKER}/tracked_points") == 0:
+            ex.spin_once(timeout_sec=0.1)
+            if tracker.poll() is not None:
+                print(f"[demo] tracker exited early; see {out / 'tracker.log'}", file=sys.stderr)
+                return 1
+        source = _start("surg_invnerf_ros.ros.synthetic_source_node:main", out / "source.log", "-p", f"synth.width:={width}",
+                        "-p", f"synth.height:={height}", "-p", "synth.frames:=48", "-p", "synth.instrument:=true",
+                        "-p", "synth.camera_motion:=true", "-p", "synth.num_queries:=32",
+                        "-p", f"rate_hz:={rate_hz}", "-r", f"queries_out:={TRACKER}/queries")
+        t_wait = time.monotonic()  # the source pre-renders its frames before the first publish
+        while not gt and time.monotonic() - t_wait < 180 and source.poll() is None:
+            ex.spin_once(timeout_sec=0.1)
+        if not gt:
+            print(f"[demo] the synthetic source published no ground truth (exit code {source.poll()}, "
+                  f"{time.monotonic() - t_wait:.0f} s); see {out / 'source.log'}", file=sys.stderr)
+            return 1
+        t_start = time.monotonic()
+        next_print = t_start + 1.0
+        while time.monotonic() - t_start < duration_s:
+            ex.spin_once(timeout_sec=0.05)
+            if time.monotonic() >= next_print:
+                next_print += 1.0
+                print(_live_line(time.monotonic() - t_start, live, refined, gt), flush=True)
+            if tracker.poll() is not None:
+                print("[demo] tracker exited early", file=sys.stderr)
+                break
+        ex.shutdown()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+        _stop(tracker)
+        _stop(source)
+    return _write_results(out, live, refined, gt, overlays)
+
+
+def _errors(preds: dict[int, np.ndarray], gt: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    e2, e3 = [], []
+    for s, p in preds.items():
+        g = gt.get(s)
+        if g is None or len(g) != len(p):
+            continue
+        vis = (g["visible"] == 1) & (p["id"] == g["id"])
+        e2.append(np.hypot(p["u"] - g["u"], p["v"] - g["v"])[vis])
+        e3.append(1e3 * np.linalg.norm(np.stack([p["x"] - g["x"], p["y"] - g["y"], p["z"] - g["z"]], -1), axis=-1)[vis])
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
+    return cat(e2), cat(e3)
+
+
+def _live_line(t_s: float, live: dict, refined: dict, gt: dict) -> str:
+    e2, e3 = _errors(live, gt)
+    r2, _ = _errors(refined, gt)
+    med = (lambda x: f"{np.nanmedian(x):5.2f}" if len(x) else "  -  ")
+    within = f"{np.mean(e2 < 4.0):.2f}" if len(e2) else " -  "
+    return (f"[demo] t={t_s:4.0f}s frames={len(live):4d} median 2D {med(e2)} px  <4px {within}  "
+            f"median 3D {med(e3)} mm | refined frames={len(refined):4d} median 2D {med(r2)} px")
+
+
+def _write_results(out: Path, live: dict, refined: dict, gt: dict, overlays: list) -> int:
+    stamps = sorted(s for s in gt if s in live)
+    if not stamps:
+        print("[demo] no tracked frames matched the ground truth", file=sys.stderr)
+        return 1
+    ids = np.sort(gt[stamps[0]]["id"]).astype(np.int64)
+    gt_tracks = _as_tracks(gt, stamps, ids)
+    rows = [metrics_row("front end (live)", compute_metrics(_as_tracks(live, stamps, ids), gt_tracks))]
+    if refined:
+        merged = {**live, **{s: p for s, p in refined.items() if s in live}}
+        rows.append(metrics_row("with refined", compute_metrics(_as_tracks(merged, stamps, ids), gt_tracks)))
+    table = format_table(rows, columns=["method", "epe_px", "epe_end_px", "delta_avg", "oa", "err3d_finite_mm", "fail3d_frac"])
+    (out / "metrics.md").write_text(table)
+    print(table)
+    print(f"[demo] {len(stamps)} frames tracked, {len(refined)} refined; wrote {out / 'metrics.md'}")
+    if overlays:
+        tiles = [img for _, img in overlays[-8:]]
+        rows_img = [np.concatenate(tiles[i:i + 4] + [np.zeros_like(tiles[0])] * (4 - len(tiles[i:i + 4])), 1)
+                    for i in range(0, len(tiles), 4)]
+        sheet = np.concatenate(rows_img, 0)
+        path = out / "overlay_contact_sheet.png"
+        cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        print(f"[demo] wrote {path}")
+    return 0
