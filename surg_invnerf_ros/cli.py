@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("out/bench"))
     b.add_argument("--preset", choices=["default", "hard", "quick"], default="default")
     b.add_argument("--methods", nargs="+", help="methods to run (default: all baselines + invnerf + ablations)")
+    b.add_argument("--seeds", type=int, nargs="+", help="sequence seeds (default: the preset's)")
     b.add_argument("--no-speed", action="store_true", help="skip the generator/front-end speed measurements")
+    b.add_argument("--no-ros", action="store_true", help="skip the ROS node latency benchmark")
     fit_args(b)
     b.set_defaults(func=cmd_bench)
 

@@ -107,6 +107,17 @@ def speed_report(sizes: Seq[tuple[int, int]] = ((256, 192), (640, 512)), frames:
     return out
 
 
+def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
+    """The node under a 30 Hz synthetic stream for 60 s at 256×192 and 640×512 (issue 4)."""
+    from .ros_bench import format_ros_bench, run_ros_bench
+
+    results = [run_ros_bench(w, h, rate_hz=30.0, duration_s=60.0, device=device) for w, h in ((256, 192), (640, 512))]
+    text = format_ros_bench(results)
+    (out / "ros.md").write_text(text)
+    print(text)
+    return results
+
+
 def _speed_markdown(speed: Mapping[str, Any]) -> str:
     rows = []
     for key, fps in speed["frontend_fps"].items():
@@ -119,12 +130,13 @@ def _speed_markdown(speed: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_set(out: Path, preset: str, methods: list[str], fit_cfg: FitConfig) -> list[dict[str, Any]]:
+def _run_set(out: Path, preset: str, methods: list[str], fit_cfg: FitConfig,
+             seeds: Seq[int] | None = None) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from .bench import bench_total, run_bench
 
-    cfg = BenchConfig(preset=preset)
+    cfg = BenchConfig(preset=preset, seeds=tuple(seeds or ()))
     runners = invnerf_runners(fit_cfg, methods)
     with tqdm(total=bench_total(cfg, methods), desc=f"bench[{preset}]", file=sys.stderr, leave=False) as bar:
         result = run_bench(out, cfg, methods, progress=bar.update, runners=runners)
@@ -152,13 +164,15 @@ def run_full_bench(args: argparse.Namespace) -> int:
     for preset in presets:
         # The default set runs the baselines and InvNeRF; ablations run on the hard set only.
         m = [x for x in methods if preset == "hard" or x not in ABLATIONS]
-        rows = _run_set(out / preset, preset, m, fit_cfg)
+        rows = _run_set(out / preset, preset, m, fit_cfg, args.seeds)
         if "invnerf" in m:
             bar = bar_check(rows)
             summary[f"bar_{preset}"] = bar
             text = format_table(bar, columns=list(bar[0]) if bar else None)
             (out / preset / "bar.md").write_text(text)
             print(f"[bench] {preset}: InvNeRF vs best baseline\n{text}")
+    if not args.no_ros:
+        summary["ros"] = ros_report(out, fit_cfg.device)
     if not args.no_speed:
         speed = speed_report()
         summary["speed"] = speed

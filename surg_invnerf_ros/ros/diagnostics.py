@@ -115,10 +115,29 @@ def _kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=str(value))
 
 
+def kinematics_status(kin: Mapping[str, Any], node_name: str = "surg_invnerf_tracker") -> DiagnosticStatus:
+    """The `kinematics` status: ECM pose counters (buffer drops, frames with/without a pose).
+
+    `kin` holds `state` (text), counters, and `new_frames_without_pose` / `new_pose_drops` since the
+    last report. WARN when poses flow but frames went without one, or pose messages were dropped, since
+    then; OK otherwise (also when kinematics are off or nothing was received: that is a mode, not a fault).
+    """
+    values = [_kv(k, v) for k, v in sorted(kin.items()) if not k.startswith("new_") and k != "state"]
+    state = str(kin.get("state", "off"))
+    problems = []
+    if kin.get("new_pose_drops"):
+        problems.append(f"{kin['new_pose_drops']} pose messages dropped")
+    if kin.get("new_frames_without_pose"):
+        problems.append(f"{kin['new_frames_without_pose']} frames without a pose")
+    level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+    return DiagnosticStatus(level=level, name=f"{node_name}: kinematics", message="; ".join(problems) or state,
+                            hardware_id=node_name, values=values)
+
+
 def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: Mapping[str, Any],
                      stamp_ns: int, node_name: str = "surg_invnerf_tracker",
-                     idle_warn_s: float = 2.0) -> DiagnosticArray:
-    """One DiagnosticArray with an `input`, a `tracking` and a `model` status."""
+                     idle_warn_s: float = 2.0, kinematics: Mapping[str, Any] | None = None) -> DiagnosticArray:
+    """One DiagnosticArray with an `input`, a `tracking` and a `model` status, plus `kinematics` if given."""
     hw = f"{node_name}"
     # input
     values = [_kv(f"rate_hz.{t}", r) for t, r in sorted(snap["rates_hz"].items())]
@@ -145,7 +164,10 @@ def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: 
     mod = DiagnosticStatus(level=DiagnosticStatus.ERROR if failed else DiagnosticStatus.OK,
                            name=f"{node_name}: model", message=str(model.get("error") or mstate),
                            hardware_id=hw, values=mvals)
-    return DiagnosticArray(header=header(stamp_ns, ""), status=[inputs, tracking, mod])
+    statuses = [inputs, tracking, mod]
+    if kinematics is not None:
+        statuses.append(kinematics_status(kinematics, node_name))
+    return DiagnosticArray(header=header(stamp_ns, ""), status=statuses)
 
 
 def level_int(level: bytes | int) -> int:

@@ -1,4 +1,5 @@
-"""TF output (DESIGN §5): `track_<id>` frames on /tf, the stereo frame on /tf_static.
+"""TF output (DESIGN §5): `track_<id>` frames (and world → camera from kinematics) on /tf, the stereo
+frame on /tf_static.
 
 The transform builders are pure functions. `TransformBroadcaster` and `StaticTransformBroadcaster`
 are the built-in fallbacks for `tf2_ros` (chosen in `compat.py`), with tf2_ros's semantics:
@@ -72,6 +73,12 @@ def T_left_right(calib: StereoCalib) -> np.ndarray:
 def stereo_transform(calib: StereoCalib, left_frame: str, right_frame: str, stamp: int | Time) -> TransformStamped:
     """The left→right optical transform for /tf_static."""
     return transform_msg(T_left_right(calib), left_frame, right_frame, stamp)
+
+
+def world_transform(T_world_cam: np.ndarray, world_frame: str, camera_frame: str,
+                    stamp: int | Time) -> TransformStamped:
+    """world → left optical from kinematics (T_world_cam = T_world_ecm · T_ecm_cam) for /tf."""
+    return transform_msg(T_world_cam, world_frame, camera_frame, stamp)
 
 
 class TransformBroadcaster:

@@ -8,7 +8,12 @@ DESIGN §5 lists its topics. The node is thin (STYLE §6):
 - a timer in the same group polls the refinement worker and publishes refined tracks: they go out
   again on ~/tracked_points (and /tf) with their frame's original stamp and refined = 1;
 - a timer in the input group times out unpaired images; one in a third group publishes /diagnostics;
-- services ~/clear and ~/reset sit in a fourth group.
+- services ~/clear and ~/reset sit in a fourth group;
+- `ecm/measured_cp` (PoseStamped or TransformStamped, the type the topic is advertised with unless
+  `kinematics.message_type` names one; a timer re-checks the graph until it appears) feeds a
+  `KinematicsBuffer` in the input group. Each frame gets T_world_cam at its stamp (time offset and
+  hand-eye applied by the buffer), or None when missing, stale or non-finite: that frame then runs
+  without kinematics. With a pose, world → left optical goes out on /tf.
 Under a MultiThreadedExecutor none of them waits for the model. A bad message is dropped, counted
 by reason and warned about (throttled); a bad parameter refuses the start with one line.
 
@@ -34,7 +39,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
@@ -45,15 +50,20 @@ from ..online import FrameTracks, OnlineTracker, StereoFrame
 from ..structs import StereoCalib
 from . import compat, convert, params
 from .diagnostics import NodeStats, diagnostic_array
+from .kinematics import COUNTER_KEYS, KinematicsBuffer, message_class, resolve_message_type
 from .publishers import TrackPublishers
 from .sync import INFO_L, INFO_R, LEFT, RIGHT, StereoSet, StereoSync
-from .tf import stereo_transform, track_transforms
+from .tf import stereo_transform, track_transforms, world_transform
 
 NODE_NAME = "surg_invnerf_tracker"
 INPUT_TOPICS = {LEFT: "stereo/left/image_rect", RIGHT: "stereo/right/image_rect",
                 INFO_L: "stereo/left/camera_info", INFO_R: "stereo/right/camera_info"}
 DEFAULT_FRAME = "left_camera_optical_frame"
 WARN_THROTTLE_S = 5.0
+KINEMATICS_TOPIC = "ecm/measured_cp"
+# KinematicsBuffer counters that are dropped pose *messages* → their reason in the input drops
+POSE_DROP_REASONS = {"nonfinite_pose": "nonfinite_pose", "bad_quaternion": "pose_bad_quaternion",
+                     "bad_type": "pose_bad_type", "duplicate": "duplicate_pose"}
 
 
 def sensor_qos() -> QoSProfile:
@@ -104,8 +114,6 @@ class TrackerNode(Node):
         if self.backends.tf == "none":
             log.warning("tf2_msgs is not installed: /tf and /tf_static are off "
                         "(pip install ./interfaces/tf2_msgs_pywheels)")
-        if self.cfg.kinematics.enabled:
-            log.info("kinematics: ecm/measured_cp is not subscribed yet; frames run without poses")
 
         self.stats = NodeStats()
         self._decode: Callable[[Image], np.ndarray] = compat.image_decoder(self.backends.image)
@@ -157,6 +165,28 @@ class TrackerNode(Node):
         self.create_timer(1.0 / self.cfg.publish.diagnostics_rate_hz, self._publish_diagnostics,
                           callback_group=self._cb_timers, clock=self._steady)
         self.create_timer(0.1, self._flush_sync, callback_group=self._cb_inputs, clock=self._steady)
+        self._setup_kinematics()
+
+    def _setup_kinematics(self) -> None:
+        """The pose buffer and the `ecm/measured_cp` subscription (now, or once the topic appears)."""
+        kc = self.cfg.kinematics
+        self.kin: KinematicsBuffer | None = KinematicsBuffer(kc) if kc.enabled else None
+        self._kin_sub: Any = None
+        self._kin_type: str | None = None
+        self._kin_timer: Any = None
+        self._kin_bad_type_warned = False
+        self._poses_received = 0
+        self._pose_drops_seen = dict.fromkeys(POSE_DROP_REASONS, 0)
+        self._kin_frames = {"with_pose": 0, "without_pose": 0, "before_first_pose": 0}
+        self._kin_reported = {"without_pose": 0, "drops": 0}
+        if self.kin is None:
+            self.get_logger().info("kinematics: off (kinematics.enabled false)")
+            return
+        if not self._subscribe_kinematics():
+            self.get_logger().info(f"kinematics: waiting for {self.resolve_topic_name(KINEMATICS_TOPIC)} "
+                                   "to be advertised; frames run without poses until then")
+            self._kin_timer = self.create_timer(0.5, self._subscribe_kinematics, callback_group=self._cb_inputs,
+                                                clock=self._steady)
 
     # ------------------------------------------------------------------ inputs
 
@@ -206,6 +236,46 @@ class TrackerNode(Node):
                 self._frames.popleft()
                 self.stats.count_drop("frontend_busy")
         self._wake_frontend.trigger()
+
+    def _subscribe_kinematics(self) -> bool:
+        """Subscribe `ecm/measured_cp` with its advertised (or the configured) type; False: not yet."""
+        if self._kin_sub is not None:
+            return True
+        topic = self.resolve_topic_name(KINEMATICS_TOPIC)
+        advertised = [t for name, types in self.get_topic_names_and_types() if name == topic for t in types]
+        try:
+            kind = resolve_message_type(self.cfg.kinematics.message_type, advertised)
+        except InputError as err:  # e.g. a geometry_msgs/Pose publisher: keep waiting for a usable one
+            if not self._kin_bad_type_warned:
+                self._kin_bad_type_warned = True
+                self.get_logger().warning(f"kinematics: {err}; not subscribed (set kinematics.message_type)")
+            return False
+        if kind is None:
+            return False
+        # best effort matches reliable and best-effort publishers alike; deep enough for 100 Hz bursts
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+        try:
+            self._kin_sub = self.create_subscription(
+                message_class(kind), KINEMATICS_TOPIC, self._on_pose, qos, callback_group=self._cb_inputs,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise ConfigError(f"qos_overrides.{topic}.subscription: {err}") from None
+        self._kin_type = kind
+        if self._kin_timer is not None:
+            self._kin_timer.cancel()
+        self.get_logger().info(f"kinematics: subscribed {topic} as geometry_msgs/{kind}")
+        return True
+
+    def _on_pose(self, msg: Any) -> None:
+        """Buffer one ECM pose; a bad one is dropped and counted by the buffer (never raised)."""
+        assert self.kin is not None
+        if self.kin.add_msg(msg):
+            self._poses_received += 1
+            return
+        counters = self.kin.counters
+        why = [k for k in POSE_DROP_REASONS if counters[k] > self._pose_drops_seen[k]]
+        self._pose_drops_seen = {k: counters[k] for k in POSE_DROP_REASONS}
+        self._warn(f"{KINEMATICS_TOPIC}: pose dropped ({', '.join(why) or 'unknown'})")
 
     def _on_queries(self, msg: PolygonStamped) -> None:
         try:
@@ -290,19 +360,44 @@ class TrackerNode(Node):
         right_frame = s.info_right.header.frame_id or s.right.header.frame_id
         self._frame_ids = (left_frame, right_frame)
         self._publish_static(calib, left_frame, right_frame, s.stamp_ns)
-        ft = self.tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, self._pose_at(s.stamp_ns)),
+        T_world_cam = self._pose_at(s.stamp_ns)
+        ft = self.tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam),
                                      dense_depth=self.pubs.cloud_due())
         hdr = convert.header(s.stamp_ns, left_frame)
         self.pubs.tracks(ft, hdr)
-        self._send_tf(ft, left_frame)
+        self._send_tf(ft, left_frame, T_world_cam)
         self.pubs.overlay_image(left, ft, hdr)
         self.pubs.cloud_from_depth(ft.depth_m, left, calib.K, hdr)
         latency_s = (self.get_clock().now().nanoseconds - s.stamp_ns) * 1e-9
         self.stats.record_frame(latency_s, s.skew_ns * 1e-9)
 
     def _pose_at(self, stamp_ns: int) -> np.ndarray | None:
-        """Seam for `ros/kinematics.py` (a later issue): T_world_cam at the image stamp, or None."""
-        return None
+        """T_world_cam (4, 4) at an image stamp, or None: the frame then runs without kinematics.
+
+        The buffer never extrapolates, so when poses are flowing but the newest is still older than
+        the frame, the frame is held up to `kinematics.wait_s` for the next one (the pose callback
+        runs in another group). Missing and stale lookups are counted by the buffer.
+        """
+        kin, kc = self.kin, self.cfg.kinematics
+        if kin is None:
+            return None
+        if not self._poses_received:
+            self._kin_frames["before_first_pose"] += 1
+            return None
+        t_kin = stamp_ns + int(round(kc.time_offset_s * 1e9))
+        newest = kin.newest_stamp_ns
+        live = newest is not None and (t_kin - newest) * 1e-9 <= kc.max_age_s + kc.wait_s
+        if live and newest < t_kin and kc.wait_s > 0:
+            deadline = time.monotonic() + kc.wait_s
+            while (newest is None or newest < t_kin) and time.monotonic() < deadline:
+                time.sleep(0.001)
+                newest = kin.newest_stamp_ns
+        T = kin.pose_at(stamp_ns)
+        if T is None or not np.isfinite(T).all():
+            self._kin_frames["without_pose"] += 1
+            return None
+        self._kin_frames["with_pose"] += 1
+        return T
 
     def _publish_static(self, calib: StereoCalib, left_frame: str, right_frame: str, stamp_ns: int) -> None:
         if self.tf_static is None or not right_frame or right_frame == left_frame:
@@ -312,9 +407,12 @@ class TrackerNode(Node):
             self._static_key = key
             self.tf_static.sendTransform(stereo_transform(calib, left_frame, right_frame, stamp_ns))
 
-    def _send_tf(self, ft: FrameTracks, frame_id: str) -> None:
+    def _send_tf(self, ft: FrameTracks, frame_id: str, T_world_cam: np.ndarray | None = None) -> None:
         if self.tf_dynamic is not None:
             transforms = track_transforms(ft.ids, ft.xyz_cam_m, ft.visible, frame_id, ft.stamp_ns)
+            kc = self.cfg.kinematics
+            if T_world_cam is not None and kc.publish_tf and kc.world_frame != frame_id:
+                transforms.append(world_transform(T_world_cam, kc.world_frame, frame_id, ft.stamp_ns))
             if transforms:
                 self.tf_dynamic.sendTransform(transforms)
 
@@ -333,7 +431,31 @@ class TrackerNode(Node):
 
     # ------------------------------------------------------------------ diagnostics
 
+    def _kinematics_report(self) -> dict[str, Any]:
+        """Pose counters for /diagnostics; also mirrors dropped pose messages into the input drops."""
+        if self.kin is None:
+            return {"state": "off"}
+        c = self.kin.counters
+        self.stats.set_drops({POSE_DROP_REASONS[k]: c[k] for k in POSE_DROP_REASONS if c[k]})
+        f = dict(self._kin_frames)
+        drops = sum(c[k] for k in POSE_DROP_REASONS)
+        rep = {f"counter.{k}": c.get(k, 0) for k in COUNTER_KEYS}
+        rep.update({"message_type": self._kin_type or "", "poses_received": self._poses_received,
+                    "buffered_poses": len(self.kin), "frames_with_pose": f["with_pose"],
+                    "frames_without_pose": f["without_pose"], "frames_before_first_pose": f["before_first_pose"],
+                    "new_frames_without_pose": f["without_pose"] - self._kin_reported["without_pose"],
+                    "new_pose_drops": drops - self._kin_reported["drops"]})
+        self._kin_reported = {"without_pose": f["without_pose"], "drops": drops}
+        if self._kin_sub is None:
+            rep["state"] = f"waiting for {self.resolve_topic_name(KINEMATICS_TOPIC)}"
+        elif not self._poses_received:
+            rep["state"] = "no poses received"
+        else:
+            rep["state"] = f"ok ({self._kin_type})"
+        return rep
+
     def _publish_diagnostics(self) -> None:
+        kin = self._kinematics_report()  # first: it updates the drop counters the snapshot reads
         snap = self.stats.snapshot(time.monotonic_ns())
         queues = {f"sync.{k}": v for k, v in self.sync.depths().items()}
         with self._frames_lock:
@@ -341,7 +463,8 @@ class TrackerNode(Node):
         model = self.tracker.stats()
         queues["keyframes"] = int(model.pop("keyframes", 0))
         model["device"] = self.cfg.device if "device" not in model else model["device"]
-        msg = diagnostic_array(snap, queues, model, self.get_clock().now().nanoseconds, self.get_name())
+        msg = diagnostic_array(snap, queues, model, self.get_clock().now().nanoseconds, self.get_name(),
+                               kinematics=kin)
         self._diag_pub.publish(msg)
 
     def close(self) -> None:

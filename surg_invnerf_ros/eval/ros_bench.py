@@ -1,0 +1,470 @@
+"""ROS latency benchmark (issue 4 "Benchmark", `make bench`): the node as its users run it, measured
+from outside.
+
+`run_ros_bench` starts `synthetic_stereo` and `track_node` as subprocesses (console-script targets,
+LARGE_DATA transports, output to log files), subscribes from this process, and for `duration_s`
+measures:
+- latency from the image stamp to the receipt of `~/tracked_points` here, p50/p95/p99. The source
+  stamps frames with its node clock (system time) and this process reads the same clock, so on one
+  machine receipt − stamp is the end-to-end latency, transport both ways included;
+- refined updates: tracked_points messages with refined = 1 per minute, the frames they cover, and
+  the fits reported in /diagnostics;
+- dropped frames: ground-truth frames that never got front-end tracked points, beside the node's own
+  drop counters from /diagnostics;
+- memory: VmRSS of the tracker and of its descendants (the refinement process) from /proc every
+  second; peak, and growth = mean of the last third of the samples − mean of the middle third, plus
+  the least-squares slope over the last two thirds in MB/min.
+
+Both nodes run in a fresh namespace and the tracker's /diagnostics is remapped into it, so other
+tracker runs on the same ROS domain cannot leak into the numbers. Timings depend on the machine and
+its load: report them with both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "track.yaml"
+NODE = "surg_invnerf_tracker"
+_TRACKER = "surg_invnerf_ros.ros.track_node:main"
+_SOURCE = "surg_invnerf_ros.ros.synthetic_source_node:main"
+
+
+# ----------------------------------------------------------------------------------------------
+# /proc sampling (psutil is not a dependency)
+# ----------------------------------------------------------------------------------------------
+
+
+def vmrss_bytes(pid: int) -> int | None:
+    """Resident set size of `pid` from /proc/<pid>/status (VmRSS), None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (children, grandchildren, ...), from the ppid field of /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name is in parentheses and may contain spaces: the ppid is the 2nd field after ')'
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+class RssSampler:
+    """Samples (t_s, node_rss_bytes, descendants_rss_bytes) of one process every `period_s` in a thread."""
+
+    def __init__(self, pid: int, period_s: float = 1.0) -> None:
+        self.pid = pid
+        self.period_s = period_s
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss_sampler", daemon=True)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = vmrss_bytes(self.pid)
+            if rss is None:
+                return
+            kids = sum(r for r in (vmrss_bytes(c) for c in descendants(self.pid)) if r is not None)
+            self.samples.append((time.monotonic(), rss, kids))
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def rss_summary(samples: Sequence[tuple[float, int, int]], t0: float, t1: float) -> dict[str, Any]:
+    """Peak RSS over all samples; growth and slope over the samples in [t0, t1] (the measurement)."""
+    if not samples:
+        return {"samples": 0}
+    arr = np.asarray(samples, dtype=np.float64)
+    total = arr[:, 1] + arr[:, 2]
+    out: dict[str, Any] = {"samples": len(arr), "peak_total_mb": total.max() / 1e6,
+                           "peak_node_mb": arr[:, 1].max() / 1e6, "peak_children_mb": arr[:, 2].max() / 1e6}
+    win = (arr[:, 0] >= t0) & (arr[:, 0] <= t1)
+    t, m = arr[win, 0], total[win] / 1e6
+    n = len(t)
+    if n >= 3:
+        mid, last = m[n // 3:2 * n // 3], m[2 * n // 3:]
+        out.update(mean_middle_third_mb=float(mid.mean()), mean_last_third_mb=float(last.mean()),
+                   growth_mb=float(last.mean() - mid.mean()))
+        tail_t, tail_m = t[n // 3:], m[n // 3:]
+        slope = np.polyfit((tail_t - tail_t[0]) / 60.0, tail_m, 1)[0] if len(tail_t) >= 2 else float("nan")
+        out["slope_mb_per_min"] = float(slope)
+        # "grows": the last third sits clearly above the middle one (> 5 MB and > 2 %)
+        out["grows"] = bool(out["growth_mb"] > max(5.0, 0.02 * out["mean_middle_third_mb"]))
+    else:
+        out.update(mean_middle_third_mb=float("nan"), mean_last_third_mb=float("nan"), growth_mb=float("nan"),
+                   slope_mb_per_min=float("nan"), grows=False)
+    return out
+
+
+def percentiles_ms(values_s: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/mean/max in milliseconds (NaN when empty)."""
+    if not len(values_s):
+        return {"n": 0, "p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "mean": float("nan"),
+                "max": float("nan")}
+    a = np.asarray(values_s, dtype=np.float64) * 1e3
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"n": int(len(a)), "p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(a.mean()),
+            "max": float(a.max())}
+
+
+# ----------------------------------------------------------------------------------------------
+# processes
+# ----------------------------------------------------------------------------------------------
+
+
+def _start(entry: str, ros_args: list[str], log_path: Path, env: Mapping[str, str]) -> subprocess.Popen:
+    """Run a console script's target as the console script would, output to a log file (never a pipe)."""
+    module, func = entry.split(":")
+    code = f"import sys; from {module} import {func}; sys.exit({func}())"
+    with open(log_path, "w") as logf:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-c", code, "--ros-args", *ros_args], env=dict(env),
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen | None, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM (nodes clean up), then SIGKILL after `timeout_s`; the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: float = 60.0, device: str = "auto",
+                  *, refine: bool = True, fit_overrides: Sequence[str] | None = None, num_queries: int = 64,
+                  scene_frames: int = 60, params_file: str | Path | None = REPO_CONFIG,
+                  extra_params: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
+                  startup_timeout_s: float = 120.0, drain_s: float = 3.0,
+                  progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
+    """Run synthetic_stereo → track_node for `duration_s` and measure it from this process.
+
+    Args:
+        width, height: image size of the synthetic stream.
+        rate_hz: publish rate; stamps step by 1/rate_hz too (synth.fps), so they follow wall time.
+        duration_s: measured seconds, from the first tracked_points message.
+        device: the tracker's `device` parameter.
+        refine: refinement on (the node's defaults, or `params_file`) or off (front end only).
+        fit_overrides: `refine.fit_overrides` strings (e.g. "max_steps=100"); None keeps the config's.
+        num_queries: tracked points (synth.num_queries; the source sends them to ~/queries).
+        scene_frames: distinct frames rendered up front; the stream ping-pongs over them.
+        params_file: the tracker's parameter file (config/track.yaml of a checkout); None: defaults.
+        extra_params: more tracker parameters, name → ROS value text.
+        log_dir: where tracker.log and source.log go (default: a new temporary folder).
+        startup_timeout_s: for the tracker's first /diagnostics and for the first tracked points.
+        drain_s: after the source stops, how long to wait for in-flight frames before stopping the tracker.
+        progress: called about once a second with (elapsed_s, duration_s).
+
+    Returns:
+        A JSON-ready dict: settings, `latency_ms` (p50/p95/p99/mean/max, this process's receipt),
+        `node_latency_ms` (the node's own stamp → publish p50/p95), `frames` (ground truth, tracked,
+        dropped), `node_drops`, `refined`, `rss`, `accuracy` and the log paths.
+
+    Raises:
+        RuntimeError: a node exited early or produced nothing in time (the log tail is in the message).
+    """
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # before rclpy.init in this process
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    from ..ros import convert
+    from ..ros.diagnostics import diagnostics_to_dict
+
+    log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="ros_bench_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ns = f"/ros_bench_{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+
+    tracker_args = ["-r", f"__ns:={ns}", "-r", f"/diagnostics:={ns}/diagnostics"]
+    if params_file is not None and Path(params_file).is_file():
+        tracker_args += ["--params-file", str(params_file)]
+    tracker_params = {"device": device, "refine.enabled": "true" if refine else "false"}
+    if fit_overrides is not None:
+        tracker_params["refine.fit_overrides"] = "[" + ", ".join(fit_overrides) + "]"
+    tracker_params.update(extra_params or {})
+    for k, v in tracker_params.items():
+        tracker_args += ["-p", f"{k}:={v}"]
+    source_args = ["-r", f"__ns:={ns}", "-r", f"queries_out:={ns}/{NODE}/queries",
+                   "-p", f"synth.width:={width}", "-p", f"synth.height:={height}",
+                   "-p", f"synth.frames:={scene_frames}", "-p", f"synth.num_queries:={num_queries}",
+                   "-p", f"synth.fps:={float(rate_hz)}", "-p", f"rate_hz:={float(rate_hz)}", "-p", "end:=pingpong",
+                   "-p", "wait_for_subscribers_s:=30.0"]
+
+    got: dict[str, list] = {"points": [], "gt": [], "diag": []}
+    ctx = Context()
+    rclpy.init(context=ctx)
+    tracker = source = None
+    sampler: RssSampler | None = None
+    logs = {"tracker": str(log_dir / "tracker.log"), "source": str(log_dir / "source.log")}
+    try:
+        node = rclpy.create_node("ros_bench", namespace=ns, context=ctx)
+        rel = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(PointCloud2, f"{NODE}/tracked_points",
+                                 lambda m: got["points"].append((time.time_ns(), m)), rel)
+        node.create_subscription(PointCloud2, "synthetic_stereo/ground_truth",
+                                 lambda m: got["gt"].append((time.time_ns(), m)), rel)
+        node.create_subscription(DiagnosticArray, "diagnostics", lambda m: got["diag"].append(m), 50)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+
+        def spin_until(pred: Callable[[], Any], timeout_s: float, what: str) -> None:
+            end = time.monotonic() + timeout_s
+            while not pred():
+                for name, p in (("tracker", tracker), ("source", source)):
+                    if p is not None and p.poll() is not None:
+                        raise RuntimeError(f"ros_bench: {name} exited ({p.returncode}) {what}:\n"
+                                           + _tail(Path(logs[name])))
+                if time.monotonic() > end:
+                    last = diagnostics_to_dict(got["diag"][-1]) if got["diag"] else {}
+                    raise RuntimeError(
+                        f"ros_bench: nothing {what} within {timeout_s:.0f} s ({len(got['gt'])} ground-truth "
+                        f"frames seen; last diagnostics {last}); tracker log:\n" + _tail(Path(logs["tracker"])))
+                ex.spin_once(timeout_sec=0.01)
+
+        t_launch = time.monotonic()
+        tracker = _start(_TRACKER, tracker_args, Path(logs["tracker"]), env)
+        sampler = RssSampler(tracker.pid).start()
+        spin_until(lambda: got["diag"], startup_timeout_s, "while waiting for the tracker's /diagnostics")
+        tracker_ready_s = time.monotonic() - t_launch
+        source = _start(_SOURCE, source_args, Path(logs["source"]), env)
+        spin_until(lambda: got["points"], startup_timeout_s, "while waiting for the first tracked_points")
+        t0 = time.monotonic()
+        next_progress = t0 + 1.0
+        while time.monotonic() - t0 < duration_s:
+            for name, p in (("tracker", tracker), ("source", source)):
+                if p.poll() is not None:
+                    raise RuntimeError(f"ros_bench: {name} exited ({p.returncode}) during the run:\n"
+                                       + _tail(Path(logs[name])))
+            ex.spin_once(timeout_sec=0.01)
+            if progress is not None and time.monotonic() >= next_progress:
+                progress(time.monotonic() - t0, duration_s)
+                next_progress += 1.0
+        t1 = time.monotonic()
+        _stop(source)
+        n_gt = len(got["gt"])
+        diag_before = len(got["diag"])
+        end = time.monotonic() + drain_s
+        while time.monotonic() < end or len(got["diag"]) <= diag_before:  # a fresh report after the drain
+            if time.monotonic() > end + 5.0:
+                break
+            ex.spin_once(timeout_sec=0.02)
+        sampler.stop()
+        ex.shutdown()
+        node.destroy_node()
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        _stop(source)
+        code = _stop(tracker)
+        rclpy.shutdown(context=ctx)
+    if code not in (0, None, -signal.SIGTERM):
+        log.warning("tracker exited with %s; see %s", code, logs["tracker"])
+    return _summarise(got, n_gt, t0, t1, width=width, height=height, rate_hz=rate_hz, device=device, refine=refine,
+                      num_queries=num_queries, tracker_ready_s=tracker_ready_s, sampler=sampler, logs=logs,
+                      convert=convert, diagnostics_to_dict=diagnostics_to_dict)
+
+
+def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, *, width: int, height: int, rate_hz: float,
+               device: str, refine: bool, num_queries: int, tracker_ready_s: float, sampler: RssSampler,
+               logs: Mapping[str, str], convert: Any, diagnostics_to_dict: Any) -> dict[str, Any]:
+    """The result dict from the recorded messages and RSS samples."""
+    duration = t1 - t0
+    gt = {}
+    for _, m in got["gt"][:n_gt]:
+        gt[convert.stamp_ns(m.header.stamp)] = convert.tracked_points_from_msg(m)
+    latency_s, live, refined_msgs = [], {}, 0
+    refined_stamps: set[int] = set()
+    for recv_ns, m in got["points"]:
+        stamp = convert.stamp_ns(m.header.stamp)
+        pts = convert.tracked_points_from_msg(m)
+        if len(pts) and pts["refined"].any():
+            refined_msgs += 1
+            refined_stamps.add(stamp)
+            continue
+        if stamp not in live:
+            live[stamp] = pts
+            latency_s.append((recv_ns - stamp) * 1e-9)
+    dropped = sorted(set(gt) - set(live))
+    err = []
+    for stamp, g in gt.items():
+        p = live.get(stamp)
+        if p is None or len(p) != len(g):
+            continue
+        vis = (p["visible"] == 1) & (g["visible"] == 1) & (p["id"] == g["id"])
+        err += np.hypot(p["u"] - g["u"], p["v"] - g["v"])[vis].tolist()
+
+    diag = diagnostics_to_dict(got["diag"][-1]) if got["diag"] else {}
+    d_in, d_tr, d_mod = (diag.get(f"{NODE}: {k}", {}) for k in ("input", "tracking", "model"))
+
+    def num(d: Mapping[str, str], key: str) -> float:
+        try:
+            return float(d.get(key, "nan"))
+        except ValueError:
+            return float("nan")
+
+    node_drops = {k[len("drops."):]: int(v) for k, v in d_in.items() if k.startswith("drops.")}
+    fits = num(d_mod, "refined_updates")
+    minutes = duration / 60.0 if duration > 0 else float("nan")
+    return {
+        "width": width, "height": height, "rate_hz": rate_hz, "device": device, "refine": refine,
+        "num_queries": num_queries, "duration_s": duration, "tracker_ready_s": tracker_ready_s,
+        "latency_ms": percentiles_ms(latency_s),
+        "node_latency_ms": {"p50": num(d_tr, "latency_p50_s") * 1e3, "p95": num(d_tr, "latency_p95_s") * 1e3},
+        "frames": {"ground_truth": len(gt), "tracked": len(set(gt) & set(live)), "dropped": len(dropped),
+                   "dropped_fraction": len(dropped) / len(gt) if gt else float("nan"),
+                   "tracked_rate_hz": len(live) / duration if duration > 0 else float("nan"),
+                   "node_frames_processed": num(d_tr, "frames_processed")},
+        "node_drops": node_drops,
+        "refined": {"messages": refined_msgs, "messages_per_min": refined_msgs / minutes,
+                    "frames_covered": len(refined_stamps),
+                    "fraction_covered": len(refined_stamps) / len(live) if live else float("nan"),
+                    "fits": fits, "fits_per_min": fits / minutes, "model_state": d_mod.get("_message", "")},
+        "accuracy": {"err_2d_px_median": float(np.median(err)) if err else float("nan"), "point_frames": len(err)},
+        "rss": rss_summary(sampler.samples, t0, t1),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")},
+        "logs": dict(logs),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(int(x))
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
+    """Markdown tables (latency, throughput and refinement, memory), one row per run."""
+    runs = [results] if isinstance(results, Mapping) else list(results)
+    lines = ["| size | device | refine | latency p50 / p95 / p99 (ms) | node p50 / p95 (ms) | tracked Hz "
+             "| dropped frames | node drops |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lat, nl, fr = r["latency_ms"], r["node_latency_ms"], r["frames"]
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(r["node_drops"].items())) or "none"
+        lines.append(f"| {r['width']}×{r['height']} @ {_f(r['rate_hz'], 0)} Hz | {r['device']} | "
+                     f"{'on' if r['refine'] else 'off'} | {_f(lat['p50'])} / {_f(lat['p95'])} / {_f(lat['p99'])} | "
+                     f"{_f(nl['p50'])} / {_f(nl['p95'])} | {_f(fr['tracked_rate_hz'])} | "
+                     f"{fr['dropped']} / {fr['ground_truth']} ({_f(100 * fr['dropped_fraction'])} %) | {drops} |")
+    lines += ["", "| size | refined msgs/min | fits/min | frames covered by refined | median 2D err vs GT (px) "
+              "| peak RSS node + refiner (MB) | RSS growth last−middle third (MB) | slope (MB/min) | grows |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        rf, rs = r["refined"], r["rss"]
+        lines.append(f"| {r['width']}×{r['height']} | {_f(rf['messages_per_min'])} | {_f(rf['fits_per_min'])} | "
+                     f"{rf['frames_covered']} ({_f(100 * rf['fraction_covered'])} %) | "
+                     f"{_f(r['accuracy']['err_2d_px_median'], 2)} | "
+                     f"{_f(rs.get('peak_total_mb'), 0)} ({_f(rs.get('peak_node_mb'), 0)} + "
+                     f"{_f(rs.get('peak_children_mb'), 0)}) | {_f(rs.get('growth_mb'))} | "
+                     f"{_f(rs.get('slope_mb_per_min'))} | {'yes' if rs.get('grows') else 'no'} |")
+    m = runs[0]["machine"] if runs else {}
+    lines += ["", f"Latency: image stamp → receipt of ~/tracked_points in the benchmark process (front-end "
+              f"messages only); node: the node's own stamp → publish. {m.get('cpu_count', '?')} CPUs, "
+              f"{m.get('platform', '')}; the nodes and this process share them."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m surg_invnerf_ros.eval.ros_bench --size 256x192 --size 640x512 --out out/bench`."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", action="append", default=None, help="WxH (repeatable; default 256x192 and 640x512)")
+    ap.add_argument("--rate-hz", type=float, default=30.0)
+    ap.add_argument("--duration-s", type=float, default=60.0)
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--no-refine", action="store_true")
+    ap.add_argument("--out", default="out/bench")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for size in args.size or ["256x192", "640x512"]:
+        w, h = (int(v) for v in size.lower().split("x"))
+        log.info("ros_bench: %dx%d, %.0f Hz, %.0f s, device %s", w, h, args.rate_hz, args.duration_s, args.device)
+        runs.append(run_ros_bench(w, h, args.rate_hz, args.duration_s, args.device, refine=not args.no_refine,
+                                  log_dir=out / f"ros_{w}x{h}_logs"))
+    from .report import json_safe
+
+    (out / "ros_bench.json").write_text(json.dumps(json_safe(runs), indent=2))
+    md = format_ros_bench(runs)
+    (out / "ros_bench.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

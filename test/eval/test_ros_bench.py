@@ -1,0 +1,78 @@
+"""eval/ros_bench.py: the /proc helpers and summaries, and one tiny real run (64×48, 4 s, front end
+only). No timing assertions: only that the keys exist and the values are consistent."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from surg_invnerf_ros.eval import ros_bench as rbm
+
+
+class TestProc:
+    def test_vmrss_of_self_and_gone(self):
+        assert rbm.vmrss_bytes(os.getpid()) > 10_000_000
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        assert rbm.vmrss_bytes(proc.pid) is None
+
+    def test_descendants_include_grandchildren(self):
+        # sh → subshell → sleep: a child and a grandchild
+        proc = subprocess.Popen(["sh", "-c", "(sleep 30; true) & sleep 30"])
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(rbm.descendants(proc.pid)) < 3:
+                time.sleep(0.05)
+            kids = rbm.descendants(proc.pid)
+            assert len(kids) == 3 and proc.pid not in kids  # subshell, its sleep, and sh's own sleep
+        finally:
+            for k in rbm.descendants(proc.pid):
+                os.kill(k, 9)
+            proc.kill()
+            proc.wait()
+
+
+class TestSummaries:
+    def test_rss_summary_growth_and_slope(self):
+        t = np.arange(60.0)
+        flat = [(float(s), 100_000_000, 50_000_000) for s in t]
+        s = rbm.rss_summary(flat, 0.0, 59.0)
+        assert s["peak_total_mb"] == pytest.approx(150.0) and s["peak_children_mb"] == pytest.approx(50.0)
+        assert s["growth_mb"] == pytest.approx(0.0) and abs(s["slope_mb_per_min"]) < 1e-6 and not s["grows"]
+        rising = [(float(s), int(100e6 + 1e6 * s), 0) for s in t]  # +1 MB/s = 60 MB/min
+        r = rbm.rss_summary(rising, 0.0, 59.0)
+        assert r["slope_mb_per_min"] == pytest.approx(60.0, rel=1e-6) and r["grows"]
+        assert r["growth_mb"] == pytest.approx(20.0, abs=1.0)
+
+    def test_rss_summary_few_samples(self):
+        s = rbm.rss_summary([(0.0, 1, 1)], 0.0, 1.0)
+        assert s["samples"] == 1 and math.isnan(s["growth_mb"]) and not s["grows"]
+        assert rbm.rss_summary([], 0.0, 1.0) == {"samples": 0}
+
+    def test_percentiles(self):
+        p = rbm.percentiles_ms([0.001 * i for i in range(1, 101)])
+        assert p["n"] == 100 and p["p50"] == pytest.approx(50.5) and p["max"] == pytest.approx(100.0)
+        assert p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+        assert math.isnan(rbm.percentiles_ms([])["p50"])
+
+
+def test_tiny_run(tmp_path):
+    r = rbm.run_ros_bench(64, 48, rate_hz=20.0, duration_s=4.0, device="cpu", refine=False, num_queries=6,
+                          scene_frames=8, log_dir=tmp_path, startup_timeout_s=60.0, drain_s=1.5)
+    assert (r["width"], r["height"], r["refine"]) == (64, 48, False)
+    assert r["duration_s"] >= 4.0
+    lat = r["latency_ms"]
+    assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    fr = r["frames"]
+    assert fr["ground_truth"] > 0 and fr["tracked"] + fr["dropped"] == fr["ground_truth"]
+    assert fr["node_frames_processed"] > 0
+    assert r["refined"]["messages"] == 0 and r["refined"]["frames_covered"] == 0
+    assert r["rss"]["samples"] >= 3 and r["rss"]["peak_node_mb"] > 50
+    assert r["accuracy"]["point_frames"] > 0
+    assert (tmp_path / "tracker.log").read_text() and (tmp_path / "source.log").read_text()
+    md = rbm.format_ros_bench([r, r])
+    assert md.count("| 64×48 @ 20 Hz | cpu | off |") == 2 and "peak RSS" in md

@@ -1,0 +1,47 @@
+"""The bench suite's pure parts: ablation configs and the issue-3 bar check."""
+
+import pytest
+
+from surg_invnerf_ros.config import FitConfig
+from surg_invnerf_ros.errors import ConfigError
+from surg_invnerf_ros.eval.suite import ABLATIONS, bar_check, variant
+
+
+def row(method, seq="s0", epe=1.0, end=2.0, delta=0.9, e3=1.0, oa=0.95):
+    return {"sequence": seq, "method": method, "epe_px": epe, "epe_end_px": end, "delta_avg": delta,
+            "err3d_mm": e3, "oa": oa}
+
+
+class TestVariant:
+    def test_ablations_switch_only_their_keys(self):
+        base = FitConfig()
+        assert variant(base, ABLATIONS["invnerf_uniform"]).sampler.strategy == "uniform"
+        assert variant(base, ABLATIONS["invnerf_onedir"]).loss.bidirectional is False
+        nostereo = variant(base, ABLATIONS["invnerf_nostereo"])
+        assert nostereo.loss.stereo_weight == 0.0 and nostereo.loss.line_of_sight_weight == 0.0
+        assert nostereo.sampler == base.sampler
+
+    def test_bad_override_names_the_key(self):
+        with pytest.raises(ConfigError, match="sampler.strategy"):
+            variant(FitConfig(), ["sampler.strategy=random"])
+
+
+class TestBarCheck:
+    def test_best_baseline_per_metric(self):
+        # lk has the best EPE (2.0), csrt the best δ (0.90) and 3D (1.5 mm): the bar uses each.
+        rows = [row("lk", epe=2.0, end=4.0, delta=0.85, e3=2.0), row("csrt", epe=3.0, end=5.0, delta=0.90, e3=1.5),
+                row("invnerf", epe=1.3, end=1.9, delta=0.96, e3=1.1, oa=0.93)]
+        (b,) = bar_check(rows)
+        assert b["best_epe_px"] == 2.0 and b["best_delta_avg"] == 0.90 and b["best_err3d_mm"] == 1.5
+        # 1.3 <= 0.7*2.0=1.4; 1.9 <= 0.5*4.0=2.0; 0.96 >= 0.95; 1.1 <= 0.8*1.5=1.2; 0.93 >= 0.9
+        assert all(b[k] for k in ("epe_ok", "epe_end_ok", "delta_ok", "err3d_ok", "oa_ok"))
+
+    def test_each_shortfall_is_reported(self):
+        rows = [row("lk", epe=2.0, end=4.0, delta=0.90, e3=1.0),
+                row("invnerf", epe=1.5, end=2.5, delta=0.94, e3=0.9, oa=0.8)]
+        (b,) = bar_check(rows)
+        assert not b["epe_ok"] and not b["epe_end_ok"] and not b["delta_ok"]
+        assert not b["err3d_ok"] and not b["oa_ok"]
+
+    def test_sequences_without_invnerf_are_skipped(self):
+        assert bar_check([row("lk"), row("dis")]) == []
