@@ -94,6 +94,8 @@ def _load_fit_config(args: argparse.Namespace):
         overrides.append(f"time_budget_s={args.time_budget_s}")
     if getattr(args, "seed", None) is not None:
         overrides.append(f"seed={args.seed}")
+    if getattr(args, "kinematics", None) is not None:
+        overrides.append(f"use_kinematics={'true' if args.kinematics == 'on' else 'false'}")
     return load_config(FitConfig, args.config, overrides)
 
 
@@ -106,6 +108,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     fit_cfg = _load_fit_config(args)
     with _bar("read", unit="frame") as update:
         seq = read_sequence(args.seq, progress=update)
+    if args.hand_eye is not None:
+        seq = _apply_hand_eye(seq, args.hand_eye)
     with _fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=FrontendConfig(), progress=update)
     if seq.rectify is not None:
@@ -117,6 +121,30 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.stir_json:
         print(f"wrote {export_stir_json(tracks, args.stir_json, clip=seq.name)}")
     return 0
+
+
+def _apply_hand_eye(seq, path: Path):
+    """Read the sequence's poses as ECM poses and append the hand-eye: T_world_cam = T_world_ecm · T_ecm_cam."""
+    import numpy as np
+
+    from .io.calib import numbers_field
+
+    if seq.T_world_cam is None:
+        raise UsageError(f"--hand-eye: {seq.name} has no kinematics.csv to apply it to")
+    if not Path(path).is_file():
+        raise UsageError(f"--hand-eye: {path}: file not found")
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError:
+        raise UsageError(f"--hand-eye: {path}: not valid YAML") from None
+    T_ecm_cam = numbers_field({"T_ecm_cam": data.get("T_ecm_cam") if isinstance(data, dict) else data},
+                              "T_ecm_cam", str(path), (4, 4))
+    if not np.allclose(T_ecm_cam[3], [0, 0, 0, 1]):
+        raise UsageError(f"{path}: T_ecm_cam: expected last row 0 0 0 1")
+    seq.T_world_cam = np.asarray(seq.T_world_cam) @ T_ecm_cam
+    return seq
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -234,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="invnerf", help="invnerf (default) or a baseline: lk, dis, lk_query, csrt, zero")
     t.add_argument("--csv", type=Path, help="also export frame,id,u,v,visible,x,y,z CSV")
     t.add_argument("--stir-json", type=Path, help="also export STIR-style end-frame JSON")
+    t.add_argument("--kinematics", choices=["on", "off"],
+                   help="use the sequence's kinematics.csv when present (default on); off ignores it")
+    t.add_argument("--hand-eye", type=Path,
+                   help="YAML with T_ecm_cam (4x4, metres): kinematics.csv holds ECM poses, not camera poses")
     fit_args(t)
     t.set_defaults(func=cmd_track)
 

@@ -412,7 +412,7 @@ class LossConfig:
     corr_weight: float = option(0.1, "Rendered correspondence reprojection X̂_j (px).", lo=0.0)
     corr_detach_weights: bool = option(True, "Correspondence terms train the map only, not the density (keeps the surface sharp).")
     bidirectional: bool = option(True, "Supervise i→j and j→i in the same step (False: i→j only).")
-    charbonnier_eps_px: float = option(0.1, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
+    charbonnier_eps_px: float = option(0.5, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
     photo_weight: float = option(1.0, "Photometric (colour in [0, 1], squared).", lo=0.0)
     anchor_weight: float = option(1.0, "Reprojection of the stereo surface point mapped i→j (px): trains F before the density is sharp.", lo=0.0)
     corr_depth_weight: float = option(0.2, "Mapped point's depth vs stereo depth at the matched pixel (disparity px).", lo=0.0)
@@ -458,7 +458,7 @@ class OptimConfig:
 
     lr_planes: float = option(0.02, "Learning rate of the feature planes.", lo=0.0)
     lr_mlp: float = option(0.003, "Learning rate of the MLPs and appearance codes.", lo=0.0)
-    lr_final_scale: float = option(0.03, "Learning rates decay to this share at the end of the budget.", lo=0.0, hi=1.0)
+    lr_final_scale: float = option(0.1, "Learning rates decay to this share at the end of the budget.", lo=0.0, hi=1.0)
     warmup_steps: int = option(50, "Linear learning-rate warm-up.", lo=0)
     fused_adam: bool = option(True, "torch.optim.Adam(fused=True) where supported.")
     bf16_mlp: bool = option(False, "bf16 autocast on the small MLPs (coordinates stay fp32).")

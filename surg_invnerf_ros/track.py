@@ -32,7 +32,7 @@ from .geometry import transform_points, unproject_m
 from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified
 from .model.render import InvNeRF, volume_weights
 from .model.workspace import Workspace
-from .shapes import Bool, Float, Int
+from .shapes import Float, Int
 from .structs import Queries, Sequence, StereoCalib, Tracks
 
 log = logging.getLogger(__name__)

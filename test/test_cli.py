@@ -94,3 +94,38 @@ class TestUserErrors:
         proc = run_cli("eval", str(tiny_seq), "--pred", str(tmp_path / "missing.npz"))
         assert proc.returncode == 2
         assert "missing.npz" in proc.stderr
+
+
+class TestKinematicsOptions:
+    @pytest.fixture(scope="class")
+    def moving_seq(self, tmp_path_factory) -> Path:
+        out = tmp_path_factory.mktemp("kin") / "seq"
+        assert main(["synth", str(out), "--frames", "6", "--size", "64x48", "--seed", "1",
+                     "--queries", "6", "--camera-motion"]) == 0
+        assert (out / "kinematics.csv").is_file()
+        return out
+
+    def test_hand_eye_needs_a_4x4(self, moving_seq, tmp_path):
+        bad = tmp_path / "he.yaml"
+        bad.write_text("T_ecm_cam: [1, 0, 0]\n")
+        proc = run_cli("track", str(moving_seq), "--out", str(tmp_path / "p.npz"), "--method", "lk",
+                       "--hand-eye", str(bad))
+        assert proc.returncode == 2 and "T_ecm_cam" in proc.stderr and "Traceback" not in proc.stderr
+
+    def test_hand_eye_is_applied_to_the_poses(self, moving_seq, tmp_path):
+        from surg_invnerf_ros.cli import _apply_hand_eye
+        from surg_invnerf_ros.io.sequence import read_sequence
+
+        he = tmp_path / "he.yaml"
+        he.write_text("T_ecm_cam: [[1, 0, 0, 0.01], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]\n")
+        seq = read_sequence(moving_seq)
+        before = seq.T_world_cam.copy()
+        after = _apply_hand_eye(seq, he).T_world_cam
+        # T_world_cam = T_world_ecm · T_ecm_cam: the camera sits 1 cm along the ECM's own x axis
+        np.testing.assert_allclose(after[:, :3, 3], before[:, :3, 3] + 0.01 * before[:, :3, 0], atol=1e-12)
+
+    def test_kinematics_off_reaches_the_config(self, moving_seq):
+        from surg_invnerf_ros.cli import _load_fit_config, build_parser
+
+        args = build_parser().parse_args(["track", str(moving_seq), "--out", "x.npz", "--kinematics", "off"])
+        assert _load_fit_config(args).use_kinematics is False

@@ -111,6 +111,13 @@ class TestTrackSequence:
         with pytest.raises(ConfigError, match="fit.device: cuda requested"):
             track.track_sequence(seq, "invnerf", FitConfig(device="cuda"))
 
+    def test_profile_fit_reports_stages(self, tiny):
+        seq, _, _ = tiny
+        prof = track.profile_fit(seq, load_config(FitConfig, None, TINY + ["max_steps=5", "sampler.refresh_every=0"]))
+        assert prof["steps"] == 5.0
+        for key in ("stereo_s", "flow_s", "chains_s", "correspondence_s", "forward_s", "backward_s", "inference_s"):
+            assert prof[key] > 0.0, key
+
     def test_methods_list(self):
         from surg_invnerf_ros.eval.baselines import BASELINES
 

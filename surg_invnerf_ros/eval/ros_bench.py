@@ -116,13 +116,18 @@ class RssSampler:
 
 
 def rss_summary(samples: Sequence[tuple[float, int, int]], t0: float, t1: float) -> dict[str, Any]:
-    """Peak RSS over all samples; growth and slope over the samples in [t0, t1] (the measurement)."""
+    """Peak RSS over all samples; growth and slope over the samples in [t0, t1] (the measurement).
+
+    `series` lists every sample as [t − t0 (s), node MB, descendants MB].
+    """
     if not samples:
         return {"samples": 0}
     arr = np.asarray(samples, dtype=np.float64)
     total = arr[:, 1] + arr[:, 2]
     out: dict[str, Any] = {"samples": len(arr), "peak_total_mb": total.max() / 1e6,
                            "peak_node_mb": arr[:, 1].max() / 1e6, "peak_children_mb": arr[:, 2].max() / 1e6}
+    # the whole series, seconds from the measurement start, MB: steps at fit starts vs a steady climb
+    out["series"] = [[round(float(a[0] - t0), 2), round(a[1] / 1e6, 1), round(a[2] / 1e6, 1)] for a in arr]
     win = (arr[:, 0] >= t0) & (arr[:, 0] <= t1)
     t, m = arr[win, 0], total[win] / 1e6
     n = len(t)
@@ -225,6 +230,9 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         RuntimeError: a node exited early or produced nothing in time (the log tail is in the message).
     """
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # before rclpy.init in this process
+    # One machine by design; multicast discovery on a container network sometimes never matched two
+    # of the three processes here (2 failed starts in 5 runs), localhost discovery did in every run.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
@@ -293,7 +301,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         tracker_ready_s = time.monotonic() - t_launch
         source = _start(_SOURCE, source_args, Path(logs["source"]), env)
         spin_until(lambda: got["points"], startup_timeout_s, "while waiting for the first tracked_points")
-        t0 = time.monotonic()
+        t0, t0_wall_ns = time.monotonic(), time.time_ns()
         next_progress = t0 + 1.0
         while time.monotonic() - t0 < duration_s:
             for name, p in (("tracker", tracker), ("source", source)):
@@ -304,7 +312,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
             if progress is not None and time.monotonic() >= next_progress:
                 progress(time.monotonic() - t0, duration_s)
                 next_progress += 1.0
-        t1 = time.monotonic()
+        t1, t1_wall_ns = time.monotonic(), time.time_ns()
         _stop(source)
         n_gt = len(got["gt"])
         diag_before = len(got["diag"])
@@ -324,20 +332,21 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         rclpy.shutdown(context=ctx)
     if code not in (0, None, -signal.SIGTERM):
         log.warning("tracker exited with %s; see %s", code, logs["tracker"])
-    return _summarise(got, n_gt, t0, t1, width=width, height=height, rate_hz=rate_hz, device=device, refine=refine,
-                      num_queries=num_queries, tracker_ready_s=tracker_ready_s, sampler=sampler, logs=logs,
-                      convert=convert, diagnostics_to_dict=diagnostics_to_dict)
+    return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), width=width, height=height, rate_hz=rate_hz,
+                      device=device, refine=refine, num_queries=num_queries, tracker_ready_s=tracker_ready_s,
+                      sampler=sampler, logs=logs, convert=convert, diagnostics_to_dict=diagnostics_to_dict)
 
 
-def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, *, width: int, height: int, rate_hz: float,
-               device: str, refine: bool, num_queries: int, tracker_ready_s: float, sampler: RssSampler,
-               logs: Mapping[str, str], convert: Any, diagnostics_to_dict: Any) -> dict[str, Any]:
+def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_wall_ns: tuple[int, int], *,
+               width: int, height: int, rate_hz: float, device: str, refine: bool, num_queries: int,
+               tracker_ready_s: float, sampler: RssSampler, logs: Mapping[str, str], convert: Any,
+               diagnostics_to_dict: Any) -> dict[str, Any]:
     """The result dict from the recorded messages and RSS samples."""
     duration = t1 - t0
     gt = {}
     for _, m in got["gt"][:n_gt]:
         gt[convert.stamp_ns(m.header.stamp)] = convert.tracked_points_from_msg(m)
-    latency_s, live, refined_msgs = [], {}, 0
+    latency_s, live, refined_msgs, in_window = [], {}, 0, 0
     refined_stamps: set[int] = set()
     for recv_ns, m in got["points"]:
         stamp = convert.stamp_ns(m.header.stamp)
@@ -349,6 +358,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, *, widt
         if stamp not in live:
             live[stamp] = pts
             latency_s.append((recv_ns - stamp) * 1e-9)
+            in_window += window_wall_ns[0] <= recv_ns <= window_wall_ns[1]
     dropped = sorted(set(gt) - set(live))
     err = []
     for stamp, g in gt.items():
@@ -377,7 +387,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, *, widt
         "node_latency_ms": {"p50": num(d_tr, "latency_p50_s") * 1e3, "p95": num(d_tr, "latency_p95_s") * 1e3},
         "frames": {"ground_truth": len(gt), "tracked": len(set(gt) & set(live)), "dropped": len(dropped),
                    "dropped_fraction": len(dropped) / len(gt) if gt else float("nan"),
-                   "tracked_rate_hz": len(live) / duration if duration > 0 else float("nan"),
+                   "tracked_rate_hz": in_window / duration if duration > 0 else float("nan"),
                    "node_frames_processed": num(d_tr, "frames_processed")},
         "node_drops": node_drops,
         "refined": {"messages": refined_msgs, "messages_per_min": refined_msgs / minutes,

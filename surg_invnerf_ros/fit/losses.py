@@ -14,7 +14,7 @@ def _wmean(values: Tensor, weights: Tensor) -> Tensor:
 
 
 def reprojection_loss_px(uv_pred_px: Float[Tensor, "N 2"], uv_target_px: Float[Tensor, "N 2"],
-                         confidence: Float[Tensor, " N"], eps_px: float = 0.1) -> Float[Tensor, ""]:
+                         confidence: Float[Tensor, " N"], eps_px: float = 0.5) -> Float[Tensor, ""]:
     """Confidence-weighted Charbonnier distance, in pixels.
 
     The caller stacks i→j and j→i rows: one call is the bidirectional term.

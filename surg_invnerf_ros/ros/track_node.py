@@ -185,8 +185,17 @@ class TrackerNode(Node):
         if not self._subscribe_kinematics():
             self.get_logger().info(f"kinematics: waiting for {self.resolve_topic_name(KINEMATICS_TOPIC)} "
                                    "to be advertised; frames run without poses until then")
-            self._kin_timer = self.create_timer(0.5, self._subscribe_kinematics, callback_group=self._cb_inputs,
-                                                clock=self._steady)
+            self._kin_timer = self.create_timer(0.5, self._subscribe_kinematics_later,
+                                                callback_group=self._cb_inputs, clock=self._steady)
+
+    def _subscribe_kinematics_later(self) -> None:
+        """Timer: retry the subscription; a QoS override refused this late is logged, not raised."""
+        try:
+            self._subscribe_kinematics()
+        except ConfigError as err:
+            self.get_logger().error(f"kinematics: not subscribed: {err}")
+            if self._kin_timer is not None:
+                self._kin_timer.cancel()
 
     # ------------------------------------------------------------------ inputs
 

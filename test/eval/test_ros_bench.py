@@ -47,6 +47,7 @@ class TestSummaries:
         r = rbm.rss_summary(rising, 0.0, 59.0)
         assert r["slope_mb_per_min"] == pytest.approx(60.0, rel=1e-6) and r["grows"]
         assert r["growth_mb"] == pytest.approx(20.0, abs=1.0)
+        assert len(r["series"]) == 60 and r["series"][-1] == [59.0, 159.0, 0.0]
 
     def test_rss_summary_few_samples(self):
         s = rbm.rss_summary([(0.0, 1, 1)], 0.0, 1.0)

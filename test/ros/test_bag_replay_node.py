@@ -5,8 +5,9 @@ Refinement is off, so the output is the deterministic front end (LK + stereo LK)
 images in the same order; queries come from `queries.points_px` rather than the source's polygon,
 so no message race decides which frame they start on; the frame queue is deeper than the stream, so
 no frame is dropped in either run (and the inputs are subscribed reliable, through the node's QoS
-overrides, so none is lost in transport on a loaded machine). Under those conditions the replayed tracks equal the live ones
-(the test allows 1e-3 px); a difference would mean a lost, reordered or altered message.
+overrides, so none is lost in transport on a loaded machine). Under those conditions the replayed
+tracks equal the live ones (the test allows 1e-3 px); a difference would mean a lost, reordered or
+altered message.
 """
 
 from __future__ import annotations

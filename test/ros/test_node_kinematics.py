@@ -48,7 +48,7 @@ class KinHarness(Harness):
         self.pose_pub = self.io.create_publisher(cls, "ecm/measured_cp",
                                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
         # the node re-checks the graph every 0.5 s until the topic is advertised, then subscribes
-        assert self.spin_until(lambda: self.pose_pub.get_subscription_count() > 0, 5.0), "ecm/measured_cp not subscribed"
+        assert self.spin_until(lambda: self.pose_pub.get_subscription_count() > 0, 5.0), "no ecm/measured_cp sub"
 
     def send_pose(self, stamp_ns: int, **kw) -> None:
         self.pose_pub.publish(pose_msg(self.kind, stamp_ns, **kw))
