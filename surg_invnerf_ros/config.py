@@ -439,6 +439,9 @@ class SamplerConfig:
     rays_per_step: int = option(384, "Correspondences per step while nothing has converged.", lo=1)
     min_budget_share: float = option(0.35, "The budget never shrinks below this share.", lo=0.0, hi=1.0)
     error_share: float = option(0.5, "Share of the budget drawn in proportion to error.", lo=0.0, hi=1.0)
+    uniform_from: Literal["all", "unconverged"] = option(
+        "all", "Pool of the uniform share: every cell (converged regions keep being revisited, so they do not "
+        "drift while the shared parameters move), or only the unconverged ones.")
     cell_px: int = option(8, "Error maps hold one cell per cell_px × cell_px pixels.", lo=1)
     converged_below_px: float = option(1.0, "τ: a cell has converged below this error.", lo=0.0)
     converged_share: float = option(0.95, "γ: stop once this share of every frame converged.", lo=0.0, hi=1.0)
@@ -732,7 +735,7 @@ class NodeConfig:
     queries: QueryConfig = nested(QueryConfig, "Start queries.")
     refine: RefineConfig = nested(RefineConfig, "Asynchronous InvNeRF refinement.")
     publish: PublishConfig = nested(PublishConfig, "Outputs.")
-    kinematics: KinematicsConfig = nested(KinematicsConfig, "ECM poses (the subscription is a later issue).")
+    kinematics: KinematicsConfig = nested(KinematicsConfig, "ECM poses on ecm/measured_cp: buffer, hand-eye, clock offset, world frame.")
 
     def __post_init__(self) -> None:
         check_fields(self, "")

@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("seq") / "tiny"
     generate_sequence(out, SynthConfig(frames=8, width=64, height=48, seed=3, instrument=False, camera_motion=False,
-                                       difficulty="easy", num_queries=16))
+                                       difficulty="hard", num_queries=16))
     seq = read_sequence(out)
     gt = read_tracks(out / "gt" / "tracks.npz")
     fe = track.run_frontend(seq, FrontendConfig(), {})
@@ -38,13 +38,14 @@ def _epe(tr, gt):
 class TestTrackSequence:
     def test_fit_falls_and_beats_zero_motion(self, tiny):
         seq, gt, fe = tiny
-        cfg = load_config(FitConfig, None, TINY + ["max_steps=160"])
+        cfg = load_config(FitConfig, None, TINY + ["max_steps=160", "log_every=1"])
         history = []
         res = track.fit_invnerf(seq, cfg, FrontendConfig(), progress=history.append, frontend=fe)
         assert res.meta["stop_reason"] in ("max_steps", "converged") and 0 < res.meta["steps"] <= 160
         assert len(history) >= 2
-        first, last = history[0]["loss_corr"], history[-1]["loss_corr"]
-        assert last < first  # the reprojection error falls
+        first = np.mean([h["loss_anchor"] for h in history[:3]])
+        last = np.mean([h["loss_anchor"] for h in history[-3:]])
+        assert last < 0.7 * first  # the reprojection error (px, + disparity px) falls
         tr = track.infer_tracks(res, seq, seq.queries)
         assert tr.uv.shape == (8, 16, 2) and tr.visible.shape == (8, 16) and tr.xyz.shape == (8, 16, 3)
         assert np.isfinite(tr.uv).all() and np.isfinite(tr.xyz).all()

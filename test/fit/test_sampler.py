@@ -38,6 +38,14 @@ class TestPixelSampler:
         f, u, v = s.draw(200)
         assert bool((f == 2).all() and (u // 4 == 3).all() and (v // 4 == 1).all())
 
+    def test_uniform_pool(self):
+        for pool, frames in (("unconverged", {2}), ("all", {0, 1, 2})):
+            s = make(error_share=0.0, uniform_from=pool)
+            s.refresh(*s.dense_pixels(), torch.full((36,), 0.1), torch.ones(36, dtype=torch.bool))
+            s.err[2, 1, 3] = 50.0  # the only unconverged cell
+            f, _, _ = s.draw(300)
+            assert set(f.tolist()) == frames, pool
+
     def test_uniform_ignores_error(self):
         s = make("uniform")
         s.refresh(*s.dense_pixels(), torch.full((36,), 0.1), torch.ones(36, dtype=torch.bool))
