@@ -109,7 +109,7 @@ def speed_report(sizes: Seq[tuple[int, int]] = ((256, 192), (640, 512)), frames:
 
 def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
     """The node under a 30 Hz synthetic stream for 60 s at 256×192 and 640×512 (issue 4)."""
-    from .ros_bench import format_ros_bench, run_ros_bench
+    from ..ros.bench import format_ros_bench, run_ros_bench
 
     results = [run_ros_bench(w, h, rate_hz=30.0, duration_s=60.0, device=device) for w, h in ((256, 192), (640, 512))]
     text = format_ros_bench(results)

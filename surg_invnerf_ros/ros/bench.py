@@ -240,8 +240,8 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
-    from ..ros import convert
-    from ..ros.diagnostics import diagnostics_to_dict
+    from . import convert
+    from .diagnostics import diagnostics_to_dict
 
     log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="ros_bench_"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +456,7 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m surg_invnerf_ros.eval.ros_bench --size 256x192 --size 640x512 --out out/bench`."""
+    """`python -m surg_invnerf_ros.ros.bench --size 256x192 --size 640x512 --out out/bench`."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", action="append", default=None, help="WxH (repeatable; default 256x192 and 640x512)")
     ap.add_argument("--rate-hz", type=float, default=30.0)
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("ros_bench: %dx%d, %.0f Hz, %.0f s, device %s", w, h, args.rate_hz, args.duration_s, args.device)
         runs.append(run_ros_bench(w, h, args.rate_hz, args.duration_s, args.device, refine=not args.no_refine,
                                   log_dir=out / f"ros_{w}x{h}_logs"))
-    from .report import json_safe
+    from ..eval.report import json_safe
 
     (out / "ros_bench.json").write_text(json.dumps(json_safe(runs), indent=2))
     md = format_ros_bench(runs)
