@@ -22,7 +22,7 @@ import numpy as np
 from ..config import BenchConfig, FitConfig, FrontendConfig, SynthConfig, apply_overrides, from_dict, to_dict
 from ..structs import Sequence, Tracks
 from .baselines import BASELINES
-from .report import format_table
+from .report import format_table, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,6 @@ def run_full_bench(args: argparse.Namespace) -> int:
         summary["speed"] = speed
         (out / "speed.md").write_text(_speed_markdown(speed))
         print(_speed_markdown(speed))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     print(f"[bench] wrote {out / 'summary.json'}")
     return 0
