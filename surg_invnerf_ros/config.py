@@ -481,6 +481,15 @@ class FitConfig:
     num_threads: int = option(1, "torch CPU threads for the fit (process-wide; 0 leaves torch's default). One thread is as fast on small batches and robust on a shared machine.", lo=0)
     log_every: int = option(25, "Progress callback every this many steps.", lo=1)
     use_kinematics: bool = option(True, "Cast rays in the world frame from the sequence's camera poses when it has them.")
+    pose_refine: bool = option(
+        False, "Learn a per-frame rigid correction of the kinematic poses (T_world_cam @ dT, camera frame; "
+        "frame 0 fixed), initialised at the identity and regularised towards it. Needs use_kinematics.")
+    pose_lr: float = option(
+        0.01, "Learning rate of the pose corrections (Adam; degrees and millimetres per step at most, roughly).",
+        lo=0.0, hi=10.0)
+    pose_reg_weight: float = option(
+        0.05, "Weight of the pull towards the kinematics: mean over frames of |rotation|^2 in deg^2 + "
+        "|translation|^2 in mm^2.", lo=0.0)
     hexplane: HexPlaneConfig = nested(HexPlaneConfig, "Deformation features.")
     coupling: CouplingConfig = nested(CouplingConfig, "Invertible map.")
     canonical: CanonicalConfig = nested(CanonicalConfig, "Canonical field.")
@@ -491,6 +500,8 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "fit.")
+        if self.pose_refine and not self.use_kinematics:
+            raise ConfigError("fit.pose_refine: expected use_kinematics=true (the corrections refine kinematic poses)")
 
 
 # --------------------------------------------------------------------------------------------

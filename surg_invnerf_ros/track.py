@@ -177,6 +177,8 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
         workspace = None
     torch.manual_seed(fit_cfg.seed)
     model = _build_model(fit_cfg, seq.num_frames, workspace, init_state, device)
+    if fit_cfg.pose_refine and data.enable_pose_refine() is None:
+        log.info("%s: pose_refine is on but the sequence has no camera poses; nothing to refine", seq.name)
     timings["setup_s"] = time.perf_counter() - t0
     fitter = Fitter(model, data, fit_cfg, device)
     stats = fitter.run(progress)
@@ -189,6 +191,10 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
             "steps": stats.steps, "stop_reason": stats.stop_reason, "time_s": timings["total_fit_s"],
             "final_losses": stats.losses, "converged_fraction": stats.converged_share,
             "timings_s": timings, "device": str(device), "num_pairs": int(fe["pairs"].shape[0])}
+    if data.pose_correction is not None:
+        meta["pose_correction"] = data.pose_correction.summary()
+        log.info("invnerf fit: pose corrections up to %.3f deg, %.3f mm", meta["pose_correction"]["max_rot_deg"],
+                 meta["pose_correction"]["max_trans_mm"])
     log.info("invnerf fit: %d steps in %.1f s (%s), converged %.2f", stats.steps, timings["total_fit_s"],
              stats.stop_reason, stats.converged_share)
     return FitResult(model=model, data=data, cfg=fit_cfg, meta=meta)
@@ -259,7 +265,8 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
     u_canon = model.to_canonical(x_surf, f_q)  # (N, 3)
     frames = torch.arange(T, device=dev)[:, None].expand(T, N)  # (T, N)
     X = model.from_canonical(u_canon[None].expand(T, N, 3), frames)  # (T, N, 3) world
-    Tcw = data.T_cam_world[frames] if data.T_cam_world is not None else None
+    Tcw_all = data.all_inv_poses()  # corrected when pose refinement is on
+    Tcw = Tcw_all[frames] if Tcw_all is not None else None
     uv, z = project_px(X, data.K, Tcw)  # (T, N, 2), (T, N)
     if Tcw is not None:
         xyz_cam = torch.einsum("tnij,tnj->tni", Tcw[..., :3, :3], X) + Tcw[..., :3, 3]

@@ -11,6 +11,11 @@ camera motion parallax, wrong): the "anchor" term maps the stereo surface point 
 F_j⁻¹(F_i(x_stereo)) and trains F from the first step, and by default the rendered X̂_j term does not
 back-propagate into the weights (`loss.corr_detach_weights`), so only the stereo, line-of-sight and
 photometric terms shape the density.
+
+With `fit.pose_refine` the kinematic poses get learnable per-frame corrections
+(`model/pose_correction.py`): `FitData.poses`/`inv_poses` then return the corrected poses, the
+corrections train in their own Adam group at `pose_lr`, and the "pose" term pulls them towards the
+kinematics. Without it every pose read is the plain indexed tensor, as before.
 """
 
 import logging
@@ -25,6 +30,7 @@ from torch import Tensor
 
 from ..config import FitConfig
 from ..errors import ConfigError
+from ..model.pose_correction import PoseCorrection, invert_rigid
 from ..model.rays import pixel_rays, project_px, sample_depths
 from ..model.render import InvNeRF
 from ..shapes import Bool, Float, Int
@@ -65,6 +71,7 @@ class FitData:
     by_src: Int[Tensor, "T D"] = field(init=False)
     degree: Int[Tensor, " T"] = field(init=False)
     T_cam_world: Float[Tensor, "T 4 4"] | None = field(init=False)
+    pose_correction: PoseCorrection | None = field(default=None, init=False)  # set by `enable_pose_refine`
 
     def __post_init__(self) -> None:
         T = self.num_frames
@@ -94,11 +101,31 @@ class FitData:
     def fx_b(self) -> float:
         return self._fx_b
 
+    def enable_pose_refine(self) -> PoseCorrection | None:
+        """Attach learnable per-frame pose corrections (None without poses: nothing to refine)."""
+        if self.T_world_cam is None:
+            return None
+        self.pose_correction = PoseCorrection(self.num_frames).to(self.T_world_cam.device)
+        return self.pose_correction
+
+    def all_poses(self) -> Float[Tensor, "T 4 4"] | None:
+        """T_world_cam of every frame, corrected (T_world_cam @ dT) when pose refinement is on."""
+        if self.T_world_cam is None or self.pose_correction is None:
+            return self.T_world_cam
+        return self.T_world_cam @ self.pose_correction.matrices()
+
+    def all_inv_poses(self) -> Float[Tensor, "T 4 4"] | None:
+        if self.T_cam_world is None or self.pose_correction is None:
+            return self.T_cam_world
+        return invert_rigid(self.pose_correction.matrices()) @ self.T_cam_world
+
     def poses(self, frame: Int[Tensor, " R"]) -> Tensor | None:
-        return None if self.T_world_cam is None else self.T_world_cam[frame]
+        T = self.all_poses()  # per frame, then indexed: the correction costs O(T), not O(R)
+        return None if T is None else T[frame]
 
     def inv_poses(self, frame: Int[Tensor, " R"]) -> Tensor | None:
-        return None if self.T_cam_world is None else self.T_cam_world[frame]
+        T = self.all_inv_poses()
+        return None if T is None else T[frame]
 
     def depth_at(self, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Float[Tensor, " R"]:
         """Stereo depth at the nearest pixel (NaN outside the image or where invalid)."""
@@ -155,17 +182,22 @@ def render_mapped(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tens
     return out
 
 
-def parameter_groups(model: InvNeRF, cfg: FitConfig) -> list[dict]:
-    """Planes at `lr_planes`, MLPs and appearance codes at `lr_mlp` (K-Planes' get_params)."""
+def parameter_groups(model: InvNeRF, cfg: FitConfig, pose_correction: PoseCorrection | None = None) -> list[dict]:
+    """Planes at `lr_planes`, MLPs and appearance codes at `lr_mlp` (K-Planes' get_params), pose
+    corrections (when refined) at `pose_lr`."""
     planes, other = [], []
     for name, p in model.named_parameters():
         (planes if "grids" in name else other).append(p)
-    return [{"params": planes, "lr": cfg.optim.lr_planes, "base_lr": cfg.optim.lr_planes},
-            {"params": other, "lr": cfg.optim.lr_mlp, "base_lr": cfg.optim.lr_mlp}]
+    groups = [{"params": planes, "lr": cfg.optim.lr_planes, "base_lr": cfg.optim.lr_planes},
+              {"params": other, "lr": cfg.optim.lr_mlp, "base_lr": cfg.optim.lr_mlp}]
+    if pose_correction is not None:
+        groups.append({"params": list(pose_correction.parameters()), "lr": cfg.pose_lr, "base_lr": cfg.pose_lr})
+    return groups
 
 
-def make_optimiser(model: InvNeRF, cfg: FitConfig) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg)
+def make_optimiser(model: InvNeRF, cfg: FitConfig, pose_correction: PoseCorrection | None = None
+                   ) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg, pose_correction)
     if cfg.optim.fused_adam:
         try:
             return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
@@ -198,7 +230,7 @@ class Fitter:
         self.gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
         H, W = data.hw
         self.sampler = PixelSampler(cfg.sampler, data.num_frames, H, W, device=device, generator=self.gen)
-        self.opt = make_optimiser(model, cfg)
+        self.opt = make_optimiser(model, cfg, data.pose_correction)
         self.stats = FitStats()
 
     # ------------------------------------------------------------------------------------------
@@ -270,10 +302,12 @@ class Fitter:
         if step % lc.reg_every == 0 and (lc.tv_weight > 0 or lc.time_smooth_weight > 0):
             tv, ts = self.model.plane_regularisers()
             terms["tv"], terms["time_smooth"] = tv, ts
+        if data.pose_correction is not None and cfg.pose_reg_weight > 0:
+            terms["pose"] = data.pose_correction.penalty()
         weights = {"corr": lc.corr_weight, "anchor": lc.anchor_weight, "corr_depth": lc.corr_depth_weight * sscale, "photo": lc.photo_weight, "photo_right": lc.photo_weight,
                    "stereo": lc.stereo_weight * sscale, "los": lc.line_of_sight_weight * sscale,
                    "range": lc.range_weight, "dist": lc.distortion_weight, "tv": lc.tv_weight,
-                   "time_smooth": lc.time_smooth_weight}
+                   "time_smooth": lc.time_smooth_weight, "pose": cfg.pose_reg_weight}
         total = sum(weights[k] * v for k, v in terms.items())
         with torch.no_grad():
             err = (out["uv_pred_px"] - uv_tgt).norm(dim=-1)
