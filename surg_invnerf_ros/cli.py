@@ -96,6 +96,8 @@ def _load_fit_config(args: argparse.Namespace):
         overrides.append(f"seed={args.seed}")
     if getattr(args, "kinematics", None) is not None:
         overrides.append(f"use_kinematics={'true' if args.kinematics == 'on' else 'false'}")
+    if getattr(args, "pose_refine", False):
+        overrides.append("pose_refine=true")
     return load_config(FitConfig, args.config, overrides)
 
 
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stir-json", type=Path, help="also export STIR-style end-frame JSON")
     t.add_argument("--kinematics", choices=["on", "off"],
                    help="use the sequence's kinematics.csv when present (default on); off ignores it")
+    t.add_argument("--pose-refine", action="store_true",
+                   help="learn per-frame corrections of the kinematic poses (regularised towards them)")
     t.add_argument("--hand-eye", type=Path,
                    help="YAML with T_ecm_cam (4x4, metres): kinematics.csv holds ECM poses, not camera poses")
     fit_args(t)

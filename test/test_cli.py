@@ -129,3 +129,9 @@ class TestKinematicsOptions:
 
         args = build_parser().parse_args(["track", str(moving_seq), "--out", "x.npz", "--kinematics", "off"])
         assert _load_fit_config(args).use_kinematics is False
+
+    def test_pose_refine_reaches_the_config(self, moving_seq):
+        from surg_invnerf_ros.cli import _load_fit_config, build_parser
+
+        args = build_parser().parse_args(["track", str(moving_seq), "--out", "x.npz", "--pose-refine"])
+        assert _load_fit_config(args).pose_refine is True
