@@ -13,6 +13,15 @@ from typing import Any
 import numpy as np
 
 
+#: The `~/tracked_points` / `~/ground_truth` point schema (DESIGN §5), packed: 30 bytes a point.
+#: x y z metres (left optical frame), u v pixels, id, visible, confidence, refined.
+TRACKED_POINTS_DTYPE = np.dtype([
+    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+    ("u", "<f4"), ("v", "<f4"),
+    ("id", "<u4"), ("visible", "u1"), ("confidence", "<f4"), ("refined", "u1"),
+])
+
+
 @dataclass(frozen=True)
 class StereoCalib:
     """A rectified stereo pair: shared intrinsics and a baseline along +x.

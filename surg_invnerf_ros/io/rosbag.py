@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import T_from_xyz_qxyzw, interpolate_poses, xyz_qxyzw_from_T
-from ..structs import Queries, Sequence, StereoCalib, Tracks
+from ..structs import TRACKED_POINTS_DTYPE, Queries, Sequence, StereoCalib, Tracks
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,6 @@ POLYGON_STAMPED = "geometry_msgs/msg/PolygonStamped"
 # sensor_msgs/PointField datatypes → numpy
 _POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 
-# The `~/tracked_points` / `~/ground_truth` schema (DESIGN §5), packed: 30 bytes a point. The same
-# layout as `ros/convert.py` (which imports rclpy, so this core module keeps its own copy).
-TRACKED_POINTS_DTYPE = np.dtype([
-    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-    ("u", "<f4"), ("v", "<f4"),
-    ("id", "<u4"), ("visible", "u1"), ("confidence", "<f4"), ("refined", "u1"),
-])
 _NP_TO_POINTFIELD = {np.dtype("<f4"): 7, np.dtype("<u4"): 6, np.dtype("u1"): 2}
 
 _typestore_cache: list[Any] = []

@@ -19,7 +19,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ..errors import InputError
 from ..geometry import project_px, transform_points
-from ..structs import StereoCalib
+from ..structs import TRACKED_POINTS_DTYPE, StereoCalib
 
 # encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -34,12 +34,6 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "32FC1": (np.dtype(np.float32), 1),
 }
 
-# The ~/tracked_points schema (DESIGN §5); ~/ground_truth uses it too.
-TRACKED_POINTS_DTYPE = np.dtype([
-    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-    ("u", "<f4"), ("v", "<f4"),
-    ("id", "<u4"), ("visible", "u1"), ("confidence", "<f4"), ("refined", "u1"),
-])  # packed, 30 bytes a point, in DESIGN §5's order; io/rosbag.py keeps the same layout
 CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4")])
 
 _NP_TO_FIELD = {
