@@ -36,8 +36,7 @@ import numpy as np
 from ..config import FlowConfig
 from ..errors import InputError
 from ..structs import Queries
-from .flow import (FlowBank, check_mask, check_rgb_u8, checked_flow_pair, make_dis, pixel_grid,
-                   to_grey)
+from .flow import FlowBank, checked_flow_pair, pixel_grid, prepare_video
 
 _ERR_CAP_PX = 1e4  # stands in for +inf where values are interpolated (0 · inf would give NaN)
 _VALID_MIN = 0.99  # a bilinear look-up counts as valid only if (nearly) all its neighbours are
@@ -369,12 +368,8 @@ def track_dis_streaming(
         mask: optional (T, H, W) bool, True = excluded, as in `compute_flow_bank`.
         progress: called with 2 after each couple of flows.
     """
-    frames = check_rgb_u8("track_dis_streaming: left_rgb_u8", left_rgb_u8, ndim=4)
-    T, H, W = frames.shape[:3]
-    mask = check_mask(mask, (T, H, W), "track_dis_streaming")
-    grey = [to_grey(f) for f in frames]
-    grid = pixel_grid(H, W)
-    dis = make_dis(cfg)
+    grey, mask, grid, dis = prepare_video(left_rgb_u8, mask, cfg, "track_dis_streaming")
+    T, (H, W) = len(grey), grey[0].shape
 
     def link_of(s: int, t: int) -> Link:
         fwd, _ = checked_flow_pair(dis, grey[s], grey[t], grid, cfg,

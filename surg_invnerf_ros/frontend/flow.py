@@ -207,12 +207,8 @@ def compute_flow_bank(
             invalid if its source is masked or its target lands (nearest pixel) on a masked pixel.
         progress: called with 2 after each couple of flows (i→j and j→i).
     """
-    frames = check_rgb_u8("compute_flow_bank: left_rgb_u8", left_rgb_u8, ndim=4)
-    T, H, W = frames.shape[:3]
-    mask = check_mask(mask, (T, H, W), "compute_flow_bank")
-    grey = [to_grey(f) for f in frames]
-    grid = pixel_grid(H, W)
-    dis = make_dis(cfg)
+    grey, mask, grid, dis = prepare_video(left_rgb_u8, mask, cfg, "compute_flow_bank")
+    T, (H, W) = len(grey), grey[0].shape
     pairs = gap_pairs(T, cfg.gaps)
     Q = len(pairs)
     flow = np.empty((Q, H, W, 2), np.float32)
@@ -228,6 +224,14 @@ def compute_flow_bank(
         if progress is not None:
             progress(2)
     return FlowBank(pairs=pairs, flow_px=flow, valid=valid, cycle_err_px=cycle)
+
+
+def prepare_video(left_rgb_u8: np.ndarray, mask: np.ndarray | None, cfg: FlowConfig, who: str
+                  ) -> tuple[list[np.ndarray], np.ndarray | None, tuple[np.ndarray, np.ndarray], cv2.DISOpticalFlow]:
+    """Validated (grey frames, mask, pixel grid, DIS instance): what every multi-frame flow user needs."""
+    frames = check_rgb_u8(f"{who}: left_rgb_u8", left_rgb_u8, ndim=4)
+    T, H, W = frames.shape[:3]
+    return [to_grey(f) for f in frames], check_mask(mask, (T, H, W), who), pixel_grid(H, W), make_dis(cfg)
 
 
 def check_mask(mask: np.ndarray | None, shape: tuple[int, ...], who: str) -> np.ndarray | None:

@@ -57,6 +57,16 @@ def read_csv_table(path: str | Path, columns: tuple[str, ...], kinds: str) -> di
     return out
 
 
+def check_frame_column(table: dict[str, np.ndarray], path: Path, reason: str) -> None:
+    """Per-frame tables list frames 0..n-1 in order; the error names the first line that does not."""
+    n = len(table["frame"])
+    bad = np.flatnonzero(table["frame"] != np.arange(n))
+    if bad.size:
+        i = bad[0]
+        raise InputError(f"{path}: line {table['_line'][i]}: frame: expected {i} (frames 0..{n - 1} in order), "
+                         f"got {table['frame'][i]}", reason)
+
+
 def _parse(cell: str, kind: str, path: Path, line_no: int, column: str) -> float | int:
     try:
         if kind == "i":

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import T_from_xyz_qxyzw, xyz_qxyzw_from_T
-from .csvtable import read_csv_table
+from .csvtable import check_frame_column, read_csv_table
 
 COLUMNS = ("frame", "x", "y", "z", "qx", "qy", "qz", "qw")
 QUAT_NORM_TOL = 1e-3
@@ -38,11 +38,7 @@ def read_kinematics(path: str | Path, num_frames: int | None = None) -> np.ndarr
     expected = num_frames if num_frames is not None else n
     if n != expected:
         raise InputError(f"{path}: expected {expected} rows (one per frame), got {n}", "bad_kinematics")
-    bad = np.flatnonzero(table["frame"] != np.arange(n))
-    if bad.size:
-        i = bad[0]
-        raise InputError(f"{path}: line {table['_line'][i]}: frame: expected {i} (frames 0..{n - 1} in order), "
-                         f"got {table['frame'][i]}", "bad_kinematics")
+    check_frame_column(table, path, "bad_kinematics")
     xyz_m = np.stack([table[c] for c in ("x", "y", "z")], axis=-1)  # (T, 3)
     q_xyzw = np.stack([table[c] for c in ("qx", "qy", "qz", "qw")], axis=-1)  # (T, 4)
     norm = np.linalg.norm(q_xyzw, axis=-1)

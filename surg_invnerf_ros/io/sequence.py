@@ -28,7 +28,7 @@ import yaml
 from ..errors import InputError
 from ..structs import Queries, Sequence, StereoCalib
 from .calib import RawCalib, Rectifier, read_calib, stereo_calib_from_rectified
-from .csvtable import read_csv_table
+from .csvtable import check_frame_column, read_csv_table
 from .kinematics import read_kinematics, write_kinematics
 
 log = logging.getLogger(__name__)
@@ -184,11 +184,7 @@ def read_timestamps(path: str | Path, num_frames: int) -> np.ndarray:
     n = len(table["frame"])
     if n != num_frames:
         raise InputError(f"{path}: expected {num_frames} rows (one per frame), got {n}", "bad_timestamps")
-    bad = np.flatnonzero(table["frame"] != np.arange(n))
-    if bad.size:
-        i = bad[0]
-        raise InputError(f"{path}: line {table['_line'][i]}: frame: expected {i} (frames 0..{n - 1} in order), "
-                         f"got {table['frame'][i]}", "bad_timestamps")
+    check_frame_column(table, path, "bad_timestamps")
     stamps = table["stamp_ns"]
     if n and stamps[0] < 0:
         raise InputError(f"{path}: line {table['_line'][0]}: stamp_ns: expected >= 0, got {stamps[0]}",
