@@ -112,6 +112,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         seq = read_sequence(args.seq, progress=update)
     if args.hand_eye is not None:
         seq = _apply_hand_eye(seq, args.hand_eye)
+    if args.kinematics_offset_s:
+        seq = _shift_kinematics(seq, args.kinematics_offset_s)
     with _fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=FrontendConfig(), progress=update)
     if seq.rectify is not None:
@@ -123,6 +125,16 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.stir_json:
         print(f"wrote {export_stir_json(tracks, args.stir_json, clip=seq.name)}")
     return 0
+
+
+def _shift_kinematics(seq, offset_s: float):
+    """Compensate kinematics that lag the images: poses re-sampled at stamp + offset_s."""
+    from .io.kinematics import shift_poses
+
+    if seq.T_world_cam is None:
+        raise UsageError(f"--kinematics-offset-s: {seq.name} has no kinematics.csv to shift")
+    seq.T_world_cam = shift_poses(seq.stamps_ns, seq.T_world_cam, offset_s)
+    return seq
 
 
 def _apply_hand_eye(seq, path: Path):
@@ -270,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn per-frame corrections of the kinematic poses (regularised towards them)")
     t.add_argument("--hand-eye", type=Path,
                    help="YAML with T_ecm_cam (4x4, metres): kinematics.csv holds ECM poses, not camera poses")
+    t.add_argument("--kinematics-offset-s", type=float, default=0.0, metavar="S",
+                   help="kinematics clock offset: the pose of an image at t is read at t + S (positive when "
+                        "the poses lag; the node's kinematics.time_offset_s)")
     fit_args(t)
     t.set_defaults(func=cmd_track)
 
@@ -293,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, nargs="+", help="sequence seeds (default: the preset's)")
     b.add_argument("--no-speed", action="store_true", help="skip the generator/front-end speed measurements")
     b.add_argument("--no-ros", action="store_true", help="skip the ROS node latency benchmark")
+    b.add_argument("--no-kinematics", action="store_true", help="skip the exact/no/noisy kinematics comparison")
+    b.add_argument("--no-accuracy", action="store_true", help="skip the methods-on-the-set accuracy tables")
     fit_args(b)
     b.set_defaults(func=cmd_bench)
 

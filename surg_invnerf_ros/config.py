@@ -586,6 +586,12 @@ class BenchConfig:
     plots: bool = option(True, "Write the accuracy plot and one contact sheet per sequence.")
     contact_frames: int = option(4, "Frames (columns) per contact sheet.", lo=1, hi=16)
     keep_going: bool = option(True, "Record a method that raises as failed and go on; false re-raises.")
+    kin_noise_m: float = option(0.0005, "Kinematics section: per-axis std of the translation noise on the noisy poses.",
+                                lo=0.0, hi=0.1)
+    kin_noise_deg: float = option(0.5, "Kinematics section: per-axis std of the rotation noise on the noisy poses.",
+                                  lo=0.0, hi=30.0)
+    kin_lag_s: float = option(0.04, "Kinematics section: lag of the noisy poses behind the images, compensated "
+                              "with the same time offset.", lo=-1.0, hi=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "bench.")

@@ -124,6 +124,22 @@ class TestKinematicsOptions:
         # T_world_cam = T_world_ecm · T_ecm_cam: the camera sits 1 cm along the ECM's own x axis
         np.testing.assert_allclose(after[:, :3, 3], before[:, :3, 3] + 0.01 * before[:, :3, 0], atol=1e-12)
 
+    def test_kinematics_offset_shifts_the_poses(self, moving_seq):
+        from surg_invnerf_ros.cli import _shift_kinematics
+        from surg_invnerf_ros.io.sequence import read_sequence
+
+        seq = read_sequence(moving_seq)
+        before = seq.T_world_cam.copy()
+        dt_s = (seq.stamps_ns[1] - seq.stamps_ns[0]) * 1e-9
+        after = _shift_kinematics(seq, dt_s).T_world_cam  # one frame later: frame t gets frame t+1's pose
+        np.testing.assert_allclose(after[:-1], before[1:], atol=1e-6)
+        np.testing.assert_allclose(after[-1], before[-1], atol=1e-12)
+
+    def test_kinematics_offset_needs_kinematics(self, tiny_seq, tmp_path):
+        proc = run_cli("track", str(tiny_seq), "--out", str(tmp_path / "p.npz"), "--method", "lk",
+                       "--kinematics-offset-s", "0.04")
+        assert proc.returncode == 2 and "--kinematics-offset-s" in proc.stderr and "Traceback" not in proc.stderr
+
     def test_kinematics_off_reaches_the_config(self, moving_seq):
         from surg_invnerf_ros.cli import _load_fit_config, build_parser
 

@@ -3,7 +3,9 @@
 1. Accuracy: every method on the fixed synthetic set (`eval/bench.py`), with InvNeRF and its
    ablation rows (uniform sampling, no stereo guidance, one-directional supervision).
 2. The issue-3 bar on the hard set: InvNeRF against the best classical baseline, per sequence.
-3. Speed: generator seconds and front-end frames per second at 256×192 and 640×512.
+3. Kinematics (issue 5): exact, no and noisy lagging poses on the camera-motion sequences
+   (`eval/kinematics_bench.py`), written to `OUT/kinematics/`.
+4. Speed: generator seconds and front-end frames per second at 256×192 and 640×512.
 
 Results go to `OUT/bench.md`, `OUT/bench.json`, `OUT/bar.md`, `OUT/speed.json` and `OUT/plots/`.
 """
@@ -146,6 +148,22 @@ def _run_set(out: Path, preset: str, methods: list[str], fit_cfg: FitConfig,
     return result.rows
 
 
+def kinematics_section(out: Path, preset: str, fit_cfg: FitConfig, seeds: Seq[int] | None) -> list[dict[str, Any]]:
+    """Issue 5's bar: exact / no / noisy kinematics on the camera-motion sequences (hard set by default)."""
+    from tqdm import tqdm
+
+    from .bench import bench_specs
+    from .kinematics_bench import VARIANTS, run_kinematics_bench
+
+    cfg = BenchConfig(preset="hard" if preset == "default" else preset, seeds=tuple(seeds or ()))
+    total = len([s for s in bench_specs(cfg) if s.camera_motion]) * len(VARIANTS)
+    with tqdm(total=total, desc="bench[kinematics]", file=sys.stderr, leave=False) as bar:
+        result = run_kinematics_bench(out / "kinematics", cfg, fit_cfg, progress=bar.update)
+    print(f"[bench] kinematics: wrote {out / 'kinematics' / 'kinematics.md'}")
+    print(format_table(result["bar"], columns=list(result["bar"][0])) if result["bar"] else "")
+    return result["bar"]
+
+
 def run_full_bench(args: argparse.Namespace) -> int:
     """The `surg-invnerf bench` command (see the module docstring)."""
     from ..cli import _load_fit_config
@@ -161,6 +179,8 @@ def run_full_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--methods: unknown method {unknown[0]!r} (expected some of {', '.join(all_methods)})")
     presets = [args.preset] if args.preset != "default" else ["default", "hard"]
     summary: dict[str, Any] = {}
+    if getattr(args, "no_accuracy", False):
+        presets = []
     for preset in presets:
         # The default set runs the baselines and InvNeRF; ablations run on the hard set only.
         m = [x for x in methods if preset == "hard" or x not in ABLATIONS]
@@ -171,6 +191,8 @@ def run_full_bench(args: argparse.Namespace) -> int:
             text = format_table(bar, columns=list(bar[0]) if bar else None)
             (out / preset / "bar.md").write_text(text)
             print(f"[bench] {preset}: InvNeRF vs best baseline\n{text}")
+    if not getattr(args, "no_kinematics", False):
+        summary["kinematics"] = kinematics_section(out, args.preset, fit_cfg, args.seeds)
     if not args.no_ros:
         summary["ros"] = ros_report(out, fit_cfg.device)
     if not args.no_speed:

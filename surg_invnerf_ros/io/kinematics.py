@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import T_from_xyz_qxyzw, xyz_qxyzw_from_T
+from ..geometry import T_from_xyz_qxyzw, interpolate_poses, xyz_qxyzw_from_T
 from .csvtable import check_frame_column, read_csv_table
 
 COLUMNS = ("frame", "x", "y", "z", "qx", "qy", "qz", "qw")
@@ -59,3 +59,21 @@ def write_kinematics(path: str | Path, T_world_cam: np.ndarray) -> Path:
     ]
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def shift_poses(stamps_ns: np.ndarray, T_world_cam: np.ndarray, time_offset_s: float) -> np.ndarray:
+    """Per-frame poses re-sampled at `stamp + time_offset_s` (t_kin = t_image + offset, as the node's
+    `kinematics.time_offset_s`): compensates kinematics that lag (offset > 0) or lead the images.
+
+    Translation linear, rotation SLERP (`geometry.interpolate_poses`). Like the node it never
+    extrapolates: a shifted stamp beyond the first or last row takes that end pose.
+    """
+    stamps = np.asarray(stamps_ns, dtype=np.int64)
+    T = np.asarray(T_world_cam, dtype=np.float64)
+    if len(stamps) != len(T):
+        raise InputError(f"kinematics: expected one stamp per pose, got {len(stamps)} stamps for {len(T)} poses",
+                         "bad_kinematics")
+    if time_offset_s == 0.0 or len(T) < 2:
+        return T.copy()
+    query = np.clip(stamps + int(round(time_offset_s * 1e9)), stamps[0], stamps[-1])
+    return interpolate_poses(stamps, T, query)
