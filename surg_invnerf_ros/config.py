@@ -201,7 +201,9 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str, float |
 class FlowConfig:
     """DIS optical flow at several frame gaps, with forward-backward cycle checks."""
 
-    gaps: tuple[int, ...] = option((1, 2, 4, 8), "Frame gaps for which flow is computed both ways.", lo=1)
+    gaps: tuple[int, ...] = option(
+        (1, 2, 4, 8, 16, 24), "Frame gaps for which flow is computed both ways. The long gaps bridge occlusions "
+        "(an instrument passing, tissue leaving the view) that break every chain of short ones.", lo=1)
     preset: Literal["ultrafast", "fast", "medium"] = option("medium", "OpenCV DIS preset.")
     cycle_thresh_px: float = option(1.0, "Max forward-backward cycle error for a valid flow pixel.", lo=0.0)
     photo_thresh: float = option(
@@ -389,6 +391,8 @@ class RenderConfig:
     stereo_depth_fusion_px: float = option(
         2.0, "Output depth: use the SGBM depth at the tracked pixel where it agrees with the model's within "
         "this many disparity px (0 disables; the model's depth is kept elsewhere).", lo=0.0)
+    subpixel_lookup: bool = option(
+        True, "Stereo depth and colour at fractional pixels (matched pixels, queries) are bilinear, not the nearest pixel's.")
     right_ray_share: float = option(0.0, "Share of photometric rays cast from the right camera.", lo=0.0, hi=1.0)
     mapped_point: Literal["per_sample", "expected_canonical"] = option(
         "per_sample", "X̂_j = Σ w F_j⁻¹(F_i(x)) per sample, or F_j⁻¹ of the expected canonical point (cheaper).")
@@ -435,7 +439,8 @@ class SamplerConfig:
     """Error-driven pixel sampling and the stopping rule (DESIGN §3.2)."""
 
     strategy: Literal["error_driven", "uniform"] = option(
-        "error_driven", "How pixels are drawn; 'uniform' is the ablation baseline.")
+        "uniform", "How pixels are drawn. Uniform measured better than error-driven on the hard synthetic set "
+        "(seed 0: EPE 0.40-0.44 vs 0.48-0.54 px over five error-driven settings), which is kept as the ablation.")
     rays_per_step: int = option(384, "Correspondences per step while nothing has converged.", lo=1)
     min_budget_share: float = option(0.35, "The budget never shrinks below this share.", lo=0.0, hi=1.0)
     error_share: float = option(0.5, "Share of the budget drawn in proportion to error.", lo=0.0, hi=1.0)

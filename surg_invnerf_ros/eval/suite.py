@@ -1,7 +1,7 @@
 """`make bench`: the whole benchmark, driven by one config (DESIGN §4).
 
 1. Accuracy: every method on the fixed synthetic set (`eval/bench.py`), with InvNeRF and its
-   ablation rows (uniform sampling, no stereo guidance, one-directional supervision).
+   ablation rows (error-driven sampling, no stereo guidance, one-directional supervision).
 2. The issue-3 bar on the hard set: InvNeRF against the best classical baseline, per sequence.
 3. Kinematics (issue 5): exact, no and noisy lagging poses on the camera-motion sequences
    (`eval/kinematics_bench.py`), written to `OUT/kinematics/`.
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Ablations are config switches on top of the run's FitConfig, never code forks.
 ABLATIONS: dict[str, tuple[str, ...]] = {
-    "invnerf_uniform": ("sampler.strategy=uniform",),
+    "invnerf_error_driven": ("sampler.strategy=error_driven",),
     "invnerf_nostereo": ("loss.stereo_weight=0", "loss.line_of_sight_weight=0", "loss.corr_depth_weight=0"),
     "invnerf_onedir": ("loss.bidirectional=false",),
 }

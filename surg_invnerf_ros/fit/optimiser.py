@@ -68,6 +68,7 @@ class FitData:
     baseline_m: float
     T_world_cam: Float[Tensor, "T 4 4"] | None = None
     right_rgb: Float[Tensor, "T H W 3"] | None = None
+    subpixel_lookup: bool = False  # bilinear depth lookups at fractional pixels (`render.subpixel_lookup`)
     by_src: Int[Tensor, "T D"] = field(init=False)
     degree: Int[Tensor, " T"] = field(init=False)
     T_cam_world: Float[Tensor, "T 4 4"] | None = field(init=False)
@@ -128,12 +129,17 @@ class FitData:
         return None if T is None else T[frame]
 
     def depth_at(self, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Float[Tensor, " R"]:
-        """Stereo depth at the nearest pixel (NaN outside the image or where invalid)."""
+        """Stereo depth at sub-pixel `uv_px`: bilinear where all four neighbours are valid, else the
+        nearest pixel's (NaN outside the image or where invalid). Matched pixels are fractional, and a
+        rounded lookup misplaces depth by up to half a pixel of surface slope."""
         H, W = self.hw
         u = uv_px[:, 0].round().long()
         v = uv_px[:, 1].round().long()
         inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
         d = self.depth_m[frame, v.clamp(0, H - 1), u.clamp(0, W - 1)]
+        if self.subpixel_lookup:
+            d_bil = bilinear_at(self.depth_m, frame, uv_px)
+            d = torch.where(torch.isfinite(d_bil), d_bil, d)
         return torch.where(inside, d, torch.full_like(d, float("nan")))
 
 
@@ -161,7 +167,27 @@ def correspondence_batch(data: FitData, frame: Int[Tensor, " P"], u: Int[Tensor,
     return {"j": j, "uv_i": uv_i, "uv_j": uv_j, "conf": conf}
 
 
-def colour_at(rgb: Float[Tensor, "T H W 3"], frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Float[Tensor, "R 3"]:
+def bilinear_at(images: Tensor, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Tensor:
+    """Bilinear lookup of (T, H, W) or (T, H, W, C) `images` at (frame, uv_px), clamped to the image;
+    NaN propagates, so a value next to an invalid pixel comes out NaN."""
+    H, W = images.shape[1:3]
+    u = uv_px[:, 0].clamp(0, W - 1)
+    v = uv_px[:, 1].clamp(0, H - 1)
+    u0 = u.floor().long().clamp(max=max(W - 2, 0))
+    v0 = v.floor().long().clamp(max=max(H - 2, 0))
+    du, dv = (u - u0).clamp(0, 1), (v - v0).clamp(0, 1)
+    if images.dim() == 4:
+        du, dv = du[:, None], dv[:, None]
+    u1, v1 = (u0 + 1).clamp(max=W - 1), (v0 + 1).clamp(max=H - 1)
+    return ((1 - du) * (1 - dv) * images[frame, v0, u0] + du * (1 - dv) * images[frame, v0, u1]
+            + (1 - du) * dv * images[frame, v1, u0] + du * dv * images[frame, v1, u1])
+
+
+def colour_at(rgb: Float[Tensor, "T H W 3"], frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"],
+              subpixel: bool = False) -> Float[Tensor, "R 3"]:
+    """Colour at `uv_px`: bilinear with `subpixel`, else the nearest pixel's."""
+    if subpixel:
+        return bilinear_at(rgb, frame, uv_px)
     H, W = rgb.shape[1:3]
     u = uv_px[:, 0].round().long().clamp(0, W - 1)
     v = uv_px[:, 1].round().long().clamp(0, H - 1)
@@ -279,7 +305,7 @@ class Fitter:
         sup = (data.supervise[frame, uv[:, 1].round().long().clamp(0, data.hw[0] - 1),
                               uv[:, 0].round().long().clamp(0, data.hw[1] - 1)]).float()
         if lc.photo_weight > 0:
-            terms["photo"] = losses.photometric_loss(out["rgb"], colour_at(data.rgb, frame, uv), sup)
+            terms["photo"] = losses.photometric_loss(out["rgb"], colour_at(data.rgb, frame, uv, data.subpixel_lookup), sup)
         sv = out["stereo_valid"].float() * sup
         sscale = self._stereo_scale(share)
         if lc.anchor_weight > 0:

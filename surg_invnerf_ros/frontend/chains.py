@@ -16,7 +16,9 @@ Composition is whole-image: F_rt(x) = F_rs(x) + F_st(x + F_rs(x)), one `cv2.rema
 Pairs returned by `build_correspondences`:
 - every bank pair (i, i ± g), g in `cfg.gaps` (one link);
 - long-range pairs from keyframes r = 0, S, 2S, … (S = `keyframe_stride`): (r, t) and (t, r) for
-  every t at distance d ≤ `max_chain_frames`, d a multiple of `long_range_step`, d not in gaps.
+  every t at distance d ≤ `max_chain_frames`, d a multiple of `long_range_step`. Where d is also a
+  gap, the direct pair keeps, per pixel, the more confident of its flow and the chain (a long direct
+  flow bridges occlusions; the chain holds where a large displacement defeats DIS).
   (t, r) chains are target-fixed: F_tr(x) = F_ts(x) + F_sr(x + F_ts(x)), s one gap closer to r.
 
 Memory: each pair is 12 bytes a pixel (float32 flow and confidence). The long-range count is about
@@ -199,9 +201,7 @@ def build_correspondences(
     H, W = bank.image_hw
     grid = pixel_grid(H, W)
     index = bank.index()
-    gaps = set(cfg.gaps)
-    keep = {d for d in range(cfg.long_range_step, cfg.max_chain_frames + 1, cfg.long_range_step)
-            if d not in gaps and d > 1}
+    keep = {d for d in range(cfg.long_range_step, cfg.max_chain_frames + 1, cfg.long_range_step) if d > 1}
 
     pairs = [bank.pairs]
     flows = [bank.flow_px]
@@ -211,6 +211,7 @@ def build_correspondences(
            where=bank.valid)
     confs = [direct_conf]
     seen = set(index)
+    merges: list[tuple[int, np.ndarray, np.ndarray]] = []  # (direct pair, chained flow, its confidence)
     for r in range(0, num_frames, cfg.keyframe_stride):
         for direction in (1, -1):
             for target_fixed in (False, True):
@@ -218,6 +219,9 @@ def build_correspondences(
                 for d, st in sorted(got.items()):
                     t = r + direction * d
                     pair = (t, r) if target_fixed else (r, t)
+                    if pair in index:  # a long direct gap: the chain fills in where the direct flow failed
+                        merges.append((index[pair], st.flow, st.confidence(cfg)))
+                        continue
                     if pair in seen:  # two keyframes d apart reach each other both ways: keep one
                         continue
                     seen.add(pair)
@@ -226,9 +230,14 @@ def build_correspondences(
                     confs.append(st.confidence(cfg)[None])
         if progress is not None:
             progress(1)
-    return DenseCorrespondences(pairs=np.concatenate(pairs).reshape(-1, 2),
-                                flow_px=np.concatenate(flows).astype(np.float32, copy=False),
-                                confidence=np.concatenate(confs))
+    out = DenseCorrespondences(pairs=np.concatenate(pairs).reshape(-1, 2),
+                               flow_px=np.concatenate(flows).astype(np.float32, copy=False),
+                               confidence=np.concatenate(confs))
+    for q, flow, conf in merges:  # per pixel, the more confident of the direct flow and the chain
+        better = conf > out.confidence[q]
+        out.flow_px[q][better] = flow[better]
+        out.confidence[q][better] = conf[better]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ def row(method, seq="s0", epe=1.0, end=2.0, delta=0.9, e3=1.0, oa=0.95):
 class TestVariant:
     def test_ablations_switch_only_their_keys(self):
         base = FitConfig()
-        assert variant(base, ABLATIONS["invnerf_uniform"]).sampler.strategy == "uniform"
+        assert variant(base, ABLATIONS["invnerf_error_driven"]).sampler.strategy == "error_driven"
         assert variant(base, ABLATIONS["invnerf_onedir"]).loss.bidirectional is False
         nostereo = variant(base, ABLATIONS["invnerf_nostereo"])
         assert nostereo.loss.stereo_weight == 0.0 and nostereo.loss.line_of_sight_weight == 0.0

@@ -14,7 +14,7 @@ from .synthetic import translated_truth, translated_video
 VEL = (0.7, 0.3)
 T = 17
 INTERIOR = (slice(12, -12), slice(12, -12))
-CFG = FlowConfig(keyframe_stride=8, max_chain_frames=16, long_range_step=4)
+CFG = FlowConfig(gaps=(1, 2, 4, 8), keyframe_stride=8, max_chain_frames=16, long_range_step=4)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,25 @@ class TestBuildCorrespondences:
         assert c.confidence[q][20:24, 20:26].mean() > 0.3
         err = np.abs(c.flow_px[q][20:24, 20:26] - 12 * np.asarray(VEL, np.float32))
         assert err.max() < 0.8
+
+    def test_long_direct_gap_merges_with_its_chain(self, video):
+        # With gap 16 in the bank, pair (0, 16) is both a direct flow and a keyframe chain: each
+        # pixel keeps the more confident of the two (on this tiny video the 11 px direct flow
+        # fails in places where the chain holds).
+        cfg16 = FlowConfig(gaps=(1, 2, 4, 8, 16), keyframe_stride=8, max_chain_frames=16, long_range_step=4)
+        bank16 = compute_flow_bank(video, cfg16)
+        merged = build_correspondences(bank16, T, cfg16)
+        pairs = [tuple(p) for p in merged.pairs]
+        assert pairs.count((0, 16)) == 1
+        q, qd = pairs.index((0, 16)), bank16.index()[(0, 16)]
+        direct = np.where(bank16.valid[qd], np.exp(-bank16.cycle_err_px[qd] / cfg16.conf_scale_px), 0)
+        conf = merged.confidence[q]
+        assert (conf >= direct - 1e-6).all()
+        chained = conf > direct + 1e-6
+        assert chained.mean() > 0.05  # the chain filled in
+        np.testing.assert_array_equal(merged.flow_px[q][~chained], bank16.flow_px[qd][~chained])
+        truth = 16 * np.asarray(VEL, np.float32)
+        assert np.median(np.abs(merged.flow_px[q][chained] - truth)) < 0.2
 
     def test_bad_input(self, bank):
         with pytest.raises(InputError, match="pairs"):
