@@ -440,7 +440,7 @@ class SamplerConfig:
 
     strategy: Literal["error_driven", "uniform"] = option(
         "uniform", "How pixels are drawn. Uniform measured better than error-driven on the hard synthetic set "
-        "(seed 0: EPE 0.40-0.44 vs 0.48-0.54 px over five error-driven settings), which is kept as the ablation.")
+        "(seed 0: EPE 0.40-0.44 vs 0.48-0.54 px over four error-driven settings), which is kept as the ablation.")
     rays_per_step: int = option(384, "Correspondences per step while nothing has converged.", lo=1)
     min_budget_share: float = option(0.35, "The budget never shrinks below this share.", lo=0.0, hi=1.0)
     error_share: float = option(0.5, "Share of the budget drawn in proportion to error.", lo=0.0, hi=1.0)

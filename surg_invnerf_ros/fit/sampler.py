@@ -11,6 +11,11 @@ and δ_avg 0.952 → 0.966 once every cell stays in the uniform pool). The budge
 Cells start unknown (NaN, sampled uniformly). A dense refresh that finds no valid correspondence
 in a cell leaves it unknown, so occluded or textureless cells never block convergence.
 
+`strategy: uniform` (the default since it measured better on the hard synthetic set: seed 0, EPE
+0.40–0.44 px against 0.48–0.54 px for four error-driven settings; a likely reason, not isolated, is
+that the error share goes to cells whose correspondences are wrong rather than under-fitted) draws
+every pixel uniformly and keeps the error maps and the stopping rule.
+
 The fit stops when ≥ γ of the known cells of every frame are under τ pixels (after at least one
 dense refresh), when the loss stops improving, or at the step or time budget.
 """
