@@ -7,7 +7,8 @@
    (`eval/kinematics_bench.py`), written to `OUT/kinematics/`.
 4. Speed: generator seconds and front-end frames per second at 256×192 and 640×512.
 
-Results go to `OUT/bench.md`, `OUT/bench.json`, `OUT/bar.md`, `OUT/speed.json` and `OUT/plots/`.
+Results go to `OUT/<preset>/bench.md`, `bench.json`, `bar.md` and `plots/`, `OUT/kinematics/kinematics.md`
+and `.json`, `OUT/ros.md`, `OUT/speed.md` and `OUT/summary.json`.
 """
 
 from __future__ import annotations
@@ -178,9 +179,9 @@ def run_full_bench(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--methods: unknown method {unknown[0]!r} (expected some of {', '.join(all_methods)})")
     presets = [args.preset] if args.preset != "default" else ["default", "hard"]
-    summary: dict[str, Any] = {}
     if getattr(args, "no_accuracy", False):
         presets = []
+    summary: dict[str, Any] = {}
     for preset in presets:
         # The default set runs the baselines and InvNeRF; ablations run on the hard set only.
         m = [x for x in methods if preset == "hard" or x not in ABLATIONS]
