@@ -5,7 +5,8 @@
 2. The issue-3 bar on the hard set: InvNeRF against the best classical baseline, per sequence.
 3. Kinematics (issue 5): exact, no and noisy lagging poses on the camera-motion sequences
    (`eval/kinematics_bench.py`), written to `OUT/kinematics/`.
-4. Speed: generator seconds and front-end frames per second at 256×192 and 640×512.
+4. The ROS node under a 30 Hz synthetic stream (`ros/bench.py`).
+5. Speed: generator seconds and front-end frames per second at 256×192 and 640×512.
 
 Results go to `OUT/<preset>/bench.md`, `bench.json`, `bar.md` and `plots/`, `OUT/kinematics/kinematics.md`
 and `.json`, `OUT/ros.md`, `OUT/speed.md` and `OUT/summary.json`.
