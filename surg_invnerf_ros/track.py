@@ -170,8 +170,8 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
     t0 = time.perf_counter()
     data = to_device_data(seq.left_rgb_u8, fe["depth_m"], ~fe["mask"], fe["pairs"], fe["flow_px"], fe["confidence"],
                           K, seq.calib.baseline_m, poses, device,
-                          right_rgb_u8=seq.right_rgb_u8 if fit_cfg.render.right_ray_share > 0 else None)
-    data.subpixel_lookup = fit_cfg.render.subpixel_lookup
+                          right_rgb_u8=seq.right_rgb_u8 if fit_cfg.render.right_ray_share > 0 else None,
+                          subpixel_lookup=fit_cfg.render.subpixel_lookup)
     if init_state is None:
         workspace = Workspace.from_points(stereo_points_world_m(fe["depth_m"], K, poses), fit_cfg.render)
     else:

@@ -135,14 +135,15 @@ def baseline_runner(name: str, frontend_cfg: FrontendConfig | None = None) -> Ru
     return lambda seq: run_baseline(name, seq, cfg)
 
 
-def _generate(seq_dir: Path, spec: SeqSpec) -> None:
-    """Write the synthetic sequence of `spec` (folder + gt/tracks.npz) at `seq_dir`."""
+def _generate(seq_dir: Path, spec: SeqSpec, **synth_extra: Any) -> None:
+    """Write the synthetic sequence of `spec` (folder + gt/tracks.npz) at `seq_dir`; `synth_extra`
+    sets further `SynthConfig` fields (e.g. pose noise)."""
     from ..config import SynthConfig
     from ..synth.generate import generate_sequence
 
     generate_sequence(seq_dir, SynthConfig(
         frames=spec.frames, width=spec.width, height=spec.height, seed=spec.seed, instrument=spec.instrument,
-        camera_motion=spec.camera_motion, difficulty=spec.difficulty, num_queries=spec.num_queries))
+        camera_motion=spec.camera_motion, difficulty=spec.difficulty, num_queries=spec.num_queries, **synth_extra))
 
 
 def _read(seq_dir: Path) -> Sequence:
@@ -157,20 +158,22 @@ def is_cached(seq_dir: Path) -> bool:
         and (seq_dir / "left").is_dir()
 
 
-def ensure_sequence(seq_root: Path, spec: SeqSpec) -> Path:
-    """The folder of `spec` under `seq_root`, generated only when missing.
+def ensure_sequence(seq_root: Path, spec: SeqSpec, suffix: str = "", **synth_extra: Any) -> Path:
+    """The folder of `spec` (named `spec.name + suffix`) under `seq_root`, generated only when missing.
 
     It is generated under a hidden name and renamed when complete, so an interrupted run never
-    leaves a folder that looks cached.
+    leaves a folder that looks cached. `synth_extra` sets further `SynthConfig` fields; give a
+    `suffix` with them so the variant does not share the plain sequence's folder.
     """
-    seq_dir = seq_root / spec.name
+    name = spec.name + suffix
+    seq_dir = seq_root / name
     if is_cached(seq_dir):
         return seq_dir
-    tmp = seq_root / f".{spec.name}.tmp"
+    tmp = seq_root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     seq_root.mkdir(parents=True, exist_ok=True)
-    log.info("generating %s", spec.name)
-    _generate(tmp, spec)
+    log.info("generating %s", name)
+    _generate(tmp, spec, **synth_extra)
     shutil.rmtree(seq_dir, ignore_errors=True)
     tmp.rename(seq_dir)
     (seq_dir / "bench_spec.json").write_text(json.dumps(asdict(spec), indent=1))

@@ -68,7 +68,7 @@ class FitData:
     baseline_m: float
     T_world_cam: Float[Tensor, "T 4 4"] | None = None
     right_rgb: Float[Tensor, "T H W 3"] | None = None
-    subpixel_lookup: bool = False  # bilinear depth lookups at fractional pixels (`render.subpixel_lookup`)
+    subpixel_lookup: bool = False  # bilinear depth and colour lookups at fractional pixels (`render.subpixel_lookup`)
     by_src: Int[Tensor, "T D"] = field(init=False)
     degree: Int[Tensor, " T"] = field(init=False)
     T_cam_world: Float[Tensor, "T 4 4"] | None = field(init=False)
@@ -458,8 +458,8 @@ class Fitter:
 
 def to_device_data(rgb_u8: np.ndarray, depth_m: np.ndarray, supervise: np.ndarray, pairs: np.ndarray,
                    flow_px: np.ndarray, confidence: np.ndarray, K: np.ndarray, baseline_m: float,
-                   T_world_cam: np.ndarray | None, device: torch.device, right_rgb_u8: np.ndarray | None = None
-                   ) -> FitData:
+                   T_world_cam: np.ndarray | None, device: torch.device, right_rgb_u8: np.ndarray | None = None,
+                   subpixel_lookup: bool = False) -> FitData:
     """numpy front-end outputs → `FitData` on `device` (CPU tensors share the numpy memory)."""
     def t(a, dtype=None):
         x = torch.from_numpy(np.ascontiguousarray(a))
@@ -471,4 +471,4 @@ def to_device_data(rgb_u8: np.ndarray, depth_m: np.ndarray, supervise: np.ndarra
                    pairs=t(pairs.astype(np.int64)), flow_px=t(flow_px), confidence=t(confidence),
                    K=t(np.asarray(K, np.float32)), baseline_m=float(baseline_m),
                    T_world_cam=None if T_world_cam is None else t(np.asarray(T_world_cam, np.float32)),
-                   right_rgb=right)
+                   right_rgb=right, subpixel_lookup=subpixel_lookup)

@@ -11,11 +11,9 @@ from surg_invnerf_ros.fit.optimiser import bilinear_at, colour_at, to_device_dat
 def _data(depth_m: np.ndarray, subpixel: bool):
     T, H, W = depth_m.shape
     rgb = np.zeros((T, H, W, 3), np.uint8)
-    data = to_device_data(rgb, depth_m, np.ones((T, H, W), bool), np.zeros((0, 2), np.int64),
+    return to_device_data(rgb, depth_m, np.ones((T, H, W), bool), np.zeros((0, 2), np.int64),
                           np.zeros((0, H, W, 2), np.float32), np.zeros((0, H, W), np.float32),
-                          np.eye(3), 0.005, None, torch.device("cpu"))
-    data.subpixel_lookup = subpixel
-    return data
+                          np.eye(3), 0.005, None, torch.device("cpu"), subpixel_lookup=subpixel)
 
 
 class TestSubpixelLookup:
