@@ -180,7 +180,7 @@ def run_full_bench(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--methods: unknown method {unknown[0]!r} (expected some of {', '.join(all_methods)})")
     presets = [args.preset] if args.preset != "default" else ["default", "hard"]
-    if getattr(args, "no_accuracy", False):
+    if args.no_accuracy:
         presets = []
     summary: dict[str, Any] = {}
     for preset in presets:
@@ -193,7 +193,7 @@ def run_full_bench(args: argparse.Namespace) -> int:
             text = format_table(bar, columns=list(bar[0]) if bar else None)
             (out / preset / "bar.md").write_text(text)
             print(f"[bench] {preset}: InvNeRF vs best baseline\n{text}")
-    if not getattr(args, "no_kinematics", False):
+    if not args.no_kinematics:
         summary["kinematics"] = kinematics_section(out, args.preset, fit_cfg, args.seeds)
     if not args.no_ros:
         summary["ros"] = ros_report(out, fit_cfg.device)
