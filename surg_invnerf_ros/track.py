@@ -253,7 +253,7 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
     """All queries × all frames: uv (T, N, 2), visible (T, N), xyz_cam_m (T, N, 3) in rectified pixels.
 
     One batched pass (chunked only to bound memory): surface sample at the query frame, its
-    canonical point, F_t⁻¹ for every t, projection, and the transmittance test at every t.
+    canonical point, F_t⁻¹ for every t, projection, and the visibility tests at every t.
     """
     model, data, cfg = result.model, result.data, result.cfg
     dev = data.rgb.device
@@ -274,25 +274,26 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
     else:
         xyz_cam = X
     flat_f, flat_uv, flat_z = frames.reshape(-1), uv.reshape(-1, 2), z.reshape(-1)
-    trans = torch.cat([transmittance_at(model, data, cfg, flat_f[s:s + chunk], flat_uv[s:s + chunk], flat_z[s:s + chunk])
-                       for s in range(0, flat_f.shape[0], chunk)]).reshape(T, N)
     inside = (uv[..., 0] >= -0.5) & (uv[..., 0] <= W - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= H - 0.5) & (z > 0)
-    visible = inside & (trans > cfg.render.visibility_transmittance)
+    visible = inside
+    if cfg.render.visibility_transmittance > 0:  # the rendered test costs a ray per point and frame: only when on
+        trans = torch.cat([transmittance_at(model, data, cfg, flat_f[s:s + chunk], flat_uv[s:s + chunk],
+                                            flat_z[s:s + chunk])
+                           for s in range(0, flat_f.shape[0], chunk)]).reshape(T, N)
+        visible = visible & (trans > cfg.render.visibility_transmittance)
+    d_st = data.depth_at(flat_f, flat_uv).reshape(T, N)  # stereo depth at every tracked pixel
+    disp_gap = data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)  # > 0: the stereo surface is in front
     if cfg.render.stereo_visibility_check:
-        d_st = data.depth_at(flat_f, flat_uv).reshape(T, N)
-        disp_gap = data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)
         occluded = torch.isfinite(d_st) & (disp_gap > cfg.render.stereo_occlusion_gap_px)
         visible = visible & ~occluded
     visible[f_q, torch.arange(N, device=dev)] = True  # a query is visible in its own frame by definition
     if cfg.render.stereo_depth_fusion_px > 0:
         # SGBM is the better depth sensor where it agrees with the model: keep the model's pixel, take its depth
-        d_st = data.depth_at(flat_f, flat_uv).reshape(T, N)
-        gap = (data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)).abs()
-        agree = torch.isfinite(d_st) & (gap <= cfg.render.stereo_depth_fusion_px) & visible
+        agree = torch.isfinite(d_st) & (disp_gap.abs() <= cfg.render.stereo_depth_fusion_px) & visible
         fused = xyz_cam * (torch.nan_to_num(d_st) / z.clamp_min(1e-6))[..., None]  # same ray, stereo depth
         xyz_cam = torch.where(agree[..., None], fused, xyz_cam)
     return {"uv": uv.float().cpu().numpy(), "visible": visible.cpu().numpy(),
-            "xyz_cam_m": xyz_cam.float().cpu().numpy(), "transmittance": trans.float().cpu().numpy()}
+            "xyz_cam_m": xyz_cam.float().cpu().numpy()}
 
 
 def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None, queries: Queries) -> Tracks:

@@ -204,7 +204,8 @@ def render_mapped(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tens
     out = model.render(origins, dirs, z, frame, target, with_colour=with_colour, mapped_point=cfg.render.mapped_point,
                        detach_weights_for_target=cfg.loss.corr_detach_weights)
     uv_pred, z_pred = project_px(out["x_target_m"], data.K, data.inv_poses(target))
-    out.update(uv_pred_px=uv_pred, z_target_m=z_pred, stereo_depth_m=depth_st, stereo_valid=valid)
+    out.update(uv_pred_px=uv_pred, z_target_m=z_pred, stereo_depth_m=depth_st, stereo_valid=valid,
+               ray_origins_m=origins, ray_dirs=dirs)
     return out
 
 
@@ -308,11 +309,11 @@ class Fitter:
             terms["photo"] = losses.photometric_loss(out["rgb"], colour_at(data.rgb, frame, uv, data.subpixel_lookup), sup)
         sv = out["stereo_valid"].float() * sup
         sscale = self._stereo_scale(share)
+        # scene flow: the matched pixel's stereo depth is the mapped point's depth in the target frame
+        d_tgt = data.depth_at(target, uv_tgt) if lc.anchor_weight > 0 or lc.corr_depth_weight > 0 else None
         if lc.anchor_weight > 0:
-            terms["anchor"] = self._anchor_loss(out, frame, uv, target, uv_tgt, conf)
+            terms["anchor"] = self._anchor_loss(out, frame, target, uv_tgt, d_tgt, conf)
         if lc.corr_depth_weight > 0:
-            # scene flow: the matched pixel's stereo depth is the mapped point's depth in the target frame
-            d_tgt = data.depth_at(target, uv_tgt)
             ok_t = (conf > 0) & torch.isfinite(d_tgt)
             terms["corr_depth"] = losses.stereo_depth_loss_px(out["z_target_m"], d_tgt, conf * ok_t.float(), data.fx_b)
         if lc.stereo_weight > 0:
@@ -341,7 +342,7 @@ class Fitter:
         _add(timings, "forward_s", t0)
         return total, {k: v.detach() for k, v in terms.items()}  # tensors: read only when logging
 
-    def _anchor_loss(self, out: dict[str, Tensor], frame: Tensor, uv: Tensor, target: Tensor, uv_tgt: Tensor,
+    def _anchor_loss(self, out: dict[str, Tensor], frame: Tensor, target: Tensor, uv_tgt: Tensor, d_tgt: Tensor,
                      conf: Tensor) -> Tensor:
         """Map the stereo surface point itself (one point per ray) into the target frame.
 
@@ -351,14 +352,12 @@ class Fitter:
         data = self.data
         valid = out["stereo_valid"]
         d = torch.where(valid, out["stereo_depth_m"], torch.ones_like(out["stereo_depth_m"]))
-        origins, dirs = pixel_rays(uv, data.K, data.poses(frame))
-        x = origins + d[:, None] * dirs
+        x = out["ray_origins_m"] + d[:, None] * out["ray_dirs"]  # the rendered rays' stereo points
         u = self.model.to_canonical(x, frame)
         xj = self.model.from_canonical(u, target)
         uv_pred, z_pred = project_px(xj, data.K, data.inv_poses(target))
         w = conf * valid.float()
         loss = losses.reprojection_loss_px(uv_pred, uv_tgt, w, self.cfg.loss.charbonnier_eps_px)
-        d_tgt = data.depth_at(target, uv_tgt)
         ok = torch.isfinite(d_tgt).float() * w
         return loss + losses.stereo_depth_loss_px(z_pred, d_tgt, ok, data.fx_b)
 

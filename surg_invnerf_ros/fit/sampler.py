@@ -46,7 +46,7 @@ class PixelSampler:
         self.best_loss = float("inf")
         self.best_step = 0
         self.loss_ema: float | None = None
-        self._share: float | None = None  # cached converged share (recomputed every `share_every` steps)
+        self._share: float | None = None  # cached converged share (recomputed when `budget(recompute=True)`, every log_every steps)
 
     # -- state ---------------------------------------------------------------------------------
     @property
