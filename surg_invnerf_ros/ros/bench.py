@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -163,29 +162,6 @@ def percentiles_ms(values_s: Sequence[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _start(entry: str, ros_args: list[str], log_path: Path, env: Mapping[str, str]) -> subprocess.Popen:
-    """Run a console script's target as the console script would, output to a log file (never a pipe)."""
-    module, func = entry.split(":")
-    code = f"import sys; from {module} import {func}; sys.exit({func}())"
-    with open(log_path, "w") as logf:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-c", code, "--ros-args", *ros_args], env=dict(env),
-                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def _stop(proc: subprocess.Popen | None, timeout_s: float = 15.0) -> int | None:
-    """SIGTERM (nodes clean up), then SIGKILL after `timeout_s`; the exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    return proc.returncode
-
-
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -230,7 +206,9 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     Raises:
         RuntimeError: a node exited early or produced nothing in time (the log tail is in the message).
     """
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # before rclpy.init in this process
+    from .bag_nodes import use_large_data_transport
+
+    use_large_data_transport()  # before rclpy.init in this process, and inherited by the nodes
     # One machine by design; multicast discovery on a container network sometimes never matched two
     # of the three processes here (2 failed starts in 5 runs), localhost discovery did in every run.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -243,11 +221,11 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
 
     from . import convert
     from .diagnostics import diagnostics_to_dict
+    from .procs import start_entry_point, stop_process
 
     log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="ros_bench_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     ns = f"/ros_bench_{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
 
     tracker_args = ["-r", f"__ns:={ns}", "-r", f"/diagnostics:={ns}/diagnostics"]
     if params_file is not None and Path(params_file).is_file():
@@ -297,11 +275,11 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
                 ex.spin_once(timeout_sec=0.01)
 
         t_launch = time.monotonic()
-        tracker = _start(_TRACKER, tracker_args, Path(logs["tracker"]), env)
+        tracker = start_entry_point(_TRACKER, tracker_args, Path(logs["tracker"]))
         sampler = RssSampler(tracker.pid).start()
         spin_until(lambda: got["diag"], startup_timeout_s, "while waiting for the tracker's /diagnostics")
         tracker_ready_s = time.monotonic() - t_launch
-        source = _start(_SOURCE, source_args, Path(logs["source"]), env)
+        source = start_entry_point(_SOURCE, source_args, Path(logs["source"]))
         spin_until(lambda: got["points"], startup_timeout_s, "while waiting for the first tracked_points")
         t0, t0_wall_ns = time.monotonic(), time.time_ns()
         next_progress = t0 + 1.0
@@ -315,7 +293,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
                 progress(time.monotonic() - t0, duration_s)
                 next_progress += 1.0
         t1, t1_wall_ns = time.monotonic(), time.time_ns()
-        _stop(source)
+        stop_process(source)
         n_gt = len(got["gt"])
         diag_before = len(got["diag"])
         end = time.monotonic() + drain_s
@@ -323,14 +301,13 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
             if time.monotonic() > end + 5.0:
                 break
             ex.spin_once(timeout_sec=0.02)
-        sampler.stop()
         ex.shutdown()
         node.destroy_node()
     finally:
         if sampler is not None:
             sampler.stop()
-        _stop(source)
-        code = _stop(tracker)
+        stop_process(source)
+        code = stop_process(tracker)
         rclpy.shutdown(context=ctx)
     if code not in (0, None, -signal.SIGTERM):
         log.warning("tracker exited with %s; see %s", code, logs["tracker"])
@@ -367,7 +344,8 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
             # From the moment the source published the frame (its ground truth, sent with the
             # images, arrived here) to the tracked points' arrival: independent of how the source
             # spaces its stamps, which can run ahead of wall time when its timer catches up.
-            latency_s.append((recv_ns - gt_recv_ns.get(stamp, stamp)) * 1e-9)
+            if stamp in gt_recv_ns:  # without the publication time there is no latency to measure
+                latency_s.append((recv_ns - gt_recv_ns[stamp]) * 1e-9)
             in_window += window_wall_ns[0] <= recv_ns <= window_wall_ns[1]
     dropped = sorted(set(gt) - set(live))
     err = []

@@ -9,9 +9,6 @@ delivered them).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,33 +21,11 @@ from ..eval.report import format_table, metrics_row
 from ..structs import Tracks
 from . import convert
 from .bag_nodes import use_large_data_transport
+from .procs import start_entry_point, stop_process
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "track.yaml"
 TRACKER = "/surg_invnerf_tracker"
 SOURCE = "/synthetic_stereo"
-
-
-def _start(entry: str, log_path: Path, *ros_args: str) -> subprocess.Popen:
-    """Run a console script's target; its output goes to a log file (a pipe nobody reads would fill
-    up and block the node)."""
-    module, func = entry.split(":")
-    env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
-    code = f"import sys; from {module} import {func}; sys.exit({func}())"
-    with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, "-c", code, "--ros-args", *ros_args], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _as_tracks(by_stamp: dict[int, np.ndarray], stamps: list[int], ids: np.ndarray) -> Tracks:
@@ -83,8 +58,8 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
     out.mkdir(parents=True, exist_ok=True)
     print(f"[demo] ROS pipeline for {duration_s:.0f} s: synthetic_stereo ({width}x{height} @ {rate_hz:.0f} Hz) "
           f"→ surg_invnerf_tracker (device {device}) → live checker")
-    tracker = _start("surg_invnerf_ros.ros.track_node:main", out / "tracker.log", "--params-file", str(REPO_CONFIG),
-                     "-p", f"device:={device}")
+    tracker = start_entry_point("surg_invnerf_ros.ros.track_node:main",
+                                ["--params-file", str(REPO_CONFIG), "-p", f"device:={device}"], out / "tracker.log")
     source = None
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -116,10 +91,11 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
             if tracker.poll() is not None:
                 print(f"[demo] tracker exited early; see {out / 'tracker.log'}", file=sys.stderr)
                 return 1
-        source = _start("surg_invnerf_ros.ros.synthetic_source_node:main", out / "source.log", "-p", f"synth.width:={width}",
-                        "-p", f"synth.height:={height}", "-p", "synth.frames:=48", "-p", "synth.instrument:=true",
-                        "-p", "synth.camera_motion:=true", "-p", "synth.num_queries:=32",
-                        "-p", f"rate_hz:={rate_hz}", "-r", f"queries_out:={TRACKER}/queries")
+        source = start_entry_point("surg_invnerf_ros.ros.synthetic_source_node:main",
+                                   ["-p", f"synth.width:={width}", "-p", f"synth.height:={height}", "-p", "synth.frames:=48",
+                                    "-p", "synth.instrument:=true", "-p", "synth.camera_motion:=true",
+                                    "-p", "synth.num_queries:=32", "-p", f"rate_hz:={rate_hz}",
+                                    "-r", f"queries_out:={TRACKER}/queries"], out / "source.log")
         t_wait = time.monotonic()  # the source pre-renders its frames before the first publish
         while not gt and time.monotonic() - t_wait < 180 and source.poll() is None:
             ex.spin_once(timeout_sec=0.1)
@@ -141,8 +117,8 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
-        _stop(tracker)
-        _stop(source)
+        stop_process(tracker)
+        stop_process(source)
     return _write_results(out, live, refined, gt, overlays)
 
 

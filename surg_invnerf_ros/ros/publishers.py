@@ -118,12 +118,9 @@ class TrackPublishers:
     def cloud_from_depth(self, depth_m: np.ndarray | None, left_rgb_u8: np.ndarray, K: np.ndarray,
                          hdr: Header, force: bool = False) -> bool:
         """~/cloud from a depth map, at most `cloud_rate_hz` unless forced (a model render); True if sent."""
-        if self.cloud is None or depth_m is None:
+        if self.cloud is None or depth_m is None or not (force or self.cloud_due()):
             return False
-        now_s = time.monotonic()
-        if not force and now_s - self._last_cloud_s < 1.0 / self.cfg.cloud_rate_hz:
-            return False
-        self._last_cloud_s = now_s
+        self._last_cloud_s = time.monotonic()
         xyz, rgb = convert.depth_to_points(depth_m, left_rgb_u8, K, self.cfg.cloud_stride_px)
         self.cloud.publish(convert.xyzrgb_cloud_msg(xyz, rgb, hdr))
         return True

@@ -401,8 +401,8 @@ class TrackerNode(Node):
             while (newest is None or newest < t_kin) and time.monotonic() < deadline:
                 time.sleep(0.001)
                 newest = kin.newest_stamp_ns
-        T = kin.pose_at(stamp_ns)
-        if T is None or not np.isfinite(T).all():
+        T = kin.pose_at(stamp_ns)  # the buffer refuses non-finite poses and the hand-eye is validated
+        if T is None:
             self._kin_frames["without_pose"] += 1
             return None
         self._kin_frames["with_pose"] += 1
