@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import FrontendConfig, OnlineConfig, QueryConfig, RefineConfig
 from .errors import InputError
-from .geometry import sample_bilinear, unproject_m
+from .geometry import depth_from_disparity_m, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner
 from .structs import Queries, Sequence, StereoCalib
 
@@ -138,9 +138,9 @@ class LKStereoFrontEnd:
         uv_r, ok = self._lk.track_grey(to_grey(left_rgb_u8), to_grey(right_rgb_u8), uv, init_uv_px=init)
         disp = (uv[:, 0] - uv_r[:, 0]).astype(np.float64)
         good = ok & (np.abs(uv_r[:, 1] - uv[:, 1]) <= max_dy_px) & (disp > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(good, calib.fx * calib.baseline_m / disp, np.nan)
-        good &= (z >= self._stereo_cfg.min_depth_m) & (z <= self._stereo_cfg.max_depth_m)
+        z = depth_from_disparity_m(np.where(good, disp, np.nan), calib.fx, calib.baseline_m)
+        with np.errstate(invalid="ignore"):
+            good &= (z >= self._stereo_cfg.min_depth_m) & (z <= self._stereo_cfg.max_depth_m)
         return np.where(good, z, np.nan), np.where(good, disp, np.nan)
 
 
@@ -373,9 +373,9 @@ class OnlineTracker:
             self._frame_index += 1
             if sparse and len(self._uv):
                 guess = self._disp
-                if depth_m is not None:  # seed unknown disparities from the dense map: d = fx·B/Z
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        d_dense = frame.calib.fx * frame.calib.baseline_m / sample_bilinear(depth_m, self._uv)
+                if depth_m is not None:  # seed unknown disparities from the dense map: d = fx·B/Z, the same formula
+                    d_dense = depth_from_disparity_m(sample_bilinear(depth_m, self._uv), frame.calib.fx,
+                                                     frame.calib.baseline_m)
                     guess = np.where(np.isfinite(self._disp), self._disp, d_dense)
                     self._seeded[:] = True
                 z, disp = self.frontend.point_depth_m(left, right, frame.calib, self._uv, guess,
@@ -589,12 +589,9 @@ class OnlineTracker:
             self._stop = True
             self._wake.notify_all()
         close = getattr(self.refiner, "close", None)
-        if self._worker is not None and self.busy and callable(close):
-            close()  # a fit busy before its first progress report would otherwise hold the join
+        if callable(close):
+            close()  # also aborts a fit busy before its first progress report, which would hold the join
         if self._worker is not None:
             self._worker.join(timeout=timeout_s)
             if self._worker.is_alive():
                 log.warning("refine worker still busy after %.1f s; leaving it (daemon thread)", timeout_s)
-        close = getattr(self.refiner, "close", None)
-        if callable(close):
-            close()
