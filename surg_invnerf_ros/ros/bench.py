@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -221,6 +220,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
 
     from . import convert
     from .diagnostics import diagnostics_to_dict
+    from ..eval.bench import machine_info
     from .procs import start_entry_point, stop_process
 
     log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="ros_bench_"))
@@ -311,9 +311,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         rclpy.shutdown(context=ctx)
     if code not in (0, None, -signal.SIGTERM):
         log.warning("tracker exited with %s; see %s", code, logs["tracker"])
-    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-               "loadavg_1min_start": load_start[0], "loadavg_1min_end": os.getloadavg()[0]}
+    machine = {**machine_info(), "loadavg_1min_start": load_start[0], "loadavg_1min_end": os.getloadavg()[0]}
     return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), machine, width=width, height=height, rate_hz=rate_hz,
                       device=device, refine=refine, num_queries=num_queries, tracker_ready_s=tracker_ready_s,
                       sampler=sampler, logs=logs, convert=convert, diagnostics_to_dict=diagnostics_to_dict)
