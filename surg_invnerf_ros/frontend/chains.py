@@ -39,6 +39,7 @@ from ..config import FlowConfig
 from ..errors import InputError
 from ..structs import Queries
 from .flow import FlowBank, checked_flow_pair, pixel_grid, prepare_video
+from .workers import thread_map
 
 _ERR_CAP_PX = 1e4  # stands in for +inf where values are interpolated (0 · inf would give NaN)
 _VALID_MIN = 0.99  # a bilinear look-up counts as valid only if (nearly) all its neighbours are
@@ -195,7 +196,7 @@ def build_correspondences(
         bank: DIS flows of every gap pair (`flow.compute_flow_bank`).
         num_frames: T, the sequence length the bank was computed on.
         cfg: gaps, chain length, keyframe stride, long-range step and confidence constants.
-        progress: called with 1 after each keyframe.
+        progress: called with 1 after each keyframe, from the worker threads.
     """
     _check_bank(bank, num_frames)
     H, W = bank.image_hw
@@ -212,24 +213,31 @@ def build_correspondences(
     confs = [direct_conf]
     seen = set(index)
     merges: list[tuple[int, np.ndarray, np.ndarray]] = []  # (direct pair, chained flow, its confidence)
-    for r in range(0, num_frames, cfg.keyframe_stride):
+
+    def keyframe(r: int) -> list[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
+        """(pair, flow, confidence) of every chain to and from keyframe r, in a fixed order."""
+        got = []
         for direction in (1, -1):
             for target_fixed in (False, True):
-                got = _chain_from(bank, index, r, direction, num_frames, cfg, keep, target_fixed, grid)
-                for d, st in sorted(got.items()):
+                states = _chain_from(bank, index, r, direction, num_frames, cfg, keep, target_fixed, grid)
+                for d, st in sorted(states.items()):
                     t = r + direction * d
-                    pair = (t, r) if target_fixed else (r, t)
-                    if pair in index:  # a long direct gap: the chain fills in where the direct flow failed
-                        merges.append((index[pair], st.flow, st.confidence(cfg)))
-                        continue
-                    if pair in seen:  # two keyframes d apart reach each other both ways: keep one
-                        continue
-                    seen.add(pair)
-                    pairs.append(np.asarray([pair], np.int64))
-                    flows.append(st.flow[None])
-                    confs.append(st.confidence(cfg)[None])
+                    got.append(((t, r) if target_fixed else (r, t), st.flow, st.confidence(cfg)))
         if progress is not None:
             progress(1)
+        return got
+
+    for chained in thread_map(keyframe, range(0, num_frames, cfg.keyframe_stride), cfg.workers):
+        for pair, flow, conf in chained:
+            if pair in index:  # a long direct gap: the chain fills in where the direct flow failed
+                merges.append((index[pair], flow, conf))
+                continue
+            if pair in seen:  # two keyframes d apart reach each other both ways: keep one
+                continue
+            seen.add(pair)
+            pairs.append(np.asarray([pair], np.int64))
+            flows.append(flow[None])
+            confs.append(conf[None])
     out = DenseCorrespondences(pairs=np.concatenate(pairs).reshape(-1, 2),
                                flow_px=np.concatenate(flows).astype(np.float32, copy=False),
                                confidence=np.concatenate(confs))

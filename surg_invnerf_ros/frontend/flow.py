@@ -19,6 +19,7 @@ error and (H, W) bool: 13 bytes a pixel a pair. At 256×192 with T = 48 and gaps
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..config import FlowConfig
 from ..errors import InputError
+from .workers import thread_map
 
 _PRESETS = {
     "ultrafast": cv2.DISOpticalFlow_PRESET_ULTRAFAST,
@@ -205,24 +207,30 @@ def compute_flow_bank(
         cfg: gaps, DIS preset and the cycle threshold.
         mask: optional (T, H, W) bool, True = excluded (e.g. `masks.specular_mask`): a flow pixel is
             invalid if its source is masked or its target lands (nearest pixel) on a masked pixel.
-        progress: called with 2 after each couple of flows (i→j and j→i).
+        progress: called with 2 after each couple of flows (i→j and j→i), from the worker threads.
     """
-    grey, mask, grid, dis = prepare_video(left_rgb_u8, mask, cfg, "compute_flow_bank")
+    grey, mask, grid, _ = prepare_video(left_rgb_u8, mask, cfg, "compute_flow_bank")
     T, (H, W) = len(grey), grey[0].shape
     pairs = gap_pairs(T, cfg.gaps)
     Q = len(pairs)
     flow = np.empty((Q, H, W, 2), np.float32)
     valid = np.empty((Q, H, W), bool)
     cycle = np.empty((Q, H, W), np.float32)
-    # Rows come in adjacent (i→j, j→i) couples, so each couple's cycle check uses both its flows.
-    for q in range(0, Q, 2):
+    per_thread = threading.local()  # DIS instances are not thread-safe
+
+    def couple(q: int) -> None:
+        """Rows q, q+1: an adjacent (i→j, j→i) couple, so its cycle check uses both its flows."""
+        if not hasattr(per_thread, "dis"):
+            per_thread.dis = make_dis(cfg)
         i, j = pairs[q]
-        fwd, bwd = checked_flow_pair(dis, grey[i], grey[j], grid, cfg,
+        fwd, bwd = checked_flow_pair(per_thread.dis, grey[i], grey[j], grid, cfg,
                                      None if mask is None else mask[i], None if mask is None else mask[j])
         flow[q], valid[q], cycle[q] = fwd
         flow[q + 1], valid[q + 1], cycle[q + 1] = bwd
         if progress is not None:
             progress(2)
+
+    thread_map(couple, range(0, Q, 2), cfg.workers)
     return FlowBank(pairs=pairs, flow_px=flow, valid=valid, cycle_err_px=cycle)
 
 
