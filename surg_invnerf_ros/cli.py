@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", choices=["default", "hard", "quick"], default="default")
     b.add_argument("--methods", nargs="+", help="methods to run (default: all baselines + invnerf + ablations)")
     b.add_argument("--seeds", type=int, nargs="+", help="sequence seeds (default: the preset's)")
+    b.add_argument("--size", type=_parse_size, help="WxH of every sequence (default: the preset's, e.g. 256x192)")
+    b.add_argument("--frames", type=int, help="frames per sequence (default: the preset's, e.g. 48)")
     b.add_argument("--no-speed", action="store_true", help="skip the generator/front-end speed measurements")
     b.add_argument("--no-ros", action="store_true", help="skip the ROS node latency benchmark")
     b.add_argument("--no-kinematics", action="store_true", help="skip the exact/no/noisy kinematics comparison")

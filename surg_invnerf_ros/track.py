@@ -67,6 +67,11 @@ class FitResult:
 # ------------------------------------------------------------------------------------------------
 
 
+def peak_gpu_memory_mb(device: torch.device) -> float:
+    """Most GPU memory held by tensors since the fit started (PyTorch's allocator), MiB."""
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def _relative_poses(seq: Sequence) -> np.ndarray | None:
     """Camera poses relative to frame 0 (the world is the first left camera), or None."""
     if seq.T_world_cam is None:
@@ -162,6 +167,8 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
          frontend: dict[str, np.ndarray] | None) -> FitResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if seq.num_frames < 1:
         raise InputError(f"{seq.name}: no frames to fit", reason="empty")
     fe = frontend if frontend is not None else run_frontend(seq, frontend_cfg, timings)
@@ -192,6 +199,8 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
             "steps": stats.steps, "stop_reason": stats.stop_reason, "time_s": timings["total_fit_s"],
             "final_losses": stats.losses, "converged_fraction": stats.converged_share,
             "timings_s": timings, "device": str(device), "num_pairs": int(fe["pairs"].shape[0])}
+    if device.type == "cuda":
+        meta["peak_gpu_memory_mb"] = peak_gpu_memory_mb(device)
     if data.pose_correction is not None:
         meta["pose_correction"] = data.pose_correction.summary()
         log.info("invnerf fit: pose corrections up to %.3f deg, %.3f mm", meta["pose_correction"]["max_rot_deg"],
@@ -318,6 +327,8 @@ def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None,
     infer_s = time.perf_counter() - t0
     meta = json.loads(json.dumps(result.meta, default=float))
     meta.setdefault("timings_s", {})["inference_s"] = infer_s
+    if result.data.rgb.device.type == "cuda":  # the fit's peak, or inference's if that was higher
+        meta["peak_gpu_memory_mb"] = peak_gpu_memory_mb(result.data.rgb.device)
     return Tracks(ids=np.asarray(queries.ids, np.int64), uv=uv.astype(np.float32), visible=vis.astype(bool),
                   xyz=xyz.astype(np.float32), meta=meta)
 

@@ -94,6 +94,7 @@ class BenchResult:
         summary: per-method means over sequences (`sequence` = "mean").
         timings_s: method → sequence → runner wall time in seconds.
         errors: "sequence/method" → message, for runs that raised (with `keep_going`).
+        fits: one `fit_row` per run of a fitted method (InvNeRF, ablations): where the time went.
         md_path, json_path: the written reports.
         plot_paths: the written PNGs.
     """
@@ -102,6 +103,7 @@ class BenchResult:
     summary: list[dict[str, Any]]
     timings_s: dict[str, dict[str, float]]
     errors: dict[str, str] = field(default_factory=dict)
+    fits: list[dict[str, Any]] = field(default_factory=list)
     md_path: Path | None = None
     json_path: Path | None = None
     plot_paths: list[Path] = field(default_factory=list)
@@ -236,6 +238,7 @@ def run_bench(
     rows: list[dict[str, Any]] = []
     timings: dict[str, dict[str, float]] = {m: {} for m in methods}
     errors: dict[str, str] = {}
+    fits: list[dict[str, Any]] = []
     plot_paths: list[Path] = []
     for spec in specs:
         seq_dir = ensure_sequence(out / "sequences", spec)
@@ -263,6 +266,8 @@ def run_bench(
             rows.append(metrics_row(method, metrics, sequence=spec.name, time_s=elapsed_s,
                                     frame_time_ms=1000.0 * elapsed_s / max(seq.num_frames, 1)))
             tracks_by_method[method] = tracks
+            if "steps" in tracks.meta:
+                fits.append(fit_row(method, spec.name, tracks.meta))
             log.info("%s on %s: delta_avg %.3f in %.2f s", method, spec.name, metrics["delta_avg"], elapsed_s)
             if progress is not None:
                 progress(1)
@@ -278,11 +283,28 @@ def run_bench(
 
         plot_paths.insert(0, plot_accuracy_vs_threshold([r for r in rows if "delta_1" in r],
                                                         out / "plots" / "accuracy_vs_threshold.png"))
-    result = BenchResult(rows=rows, summary=summary, timings_s=timings, errors=errors, plot_paths=plot_paths)
+    result = BenchResult(rows=rows, summary=summary, timings_s=timings, errors=errors, fits=fits,
+                         plot_paths=plot_paths)
     info = machine_info()
     result.md_path = _write_markdown(out / "bench.md", cfg, specs, result, info)
     result.json_path = _write_json(out / "bench.json", cfg, specs, methods, result, info)
     return result
+
+
+def fit_row(method: str, sequence: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """One line of the "Fits" table from a fitted method's track meta (`track._fit`)."""
+    t = meta.get("timings_s", {})
+    steps = max(int(meta.get("steps", 0)), 1)
+    return {
+        "method": method, "sequence": sequence, "device": meta.get("device", "?"),
+        "steps": int(meta.get("steps", 0)), "stop": meta.get("stop_reason", ""),
+        "stereo_s": t.get("stereo_s", 0.0), "flow_s": t.get("flow_s", 0.0), "chains_s": t.get("chains_s", 0.0),
+        "forward_ms_per_step": 1000.0 * t.get("forward_s", 0.0) / steps,
+        "backward_ms_per_step": 1000.0 * t.get("backward_s", 0.0) / steps,
+        "refresh_s": t.get("refresh_s", 0.0), "inference_s": t.get("inference_s", 0.0),
+        "fit_total_s": t.get("total_fit_s", 0.0),
+        "peak_gpu_memory_mb": meta.get("peak_gpu_memory_mb", float("nan")),
+    }
 
 
 def _write_markdown(path: Path, cfg: BenchConfig, specs: list[SeqSpec], result: BenchResult,
@@ -307,6 +329,12 @@ def _write_markdown(path: Path, cfg: BenchConfig, specs: list[SeqSpec], result: 
         "",
         format_table(result.rows, _columns(result.rows)),
     ]
+    if result.fits:
+        lines += ["## Fits", "",
+                  "Seconds per stage of each fit: front end (SGBM stereo, DIS flow bank, chains) on the CPU, "
+                  "then the optimiser on `device`. On CUDA the forward/backward split is the host's view "
+                  "(kernels run asynchronously); their sum per step is exact over a run.", "",
+                  format_table(result.fits, list(result.fits[0]))]
     if result.errors:
         lines += ["## Errors", ""] + [f"- `{k}`: {v}" for k, v in result.errors.items()] + [""]
     if result.plot_paths:
@@ -338,6 +366,7 @@ def _write_json(path: Path, cfg: BenchConfig, specs: list[SeqSpec], methods: lis
         "summary": result.summary,
         "timings": timing_summary,
         "errors": result.errors,
+        "fits": result.fits,
         "plots": [p.relative_to(path.parent).as_posix() for p in result.plot_paths],
         "created_unix_s": time.time(),
     })

@@ -134,30 +134,34 @@ def _speed_markdown(speed: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_set(out: Path, preset: str, methods: list[str], fit_cfg: FitConfig,
-             seeds: Seq[int] | None = None) -> list[dict[str, Any]]:
+def set_config(preset: str, args: argparse.Namespace) -> BenchConfig:
+    """The bench set of `preset`, with the command line's seeds, size and frame count (0/None: the preset's)."""
+    width, height = args.size or (0, 0)
+    return BenchConfig(preset=preset, seeds=tuple(args.seeds or ()), width=width, height=height,
+                       frames=args.frames or 0)
+
+
+def _run_set(out: Path, cfg: BenchConfig, methods: list[str], fit_cfg: FitConfig) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from .bench import bench_total, run_bench
 
-    cfg = BenchConfig(preset=preset, seeds=tuple(seeds or ()))
     runners = invnerf_runners(fit_cfg, methods)
-    with tqdm(total=bench_total(cfg, methods), desc=f"bench[{preset}]", file=sys.stderr, leave=False) as bar:
+    with tqdm(total=bench_total(cfg, methods), desc=f"bench[{cfg.preset}]", file=sys.stderr, leave=False) as bar:
         result = run_bench(out, cfg, methods, progress=bar.update, runners=runners)
-    print(f"[bench] {preset}: wrote {result.md_path}, {result.json_path}", file=sys.stderr)
+    print(f"[bench] {cfg.preset}: wrote {result.md_path}, {result.json_path}", file=sys.stderr)
     for p in result.plot_paths:
         print(f"[bench] wrote {p}", file=sys.stderr)
     return result.rows
 
 
-def kinematics_section(out: Path, preset: str, fit_cfg: FitConfig, seeds: Seq[int] | None) -> list[dict[str, Any]]:
+def kinematics_section(out: Path, cfg: BenchConfig, fit_cfg: FitConfig) -> list[dict[str, Any]]:
     """Issue 5's bar: exact / no / noisy kinematics on the camera-motion sequences (hard set by default)."""
     from tqdm import tqdm
 
     from .bench import bench_specs
     from .kinematics_bench import VARIANTS, run_kinematics_bench
 
-    cfg = BenchConfig(preset="hard" if preset == "default" else preset, seeds=tuple(seeds or ()))
     total = len([s for s in bench_specs(cfg) if s.camera_motion]) * len(VARIANTS)
     with tqdm(total=total, desc="bench[kinematics]", file=sys.stderr, leave=False) as bar:
         result = run_kinematics_bench(out / "kinematics", cfg, fit_cfg, progress=bar.update)
@@ -186,7 +190,7 @@ def run_full_bench(args: argparse.Namespace) -> int:
     for preset in presets:
         # The default set runs the baselines and InvNeRF; ablations run on the hard set only.
         m = [x for x in methods if preset == "hard" or x not in ABLATIONS]
-        rows = _run_set(out / preset, preset, m, fit_cfg, args.seeds)
+        rows = _run_set(out / preset, set_config(preset, args), m, fit_cfg)
         if "invnerf" in m:
             bar = bar_check(rows)
             summary[f"bar_{preset}"] = bar
@@ -194,7 +198,8 @@ def run_full_bench(args: argparse.Namespace) -> int:
             (out / preset / "bar.md").write_text(text)
             print(f"[bench] {preset}: InvNeRF vs best baseline\n{text}")
     if not args.no_kinematics:
-        summary["kinematics"] = kinematics_section(out, args.preset, fit_cfg, args.seeds)
+        kin_preset = "hard" if args.preset == "default" else args.preset
+        summary["kinematics"] = kinematics_section(out, set_config(kin_preset, args), fit_cfg)
     if not args.no_ros:
         summary["ros"] = ros_report(out, fit_cfg.device)
     if not args.no_speed:

@@ -1,10 +1,8 @@
 """Benchmark runner on a tiny set, with the generator and reader replaced by in-memory fakes.
 
-The last test runs the real generator, reader and baselines when those modules are installed.
+The last test runs the real generator, reader and baselines.
 """
 
-import importlib
-import importlib.util
 import json
 
 import cv2
@@ -138,6 +136,25 @@ class TestRunBench:
         with pytest.raises(ZeroDivisionError):
             bench.run_bench(tmp_path, cfg, ["boom"], runners={"boom": lambda seq: 1 / 0})
 
+    def test_fitted_methods_get_a_fits_table(self, tmp_path, fakes):
+        timings = {"stereo_s": 0.5, "flow_s": 2.0, "chains_s": 3.0, "forward_s": 4.0, "backward_s": 8.0,
+                   "inference_s": 0.25, "total_fit_s": 20.0}
+
+        def fitted(seq):
+            t = fakes["gt"][seq.name]
+            return Tracks(ids=t.ids, uv=t.uv, visible=t.visible, xyz=t.xyz,
+                          meta={"steps": 100, "stop_reason": "converged", "device": "cpu", "timings_s": timings})
+
+        cfg = BenchConfig(**{**TINY, "plots": False})
+        res = bench.run_bench(tmp_path, cfg, ["gt", "fit"], runners={"gt": lambda seq: fakes["gt"][seq.name],
+                                                                     "fit": fitted})
+        assert [f["method"] for f in res.fits] == ["fit"] * len(bench.bench_specs(cfg))  # not the plain method
+        f = res.fits[0]
+        assert f["forward_ms_per_step"] == pytest.approx(40.0) and f["backward_ms_per_step"] == pytest.approx(80.0)
+        assert f["chains_s"] == 3.0 and f["steps"] == 100 and f["stop"] == "converged"
+        assert "## Fits" in (tmp_path / "bench.md").read_text()
+        assert json.loads((tmp_path / "bench.json").read_text())["fits"][0]["fit_total_s"] == 20.0
+
     def test_bad_input(self, tmp_path, fakes):
         with pytest.raises(ConfigError, match="bench.methods"):
             bench.run_bench(tmp_path, BenchConfig(**TINY), [])
@@ -159,10 +176,6 @@ class TestReport:
         assert "| inf |" in lines[4]
 
 
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
-                        ("surg_invnerf_ros.synth.generate", "surg_invnerf_ros.eval.baselines"))
-                    or not hasattr(importlib.import_module("surg_invnerf_ros.io.sequence"), "read_sequence"),
-                    reason="synth, io.sequence.read_sequence or baselines not written yet")
 def test_real_pipeline_tiny(tmp_path):
     cfg = BenchConfig(**{**TINY, "seeds": (0,), "plots": False})
     res = bench.run_bench(tmp_path, cfg, ["zero", "lk"])

@@ -45,3 +45,19 @@ class TestBarCheck:
 
     def test_sequences_without_invnerf_are_skipped(self):
         assert bar_check([row("lk"), row("dis")]) == []
+
+
+def test_bench_command_with_size_and_frames(tmp_path):
+    """`surg-invnerf bench --size --frames` resizes the set; a fitted method gets its Fits row."""
+    import json
+
+    from surg_invnerf_ros.cli import main
+
+    rc = main(["bench", "--out", str(tmp_path), "--preset", "quick", "--seeds", "0", "--size", "64x48",
+               "--frames", "6", "--methods", "zero", "invnerf", "--no-speed", "--no-ros", "--no-kinematics",
+               "--time-budget-s", "2", "--set", "max_steps=20"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "quick" / "bench.json").read_text())
+    assert {(s["width"], s["height"], s["frames"]) for s in doc["sequences"]} == {(64, 48, 6)}
+    assert {f["method"] for f in doc["fits"]} == {"invnerf"} and len(doc["fits"]) == len(doc["sequences"])
+    assert all(0 < f["steps"] <= 20 and f["flow_s"] > 0 for f in doc["fits"])
