@@ -314,7 +314,8 @@ def _write_markdown(path: Path, cfg: BenchConfig, specs: list[SeqSpec], result: 
         "",
         f"{len(specs)} synthetic sequences ({specs[0].width}x{specs[0].height}, {specs[0].frames} frames, "
         f"{specs[0].num_queries} queries). Machine: {info['platform']}, {info['cpu_count']} CPUs, "
-        f"torch {info.get('torch')}, OpenCV {info['opencv']}.",
+        f"torch {info.get('torch')}, OpenCV {info['opencv']}"
+        + (f", GPU {info['cuda']}." if info.get("cuda") else "."),
         "",
         "EPE and δ (TAP-Vid, px) over visible ground truth after each query frame; `inf` means a point "
         "was lost (missing or NaN). STIR δ uses the nearest ground-truth end point. `time_s` is the "

@@ -148,8 +148,8 @@ class TestFitWithPoseRefine:
         assert pc["rot_deg"][0] == 0.0 and pc["trans_mm"][0] == 0.0  # frame 0 is the world
         assert 0.0 < pc["max_rot_deg"] < 5.0 and 0.0 < pc["max_trans_mm"] < 5.0  # it moved, and not far
         assert "pose" in res.meta["final_losses"] and np.isfinite(res.meta["final_losses"]["pose"])
-        rot0, trans0 = _pose_errors(res.data.T_world_cam.double().numpy(), T_true)
-        rot1, trans1 = _pose_errors(res.data.all_poses().detach().double().numpy(), T_true)
+        rot0, trans0 = _pose_errors(res.data.T_world_cam.double().cpu().numpy(), T_true)
+        rot1, trans1 = _pose_errors(res.data.all_poses().detach().double().cpu().numpy(), T_true)
         assert rot1[0] < 1e-4 and trans1[0] < 1e-4
         # bounded: a few dozen steps must not make the kinematics much worse than they were
         assert rot1.mean() < rot0.mean() + 0.5 and trans1.mean() < trans0.mean() + 0.5
