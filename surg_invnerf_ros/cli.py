@@ -141,6 +141,7 @@ def _apply_hand_eye(seq, path: Path):
     """Read the sequence's poses as ECM poses and append the hand-eye: T_world_cam = T_world_ecm · T_ecm_cam."""
     import numpy as np
 
+    from .geometry import rigid_transform_problem
     from .io.calib import numbers_field
 
     if seq.T_world_cam is None:
@@ -155,8 +156,9 @@ def _apply_hand_eye(seq, path: Path):
         raise UsageError(f"--hand-eye: {path}: not valid YAML") from None
     T_ecm_cam = numbers_field({"T_ecm_cam": data.get("T_ecm_cam") if isinstance(data, dict) else data},
                               "T_ecm_cam", str(path), (4, 4))
-    if not np.allclose(T_ecm_cam[3], [0, 0, 0, 1]):
-        raise UsageError(f"{path}: T_ecm_cam: expected last row 0 0 0 1")
+    problem = rigid_transform_problem(T_ecm_cam)
+    if problem:
+        raise UsageError(f"{path}: T_ecm_cam: {problem}")
     seq.T_world_cam = np.asarray(seq.T_world_cam) @ T_ecm_cam
     return seq
 

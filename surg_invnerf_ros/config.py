@@ -549,17 +549,16 @@ class KinematicsConfig:
 
         import numpy as np
 
+        from .geometry import rigid_transform_problem
+
         if len(self.T_ecm_cam) != 16:
             raise ConfigError(
                 f"kinematics.T_ecm_cam: expected 16 floats (row-major 4x4), got {len(self.T_ecm_cam)}")
         if not all(math.isfinite(v) for v in self.T_ecm_cam):
             raise ConfigError(f"kinematics.T_ecm_cam: expected finite values, got {list(self.T_ecm_cam)}")
-        T = np.asarray(self.T_ecm_cam, dtype=np.float64).reshape(4, 4)
-        R = T[:3, :3]
-        if np.abs(T[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-9:
-            raise ConfigError(f"kinematics.T_ecm_cam: expected last row 0 0 0 1, got {T[3].tolist()}")
-        if np.abs(R @ R.T - np.eye(3)).max() > 1e-6 or np.linalg.det(R) <= 0:
-            raise ConfigError("kinematics.T_ecm_cam: expected a rotation (orthonormal, det +1) in the 3x3 block")
+        problem = rigid_transform_problem(np.asarray(self.T_ecm_cam, dtype=np.float64).reshape(4, 4))
+        if problem:
+            raise ConfigError(f"kinematics.T_ecm_cam: {problem}")
         if abs(self.time_offset_s) >= self.buffer_s:
             raise ConfigError(
                 f"kinematics.time_offset_s: expected |offset| < buffer_s ({self.buffer_s}), got {self.time_offset_s}")

@@ -27,6 +27,20 @@ def unproject_m(uv_px: np.ndarray, depth_m: np.ndarray, K: np.ndarray) -> np.nda
     return np.stack([x * depth_m, y * depth_m, depth_m], axis=-1)
 
 
+def rigid_transform_problem(T: np.ndarray) -> str | None:
+    """What keeps a 4×4 from being a rigid transform (last row 0 0 0 1, a proper rotation block),
+    as the end of a one-line error; None when it is one."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        return f"expected a finite 4x4, got shape {T.shape}"
+    if np.abs(T[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-9:
+        return f"expected last row 0 0 0 1, got {T[3].tolist()}"
+    R = T[:3, :3]
+    if np.abs(R @ R.T - np.eye(3)).max() > 1e-6 or np.linalg.det(R) <= 0:
+        return "expected a rotation (orthonormal, det +1) in the 3x3 block"
+    return None
+
+
 def depth_from_disparity_m(disp_px: np.ndarray, fx_px: float, baseline_m: float) -> np.ndarray:
     """Z = fx·B/d for a rectified pair; non-positive disparity gives NaN."""
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import FrontendConfig, OnlineConfig, QueryConfig, RefineConfig
 from .errors import InputError
+from .frontend.bulk_motion import median_shift
 from .geometry import depth_from_disparity_m, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner
 from .structs import Queries, Sequence, StereoCalib
@@ -355,9 +356,11 @@ class OnlineTracker:
                 uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))
                 ok = np.asarray(ok, bool)
                 uv_new = np.asarray(uv_new, np.float64)
-                if ok.any() and not ok.all() and self.frontend_cfg.lk.lost_points == "follow_median":
-                    # a lost point moves with the median motion of the tracked ones (frontend.lk.lost_points)
-                    uv_new[~ok] = self._uv[~ok] + np.median(uv_new[ok] - self._uv[ok], axis=0)
+                shift = None
+                if not ok.all() and self.frontend_cfg.lk.lost_points == "follow_median":
+                    shift = median_shift(self._uv[ok], uv_new[ok], len(ok))  # frontend.lk.lost_points
+                if shift is not None:  # a lost point moves with the median motion of the tracked ones
+                    uv_new[~ok] = self._uv[~ok] + shift
                     ok_pos = np.ones_like(ok)
                 else:
                     ok_pos = ok

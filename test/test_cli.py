@@ -112,6 +112,14 @@ class TestKinematicsOptions:
                        "--hand-eye", str(bad))
         assert proc.returncode == 2 and "T_ecm_cam" in proc.stderr and "Traceback" not in proc.stderr
 
+    def test_hand_eye_needs_a_rotation(self, moving_seq, tmp_path):
+        bad = tmp_path / "he.yaml"
+        bad.write_text("T_ecm_cam: [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]\n")
+        proc = run_cli("track", str(moving_seq), "--out", str(tmp_path / "p.npz"), "--method", "lk",
+                       "--hand-eye", str(bad))
+        assert proc.returncode == 2 and "T_ecm_cam: expected a rotation" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
     def test_hand_eye_is_applied_to_the_poses(self, moving_seq, tmp_path):
         from surg_invnerf_ros.cli import _apply_hand_eye
         from surg_invnerf_ros.io.sequence import read_sequence

@@ -325,16 +325,19 @@ def test_helpers():
 
 
 def test_lost_points_follow_the_median_motion():
-    class HalfLost(FakeFrontEnd):
+    class OneLost(FakeFrontEnd):
         def track(self, prev, cur, uv):
-            ok = np.array([True, True, False])
+            ok = np.arange(len(uv)) != len(uv) - 1  # the last point is lost
             return np.where(ok[:, None], uv + np.array([2.0, 1.0], np.float32), uv), ok
 
-    for policy, expected in (("follow_median", [12.0, 11.0]), ("hold", [10.0, 10.0])):
+    four = np.array([[5.0, 5.0], [20.0, 20.0], [30.0, 8.0], [10.0, 10.0]])
+    # follow_median needs at least 3 tracked points (frontend.bulk_motion), as offline LK does
+    for queries, policy, expected in ((four, "follow_median", [12.0, 11.0]), (four, "hold", [10.0, 10.0]),
+                                      (four[1:], "follow_median", [10.0, 10.0])):
         cfg = FrontendConfig(lk=LKConfig(lost_points=policy))
-        trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=HalfLost())
-        trk.add_queries(np.array([[5.0, 5.0], [20.0, 20.0], [10.0, 10.0]]))
+        trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=OneLost())
+        trk.add_queries(queries)
         trk.push_frame(frame(0))
         res = trk.push_frame(frame(1))
-        np.testing.assert_allclose(res.uv_px[2], expected)
-        assert res.visible.tolist() == [True, True, False]
+        np.testing.assert_allclose(res.uv_px[-1], expected)
+        assert res.visible.tolist() == [True] * (len(queries) - 1) + [False]

@@ -38,6 +38,7 @@ import numpy as np
 from ..config import FlowConfig
 from ..errors import InputError
 from ..structs import Queries
+from .bulk_motion import median_shift
 from .flow import FlowBank, checked_flow_pair, pixel_grid, prepare_video
 from .workers import thread_map
 
@@ -255,7 +256,6 @@ def build_correspondences(
 
 
 Link = tuple[np.ndarray, np.ndarray, np.ndarray]  # flow (H, W, 2), valid (H, W), cycle error (H, W)
-_MIN_MOVERS = 3  # fewer visible points than this (or a tenth of those tracked) say nothing of the motion
 
 
 def _gather_link(link: Link, uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,8 +330,8 @@ def _track_points(link_of: Callable[[int, int], Link | None], queries: Queries, 
             # A point that is not visible rides with the median motion of the visible ones
             # (camera motion, bulk tissue motion), not with the flow of whatever covers it.
             moving = best_vis & visible[prev, n]
-            if (~best_vis).any() and moving.sum() >= max(_MIN_MOVERS, 0.1 * len(n)):
-                shift = np.median(best_uv[moving] - uv[prev, n[moving]], axis=0)
+            shift = median_shift(uv[prev, n[moving]], best_uv[moving], len(n)) if (~best_vis).any() else None
+            if shift is not None:
                 best_uv[~best_vis] = uv[prev, n[~best_vis]] + shift
             uv[t, n] = best_uv
             score[t, n] = best

@@ -31,6 +31,7 @@ import numpy as np
 from ..config import LKConfig
 from ..errors import ConfigError, InputError
 from ..structs import Queries
+from .bulk_motion import median_shift
 from .flow import check_rgb_u8, check_same_size, to_grey
 
 LK_MODES = ("chained", "from_query")
@@ -162,14 +163,10 @@ def track_lk(
     return uv, vis
 
 
-_MIN_MOVERS = 3  # fewer tracked points than this (or than a tenth of the group) say nothing of the motion
-
-
-def _median_shift(old_uv: np.ndarray, new_uv: np.ndarray, group_size: int) -> np.ndarray:
-    """Median displacement (2,) of the points tracked this step; zero if too few were tracked."""
-    if len(old_uv) < max(_MIN_MOVERS, 0.1 * group_size):
-        return np.zeros(2, np.float32)
-    return np.median(new_uv - old_uv, axis=0).astype(np.float32)
+def _shift_or_zero(old_uv: np.ndarray, new_uv: np.ndarray, group_size: int) -> np.ndarray:
+    """`bulk_motion.median_shift` as float32, zero when too few points were tracked."""
+    shift = median_shift(old_uv, new_uv, group_size)
+    return np.zeros(2, np.float32) if shift is None else shift.astype(np.float32)
 
 
 def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarray,
@@ -188,7 +185,7 @@ def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarra
         lost = started & ~vis[t]
         idx = cols[alive]
         new, ok = tracker.track_grey(grey[t], grey[nxt], uv[t, idx])
-        shift = _median_shift(uv[t, idx[ok]], new[ok], int(started.sum())) if follow else np.zeros(2, np.float32)
+        shift = _shift_or_zero(uv[t, idx[ok]], new[ok], int(started.sum())) if follow else np.zeros(2, np.float32)
         # Default for every started point that does not pass below: its guess, not visible.
         uv[nxt, started] = (uv[t, started] + shift) if follow else last_uv[started]
         uv[nxt, idx[ok]] = new[ok]
@@ -224,7 +221,7 @@ def _from_query(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.nda
             new, ok = tracker.track_grey(grey[q], grey[t], src, init_uv_px=guess, max_level=level,
                                          min_ncc=tracker.cfg.min_ncc_query)
             if follow:  # failed points move with the tracked ones, so their next seed is not stale
-                guess = guess + _median_shift(guess[ok], new[ok], len(idx))
+                guess = guess + _shift_or_zero(guess[ok], new[ok], len(idx))
             uv[t, idx] = np.where(ok[:, None], new, guess)
             vis[t, idx] = ok & vis[q, idx]
             guess = uv[t, idx].copy()
