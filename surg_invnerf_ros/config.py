@@ -224,9 +224,6 @@ class FlowConfig:
     link_decay: float = option(0.97, "Confidence factor per extra composed flow in a chain.", lo=0.0, hi=1.0)
     invalid_link_cost_px: float = option(
         20.0, "Chained point tracks: path cost of an invalid flow link (the position is still carried).", lo=0.0)
-    workers: int = option(
-        0, "Threads computing the flow bank and the keyframe chains (0 = every CPU core); results do not "
-        "depend on it.", lo=0, hi=1024)
 
     def __post_init__(self) -> None:
         check_fields(self, "frontend.flow.")
@@ -311,6 +308,12 @@ class FrontendConfig:
     lk: LKConfig = nested(LKConfig, "Pyramidal LK point tracker.")
     stereo: StereoConfig = nested(StereoConfig, "SGBM stereo depth.")
     masks: MaskConfig = nested(MaskConfig, "Supervision masks.")
+    workers: int = option(
+        0, "Threads for the per-frame stereo, the flow bank and the keyframe chains (0 = every CPU core); "
+        "results do not depend on it.", lo=0, hi=1024)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "frontend.")
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,12 +90,13 @@ def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str,
     from .frontend.stereo import stereo_depth_sequence_m
 
     t0 = time.perf_counter()
-    depth = stereo_depth_sequence_m(seq.left_rgb_u8, seq.right_rgb_u8, seq.calib, frontend_cfg.stereo)
+    depth = stereo_depth_sequence_m(seq.left_rgb_u8, seq.right_rgb_u8, seq.calib, frontend_cfg.stereo,
+                                    workers=frontend_cfg.workers)
     t1 = time.perf_counter()
     mask = specular_mask(seq.left_rgb_u8, frontend_cfg.masks)
-    bank = compute_flow_bank(seq.left_rgb_u8, frontend_cfg.flow, mask=mask)
+    bank = compute_flow_bank(seq.left_rgb_u8, frontend_cfg.flow, mask=mask, workers=frontend_cfg.workers)
     t2 = time.perf_counter()
-    corr = build_correspondences(bank, seq.num_frames, frontend_cfg.flow)
+    corr = build_correspondences(bank, seq.num_frames, frontend_cfg.flow, workers=frontend_cfg.workers)
     t3 = time.perf_counter()
     timings.update(stereo_s=t1 - t0, flow_s=t2 - t1, chains_s=t3 - t2)
     return {"depth_m": depth.astype(np.float32), "mask": mask, "pairs": corr.pairs, "flow_px": corr.flow_px,

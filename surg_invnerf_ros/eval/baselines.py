@@ -76,7 +76,7 @@ def run_baseline(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if depth_m is None:
-        depth_m = stereo_depth_sequence_m(left, right, seq.calib, cfg.stereo, progress=progress)
+        depth_m = stereo_depth_sequence_m(left, right, seq.calib, cfg.stereo, progress=progress, workers=cfg.workers)
         timings["depth"] = time.perf_counter() - t0
     elif depth_m.shape != left.shape[:3]:
         raise InputError(f"{seq.name}: depth_m: expected shape {left.shape[:3]}, got {depth_m.shape}",

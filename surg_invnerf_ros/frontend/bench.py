@@ -66,8 +66,8 @@ def frontend_fps(width: int, height: int, frames: int = 24, cfg: FrontendConfig 
     out["lk_64pts_fps"] = fps(lambda: track_lk(left, queries, cfg.lk, "chained"))
     out["lk_query_64pts_fps"] = fps(lambda: track_lk(left, queries, cfg.lk, "from_query"))
     holder = {}
-    out["dis_bank_fps"] = fps(lambda: holder.setdefault("bank", compute_flow_bank(left, cfg.flow)))
-    out["chains_fps"] = fps(lambda: build_correspondences(holder["bank"], frames, cfg.flow))
+    out["dis_bank_fps"] = fps(lambda: holder.setdefault("bank", compute_flow_bank(left, cfg.flow, workers=cfg.workers)))
+    out["chains_fps"] = fps(lambda: build_correspondences(holder["bank"], frames, cfg.flow, workers=cfg.workers))
     holder.clear()
-    out["sgbm_fps"] = fps(lambda: stereo_depth_sequence_m(left, right, calib, cfg.stereo))
+    out["sgbm_fps"] = fps(lambda: stereo_depth_sequence_m(left, right, calib, cfg.stereo, workers=cfg.workers))
     return out

@@ -190,6 +190,7 @@ def build_correspondences(
     num_frames: int,
     cfg: FlowConfig,
     progress: Callable[[int], None] | None = None,
+    workers: int = 0,
 ) -> DenseCorrespondences:
     """Direct gap pairs plus keyframe-anchored long-range chains, each with a confidence map.
 
@@ -198,6 +199,7 @@ def build_correspondences(
         num_frames: T, the sequence length the bank was computed on.
         cfg: gaps, chain length, keyframe stride, long-range step and confidence constants.
         progress: called with 1 after each keyframe, from the worker threads.
+        workers: threads (0 = every CPU core); the output does not depend on it.
     """
     _check_bank(bank, num_frames)
     H, W = bank.image_hw
@@ -228,7 +230,7 @@ def build_correspondences(
             progress(1)
         return got
 
-    for chained in thread_map(keyframe, range(0, num_frames, cfg.keyframe_stride), cfg.workers):
+    for chained in thread_map(keyframe, range(0, num_frames, cfg.keyframe_stride), workers):
         for pair, flow, conf in chained:
             if pair in index:  # a long direct gap: the chain fills in where the direct flow failed
                 merges.append((index[pair], flow, conf))

@@ -199,6 +199,7 @@ def compute_flow_bank(
     cfg: FlowConfig,
     mask: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int = 0,
 ) -> FlowBank:
     """DIS flow for every gap pair both ways, kept where the forward-backward cycle closes.
 
@@ -208,6 +209,7 @@ def compute_flow_bank(
         mask: optional (T, H, W) bool, True = excluded (e.g. `masks.specular_mask`): a flow pixel is
             invalid if its source is masked or its target lands (nearest pixel) on a masked pixel.
         progress: called with 2 after each couple of flows (i→j and j→i), from the worker threads.
+        workers: threads (0 = every CPU core); the bank does not depend on it.
     """
     grey, mask, grid, _ = prepare_video(left_rgb_u8, mask, cfg, "compute_flow_bank")
     T, (H, W) = len(grey), grey[0].shape
@@ -230,7 +232,7 @@ def compute_flow_bank(
         if progress is not None:
             progress(2)
 
-    thread_map(couple, range(0, Q, 2), cfg.workers)
+    thread_map(couple, range(0, Q, 2), workers)
     return FlowBank(pairs=pairs, flow_px=flow, valid=valid, cycle_err_px=cycle)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from typing import Callable
 
 import cv2
@@ -33,6 +34,7 @@ from ..errors import InputError
 from ..geometry import depth_from_disparity_m
 from ..structs import StereoCalib
 from .flow import check_rgb_u8, check_same_size, to_grey
+from .workers import thread_map
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +102,18 @@ def lr_checked_disparity_px(
     return np.where(ok, disp_l, np.nan).astype(np.float32)
 
 
+def make_refiner() -> cv2.DISOpticalFlow:
+    """The DIS instance `refine_disparity_px` uses (one per thread; reused across frames)."""
+    return cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM)
+
+
 def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: np.ndarray,
-                        agree_px: float) -> np.ndarray:
+                        agree_px: float, dis: cv2.DISOpticalFlow | None = None) -> np.ndarray:
     """DIS left→right flow as disparity (d = −flow_u) where it agrees with `disp_px`; else `disp_px`.
 
     NaN in `disp_px` stays NaN: refinement never makes a pixel valid.
     """
-    flow = cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM).calc(left_grey, right_grey, None)
+    flow = (dis or make_refiner()).calc(left_grey, right_grey, None)
     d_dis = -flow[..., 0]
     with np.errstate(invalid="ignore"):
         agree = (np.abs(d_dis - disp_px) <= agree_px) & (np.abs(flow[..., 1]) <= 0.5 * agree_px)
@@ -114,10 +121,10 @@ def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: 
 
 
 def _disparity_checked_px(left_grey: np.ndarray, right_grey: np.ndarray, sgbm: cv2.StereoSGBM,
-                          cfg: StereoConfig) -> np.ndarray:
+                          cfg: StereoConfig, dis: cv2.DISOpticalFlow | None = None) -> np.ndarray:
     disp = lr_checked_disparity_px(left_grey, right_grey, sgbm, cfg.lr_thresh_px)
     if cfg.refine == "dis":
-        disp = refine_disparity_px(left_grey, right_grey, disp, cfg.refine_agree_px)
+        disp = refine_disparity_px(left_grey, right_grey, disp, cfg.refine_agree_px, dis)
     return disp
 
 
@@ -159,22 +166,29 @@ def stereo_depth_sequence_m(
     calib: StereoCalib,
     cfg: StereoConfig,
     progress: Callable[[int], None] | None = None,
+    workers: int = 0,
 ) -> np.ndarray:
     """`stereo_depth_m` for every frame of (T, H, W, 3) pairs: (T, H, W) float32 metres, NaN invalid.
 
     Args:
-        progress: called with 1 after each frame.
+        progress: called with 1 after each frame, from the worker threads.
+        workers: threads (0 = every CPU core), one SGBM each; the output does not depend on it.
     """
     left = np.asarray(left_rgb_u8)
     right = np.asarray(right_rgb_u8)
     _check_pair(left, right, calib, "stereo_depth_sequence_m", ndim=4)
     num = num_disparities_for(calib, cfg)
     log.debug("SGBM with %d disparities (fx=%.1f px, B=%.4f m)", num, calib.fx, calib.baseline_m)
-    sgbm = make_sgbm(num, cfg)
     out = np.empty(left.shape[:3], np.float32)
-    for t in range(left.shape[0]):
-        disp = _disparity_checked_px(to_grey(left[t]), to_grey(right[t]), sgbm, cfg)
+    per_thread = threading.local()  # matcher objects are not shared between threads
+
+    def frame(t: int) -> None:
+        if not hasattr(per_thread, "sgbm"):
+            per_thread.sgbm, per_thread.dis = make_sgbm(num, cfg), make_refiner()
+        disp = _disparity_checked_px(to_grey(left[t]), to_grey(right[t]), per_thread.sgbm, cfg, per_thread.dis)
         out[t] = _depth_m(disp, calib, cfg)
         if progress is not None:
             progress(1)
+
+    thread_map(frame, range(left.shape[0]), workers)
     return out

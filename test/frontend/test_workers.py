@@ -1,15 +1,16 @@
 """Front-end threads: order kept, result independent of the number of workers."""
 
-import dataclasses
 import threading
 
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.config import ConfigError, FlowConfig
+from surg_invnerf_ros.config import ConfigError, FlowConfig, FrontendConfig, StereoConfig
 from surg_invnerf_ros.frontend.chains import build_correspondences
 from surg_invnerf_ros.frontend.flow import compute_flow_bank
+from surg_invnerf_ros.frontend.stereo import stereo_depth_sequence_m
 from surg_invnerf_ros.frontend.workers import num_workers, thread_map
+from surg_invnerf_ros.structs import StereoCalib
 
 from .synthetic import translated_video
 
@@ -36,12 +37,11 @@ def test_thread_map_raises_worker_errors():
 
 def test_bank_and_chains_do_not_depend_on_workers():
     video = translated_video(13, (0.7, 0.3))
-    base = FlowConfig(gaps=(1, 2, 4), keyframe_stride=4, max_chain_frames=12, long_range_step=4)
+    cfg = FlowConfig(gaps=(1, 2, 4), keyframe_stride=4, max_chain_frames=12, long_range_step=4)
     results = []
     for workers in (1, 3):
-        cfg = dataclasses.replace(base, workers=workers)
-        bank = compute_flow_bank(video, cfg)
-        results.append((bank, build_correspondences(bank, 13, cfg)))
+        bank = compute_flow_bank(video, cfg, workers=workers)
+        results.append((bank, build_correspondences(bank, 13, cfg, workers=workers)))
     (b1, c1), (b3, c3) = results
     assert np.array_equal(b1.pairs, b3.pairs) and np.array_equal(b1.flow_px, b3.flow_px)
     assert np.array_equal(b1.valid, b3.valid) and np.array_equal(b1.cycle_err_px, b3.cycle_err_px)
@@ -50,6 +50,15 @@ def test_bank_and_chains_do_not_depend_on_workers():
     assert len(c1.pairs) > len(b1.pairs)  # long-range chains were added
 
 
+def test_stereo_does_not_depend_on_workers():
+    left = translated_video(5, (0.5, 0.0))
+    right = np.roll(left, -6, axis=2)  # a constant 6 px disparity
+    calib = StereoCalib(K=np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]), baseline_m=0.005, image_size=(64, 48))
+    one, many = (stereo_depth_sequence_m(left, right, calib, StereoConfig(), workers=w) for w in (1, 3))
+    assert np.array_equal(one, many, equal_nan=True)
+    assert np.nanmedian(one) == pytest.approx(60.0 * 0.005 / 6, rel=0.02)
+
+
 def test_negative_workers_is_a_config_error():
-    with pytest.raises(ConfigError, match="frontend.flow.workers"):
-        FlowConfig(workers=-1)
+    with pytest.raises(ConfigError, match="frontend.workers"):
+        FrontendConfig(workers=-1)
