@@ -612,21 +612,10 @@ def _kinematics(
 
 
 def _gt_tracks(gt_clouds: dict[int, np.ndarray], frame_ns: np.ndarray) -> Tracks | None:
+    from .trackfile import POINT_RECORD_FIELDS, tracks_from_records
+
     clouds = [gt_clouds.get(int(s)) for s in frame_ns]
     present = [c for c in clouds if c is not None]
-    need = {"x", "y", "z", "u", "v", "id", "visible"}
-    if not present or any(not need <= set(c.dtype.names) for c in present):
+    if not present or any(not set(POINT_RECORD_FIELDS) <= set(c.dtype.names) for c in present):
         return None
-    ids = np.unique(np.concatenate([c["id"].astype(np.int64) for c in present]))
-    T, N = len(frame_ns), len(ids)
-    uv = np.full((T, N, 2), np.nan, dtype=np.float32)
-    xyz = np.full((T, N, 3), np.nan, dtype=np.float32)
-    visible = np.zeros((T, N), dtype=bool)
-    for t, c in enumerate(clouds):
-        if c is None:
-            continue
-        col = np.searchsorted(ids, c["id"].astype(np.int64))
-        uv[t, col] = np.stack([c["u"], c["v"]], axis=1)
-        xyz[t, col] = np.stack([c["x"], c["y"], c["z"]], axis=1)
-        visible[t, col] = c["visible"] > 0
-    return Tracks(ids=ids, uv=uv, visible=visible, xyz=xyz, meta={"method": "ground_truth", "source": "bag"})
+    return tracks_from_records(clouds, meta={"method": "ground_truth", "source": "bag"})

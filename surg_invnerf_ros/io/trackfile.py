@@ -22,6 +22,40 @@ from ..errors import InputError
 from ..structs import Tracks
 
 
+POINT_RECORD_FIELDS = ("id", "u", "v", "x", "y", "z", "visible")
+
+
+def tracks_from_records(records: list[np.ndarray | None], ids: np.ndarray | None = None,
+                        meta: dict[str, Any] | None = None) -> Tracks:
+    """Stack per-frame point records into Tracks.
+
+    Args:
+        records: one structured array per frame with the `POINT_RECORD_FIELDS` (pixels, metres; the
+            layout of ~/tracked_points and of a bag's ground-truth clouds), or None for no record.
+        ids: the point ids to keep, in column order; default every id seen, sorted. Records of other
+            ids are ignored; a point without a record in a frame is NaN and not visible there.
+    """
+    present = [r for r in records if r is not None]
+    if ids is None:
+        ids = np.unique(np.concatenate([r["id"] for r in present]).astype(np.int64)) if present else np.zeros(0)
+    ids = np.asarray(ids, np.int64)
+    T, N = len(records), len(ids)
+    uv = np.full((T, N, 2), np.nan, np.float32)
+    xyz = np.full((T, N, 3), np.nan, np.float32)
+    visible = np.zeros((T, N), bool)
+    order = np.argsort(ids)
+    for t, rec in enumerate(records):
+        if rec is None or N == 0:
+            continue
+        rid = rec["id"].astype(np.int64)
+        col = order[np.minimum(np.searchsorted(ids, rid, sorter=order), N - 1)]
+        ok = ids[col] == rid
+        uv[t, col[ok]] = np.stack([rec["u"], rec["v"]], -1)[ok]
+        xyz[t, col[ok]] = np.stack([rec["x"], rec["y"], rec["z"]], -1)[ok]
+        visible[t, col[ok]] = rec["visible"][ok] > 0
+    return Tracks(ids=ids, uv=uv, visible=visible, xyz=xyz, meta=dict(meta or {}))
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = "") -> Path:
     """Call `write(tmp_path)` on a temporary file in the target folder, then rename it into place."""
     path = Path(path)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..eval.metrics import compute_metrics
 from ..eval.report import format_table, metrics_row
-from ..structs import Tracks
+from ..io.trackfile import tracks_from_records
 from . import convert
 from .bag_nodes import use_large_data_transport
 from .procs import start_entry_point, stop_process
@@ -26,24 +26,6 @@ from .procs import start_entry_point, stop_process
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "track.yaml"
 TRACKER = "/surg_invnerf_tracker"
 SOURCE = "/synthetic_stereo"
-
-
-def _as_tracks(by_stamp: dict[int, np.ndarray], stamps: list[int], ids: np.ndarray) -> Tracks:
-    """Stack per-stamp tracked_points arrays (matched by id) into a Tracks over `stamps`."""
-    T, N = len(stamps), len(ids)
-    uv = np.full((T, N, 2), np.nan, np.float32)
-    xyz = np.full((T, N, 3), np.nan, np.float32)
-    vis = np.zeros((T, N), bool)
-    for t, s in enumerate(stamps):
-        p = by_stamp.get(s)
-        if p is None:
-            continue
-        idx = np.searchsorted(ids, p["id"])
-        ok = (idx < N) & (ids[np.minimum(idx, N - 1)] == p["id"])
-        uv[t, idx[ok]] = np.stack([p["u"], p["v"]], -1)[ok]
-        xyz[t, idx[ok]] = np.stack([p["x"], p["y"], p["z"]], -1)[ok]
-        vis[t, idx[ok]] = p["visible"][ok] == 1
-    return Tracks(ids=ids.astype(np.int64), uv=uv, visible=vis, xyz=xyz)
 
 
 def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, width: int = 256,
@@ -150,11 +132,13 @@ def _write_results(out: Path, live: dict, refined: dict, gt: dict, overlays: lis
         print("[demo] no tracked frames matched the ground truth", file=sys.stderr)
         return 1
     ids = np.sort(gt[stamps[0]]["id"]).astype(np.int64)
-    gt_tracks = _as_tracks(gt, stamps, ids)
-    rows = [metrics_row("front end (live)", compute_metrics(_as_tracks(live, stamps, ids), gt_tracks))]
+    gt_tracks = tracks_from_records([gt.get(s) for s in stamps], ids)
+    live_tracks = tracks_from_records([live.get(s) for s in stamps], ids)
+    rows = [metrics_row("front end (live)", compute_metrics(live_tracks, gt_tracks))]
     if refined:
         merged = {**live, **{s: p for s, p in refined.items() if s in live}}
-        rows.append(metrics_row("with refined", compute_metrics(_as_tracks(merged, stamps, ids), gt_tracks)))
+        merged_tracks = tracks_from_records([merged.get(s) for s in stamps], ids)
+        rows.append(metrics_row("with refined", compute_metrics(merged_tracks, gt_tracks)))
     table = format_table(rows, columns=["method", "epe_px", "epe_end_px", "delta_avg", "oa", "err3d_finite_mm", "fail3d_frac"])
     (out / "metrics.md").write_text(table)
     print(table)

@@ -101,3 +101,22 @@ class TestTrackFile:
         with pytest.raises(InputError, match="dup.npz: ids: expected unique"):
             read_tracks(dup)
         assert zipfile.is_zipfile(dup)
+
+
+def test_tracks_from_records_matches_ids():
+    from surg_invnerf_ros.io.trackfile import tracks_from_records
+    from surg_invnerf_ros.structs import TRACKED_POINTS_DTYPE
+
+    def rec(ids, u):
+        r = np.zeros(len(ids), TRACKED_POINTS_DTYPE)
+        r["id"], r["u"], r["v"], r["z"], r["visible"] = ids, u, 2.0 * np.asarray(u), 0.05, 1
+        return r
+
+    records = [rec([7, 3, 99], [1.0, 2.0, 3.0]), None, rec([3], [5.0])]
+    tr = tracks_from_records(records, ids=np.array([7, 3]))  # unsorted columns; id 99 is not wanted
+    assert tr.uv.shape == (3, 2, 2) and tr.ids.tolist() == [7, 3]
+    np.testing.assert_allclose(tr.uv[0], [[1.0, 2.0], [2.0, 4.0]])
+    assert np.isnan(tr.uv[1]).all() and not tr.visible[1].any()  # no record for frame 1
+    assert tr.visible[2].tolist() == [False, True] and tr.uv[2, 1, 0] == 5.0 and np.isnan(tr.xyz[2, 0]).all()
+    every = tracks_from_records(records)
+    assert every.ids.tolist() == [3, 7, 99]

@@ -1,0 +1,33 @@
+"""The demo pipeline's scoring of live and refined ~/tracked_points against ground truth (no DDS)."""
+
+import numpy as np
+
+from surg_invnerf_ros.ros.demo_pipeline import _write_results
+from surg_invnerf_ros.structs import TRACKED_POINTS_DTYPE
+
+
+def cloud(ids, du=0.0):
+    r = np.zeros(len(ids), TRACKED_POINTS_DTYPE)
+    r["id"] = ids
+    r["u"], r["v"] = 10.0 + np.asarray(ids) + du, 20.0
+    r["z"], r["visible"] = 0.06, 1
+    return r
+
+
+def test_live_and_refined_rows(tmp_path, capsys):
+    ids = [4, 1, 9]
+    gt = {s: cloud(ids) for s in range(5)}
+    live = {s: cloud(ids[::-1], du=2.0) for s in range(5)}  # another id order, 2 px off
+    refined = {3: cloud(ids), 4: cloud(ids)}
+    overlay = np.zeros((8, 8, 3), np.uint8)
+    assert _write_results(tmp_path, live, refined, gt, [(0, overlay)]) == 0
+    rows = {line.split("|")[1].strip(): line for line in (tmp_path / "metrics.md").read_text().splitlines()[2:]}
+    assert "| 2.00 |" in rows["front end (live)"]  # EPE 2 px, ids matched, not positions
+    # frames 1, 2 stay 2 px off, 3 and 4 are exact (frame 0 is the query frame, not scored): 1 px; end 0
+    assert "| 1.00 | 0.00 |" in rows["with refined"]
+    assert (tmp_path / "overlay_contact_sheet.png").is_file()
+
+
+def test_no_matching_frames_is_reported(tmp_path, capsys):
+    assert _write_results(tmp_path, {1: cloud([1])}, {}, {2: cloud([1])}, []) == 1
+    assert "no tracked frames matched" in capsys.readouterr().err
