@@ -145,6 +145,7 @@ class KinematicsBuffer:
         self._T_world_ecm: list[np.ndarray] = []
         self._counters = dict.fromkeys(COUNTER_KEYS, 0)
         self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)  # notified on every stored pose
 
     def __len__(self) -> int:
         with self._lock:
@@ -195,7 +196,15 @@ class KinematicsBuffer:
             if cut:
                 del stamps[:cut]
                 del self._T_world_ecm[:cut]
+            self._added.notify_all()
             return True
+
+    def wait_for_stamp(self, kin_stamp_ns: int, timeout_s: float) -> bool:
+        """Block until the newest pose is at or after `kin_stamp_ns` (kinematics clock), at most
+        `timeout_s`; True when it is. Lets an image wait for the pose that brackets it."""
+        with self._added:
+            return self._added.wait_for(lambda: bool(self._stamps_ns) and self._stamps_ns[-1] >= kin_stamp_ns,
+                                        timeout=max(timeout_s, 0.0))
 
     def add_msg(self, msg: Any) -> bool:
         """Convert (`pose_msg_to_T`) and store; a bad message is counted by its reason, never raised."""

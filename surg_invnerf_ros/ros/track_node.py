@@ -397,10 +397,7 @@ class TrackerNode(Node):
         newest = kin.newest_stamp_ns
         live = newest is not None and (t_kin - newest) * 1e-9 <= kc.max_age_s + kc.wait_s
         if live and newest < t_kin and kc.wait_s > 0:
-            deadline = time.monotonic() + kc.wait_s
-            while (newest is None or newest < t_kin) and time.monotonic() < deadline:
-                time.sleep(0.001)
-                newest = kin.newest_stamp_ns
+            kin.wait_for_stamp(t_kin, kc.wait_s)
         T = kin.pose_at(stamp_ns)  # the buffer refuses non-finite poses and the hand-eye is validated
         if T is None:
             self._kin_frames["without_pose"] += 1

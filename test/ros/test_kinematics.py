@@ -4,6 +4,7 @@ Messages are real geometry_msgs objects; building them needs no rclpy.init().
 """
 
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -253,6 +254,19 @@ class TestKinematicsBuffer:
         buf = filled_buffer(KinematicsConfig(), 0.0, 0.1)
         buf.reset()
         assert len(buf) == 0 and buf.pose_at(50 * MS) is None
+
+    def test_wait_for_stamp_wakes_on_the_pose(self):
+        buf = filled_buffer(KinematicsConfig(), 0.0, 0.1)
+        assert buf.wait_for_stamp(100 * MS, 0.0)  # already there: no wait
+        t0 = time.monotonic()
+        assert not buf.wait_for_stamp(130 * MS, 0.05)  # never comes: gives up after the timeout
+        assert 0.04 <= time.monotonic() - t0 < 1.0
+        timer = threading.Timer(0.05, lambda: buf.add(130 * MS, analytic_T_world_ecm(0.13)))
+        timer.start()
+        t0 = time.monotonic()
+        assert buf.wait_for_stamp(130 * MS, 5.0)  # woken by add(), long before the 5 s timeout
+        assert time.monotonic() - t0 < 2.0
+        timer.join()
 
     def test_concurrent_add_and_lookup(self):
         buf = KinematicsBuffer(KinematicsConfig(buffer_s=0.5))
