@@ -84,8 +84,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_fit_config(args: argparse.Namespace):
-    from .config import FitConfig, load_config
+def load_run_configs(args: argparse.Namespace):
+    """(FitConfig, FrontendConfig) from --config (its `frontend:` section feeds the front end), the
+    --set overrides (`frontend.*` ones too) and the dedicated flags."""
+    from .config import load_fit_and_frontend
 
     overrides = list(getattr(args, "set", None) or [])
     if getattr(args, "device", None):
@@ -98,16 +100,15 @@ def _load_fit_config(args: argparse.Namespace):
         overrides.append(f"use_kinematics={'true' if args.kinematics == 'on' else 'false'}")
     if getattr(args, "pose_refine", False):
         overrides.append("pose_refine=true")
-    return load_config(FitConfig, args.config, overrides)
+    return load_fit_and_frontend(args.config, overrides)
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from .config import FrontendConfig
     from .io.sequence import read_sequence
     from .io.trackfile import export_csv, export_stir_json, write_tracks
     from .track import track_sequence
 
-    fit_cfg = _load_fit_config(args)
+    fit_cfg, frontend_cfg = load_run_configs(args)
     with _bar("read", unit="frame") as update:
         seq = read_sequence(args.seq, progress=update)
     if args.hand_eye is not None:
@@ -115,7 +116,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.kinematics_offset_s:
         seq = _shift_kinematics(seq, args.kinematics_offset_s)
     with _fit_bar(f"track[{args.method}]") as update:
-        tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=FrontendConfig(), progress=update)
+        tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
     if seq.rectify is not None:
         tracks = seq.rectify.rect_to_raw_tracks(tracks)
     out = write_tracks(args.out, tracks)
@@ -176,15 +177,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_recon(args: argparse.Namespace) -> int:
-    from .config import FrontendConfig
     from .io.sequence import read_sequence
     from .track import fit_invnerf, reconstruct
 
-    fit_cfg = _load_fit_config(args)
+    fit_cfg, frontend_cfg = load_run_configs(args)
     seq = read_sequence(args.seq)
     frames = _parse_frames(args.frames, seq.num_frames)
     with _fit_bar("fit") as update:
-        result = fit_invnerf(seq, fit_cfg, FrontendConfig(), progress=update)
+        result = fit_invnerf(seq, fit_cfg, frontend_cfg, progress=update)
     paths = reconstruct(result, seq, frames, args.out)
     for p in paths:
         print(f"wrote {p}")
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="compute device (default: config)")
         sp.add_argument("--time-budget-s", type=float, help="optimiser time budget in seconds")
         sp.add_argument("--seed", type=int, help="random seed")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, FitConfig or frontend.* (repeatable)")
 
     t = sub.add_parser("track", help="track the queries of a sequence folder")
     t.add_argument("seq", type=Path, help="sequence folder (DESIGN §2.1)")

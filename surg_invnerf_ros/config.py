@@ -154,20 +154,26 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file ({} when empty); errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return loaded or {}
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
     """Load `cls` from an optional YAML file plus overrides; errors name the file and key."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        data = loaded or {}
+    return _from_data(cls, read_yaml_mapping(path) if path is not None else {}, overrides, path)
+
+
+def _from_data(cls: type[C], data: dict[str, Any], overrides: Sequence[str], path: str | Path | None) -> C:
     data = apply_overrides(data, overrides)
     try:
         return from_dict(cls, data)
@@ -175,6 +181,26 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         if path is not None:
             raise ConfigError(f"{path}: {err}") from None
         raise
+
+
+def load_fit_and_frontend(path: str | Path | None = None, overrides: Sequence[str] = ()
+                          ) -> tuple["FitConfig", "FrontendConfig"]:
+    """FitConfig and FrontendConfig from one YAML file and one override list: the file's `frontend:`
+    section and the `frontend.*` overrides go to the front end, the rest to the fit."""
+    data = read_yaml_mapping(path) if path is not None else {}
+    frontend = data.pop("frontend", None) or {}
+    if not isinstance(frontend, dict):
+        raise ConfigError(f"{path}: frontend: expected a mapping")
+    prefix = "frontend."
+    fit_overrides = [o for o in overrides if not o.startswith(prefix)]
+    frontend_overrides = [o[len(prefix):] for o in overrides if o.startswith(prefix)]
+    fit = _from_data(FitConfig, data, fit_overrides, path)
+    try:
+        front = from_dict(FrontendConfig, apply_overrides(frontend, frontend_overrides))
+    except ConfigError as err:
+        msg = str(err) if str(err).startswith(prefix) else prefix + str(err)
+        raise ConfigError(f"{path}: {msg}" if path is not None else msg) from None
+    return fit, front
 
 
 def field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str, float | None, float | None]]:
@@ -311,6 +337,10 @@ class FrontendConfig:
     workers: int = option(
         0, "Threads for the per-frame stereo, the flow bank and the keyframe chains (0 = every CPU core); "
         "results do not depend on it.", lo=0, hi=1024)
+    max_memory_share: float = option(
+        0.9, "Refuse a fit whose front end (flow bank + dense correspondences) would need more than this "
+        "share of the available RAM, with a one-line error, instead of being killed mid-run (0 = never refuse).",
+        lo=0.0, hi=100.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "frontend.")

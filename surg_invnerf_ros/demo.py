@@ -28,7 +28,8 @@ DEMO_SCENE = SynthConfig(frames=48, width=256, height=192, seed=7, instrument=Tr
                          difficulty="medium", num_queries=64)
 
 
-def run_offline(out: Path, fit_cfg, methods: tuple[str, ...] | None = None) -> dict:
+def run_offline(out: Path, fit_cfg, methods: tuple[str, ...] | None = None,
+                frontend_cfg: FrontendConfig | None = None) -> dict:
     """Steps 1–2; returns {"rows": ..., "table": str, "plots": [paths]}."""
     from tqdm import tqdm
 
@@ -57,7 +58,7 @@ def run_offline(out: Path, fit_cfg, methods: tuple[str, ...] | None = None) -> d
                                 refresh=False)
             bar.refresh()
 
-        tracks = track_sequence(seq, method, fit_cfg=fit_cfg, frontend_cfg=FrontendConfig(), progress=update)
+        tracks = track_sequence(seq, method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
         bar.close()
         elapsed_s = time.perf_counter() - t0
         write_tracks(out / "tracks" / f"{method}.npz", tracks)
@@ -74,13 +75,13 @@ def run_offline(out: Path, fit_cfg, methods: tuple[str, ...] | None = None) -> d
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .cli import _load_fit_config
+    from .cli import load_run_configs
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fit_cfg = _load_fit_config(args)
+    fit_cfg, frontend_cfg = load_run_configs(args)
     print(f"[demo] offline: synthetic sequence → every tracker → metrics ({out})")
-    result = run_offline(out, fit_cfg)
+    result = run_offline(out, fit_cfg, frontend_cfg=frontend_cfg)
     print(result["table"])
     for p in result["plots"]:
         print(f"[demo] wrote {p}")

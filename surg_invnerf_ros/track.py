@@ -87,8 +87,11 @@ def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str,
     from .frontend.chains import build_correspondences
     from .frontend.flow import compute_flow_bank
     from .frontend.masks import specular_mask
+    from .frontend.memory import check_frontend_memory
     from .frontend.stereo import stereo_depth_sequence_m
 
+    check_frontend_memory(seq.name, seq.num_frames, seq.calib.height, seq.calib.width, frontend_cfg.flow,
+                          frontend_cfg.max_memory_share)
     t0 = time.perf_counter()
     depth = stereo_depth_sequence_m(seq.left_rgb_u8, seq.right_rgb_u8, seq.calib, frontend_cfg.stereo,
                                     workers=frontend_cfg.workers)

@@ -56,6 +56,23 @@ class TestTrackAndEval:
         assert 0.0 <= metrics["delta_avg"] <= 1.0
         assert np.isfinite(metrics["epe_px"])
 
+    def test_frontend_settings_reach_the_tracker(self, tiny_seq, tmp_path):
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text("max_steps: 5\nfrontend:\n  flow:\n    gaps: [1, 2]\n")
+        pred = tmp_path / "p.npz"
+        assert main(["track", str(tiny_seq), "--out", str(pred), "--config", str(cfg),
+                     "--set", "frontend.workers=1"]) == 0
+        meta = read_tracks(pred).meta
+        assert meta["config"]["frontend"]["flow"]["gaps"] == [1, 2] and meta["config"]["frontend"]["workers"] == 1
+        assert meta["steps"] == 5
+
+    def test_a_front_end_too_large_for_ram_is_one_line(self, tiny_seq, tmp_path):
+        proc = run_cli("track", str(tiny_seq), "--out", str(tmp_path / "p.npz"),
+                       "--set", "frontend.max_memory_share=0.0000001")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()[-1:]
+        assert "front end needs about" in line and "GiB is available" in line and "64x48" in line
+
     def test_eval_of_ground_truth_is_perfect(self, tiny_seq):
         proc = run_cli("eval", str(tiny_seq), "--pred", str(tiny_seq / "gt" / "tracks.npz"), "--json")
         assert proc.returncode == 0, proc.stderr
@@ -149,13 +166,13 @@ class TestKinematicsOptions:
         assert proc.returncode == 2 and "--kinematics-offset-s" in proc.stderr and "Traceback" not in proc.stderr
 
     def test_kinematics_off_reaches_the_config(self, moving_seq):
-        from surg_invnerf_ros.cli import _load_fit_config, build_parser
+        from surg_invnerf_ros.cli import build_parser, load_run_configs
 
         args = build_parser().parse_args(["track", str(moving_seq), "--out", "x.npz", "--kinematics", "off"])
-        assert _load_fit_config(args).use_kinematics is False
+        assert load_run_configs(args)[0].use_kinematics is False
 
     def test_pose_refine_reaches_the_config(self, moving_seq):
-        from surg_invnerf_ros.cli import _load_fit_config, build_parser
+        from surg_invnerf_ros.cli import build_parser, load_run_configs
 
         args = build_parser().parse_args(["track", str(moving_seq), "--out", "x.npz", "--pose-refine"])
-        assert _load_fit_config(args).pose_refine is True
+        assert load_run_configs(args)[0].pose_refine is True

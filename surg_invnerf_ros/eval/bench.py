@@ -213,6 +213,7 @@ def run_bench(
     methods: Seq[str],
     progress: Callable[[int], None] | None = None,
     runners: Mapping[str, Runner] | None = None,
+    frontend_cfg: FrontendConfig | None = None,
 ) -> BenchResult:
     """Run every method on every sequence of `cfg`; write `bench.md`, `bench.json` and plots.
 
@@ -224,6 +225,8 @@ def run_bench(
             must be a baseline of `eval.baselines.BASELINES`.
         progress: called with 1 after each (sequence, method) run; `bench_total` gives the count.
         runners: injected methods, `Sequence → Tracks` (e.g. "invnerf", ablations).
+        frontend_cfg: the baselines' front end (default `FrontendConfig()`); give the injected
+            runners the same one.
 
     Returns:
         The rows, per-method means, timings and written paths.
@@ -233,7 +236,7 @@ def run_bench(
     if not methods:
         raise ConfigError("bench.methods: expected at least one method")
     runners = dict(runners or {})
-    table = {m: runners[m] if m in runners else baseline_runner(m) for m in methods}
+    table = {m: runners[m] if m in runners else baseline_runner(m, frontend_cfg) for m in methods}
     specs = bench_specs(cfg)
     rows: list[dict[str, Any]] = []
     timings: dict[str, dict[str, float]] = {m: {} for m in methods}

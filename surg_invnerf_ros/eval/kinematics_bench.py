@@ -37,7 +37,8 @@ COLUMNS = ["sequence", "method", "epe_px", "epe_end_px", "delta_avg", "oa", "err
 
 
 def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConfig,
-                         progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                         progress: Callable[[int], None] | None = None,
+                         frontend_cfg: FrontendConfig | None = None) -> dict[str, Any]:
     """Fit every variant on every camera-motion sequence; write `kinematics.md` and `kinematics.json`."""
     from ..track import track_sequence
 
@@ -57,7 +58,7 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
         for name, (seq, fcfg) in runs.items():
             seq.name = spec.name
             t0 = time.perf_counter()
-            tracks = track_sequence(seq, "invnerf", fit_cfg=fcfg, frontend_cfg=FrontendConfig())
+            tracks = track_sequence(seq, "invnerf", fit_cfg=fcfg, frontend_cfg=frontend_cfg)
             elapsed_s = time.perf_counter() - t0
             metrics = compute_metrics(tracks, gt, query_frames_from(gt, seq.queries))
             rows.append(metrics_row(name, metrics, sequence=spec.name, time_s=elapsed_s))

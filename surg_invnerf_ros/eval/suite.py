@@ -46,7 +46,8 @@ def variant(cfg: FitConfig, overrides: Seq[str]) -> FitConfig:
     return from_dict(FitConfig, apply_overrides(to_dict(cfg), overrides))
 
 
-def invnerf_runners(fit_cfg: FitConfig, methods: Seq[str]) -> dict[str, Callable[[Sequence], Tracks]]:
+def invnerf_runners(fit_cfg: FitConfig, methods: Seq[str],
+                    frontend_cfg: FrontendConfig | None = None) -> dict[str, Callable[[Sequence], Tracks]]:
     """Runners for "invnerf" and the ablation names among `methods`."""
     from ..track import track_sequence
 
@@ -54,7 +55,7 @@ def invnerf_runners(fit_cfg: FitConfig, methods: Seq[str]) -> dict[str, Callable
     cfgs.update({name: variant(fit_cfg, ov) for name, ov in ABLATIONS.items()})
 
     def runner(cfg: FitConfig) -> Callable[[Sequence], Tracks]:
-        return lambda seq: track_sequence(seq, "invnerf", fit_cfg=cfg, frontend_cfg=FrontendConfig())
+        return lambda seq: track_sequence(seq, "invnerf", fit_cfg=cfg, frontend_cfg=frontend_cfg)
 
     return {m: runner(cfgs[m]) for m in methods if m in cfgs}
 
@@ -141,21 +142,23 @@ def set_config(preset: str, args: argparse.Namespace) -> BenchConfig:
                        frames=args.frames or 0)
 
 
-def _run_set(out: Path, cfg: BenchConfig, methods: list[str], fit_cfg: FitConfig) -> list[dict[str, Any]]:
+def _run_set(out: Path, cfg: BenchConfig, methods: list[str], fit_cfg: FitConfig,
+             frontend_cfg: FrontendConfig) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from .bench import bench_total, run_bench
 
-    runners = invnerf_runners(fit_cfg, methods)
+    runners = invnerf_runners(fit_cfg, methods, frontend_cfg)
     with tqdm(total=bench_total(cfg, methods), desc=f"bench[{cfg.preset}]", file=sys.stderr, leave=False) as bar:
-        result = run_bench(out, cfg, methods, progress=bar.update, runners=runners)
+        result = run_bench(out, cfg, methods, progress=bar.update, runners=runners, frontend_cfg=frontend_cfg)
     print(f"[bench] {cfg.preset}: wrote {result.md_path}, {result.json_path}", file=sys.stderr)
     for p in result.plot_paths:
         print(f"[bench] wrote {p}", file=sys.stderr)
     return result.rows
 
 
-def kinematics_section(out: Path, cfg: BenchConfig, fit_cfg: FitConfig) -> list[dict[str, Any]]:
+def kinematics_section(out: Path, cfg: BenchConfig, fit_cfg: FitConfig,
+                       frontend_cfg: FrontendConfig) -> list[dict[str, Any]]:
     """Issue 5's bar: exact / no / noisy kinematics on the camera-motion sequences (hard set by default)."""
     from tqdm import tqdm
 
@@ -164,7 +167,8 @@ def kinematics_section(out: Path, cfg: BenchConfig, fit_cfg: FitConfig) -> list[
 
     total = len([s for s in bench_specs(cfg) if s.camera_motion]) * len(VARIANTS)
     with tqdm(total=total, desc="bench[kinematics]", file=sys.stderr, leave=False) as bar:
-        result = run_kinematics_bench(out / "kinematics", cfg, fit_cfg, progress=bar.update)
+        result = run_kinematics_bench(out / "kinematics", cfg, fit_cfg, progress=bar.update,
+                                      frontend_cfg=frontend_cfg)
     print(f"[bench] kinematics: wrote {out / 'kinematics' / 'kinematics.md'}")
     print(format_table(result["bar"], columns=list(result["bar"][0])) if result["bar"] else "")
     return result["bar"]
@@ -172,10 +176,10 @@ def kinematics_section(out: Path, cfg: BenchConfig, fit_cfg: FitConfig) -> list[
 
 def run_full_bench(args: argparse.Namespace) -> int:
     """The `surg-invnerf bench` command (see the module docstring)."""
-    from ..cli import _load_fit_config
+    from ..cli import load_run_configs
 
     out = Path(args.out)
-    fit_cfg = _load_fit_config(args)
+    fit_cfg, frontend_cfg = load_run_configs(args)
     all_methods = [*BASELINES, "invnerf", *ABLATIONS]
     methods = list(args.methods or all_methods)
     unknown = [m for m in methods if m not in all_methods]
@@ -190,7 +194,7 @@ def run_full_bench(args: argparse.Namespace) -> int:
     for preset in presets:
         # The default set runs the baselines and InvNeRF; ablations run on the hard set only.
         m = [x for x in methods if preset == "hard" or x not in ABLATIONS]
-        rows = _run_set(out / preset, set_config(preset, args), m, fit_cfg)
+        rows = _run_set(out / preset, set_config(preset, args), m, fit_cfg, frontend_cfg)
         if "invnerf" in m:
             bar = bar_check(rows)
             summary[f"bar_{preset}"] = bar
@@ -199,7 +203,7 @@ def run_full_bench(args: argparse.Namespace) -> int:
             print(f"[bench] {preset}: InvNeRF vs best baseline\n{text}")
     if not args.no_kinematics:
         kin_preset = "hard" if args.preset == "default" else args.preset
-        summary["kinematics"] = kinematics_section(out, set_config(kin_preset, args), fit_cfg)
+        summary["kinematics"] = kinematics_section(out, set_config(kin_preset, args), fit_cfg, frontend_cfg)
     if not args.no_ros:
         summary["ros"] = ros_report(out, fit_cfg.device)
     if not args.no_speed:

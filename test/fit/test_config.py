@@ -66,3 +66,22 @@ class TestResolveDevice:
     def test_unknown(self):
         with pytest.raises(ConfigError, match="fit.device"):
             resolve_device("tpu")
+
+
+class TestFitAndFrontend:
+    def test_one_file_and_one_override_list_drive_both(self, tmp_path):
+        from surg_invnerf_ros.config import load_fit_and_frontend
+
+        path = tmp_path / "run.yaml"
+        path.write_text("max_steps: 7\nfrontend:\n  flow:\n    gaps: [1, 4]\n  workers: 2\n")
+        fit, front = load_fit_and_frontend(path, ["frontend.stereo.block_size=7", "seed=3"])
+        assert (fit.max_steps, fit.seed) == (7, 3)
+        assert front.flow.gaps == (1, 4) and front.workers == 2 and front.stereo.block_size == 7
+
+    @pytest.mark.parametrize("override, match", [("frontend.bogus=1", "frontend.bogus: unknown key"),
+                                                 ("frontend.flow.gaps=[0]", "frontend.flow.gaps: expected >= 1")])
+    def test_frontend_errors_name_the_dotted_key(self, override, match):
+        from surg_invnerf_ros.config import load_fit_and_frontend
+
+        with pytest.raises(ConfigError, match=match):
+            load_fit_and_frontend(None, [override])
