@@ -113,7 +113,7 @@ def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: 
 
     NaN in `disp_px` stays NaN: refinement never makes a pixel valid.
     """
-    flow = (dis or make_refiner()).calc(left_grey, right_grey, None)
+    flow = (dis if dis is not None else make_refiner()).calc(left_grey, right_grey, None)
     d_dis = -flow[..., 0]
     with np.errstate(invalid="ignore"):
         agree = (np.abs(d_dis - disp_px) <= agree_px) & (np.abs(flow[..., 1]) <= 0.5 * agree_px)
