@@ -179,6 +179,7 @@ def run_full_bench(args: argparse.Namespace) -> int:
     from ..cli import load_run_configs
 
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # the speed and summary files land here whatever parts run
     fit_cfg, frontend_cfg = load_run_configs(args)
     all_methods = [*BASELINES, "invnerf", *ABLATIONS]
     methods = list(args.methods or all_methods)

@@ -61,3 +61,11 @@ def test_bench_command_with_size_and_frames(tmp_path):
     assert {(s["width"], s["height"], s["frames"]) for s in doc["sequences"]} == {(64, 48, 6)}
     assert {f["method"] for f in doc["fits"]} == {"invnerf"} and len(doc["fits"]) == len(doc["sequences"])
     assert all(0 < f["steps"] <= 20 and f["flow_s"] > 0 for f in doc["fits"])
+
+
+def test_bench_with_every_part_skipped_still_writes_its_summary(tmp_path):
+    from surg_invnerf_ros.cli import main
+
+    out = tmp_path / "new" / "folder"
+    assert main(["bench", "--out", str(out), "--no-accuracy", "--no-kinematics", "--no-ros", "--no-speed"]) == 0
+    assert (out / "summary.json").read_text().strip() == "{}"
