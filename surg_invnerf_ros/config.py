@@ -733,6 +733,10 @@ class OnlineConfig:
     confidence_half_life_frames: float = option(
         30.0, "Front-end confidence halves every this many frames since a point was last anchored by a fit.",
         lo=0.1)
+    reacquire_every: int = option(
+        1, "Every this many frames, LK re-finds each query from the image it was placed on, started at its "
+        "current estimate and held to the lk.min_ncc_query check; where found it replaces the chained "
+        "estimate, so chained-LK drift does not build up when the tissue looks as it did (0 = off).", lo=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "online.")

@@ -114,6 +114,16 @@ class LKStereoFrontEnd:
               uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._lk.track_pair(prev_rgb_u8, cur_rgb_u8, uv_px)
 
+    def reacquire(self, origin_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray, origin_uv_px: np.ndarray,
+                  guess_uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """LK from the image a query was placed on straight to the current one, started at the
+        (N, 2) current estimate: `lk_query`'s pyramid depth and NCC check. (uv, ok) as `track`."""
+        from .frontend.flow import to_grey
+
+        return self._lk.track_grey(to_grey(origin_rgb_u8), to_grey(cur_rgb_u8), origin_uv_px,
+                                   init_uv_px=guess_uv_px, max_level=self._lk.cfg.query_max_level,
+                                   min_ncc=self._lk.cfg.min_ncc_query)
+
     def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
         from .frontend.stereo import stereo_depth_m
 
@@ -211,6 +221,11 @@ class OnlineTracker:
         self._age = np.zeros(0, np.float64)
         self._disp = np.zeros(0, np.float64)  # last stereo disparity per query (NaN: unknown), an LK start
         self._seeded = np.zeros(0, bool)  # the disparity start was looked up in a dense map once
+        # Where each query was placed: an origin image (by key) and its pixel there, for re-acquisition.
+        self._origin_key = np.zeros(0, np.int64)  # -1: no origin image
+        self._origin_uv = np.zeros((0, 2), np.float64)
+        self._origins: dict[int, np.ndarray] = {}
+        self._next_origin = 0
         self._next_id = 0
         self._prev_left: np.ndarray | None = None
         self._last_stamp: int | None = None
@@ -250,9 +265,15 @@ class OnlineTracker:
         if not np.isfinite(uv).all():
             raise InputError("queries: non-finite pixel", "bad_queries")
         with self._lock:
-            return self._add_locked(self._move_to_current(uv, stamp_ns))
+            kf = self._keyframe_at(stamp_ns)
+            if kf is not None:  # placed on a buffered keyframe: that image is the origin
+                return self._add_locked(self._move_to_current(uv, kf), kf.frame.left_rgb_u8, uv)
+            return self._add_locked(uv, self._prev_left, uv)
 
-    def _add_locked(self, uv: np.ndarray) -> np.ndarray:
+    def _add_locked(self, uv: np.ndarray, origin_rgb_u8: np.ndarray | None = None,
+                    origin_uv: np.ndarray | None = None) -> np.ndarray:
+        """Append queries at `uv` (current-frame pixels), placed at `origin_uv` on `origin_rgb_u8`
+        (None: not known yet, e.g. before the first frame; the next frame becomes it)."""
         if len(self._ids) + len(uv) > self.query_cfg.max_queries:
             raise InputError(f"queries: {len(self._ids)} + {len(uv)} exceeds queries.max_queries "
                              f"({self.query_cfg.max_queries})", "too_many_queries")
@@ -264,17 +285,44 @@ class OnlineTracker:
         self._age = np.concatenate([self._age, np.zeros(len(uv))])
         self._disp = np.concatenate([self._disp, np.full(len(uv), np.nan)])
         self._seeded = np.concatenate([self._seeded, np.zeros(len(uv), bool)])
+        key = -1
+        if origin_rgb_u8 is not None:
+            key = self._next_origin
+            self._next_origin += 1
+            self._origins[key] = origin_rgb_u8
+        self._origin_key = np.concatenate([self._origin_key, np.full(len(uv), key, np.int64)])
+        self._origin_uv = np.concatenate([self._origin_uv, uv if origin_uv is None else origin_uv])
         self._pending_grid = 0
         return ids
 
-    def _move_to_current(self, uv: np.ndarray, stamp_ns: int | None) -> np.ndarray:
+    def _keyframe_at(self, stamp_ns: int | None) -> "_KeyFrame | None":
+        """The buffered keyframe of an older frame at `stamp_ns`, if any."""
         if stamp_ns is None or self._prev_left is None or stamp_ns == self._last_stamp:
-            return uv
-        kf = next((k for k in self._keyframes if k.frame.stamp_ns == stamp_ns), None)
-        if kf is None:
-            return uv
+            return None
+        return next((k for k in self._keyframes if k.frame.stamp_ns == stamp_ns), None)
+
+    def _move_to_current(self, uv: np.ndarray, kf: "_KeyFrame") -> np.ndarray:
         moved, _ = self.frontend.track(kf.frame.left_rgb_u8, self._prev_left, uv)
         return np.asarray(moved, np.float64)
+
+    def _reacquire(self, left: np.ndarray) -> None:
+        """Re-find queries from their origin images (`online.reacquire_every`); under the lock."""
+        if not hasattr(self.frontend, "reacquire"):
+            return
+        for key in np.unique(self._origin_key[self._origin_key >= 0]):
+            idx = np.flatnonzero(self._origin_key == key)
+            origin = self._origins[int(key)]
+            if origin is left:  # placed on this very frame
+                continue
+            if origin.shape != left.shape:  # the image size changed: start these queries afresh here
+                del self._origins[int(key)]
+                self._origin_key[idx] = -1
+                continue
+            uv, ok = self.frontend.reacquire(origin, left, self._origin_uv[idx], self._uv[idx])
+            ok = np.asarray(ok, bool)
+            self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
+            self._visible[idx[ok]] = True
+            self._age[idx[ok]] = 0.0
 
     def remove_queries(self, ids: np.ndarray) -> None:
         """Forget the given ids (others keep theirs)."""
@@ -309,6 +357,9 @@ class OnlineTracker:
         self._ids, self._uv = self._ids[keep], self._uv[keep]
         self._visible, self._age = self._visible[keep], self._age[keep]
         self._disp, self._seeded = self._disp[keep], self._seeded[keep]
+        self._origin_key, self._origin_uv = self._origin_key[keep], self._origin_uv[keep]
+        for key in set(self._origins) - set(self._origin_key.tolist()):  # images no query needs
+            del self._origins[key]
 
     @property
     def query_ids(self) -> np.ndarray:
@@ -351,7 +402,8 @@ class OnlineTracker:
             if self._pending_grid and not len(self._ids):
                 n = min(self._pending_grid, self.query_cfg.max_queries)
                 self._pending_grid = 0
-                self._add_locked(grid_queries_px(n, frame.calib.image_size, self.query_cfg.grid_margin_px))
+                self._add_locked(grid_queries_px(n, frame.calib.image_size, self.query_cfg.grid_margin_px),
+                                 self._prev_left if self._prev_left is not None else left)
             if self._prev_left is not None and len(self._ids):
                 uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))
                 ok = np.asarray(ok, bool)
@@ -367,6 +419,15 @@ class OnlineTracker:
                 self._uv = np.where(ok_pos[:, None], uv_new, self._uv)
                 self._visible = ok
                 self._age += 1.0
+            unplaced = self._origin_key < 0  # added before any frame: this frame is where they start
+            if unplaced.any():
+                self._origins[self._next_origin] = left
+                self._origin_key[unplaced] = self._next_origin
+                self._origin_uv[unplaced] = self._uv[unplaced]
+                self._next_origin += 1
+            every = self.online_cfg.reacquire_every
+            if every > 0 and len(self._ids) and (self._frame_index + 1) % every == 0:
+                self._reacquire(left)
             W, H = frame.calib.image_size
             inside = ((self._uv[:, 0] >= 0) & (self._uv[:, 1] >= 0) & (self._uv[:, 0] <= W - 1)
                       & (self._uv[:, 1] <= H - 1))

@@ -341,3 +341,42 @@ def test_lost_points_follow_the_median_motion():
         res = trk.push_frame(frame(1))
         np.testing.assert_allclose(res.uv_px[-1], expected)
         assert res.visible.tolist() == [True] * (len(queries) - 1) + [False]
+
+
+class ReacquiringFrontEnd(FakeFrontEnd):
+    """Drifts like FakeFrontEnd; re-acquisition finds the even-numbered points where they were placed."""
+
+    def __init__(self):
+        self.origin_shapes = []
+
+    def reacquire(self, origin, cur, origin_uv, guess_uv):
+        self.origin_shapes.append(origin.shape)
+        ok = np.arange(len(origin_uv)) % 2 == 0
+        return np.where(ok[:, None], origin_uv, guess_uv), ok
+
+
+def test_reacquisition_replaces_the_drifting_estimate_where_the_origin_is_found():
+    placed = np.array([[10.0, 10.0], [20.0, 20.0]])
+    for every, first in ((1, [10.0, 10.0]), (0, [10.0 + 4 * FRONT_STEP_PX, 10.0])):
+        front = ReacquiringFrontEnd()
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False),
+                            online_cfg=OnlineConfig(reacquire_every=every), frontend=front)
+        trk.add_queries(placed)  # before any frame: the first frame is where they were placed
+        for i in range(5):
+            res = trk.push_frame(frame(i))
+        np.testing.assert_allclose(res.uv_px[0], first, atol=1e-4)  # found again (every=1) or drifted (off)
+        np.testing.assert_allclose(res.uv_px[1], [20.0 + 4 * FRONT_STEP_PX, 20.0], atol=1e-4)  # not found: drifts
+        assert len(front.origin_shapes) == (4 if every else 0) and set(front.origin_shapes) <= {(H, W, 3)}
+
+
+def test_reacquisition_survives_a_new_image_size():
+    front = ReacquiringFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
+    trk.push_frame(frame(0))
+    trk.add_queries(np.array([[10.0, 10.0], [30.0, 30.0]]))
+    trk.push_frame(frame(1))
+    big = StereoCalib(K=CALIB.K, baseline_m=CALIB.baseline_m, image_size=(2 * W, 2 * H))
+    for i in range(2, 5):  # the old origin no longer fits: the queries start again on the new images
+        img = np.full((2 * H, 2 * W, 3), i, np.uint8)
+        res = trk.push_frame(StereoFrame(img, img.copy(), big, stamp_ns=2_000_000_000 + i * 33_000_000))
+    assert np.isfinite(res.uv_px).all() and (2 * H, 2 * W, 3) in front.origin_shapes
