@@ -296,10 +296,17 @@ class OnlineTracker:
         return ids
 
     def _keyframe_at(self, stamp_ns: int | None) -> "_KeyFrame | None":
-        """The buffered keyframe of an older frame at `stamp_ns`, if any."""
-        if stamp_ns is None or self._prev_left is None or stamp_ns == self._last_stamp:
+        """The buffered keyframe of an older frame at `stamp_ns`; when that frame was never tracked
+        (dropped by the stereo pairing, say at start-up), the first keyframe after it, the closest view
+        still held. None for the latest frame or a newer one."""
+        if stamp_ns is None or self._prev_left is None or self._last_stamp is None or stamp_ns >= self._last_stamp:
             return None
-        return next((k for k in self._keyframes if k.frame.stamp_ns == stamp_ns), None)
+        after = [k for k in self._keyframes if k.frame.stamp_ns >= stamp_ns]
+        kf = min(after, key=lambda k: k.frame.stamp_ns, default=None)
+        if kf is not None and kf.frame.stamp_ns != stamp_ns:
+            log.warning("queries stamped %d: that frame was not tracked; placed on the next one kept (%d)",
+                        stamp_ns, kf.frame.stamp_ns)
+        return kf
 
     def _move_to_current(self, uv: np.ndarray, kf: "_KeyFrame") -> np.ndarray:
         moved, _ = self.frontend.track(kf.frame.left_rgb_u8, self._prev_left, uv)

@@ -198,6 +198,19 @@ class TestQueries:
         np.testing.assert_allclose(res.uv_px[0], [10.0 + 2 * FRONT_STEP_PX, 10.0], atol=1e-5)
         trk.close()
 
+    def test_query_at_an_untracked_frame_goes_to_the_next_keyframe(self):
+        front = ReacquiringFrontEnd()
+        trk = OnlineTracker(refine_cfg=RefineConfig(keyframe_every=2, min_keyframes=50, window_frames=50),
+                            frontend=front, refiner=TruthRefiner(stamp_to_frame))
+        for i in (1, 2, 3, 4):  # frame 0 never reached the tracker (dropped at start-up, say)
+            trk.push_frame(frame(i))
+        trk.add_queries(np.array([[10.0, 10.0]]), stamp_ns=frame(0).stamp_ns)
+        trk.push_frame(frame(5))
+        # placed on frame 1 (the first keyframe after frame 0), not on frame 4 (the latest): the
+        # origin image is frame 1's, and the pixel moves 1 → 4 by LK before tracking into frame 5
+        assert front.origin_values == [1]
+        trk.close()
+
 
 class TestRefinement:
     def cfg(self, **kw):
@@ -347,10 +360,11 @@ class ReacquiringFrontEnd(FakeFrontEnd):
     """Drifts like FakeFrontEnd; re-acquisition finds the even-numbered points where they were placed."""
 
     def __init__(self):
-        self.origin_shapes = []
+        self.origin_shapes, self.origin_values = [], []
 
     def reacquire(self, origin, cur, origin_uv, guess_uv):
         self.origin_shapes.append(origin.shape)
+        self.origin_values.append(int(origin[0, 0, 0]))  # test frames are filled with their index
         ok = np.arange(len(origin_uv)) % 2 == 0
         return np.where(ok[:, None], origin_uv, guess_uv), ok
 

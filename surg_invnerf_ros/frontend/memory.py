@@ -65,7 +65,7 @@ def check_frontend_memory(name: str, num_frames: int, height: int, width: int, c
     available RAM (`max_share` 0 never refuses)."""
     need = frontend_peak_bytes(num_frames, height, width, cfg)
     have = available_bytes()
-    log.info("%s: front end needs about %.1f GiB (%d frames of %dx%d)", name, need / 2**30, num_frames, width, height)
+    log.debug("%s: front end needs about %.1f GiB (%d frames of %dx%d)", name, need / 2**30, num_frames, width, height)
     if max_share > 0 and have is not None and need > max_share * have:
         raise InputError(
             f"{name}: the fit's front end needs about {need / 2**30:.1f} GiB for {num_frames} frames of "
