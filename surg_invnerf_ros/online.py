@@ -286,10 +286,11 @@ class OnlineTracker:
         self._disp = np.concatenate([self._disp, np.full(len(uv), np.nan)])
         self._seeded = np.concatenate([self._seeded, np.zeros(len(uv), bool)])
         key = -1
-        if origin_rgb_u8 is not None:
-            key = self._next_origin
-            self._next_origin += 1
-            self._origins[key] = origin_rgb_u8
+        if origin_rgb_u8 is not None:  # one stored image per frame, however many batches were placed on it
+            key = next((k for k, img in self._origins.items() if img is origin_rgb_u8), self._next_origin)
+            if key == self._next_origin:
+                self._next_origin += 1
+                self._origins[key] = origin_rgb_u8
         self._origin_key = np.concatenate([self._origin_key, np.full(len(uv), key, np.int64)])
         self._origin_uv = np.concatenate([self._origin_uv, uv if origin_uv is None else origin_uv])
         self._pending_grid = 0

@@ -394,3 +394,16 @@ def test_reacquisition_survives_a_new_image_size():
         img = np.full((2 * H, 2 * W, 3), i, np.uint8)
         res = trk.push_frame(StereoFrame(img, img.copy(), big, stamp_ns=2_000_000_000 + i * 33_000_000))
     assert np.isfinite(res.uv_px).all() and (2 * H, 2 * W, 3) in front.origin_shapes
+
+
+def test_queries_placed_on_one_frame_share_its_origin_image():
+    front = ReacquiringFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
+    trk.push_frame(frame(0))
+    for uv in ([10.0, 10.0], [20.0, 20.0], [30.0, 30.0]):  # three clicks on the same frame
+        trk.add_queries(np.array([uv]))
+    trk.push_frame(frame(1))
+    assert front.origin_values == [0]  # one re-acquisition call for the three, from frame 0
+    trk.remove_queries(trk.query_ids)
+    trk.push_frame(frame(2))
+    assert front.origin_values == [0]  # no queries left, nothing re-acquired
