@@ -39,7 +39,7 @@ from ..config import FlowConfig
 from ..errors import InputError
 from ..structs import Queries
 from .bulk_motion import median_shift
-from .flow import FlowBank, checked_flow_pair, pixel_grid, prepare_video
+from .flow import FlowBank, checked_flow_pair, make_dis, pixel_grid, prepare_video
 from .workers import thread_map
 
 _ERR_CAP_PX = 1e4  # stands in for +inf where values are interpolated (0 · inf would give NaN)
@@ -387,7 +387,8 @@ def track_dis_streaming(
         mask: optional (T, H, W) bool, True = excluded, as in `compute_flow_bank`.
         progress: called with 2 after each couple of flows.
     """
-    grey, mask, grid, dis = prepare_video(left_rgb_u8, mask, cfg, "track_dis_streaming")
+    grey, mask, grid = prepare_video(left_rgb_u8, mask, "track_dis_streaming")
+    dis = make_dis(cfg)
     T, (H, W) = len(grey), grey[0].shape
 
     def link_of(s: int, t: int) -> Link:

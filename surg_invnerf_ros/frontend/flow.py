@@ -211,7 +211,7 @@ def compute_flow_bank(
         progress: called with 2 after each couple of flows (i→j and j→i), from the worker threads.
         workers: threads (0 = every CPU core); the bank does not depend on it.
     """
-    grey, mask, grid, _ = prepare_video(left_rgb_u8, mask, cfg, "compute_flow_bank")
+    grey, mask, grid = prepare_video(left_rgb_u8, mask, "compute_flow_bank")
     T, (H, W) = len(grey), grey[0].shape
     pairs = gap_pairs(T, cfg.gaps)
     Q = len(pairs)
@@ -236,12 +236,12 @@ def compute_flow_bank(
     return FlowBank(pairs=pairs, flow_px=flow, valid=valid, cycle_err_px=cycle)
 
 
-def prepare_video(left_rgb_u8: np.ndarray, mask: np.ndarray | None, cfg: FlowConfig, who: str
-                  ) -> tuple[list[np.ndarray], np.ndarray | None, tuple[np.ndarray, np.ndarray], cv2.DISOpticalFlow]:
-    """Validated (grey frames, mask, pixel grid, DIS instance): what every multi-frame flow user needs."""
+def prepare_video(left_rgb_u8: np.ndarray, mask: np.ndarray | None, who: str
+                  ) -> tuple[list[np.ndarray], np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """Validated (grey frames, mask, pixel grid): what every multi-frame flow user needs."""
     frames = check_rgb_u8(f"{who}: left_rgb_u8", left_rgb_u8, ndim=4)
     T, H, W = frames.shape[:3]
-    return [to_grey(f) for f in frames], check_mask(mask, (T, H, W), who), pixel_grid(H, W), make_dis(cfg)
+    return [to_grey(f) for f in frames], check_mask(mask, (T, H, W), who), pixel_grid(H, W)
 
 
 def check_mask(mask: np.ndarray | None, shape: tuple[int, ...], who: str) -> np.ndarray | None:
