@@ -285,16 +285,19 @@ class OnlineTracker:
         self._age = np.concatenate([self._age, np.zeros(len(uv))])
         self._disp = np.concatenate([self._disp, np.full(len(uv), np.nan)])
         self._seeded = np.concatenate([self._seeded, np.zeros(len(uv), bool)])
-        key = -1
-        if origin_rgb_u8 is not None:  # one stored image per frame, however many batches were placed on it
-            key = next((k for k, img in self._origins.items() if img is origin_rgb_u8), self._next_origin)
-            if key == self._next_origin:
-                self._next_origin += 1
-                self._origins[key] = origin_rgb_u8
+        key = -1 if origin_rgb_u8 is None else self._origin_key_of(origin_rgb_u8)
         self._origin_key = np.concatenate([self._origin_key, np.full(len(uv), key, np.int64)])
         self._origin_uv = np.concatenate([self._origin_uv, uv if origin_uv is None else origin_uv])
         self._pending_grid = 0
         return ids
+
+    def _origin_key_of(self, left_rgb_u8: np.ndarray) -> int:
+        """The key of a stored origin image, storing it first: one per frame, however many batches."""
+        key = next((k for k, img in self._origins.items() if img is left_rgb_u8), None)
+        if key is None:
+            key, self._next_origin = self._next_origin, self._next_origin + 1
+            self._origins[key] = left_rgb_u8
+        return key
 
     def _keyframe_at(self, stamp_ns: int | None) -> "_KeyFrame | None":
         """The buffered keyframe of an older frame at `stamp_ns`; when that frame was never tracked
@@ -429,10 +432,8 @@ class OnlineTracker:
                 self._age += 1.0
             unplaced = self._origin_key < 0  # added before any frame: this frame is where they start
             if unplaced.any():
-                self._origins[self._next_origin] = left
-                self._origin_key[unplaced] = self._next_origin
+                self._origin_key[unplaced] = self._origin_key_of(left)
                 self._origin_uv[unplaced] = self._uv[unplaced]
-                self._next_origin += 1
             every = self.online_cfg.reacquire_every
             if every > 0 and len(self._ids) and (self._frame_index + 1) % every == 0:
                 self._reacquire(left)
