@@ -173,14 +173,14 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
     return _from_data(cls, read_yaml_mapping(path) if path is not None else {}, overrides, path)
 
 
-def _from_data(cls: type[C], data: dict[str, Any], overrides: Sequence[str], path: str | Path | None) -> C:
-    data = apply_overrides(data, overrides)
+def _from_data(cls: type[C], data: dict[str, Any], overrides: Sequence[str], path: str | Path | None,
+               section: str = "") -> C:
+    """`cls` from a mapping plus overrides; errors start with the file and the dotted key under `section`."""
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, apply_overrides(data, overrides))
     except ConfigError as err:
-        if path is not None:
-            raise ConfigError(f"{path}: {err}") from None
-        raise
+        msg = str(err) if str(err).startswith(section) else section + str(err)
+        raise ConfigError(f"{path}: {msg}" if path is not None else msg) from None
 
 
 def load_fit_and_frontend(path: str | Path | None = None, overrides: Sequence[str] = ()
@@ -194,13 +194,8 @@ def load_fit_and_frontend(path: str | Path | None = None, overrides: Sequence[st
     prefix = "frontend."
     fit_overrides = [o for o in overrides if not o.startswith(prefix)]
     frontend_overrides = [o[len(prefix):] for o in overrides if o.startswith(prefix)]
-    fit = _from_data(FitConfig, data, fit_overrides, path)
-    try:
-        front = from_dict(FrontendConfig, apply_overrides(frontend, frontend_overrides))
-    except ConfigError as err:
-        msg = str(err) if str(err).startswith(prefix) else prefix + str(err)
-        raise ConfigError(f"{path}: {msg}" if path is not None else msg) from None
-    return fit, front
+    return (_from_data(FitConfig, data, fit_overrides, path),
+            _from_data(FrontendConfig, frontend, frontend_overrides, path, section=prefix))
 
 
 def field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str, float | None, float | None]]:
