@@ -226,7 +226,14 @@ class FlowConfig:
         (1, 2, 4, 8, 16, 24), "Frame gaps for which flow is computed both ways. The long gaps bridge occlusions "
         "(an instrument passing, tissue leaving the view) that break every chain of short ones.", lo=1)
     preset: Literal["ultrafast", "fast", "medium"] = option("medium", "OpenCV DIS preset.")
+    finest_scale: int = option(
+        0, "Finest DIS pyramid level (0 = full resolution). The presets stop at 1 (medium) or 2, which "
+        "smooths flow over 2-4 px and costs sub-pixel accuracy.", lo=0, hi=6)
     cycle_thresh_px: float = option(1.0, "Max forward-backward cycle error for a valid flow pixel.", lo=0.0)
+    max_roughness_px: float = option(
+        0.1, "Max distance between a pixel's flow and the 5x5 mean flow around it (0 = off). Tissue moves "
+        "smoothly; where full-resolution DIS patches an area seen in one frame only out of "
+        "unrelated pieces, its flow is rough (mean error 0.6 px there against 0.1 px on the hard scenes).", lo=0.0)
     photo_thresh: float = option(
         24.0, "Max 7x7 mean absolute grey difference (0-255) between a pixel and where its flow lands "
         "(0 = off).", lo=0.0)
@@ -296,6 +303,9 @@ class StereoConfig:
         "dis", "Sub-pixel refinement: DIS flow left->right replaces the SGBM disparity where they agree.")
     refine_agree_px: float = option(
         1.0, "Max |DIS - SGBM| disparity (and |vertical flow| / 2) for the refined value to be used.", lo=0.0)
+    refine_finest_scale: int = option(
+        0, "Finest pyramid level of the refining DIS (0 = full resolution: mean disparity error "
+        "0.08 px on the hard scenes, against 0.13 px at the medium preset's level 1).", lo=0, hi=6)
     fill_radius_px: int = option(
         5, "Baselines: window radius searched for the nearest valid depth at a track.", lo=0)
 

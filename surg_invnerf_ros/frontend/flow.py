@@ -58,8 +58,10 @@ def to_grey(rgb_u8: np.ndarray) -> np.ndarray:
 
 
 def make_dis(cfg: FlowConfig) -> cv2.DISOpticalFlow:
-    """A DIS instance for the configured preset (not thread-safe: one per thread)."""
-    return cv2.DISOpticalFlow_create(_PRESETS[cfg.preset])
+    """A DIS instance for the configured preset and finest level (not thread-safe: one per thread)."""
+    dis = cv2.DISOpticalFlow_create(_PRESETS[cfg.preset])
+    dis.setFinestScale(cfg.finest_scale)
+    return dis
 
 
 def dis_flow(src_rgb_u8: np.ndarray, dst_rgb_u8: np.ndarray, cfg: FlowConfig) -> np.ndarray:
@@ -103,6 +105,15 @@ def cycle_error_px(fwd_px: np.ndarray, bwd_px: np.ndarray, grid: tuple[np.ndarra
     err = np.hypot(s[..., 0], s[..., 1]).astype(np.float32)
     err[~inside_image(fwd_px, grid)] = np.inf
     return err
+
+
+_ROUGH_WIN = (5, 5)
+
+
+def flow_roughness_px(flow_px: np.ndarray) -> np.ndarray:
+    """(H, W) float32 distance between each pixel's flow and the mean flow of its 5×5 neighbourhood."""
+    dev = flow_px - cv2.blur(flow_px, _ROUGH_WIN)
+    return np.hypot(dev[..., 0], dev[..., 1])
 
 
 _PHOTO_WIN = (7, 7)
@@ -183,6 +194,8 @@ def checked_flow_pair(
         b = 1 - a
         cycle = cycle_error_px(flows[a], flows[b], grid)
         ok = cycle < cfg.cycle_thresh_px
+        if cfg.max_roughness_px > 0:
+            ok &= flow_roughness_px(flows[a]) <= cfg.max_roughness_px
         ok &= photo_consistent(greys[a], greys[b], flows[a], grid, cfg)
         if masks[a] is not None:
             ok &= ~masks[a]

@@ -102,18 +102,20 @@ def lr_checked_disparity_px(
     return np.where(ok, disp_l, np.nan).astype(np.float32)
 
 
-def make_refiner() -> cv2.DISOpticalFlow:
+def make_refiner(cfg: StereoConfig) -> cv2.DISOpticalFlow:
     """The DIS instance `refine_disparity_px` uses (one per thread; reused across frames)."""
-    return cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM)
+    dis.setFinestScale(cfg.refine_finest_scale)
+    return dis
 
 
 def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: np.ndarray,
-                        agree_px: float, dis: cv2.DISOpticalFlow | None = None) -> np.ndarray:
+                        agree_px: float, dis: cv2.DISOpticalFlow) -> np.ndarray:
     """DIS left→right flow as disparity (d = −flow_u) where it agrees with `disp_px`; else `disp_px`.
 
     NaN in `disp_px` stays NaN: refinement never makes a pixel valid.
     """
-    flow = (dis if dis is not None else make_refiner()).calc(left_grey, right_grey, None)
+    flow = dis.calc(left_grey, right_grey, None)
     d_dis = -flow[..., 0]
     with np.errstate(invalid="ignore"):
         agree = (np.abs(d_dis - disp_px) <= agree_px) & (np.abs(flow[..., 1]) <= 0.5 * agree_px)
@@ -124,7 +126,8 @@ def _disparity_checked_px(left_grey: np.ndarray, right_grey: np.ndarray, sgbm: c
                           cfg: StereoConfig, dis: cv2.DISOpticalFlow | None = None) -> np.ndarray:
     disp = lr_checked_disparity_px(left_grey, right_grey, sgbm, cfg.lr_thresh_px)
     if cfg.refine == "dis":
-        disp = refine_disparity_px(left_grey, right_grey, disp, cfg.refine_agree_px, dis)
+        disp = refine_disparity_px(left_grey, right_grey, disp, cfg.refine_agree_px,
+                                   dis if dis is not None else make_refiner(cfg))
     return disp
 
 
@@ -184,7 +187,7 @@ def stereo_depth_sequence_m(
 
     def frame(t: int) -> None:
         if not hasattr(per_thread, "sgbm"):
-            per_thread.sgbm, per_thread.dis = make_sgbm(num, cfg), make_refiner()
+            per_thread.sgbm, per_thread.dis = make_sgbm(num, cfg), make_refiner(cfg)
         disp = _disparity_checked_px(to_grey(left[t]), to_grey(right[t]), per_thread.sgbm, cfg, per_thread.dis)
         out[t] = _depth_m(disp, calib, cfg)
         if progress is not None:

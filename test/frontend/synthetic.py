@@ -33,3 +33,21 @@ def translated_truth(query_tuv: np.ndarray, num_frames: int, vel_px: tuple[float
     """(T, N, 2) true positions of queries (frame, u, v) in `translated_video`."""
     t = np.arange(num_frames)[:, None] - query_tuv[None, :, 0]  # (T, N)
     return query_tuv[None, :, 1:3] + t[..., None] * np.asarray(vel_px)
+
+
+def remapped_view(tex: np.ndarray, shift_px: np.ndarray, off_px: int = 60) -> np.ndarray:
+    """(H, W, 3) uint8 image(x) = tex(x + off + shift(x)) for a per-pixel (H, W, 2) shift field.
+
+    With `view(tex, 0, 0)` as the other image, `shift` is the exact flow from this image to it
+    (a disparity d is the shift (−d, 0)): the ground truth of non-rigid motion and curved surfaces.
+    """
+    height, width = shift_px.shape[:2]
+    u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    out = cv2.remap(tex, u + off_px + shift_px[..., 0], v + off_px + shift_px[..., 1], cv2.INTER_CUBIC)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def wavy_field(width: int, height: int, amp_u_px: float, amp_v_px: float) -> np.ndarray:
+    """(H, W, 2) float32 smooth shift field, a few px over tens of px (tissue-like deformation)."""
+    u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return np.stack([amp_u_px * np.sin(2 * np.pi * v / 32), amp_v_px * np.cos(2 * np.pi * u / 36)], -1)
