@@ -432,6 +432,11 @@ class RenderConfig:
     stereo_depth_fusion_px: float = option(
         2.0, "Output depth: use the SGBM depth at the tracked pixel where it agrees with the model's within "
         "this many disparity px (0 disables; the model's depth is kept elsewhere).", lo=0.0)
+    depth_consensus: Literal["none", "median"] = option(
+        "median", "Output depth at frame t: the median over the frames where the point is visible of its "
+        "(fused) 3D point carried to t through the map (F_t⁻¹∘F_s), along the ray of its tracked pixel. "
+        "Stereo depth errors follow the texture; other frames see the same material point from other "
+        "poses and shapes.")
     subpixel_lookup: bool = option(
         True, "Stereo depth and colour at fractional pixels (matched pixels, queries) are bilinear, not the nearest pixel's.")
     right_ray_share: float = option(0.0, "Share of photometric rays cast from the right camera.", lo=0.0, hi=1.0)

@@ -9,7 +9,9 @@ lies well in front of it at its pixel (an instrument), and, if `render.visibilit
 when the rendered transmittance in front of X_t along its ray at time t exceeds that threshold.
 With `render.surface="stereo"` (default) the surface point at the query frame is the stereo point
 the anchor term trains F on; `max_weight` is the max-weight sample. Output depth is fused with SGBM
-where they agree (`render.stereo_depth_fusion_px`). `reconstruct` renders depth maps and coloured
+where they agree (`render.stereo_depth_fusion_px`), then each point's depth at frame t becomes the
+median of its points from every visible frame carried to t by the map (`render.depth_consensus`).
+`reconstruct` renders depth maps and coloured
 point clouds of the fitted model.
 """
 
@@ -32,7 +34,7 @@ from .geometry import transform_points, unproject_m
 from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified
 from .model.render import InvNeRF, volume_weights
 from .model.workspace import Workspace
-from .shapes import Float, Int
+from .shapes import Bool, Float, Int
 from .structs import Queries, Sequence, StereoCalib, Tracks
 
 log = logging.getLogger(__name__)
@@ -305,8 +307,38 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
         agree = torch.isfinite(d_st) & (disp_gap.abs() <= cfg.render.stereo_depth_fusion_px) & visible
         fused = xyz_cam * (torch.nan_to_num(d_st) / z.clamp_min(1e-6))[..., None]  # same ray, stereo depth
         xyz_cam = torch.where(agree[..., None], fused, xyz_cam)
+    if cfg.render.depth_consensus == "median":
+        xyz_cam = consensus_depth_m(model, data, xyz_cam, visible, chunk)
     return {"uv": uv.float().cpu().numpy(), "visible": visible.cpu().numpy(),
             "xyz_cam_m": xyz_cam.float().cpu().numpy()}
+
+
+def consensus_depth_m(model: InvNeRF, data: FitData, xyz_cam_m: Float[Tensor, "T N 3"], visible: Bool[Tensor, "T N"],
+                      chunk: int = 8192) -> Float[Tensor, "T N 3"]:
+    """Each point's depth at frame t := the median depth of its 3D points of all visible frames s
+    carried to t by the map (x_t = F_t⁻¹(F_s(x_s))), on the same camera ray (2D unchanged).
+
+    One stereo measurement's error follows the texture under the point; the map ties the point's
+    measurements from every frame together, so their median is the multi-frame estimate. Chunked
+    over target frames: T·N points per source frame, T²·N in all.
+    """
+    T, N, _ = xyz_cam_m.shape
+    dev = xyz_cam_m.device
+    T_wc, T_cw = data.all_poses(), data.all_inv_poses()
+    frames = torch.arange(T, device=dev)
+    x_world = xyz_cam_m if T_wc is None else torch.einsum("tij,tnj->tni", T_wc[:, :3, :3], xyz_cam_m) + T_wc[:, None, :3, 3]
+    u_canon = model.to_canonical(x_world, frames[:, None].expand(T, N))  # (T_s, N, 3)
+    z_med = torch.empty(T, N, device=dev, dtype=xyz_cam_m.dtype)
+    per_step = max(1, chunk // max(1, T * N))
+    for t0 in range(0, T, per_step):
+        t_idx = frames[t0:t0 + per_step]
+        C = t_idx.shape[0]
+        x_t = model.from_canonical(u_canon[None].expand(C, T, N, 3), t_idx[:, None, None].expand(C, T, N))
+        z_t = x_t[..., 2] if T_cw is None else torch.einsum("cj,csnj->csn", T_cw[t_idx, 2, :3], x_t) + T_cw[t_idx, 2, 3][:, None, None]
+        z_med[t0:t0 + C] = torch.where(visible[None], z_t, torch.nan).nanmedian(dim=1).values  # over source frames
+    z_own = xyz_cam_m[..., 2]
+    ok = torch.isfinite(z_med) & (z_med > 0) & (z_own > 0)
+    return torch.where(ok[..., None], xyz_cam_m * (z_med / torch.where(ok, z_own, 1.0))[..., None], xyz_cam_m)
 
 
 def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None, queries: Queries) -> Tracks:
