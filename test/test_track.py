@@ -68,6 +68,19 @@ class TestTrackSequence:
         c = track.infer_tracks(track.fit_invnerf(seq, dataclasses.replace(cfg, seed=6), frontend=fe), seq, seq.queries)
         assert not np.array_equal(a.uv, c.uv)
 
+    def test_depth_consensus_changes_depth_only(self, tiny):
+        seq, _, fe = tiny
+        res = track.fit_invnerf(seq, load_config(FitConfig, None, TINY + ["max_steps=8"]), frontend=fe)
+        out = {}
+        for mode in ("none", "median"):
+            res.cfg = load_config(FitConfig, None, TINY + ["max_steps=8", f"render.depth_consensus={mode}"])
+            out[mode] = track.infer_tracks(res, seq, seq.queries)
+        np.testing.assert_array_equal(out["none"].uv, out["median"].uv)
+        np.testing.assert_array_equal(out["none"].visible, out["median"].visible)
+        assert not np.allclose(out["none"].xyz, out["median"].xyz)
+        ray = lambda xyz: xyz[..., :2] / xyz[..., 2:]
+        np.testing.assert_allclose(ray(out["none"].xyz), ray(out["median"].xyz), atol=1e-5)
+
     def test_warm_start_with_fewer_frames(self, tiny):
         seq, _, fe = tiny
         cfg = load_config(FitConfig, None, TINY + ["max_steps=10"])
