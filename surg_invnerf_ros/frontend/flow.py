@@ -14,8 +14,8 @@ directions and the cycle closes. DIS runs at full resolution (`finest_scale` 0; 
 half or quarter resolution, which smooths sub-pixel motion away: on the hard scenes the DIS-chain
 baseline's EPE 0.82 → 0.65 px). At full resolution DIS can also piece a region seen once together
 from unrelated texture well enough to pass the appearance test; such a flow is rough, hence that
-test. Several gaps, keeping the reliable flows, is MFT's lesson without
-learned weights; `chains.py` composes the bank into long-range pairs.
+test. Several gaps, keeping the reliable flows, is MFT's lesson without learned weights; `chains.py`
+composes the bank into long-range pairs.
 
 Memory: the bank holds Q = 2·Σ_g (T − g) pairs of (H, W, 2) float32 flow, (H, W) float32 cycle
 error and (H, W) bool: 13 bytes a pixel a pair. At 256×192 with T = 48 and gaps (1, 2, 4, 8) that is

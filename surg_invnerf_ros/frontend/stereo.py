@@ -12,8 +12,9 @@ SGBM's sub-pixel step fits a parabola to the matching cost, which pulls disparit
 integers (mean error 0.15-0.18 px on the hard synthetic scenes, about 1 % of depth at 14 px). With
 `refine: dis`, a full-resolution DIS flow from the left to the right image replaces the disparity
 where it agrees with SGBM within `refine_agree_px` and is horizontal (|v| under half that): mean
-error 0.08-0.09 px there (0.13 px with DIS stopping at half resolution, `refine_finest_scale` 1). On pixel-scale noise at an integer disparity SGBM is already exact and
-DIS is slightly worse (`refine: none`). Validity always comes from SGBM's left-right check.
+error 0.08-0.09 px there (0.13 px with DIS stopping at half resolution, `refine_finest_scale` 1).
+On pixel-scale noise at an integer disparity SGBM is already exact and DIS is slightly worse
+(`refine: none`). Validity always comes from SGBM's left-right check.
 
 `num_disparities = 0` sizes the search from the calibration: the disparity of the nearest allowed
 depth, fx·B/min_depth_m, rounded up to a multiple of 16 and capped at half the image width.
