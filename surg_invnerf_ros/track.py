@@ -31,7 +31,7 @@ from .config import FitConfig, FrontendConfig, to_dict
 from .errors import ConfigError, InputError
 from .fit.optimiser import FitData, Fitter, resolve_device, to_device_data
 from .geometry import transform_points, unproject_m
-from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified
+from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified, transform_m
 from .model.render import InvNeRF, volume_weights
 from .model.workspace import Workspace
 from .shapes import Bool, Float, Int
@@ -282,12 +282,8 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
     frames = torch.arange(T, device=dev)[:, None].expand(T, N)  # (T, N)
     X = model.from_canonical(u_canon[None].expand(T, N, 3), frames)  # (T, N, 3) world
     Tcw_all = data.all_inv_poses()  # corrected when pose refinement is on
-    Tcw = Tcw_all[frames] if Tcw_all is not None else None
-    uv, z = project_px(X, data.K, Tcw)  # (T, N, 2), (T, N)
-    if Tcw is not None:
-        xyz_cam = torch.einsum("tnij,tnj->tni", Tcw[..., :3, :3], X) + Tcw[..., :3, 3]
-    else:
-        xyz_cam = X
+    xyz_cam = transform_m(None if Tcw_all is None else Tcw_all[:, None], X)  # (T, N, 3)
+    uv, z = project_px(xyz_cam, data.K)  # (T, N, 2), (T, N)
     flat_f, flat_uv, flat_z = frames.reshape(-1), uv.reshape(-1, 2), z.reshape(-1)
     inside = (uv[..., 0] >= -0.5) & (uv[..., 0] <= W - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= H - 0.5) & (z > 0)
     visible = inside
@@ -326,7 +322,7 @@ def consensus_depth_m(model: InvNeRF, data: FitData, xyz_cam_m: Float[Tensor, "T
     dev = xyz_cam_m.device
     T_wc, T_cw = data.all_poses(), data.all_inv_poses()
     frames = torch.arange(T, device=dev)
-    x_world = xyz_cam_m if T_wc is None else torch.einsum("tij,tnj->tni", T_wc[:, :3, :3], xyz_cam_m) + T_wc[:, None, :3, 3]
+    x_world = transform_m(None if T_wc is None else T_wc[:, None], xyz_cam_m)
     u_canon = model.to_canonical(x_world, frames[:, None].expand(T, N))  # (T_s, N, 3)
     z_med = torch.empty(T, N, device=dev, dtype=xyz_cam_m.dtype)
     per_step = max(1, chunk // max(1, T * N))
@@ -334,7 +330,7 @@ def consensus_depth_m(model: InvNeRF, data: FitData, xyz_cam_m: Float[Tensor, "T
         t_idx = frames[t0:t0 + per_step]
         C = t_idx.shape[0]
         x_t = model.from_canonical(u_canon[None].expand(C, T, N, 3), t_idx[:, None, None].expand(C, T, N))
-        z_t = x_t[..., 2] if T_cw is None else torch.einsum("cj,csnj->csn", T_cw[t_idx, 2, :3], x_t) + T_cw[t_idx, 2, 3][:, None, None]
+        z_t = transform_m(None if T_cw is None else T_cw[t_idx, None, None], x_t)[..., 2]
         z_med[t0:t0 + C] = torch.where(visible[None], z_t, torch.nan).nanmedian(dim=1).values  # over source frames
     z_own = xyz_cam_m[..., 2]
     ok = torch.isfinite(z_med) & (z_med > 0) & (z_own > 0)

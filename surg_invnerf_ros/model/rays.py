@@ -35,12 +35,17 @@ def pixel_rays(uv_px: Float[Tensor, "R 2"], K: Float[Tensor, "3 3"], T_world_cam
     return origins, dirs
 
 
+def transform_m(T_dst_src: Float[Tensor, "*B 4 4"] | None, x_src_m: Float[Tensor, "*B 3"]) -> Float[Tensor, "*B 3"]:
+    """x_dst = R·x_src + t per point, transforms broadcast against points (None = identity)."""
+    if T_dst_src is None:
+        return x_src_m
+    return torch.einsum("...ij,...j->...i", T_dst_src[..., :3, :3], x_src_m) + T_dst_src[..., :3, 3]
+
+
 def project_px(x_world_m: Float[Tensor, "*B 3"], K: Float[Tensor, "3 3"], T_cam_world: Float[Tensor, "*B 4 4"] | None = None
                ) -> tuple[Float[Tensor, "*B 2"], Float[Tensor, "*B"]]:
     """World points → (pixels, camera depth in metres). Depth is clamped away from 0 for the division."""
-    x = x_world_m
-    if T_cam_world is not None:
-        x = torch.einsum("...ij,...j->...i", T_cam_world[..., :3, :3], x) + T_cam_world[..., :3, 3]
+    x = transform_m(T_cam_world, x_world_m)
     z = x[..., 2]
     zc = z.clamp_min(1e-6)
     u = K[0, 0] * x[..., 0] / zc + K[0, 1] * x[..., 1] / zc + K[0, 2]
