@@ -1,6 +1,5 @@
 """The front end's RAM estimate is exact for what it counts, and too-large fits are refused."""
 
-import numpy as np
 import pytest
 
 from surg_invnerf_ros.config import FlowConfig
