@@ -29,8 +29,12 @@ SOURCE = "/synthetic_stereo"
 
 
 def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, width: int = 256,
-                 height: int = 192, rate_hz: float = 30.0) -> int:
-    """Run the live pipeline for `duration_s`; print accuracy every second; write the results."""
+                 height: int = 192, rate_hz: float = 30.0, source_timeout_s: float = 180.0) -> int:
+    """Run the live pipeline for `duration_s`; print accuracy every second; write the results.
+
+    Returns 1 (with one line saying why) when the tracker exits early or the source publishes no
+    ground truth within `source_timeout_s` (it pre-renders its frames first).
+    """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, PointCloud2
@@ -58,6 +62,7 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
         if not overlays or convert.stamp_ns(msg.header.stamp) - overlays[-1][0] > 2e9:
             overlays.append((convert.stamp_ns(msg.header.stamp), convert.image_to_rgb_u8(msg)))
 
+    node = ex = None
     try:
         node = rclpy.create_node("demo_checker", context=ctx)
         node.create_subscription(PointCloud2, f"{TRACKER}/tracked_points", on_points, 500)
@@ -79,7 +84,7 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
                                     "-p", "synth.num_queries:=32", "-p", f"rate_hz:={rate_hz}",
                                     "-r", f"queries_out:={TRACKER}/queries"], out / "source.log")
         t_wait = time.monotonic()  # the source pre-renders its frames before the first publish
-        while not gt and time.monotonic() - t_wait < 180 and source.poll() is None:
+        while not gt and time.monotonic() - t_wait < source_timeout_s and source.poll() is None:
             ex.spin_once(timeout_sec=0.1)
         if not gt:
             print(f"[demo] the synthetic source published no ground truth (exit code {source.poll()}, "
@@ -95,9 +100,11 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
             if tracker.poll() is not None:
                 print("[demo] tracker exited early", file=sys.stderr)
                 break
-        ex.shutdown()
-        node.destroy_node()
-    finally:
+    finally:  # on every path, early returns included: an executor left running blocks rclpy.shutdown
+        if ex is not None:
+            ex.shutdown()
+        if node is not None:
+            node.destroy_node()
         rclpy.shutdown(context=ctx)
         stop_process(tracker)
         stop_process(source)

@@ -1,8 +1,11 @@
 """The demo pipeline's scoring of live and refined ~/tracked_points against ground truth (no DDS)."""
 
-import numpy as np
+import time
 
-from surg_invnerf_ros.ros.demo_pipeline import _write_results
+import numpy as np
+import pytest
+
+from surg_invnerf_ros.ros.demo_pipeline import _write_results, run_ros_demo
 from surg_invnerf_ros.structs import TRACKED_POINTS_DTYPE
 
 
@@ -31,3 +34,14 @@ def test_live_and_refined_rows(tmp_path, capsys):
 def test_no_matching_frames_is_reported(tmp_path, capsys):
     assert _write_results(tmp_path, {1: cloud([1])}, {}, {2: cloud([1])}, []) == 1
     assert "no tracked frames matched" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(150)
+def test_no_ground_truth_is_one_line_and_returns(tmp_path, capsys):
+    # A source that publishes no ground truth in time (timeout 0): the demo says so in one line,
+    # stops both nodes and returns 1 instead of hanging in rclpy.shutdown with its executor alive.
+    t0 = time.monotonic()
+    assert run_ros_demo(tmp_path, device="cpu", duration_s=1.0, source_timeout_s=0.0) == 1
+    err = capsys.readouterr().err
+    assert "published no ground truth" in err and err.count("\n") == 1
+    assert time.monotonic() - t0 < 120
