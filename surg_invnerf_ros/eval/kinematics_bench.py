@@ -9,7 +9,10 @@ On every camera-motion sequence of a `BenchConfig` preset, three fits with the s
   (`io.kinematics.shift_poses`, the offline twin of the node's `kinematics.time_offset_s`).
 
 The bar (`KIN_BAR`): exact kinematics give a mean 3D error ≤ 0.8× that without, with no worse 2D
-error; noisy, compensated kinematics are no worse than none in 2D and 3D.
+error; noisy, compensated kinematics are no worse than none in 2D and 3D. Each row also splits its
+3D error into lateral and depth parts, and each sequence gets its depth cues from the ground truth
+(`depth_cues`): how far a depth error moves a point in the images through the stereo baseline and
+through the camera's motion, and how far the tissue moves in the world frame.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any, Callable, Mapping, Sequence as Seq
 from ..config import BenchConfig, FitConfig, FrontendConfig
 from ..io.kinematics import shift_poses
 from ..io.sequence import read_sequence
-from ..io.trackfile import read_tracks
+from ..io.trackfile import read_tracks, write_tracks
 from .bench import bench_specs, ensure_sequence, machine_info
+from .depth_cues import err3d_parts, motion_depth_cues
 from .metrics import compute_metrics, query_frames_from
 from .report import format_table, json_safe, mean_rows, metrics_row
 
@@ -33,22 +37,29 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("kin_exact", "kin_off", "kin_noisy")
 KIN_BAR = {"err3d_ratio_exact": 0.8}
-COLUMNS = ["sequence", "method", "epe_px", "epe_end_px", "delta_avg", "oa", "err3d_mm", "err3d_end_mm", "time_s"]
+COLUMNS = ["sequence", "method", "epe_px", "epe_end_px", "delta_avg", "oa", "err3d_mm", "err3d_end_mm",
+           "err3d_lateral_mm", "depth_err_mm", "depth_bias_mm", "time_s"]
+CUE_COLUMNS = ["sequence", "stereo_px_per_mm", "parallax_px_per_mm", "camera_travel_mm", "tissue_motion_world_mm"]
 
 
 def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConfig,
                          progress: Callable[[int], None] | None = None,
                          frontend_cfg: FrontendConfig | None = None) -> dict[str, Any]:
-    """Fit every variant on every camera-motion sequence; write `kinematics.md` and `kinematics.json`."""
+    """Fit every variant on every camera-motion sequence; write `kinematics.md`, `kinematics.json` and
+    each variant's tracks (`tracks/<sequence>/<variant>.npz`)."""
     from ..track import track_sequence
 
     out = Path(out_dir)
     specs = [s for s in bench_specs(cfg) if s.camera_motion]
     rows: list[dict[str, Any]] = []
+    cues: list[dict[str, Any]] = []
     for spec in specs:
         exact_dir = ensure_sequence(out / "sequences", spec)
         gt = read_tracks(exact_dir / "gt" / "tracks.npz")
         exact = read_sequence(exact_dir)  # one read: `use_kinematics=false` ignores its poses
+        query_frames = query_frames_from(gt, exact.queries)
+        cues.append({"sequence": spec.name, **motion_depth_cues(gt, exact.T_world_cam, exact.calib.K,
+                                                               exact.calib.baseline_m, query_frames)})
         runs = {"kin_exact": (exact, replace(fit_cfg, use_kinematics=True)),
                 "kin_off": (exact, replace(fit_cfg, use_kinematics=False))}
         noisy = read_sequence(ensure_sequence(out / "sequences", spec, "_kinnoise", pose_noise_m=cfg.kin_noise_m,
@@ -60,13 +71,14 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
             t0 = time.perf_counter()
             tracks = track_sequence(seq, "invnerf", fit_cfg=fcfg, frontend_cfg=frontend_cfg)
             elapsed_s = time.perf_counter() - t0
-            metrics = compute_metrics(tracks, gt, query_frames_from(gt, seq.queries))
+            write_tracks(out / "tracks" / spec.name / f"{name}.npz", tracks)
+            metrics = {**compute_metrics(tracks, gt, query_frames), **err3d_parts(tracks, gt, query_frames)}
             rows.append(metrics_row(name, metrics, sequence=spec.name, time_s=elapsed_s))
             log.info("%s on %s: EPE %.3f px, 3D %.3f mm", name, spec.name, metrics["epe_px"], metrics["err3d_mm"])
             if progress is not None:
                 progress(1)
     bar = kinematics_bar(rows)
-    result = {"rows": rows, "summary": mean_rows(rows, key="method", label={"sequence": "mean"}), "bar": bar,
+    result = {"rows": rows, "summary": mean_rows(rows, key="method", label={"sequence": "mean"}), "bar": bar, "depth_cues": cues,
               "config": {"kin_noise_m": cfg.kin_noise_m, "kin_noise_deg": cfg.kin_noise_deg,
                          "kin_lag_s": cfg.kin_lag_s}, "machine": machine_info()}
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +118,14 @@ def kinematics_markdown(result: Mapping[str, Any]) -> str:
              "than without (ratios to `kin_off`).", ""]
     if result["bar"]:
         lines.append(format_table(result["bar"], columns=list(result["bar"][0])))
+    if result.get("depth_cues"):
+        lines += ["", "## Depth cues (ground truth)", "",
+                  "Image shift per mm of depth error through the stereo baseline (disparity) and through the "
+                  "camera's motion from the query frame (parallax, were the tissue rigid: all that known poses "
+                  "can add to the depth), against how far the camera and the tissue (in the world frame) "
+                  "move; means over the scored frames. `depth_bias_mm` above is the part of the depth error "
+                  "that is the same in every frame of a track.", "",
+                  format_table(result["depth_cues"], columns=CUE_COLUMNS)]
     m = result["machine"]
     lines += ["", f"Machine: {m.get('platform', '?')}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}, "
               f"CUDA {m.get('cuda') or 'none'}."]

@@ -31,6 +31,12 @@ def test_tiny_run_writes_every_variant(tmp_path):
     assert methods == ["kin_exact", "kin_off", "kin_noisy"]  # the quick set has one camera-motion sequence
     assert all(np.isfinite(r["epe_px"]) and np.isfinite(r["err3d_mm"]) for r in result["rows"])
     assert len(result["bar"]) == 1 and 0 < result["bar"][0]["err3d_ratio_exact"] < np.inf
+    assert all(0 <= r["depth_bias_mm"] <= r["depth_err_mm"] + 1e-9 and np.isfinite(r["err3d_lateral_mm"])
+               for r in result["rows"])
+    (cue,) = result["depth_cues"]
+    assert cue["stereo_px_per_mm"] > 0 and cue["parallax_px_per_mm"] > 0 and cue["camera_travel_mm"] > 0
+    saved = sorted(p.name for p in (tmp_path / "tracks").glob("*/*.npz"))
+    assert saved == ["kin_exact.npz", "kin_noisy.npz", "kin_off.npz"]
     # the noisy variant shares the images and ground truth; only the poses differ
     seqs = sorted(p.name for p in (tmp_path / "sequences").iterdir())
     assert len(seqs) == 2 and seqs[1] == seqs[0] + "_kinnoise"
@@ -38,4 +44,4 @@ def test_tiny_run_writes_every_variant(tmp_path):
     assert (exact / "left" / "000000.png").read_bytes() == (noisy / "left" / "000000.png").read_bytes()
     assert (exact / "kinematics.csv").read_text() != (noisy / "kinematics.csv").read_text()
     text = (tmp_path / "kinematics.md").read_text()
-    assert "kin_noisy" in text and "0.5 mm" in text and "40 ms" in text
+    assert "kin_noisy" in text and "0.5 mm" in text and "40 ms" in text and "## Depth cues" in text
