@@ -34,7 +34,8 @@ def _mean(values: np.ndarray, mask: np.ndarray) -> float:
 
 
 def err3d_parts(pred: Tracks, gt: Tracks, query_frames: np.ndarray) -> dict[str, float]:
-    """The 3D error split into its lateral and depth parts (mm), over the frames the metrics score.
+    """The 3D error split into its lateral and depth parts (mm), over the frames the metrics score
+    that have a finite prediction.
 
     Returns `err3d_lateral_mm` (the error with the true depth z on the predicted camera ray: the
     2D part), `depth_err_mm` (mean |Δz|) and `depth_bias_mm` (mean over tracks of |mean Δz over
