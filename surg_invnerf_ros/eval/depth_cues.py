@@ -19,7 +19,7 @@ import numpy as np
 
 from ..geometry import invert_T, project_px, transform_points
 from ..structs import Tracks
-from .metrics import match_by_id
+from .metrics import _masked_mean as _mean, match_by_id
 
 
 def _evaluated(gt: Tracks, query_frames: np.ndarray) -> np.ndarray:
@@ -27,10 +27,6 @@ def _evaluated(gt: Tracks, query_frames: np.ndarray) -> np.ndarray:
     T = gt.visible.shape[0]
     after = np.arange(T)[:, None] > np.asarray(query_frames, np.int64)[None, :]
     return after & gt.visible.astype(bool) & np.isfinite(gt.xyz).all(axis=-1)
-
-
-def _mean(values: np.ndarray, mask: np.ndarray) -> float:
-    return float(values[mask].mean()) if mask.any() else float("nan")
 
 
 def err3d_parts(pred: Tracks, gt: Tracks, query_frames: np.ndarray) -> dict[str, float]:
