@@ -52,7 +52,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "surg-invnerf = surg_invnerf_ros.cli:main",
+            "surg-invnerf = surg_invnerf_ros.apps.cli:main",
             "synthetic_stereo = surg_invnerf_ros.ros.synthetic_source_node:main",
             "bag_player = surg_invnerf_ros.ros.bag_nodes:player_main",
             "track_node = surg_invnerf_ros.ros.track_node:main",

@@ -30,6 +30,9 @@ import numpy as np
 from .config import FrontendConfig, OnlineConfig, QueryConfig, RefineConfig
 from .errors import InputError
 from .frontend.bulk_motion import median_shift
+from .frontend.flow import to_grey
+from .frontend.lk import LKPointTracker
+from .frontend.stereo import stereo_depth_m
 from .geometry import depth_from_disparity_m, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner
 from .structs import Queries, Sequence, StereoCalib
@@ -105,8 +108,6 @@ class LKStereoFrontEnd:
     """The default front end: `frontend.lk.LKPointTracker` and `frontend.stereo.stereo_depth_m`."""
 
     def __init__(self, cfg: FrontendConfig) -> None:
-        from .frontend.lk import LKPointTracker
-
         self._lk = LKPointTracker(cfg.lk)
         self._stereo_cfg = cfg.stereo
 
@@ -118,15 +119,12 @@ class LKStereoFrontEnd:
                   guess_uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """LK from the image a query was placed on straight to the current one, started at the
         (N, 2) current estimate: `lk_query`'s pyramid depth and NCC check. (uv, ok) as `track`."""
-        from .frontend.flow import to_grey
 
         return self._lk.track_grey(to_grey(origin_rgb_u8), to_grey(cur_rgb_u8), origin_uv_px,
                                    init_uv_px=guess_uv_px, max_level=self._lk.cfg.query_max_level,
                                    min_ncc=self._lk.cfg.min_ncc_query)
 
     def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
-        from .frontend.stereo import stereo_depth_m
-
         return stereo_depth_m(left_rgb_u8, right_rgb_u8, calib, self._stereo_cfg)
 
     def point_depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib,
@@ -141,7 +139,6 @@ class LKStereoFrontEnd:
         Returns:
             (N,) z metres and (N,) disparity px, NaN where invalid.
         """
-        from .frontend.flow import to_grey
 
         uv = np.asarray(uv_px, np.float32).reshape(-1, 2)
         guess = np.where(np.isfinite(disp_guess_px), disp_guess_px, 0.0).astype(np.float32)

@@ -30,6 +30,12 @@ from torch import Tensor
 from .config import FitConfig, FrontendConfig, to_dict
 from .errors import ConfigError, InputError
 from .fit.optimiser import FitData, Fitter, resolve_device, to_device_data
+from .frontend.baselines import BASELINES, run_baseline
+from .frontend.chains import build_correspondences
+from .frontend.flow import compute_flow_bank
+from .frontend.masks import specular_mask
+from .frontend.memory import check_frontend_memory
+from .frontend.stereo import stereo_depth_sequence_m
 from .geometry import transform_points, unproject_m
 from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified, transform_m
 from .model.render import InvNeRF, volume_weights
@@ -39,8 +45,9 @@ from .structs import Queries, Sequence, StereoCalib, Tracks
 
 log = logging.getLogger(__name__)
 
-BASELINE_METHODS = ("zero", "lk", "lk_query", "dis", "csrt")
-METHODS = ("invnerf",) + BASELINE_METHODS
+#: The method registry: InvNeRF, then the classical trackers of `frontend.baselines`.
+BASELINE_METHODS = BASELINES
+METHODS = ("invnerf", *BASELINES)
 STATE_VERSION = 1
 
 
@@ -86,12 +93,6 @@ def _relative_poses(seq: Sequence) -> np.ndarray | None:
 
 def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float]) -> dict[str, np.ndarray]:
     """Stereo depth, masks and dense correspondences of a sequence (numpy), with stage timings."""
-    from .frontend.chains import build_correspondences
-    from .frontend.flow import compute_flow_bank
-    from .frontend.masks import specular_mask
-    from .frontend.memory import check_frontend_memory
-    from .frontend.stereo import stereo_depth_sequence_m
-
     check_frontend_memory(seq.name, seq.num_frames, seq.calib.height, seq.calib.width, frontend_cfg.flow,
                           frontend_cfg.max_memory_share)
     t0 = time.perf_counter()
@@ -382,8 +383,6 @@ def track_sequence(seq: Sequence, method: str = "invnerf", fit_cfg: FitConfig | 
         resolve_device(fit_cfg.device)  # refuse cuda-without-GPU before the front end runs
         result = fit_invnerf(seq, fit_cfg, frontend_cfg, progress)
         return infer_tracks(result, seq, seq.queries)
-    from .eval.baselines import run_baseline
-
     return run_baseline(method, seq, frontend_cfg)
 
 

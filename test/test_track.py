@@ -133,7 +133,7 @@ class TestTrackSequence:
             assert prof[key] > 0.0, key
 
     def test_methods_list(self):
-        from surg_invnerf_ros.eval.baselines import BASELINES
+        from surg_invnerf_ros.frontend.baselines import BASELINES
 
         assert track.METHODS[0] == "invnerf" and set(BASELINES) <= set(track.METHODS)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..errors import InputError
-from ..geometry import T_from_xyz_qxyzw, interpolate_poses, xyz_qxyzw_from_T
+from ..geometry import T_from_xyz_qxyzw, rigid_transform_problem, xyz_qxyzw_from_T
+from .calib import numbers_field
 from .csvtable import check_frame_column, read_csv_table
 
 COLUMNS = ("frame", "x", "y", "z", "qx", "qy", "qz", "qw")
@@ -61,19 +63,19 @@ def write_kinematics(path: str | Path, T_world_cam: np.ndarray) -> Path:
     return path
 
 
-def shift_poses(stamps_ns: np.ndarray, T_world_cam: np.ndarray, time_offset_s: float) -> np.ndarray:
-    """Per-frame poses re-sampled at `stamp + time_offset_s` (t_kin = t_image + offset, as the node's
-    `kinematics.time_offset_s`): compensates kinematics that lag (offset > 0) or lead the images.
-
-    Translation linear, rotation SLERP (`geometry.interpolate_poses`). Like the node it never
-    extrapolates: a shifted stamp beyond the first or last row takes that end pose.
-    """
-    stamps = np.asarray(stamps_ns, dtype=np.int64)
-    T = np.asarray(T_world_cam, dtype=np.float64)
-    if len(stamps) != len(T):
-        raise InputError(f"kinematics: expected one stamp per pose, got {len(stamps)} stamps for {len(T)} poses",
-                         "bad_kinematics")
-    if time_offset_s == 0.0 or len(T) < 2:
-        return T.copy()
-    query = np.clip(stamps + int(round(time_offset_s * 1e9)), stamps[0], stamps[-1])
-    return interpolate_poses(stamps, T, query)
+def read_hand_eye(path: str | Path) -> np.ndarray:
+    """The hand-eye `T_ecm_cam` (4, 4, metres; ECM tool frame <- left optical frame) from a YAML file
+    holding `T_ecm_cam:` as a 4x4 nested list or 16 numbers row-major (or just that list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found", "bad_hand_eye")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise InputError(f"{path}: not valid YAML", "bad_hand_eye") from None
+    T_ecm_cam = numbers_field({"T_ecm_cam": data.get("T_ecm_cam") if isinstance(data, dict) else data},
+                              "T_ecm_cam", str(path), (4, 4))
+    problem = rigid_transform_problem(T_ecm_cam)
+    if problem:
+        raise InputError(f"{path}: T_ecm_cam: {problem}", "bad_hand_eye")
+    return T_ecm_cam

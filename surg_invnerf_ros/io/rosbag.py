@@ -25,6 +25,8 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import T_from_xyz_qxyzw, interpolate_poses, xyz_qxyzw_from_T
 from ..structs import TRACKED_POINTS_DTYPE, Queries, Sequence, StereoCalib, Tracks
+from .sequence import write_sequence
+from .trackfile import POINT_RECORD_FIELDS, tracks_from_records, write_tracks
 
 log = logging.getLogger(__name__)
 
@@ -554,14 +556,12 @@ def bag_to_sequence(
             raise InputError(f"{where}: images changed between reads ({nxt} of {T} frames)", "no_frames")
 
     left_it, right_it = tee(image_pairs())
-    from .sequence import write_sequence
 
     out = write_sequence(out_dir, (p[0] for p in left_it), (p[1] for p in right_it), calib, queries,
                          stamps_ns=frame_ns, T_world_cam=T_world_cam, progress=progress)
     if gt_clouds:
         gt = _gt_tracks(gt_clouds, frame_ns)
         if gt is not None:
-            from .trackfile import write_tracks
 
             write_tracks(out / "gt" / "tracks.npz", gt)
     log.info("%s: wrote %d frames, %d queries to %s", where, T, len(queries), out)
@@ -612,7 +612,6 @@ def _kinematics(
 
 
 def _gt_tracks(gt_clouds: dict[int, np.ndarray], frame_ns: np.ndarray) -> Tracks | None:
-    from .trackfile import POINT_RECORD_FIELDS, tracks_from_records
 
     clouds = [gt_clouds.get(int(s)) for s in frame_ns]
     present = [c for c in clouds if c is not None]

@@ -16,6 +16,7 @@ imported lazily by `message_class`.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import math
 import threading
@@ -243,3 +244,47 @@ class KinematicsBuffer:
     def pose_at(self, image_stamp_ns: int) -> np.ndarray | None:
         """T_world_cam (4, 4) at an image stamp, or None (missing or stale, counted). Never waits."""
         return self.lookup(image_stamp_ns)[0]
+
+
+def camera_poses_at(image_stamps_ns: np.ndarray, pose_stamps_ns: np.ndarray, T_world_ecm: np.ndarray,
+                    cfg: KinematicsConfig) -> tuple[np.ndarray, dict[str, int]]:
+    """The offline twin of the node: T_world_cam (T, 4, 4) of each image through a `KinematicsBuffer`.
+
+    All poses go into one buffer long enough for the whole clip, and each image stamp is looked up
+    with the node's rules: `kinematics.time_offset_s`, `T_ecm_cam`, `max_age_s`, SLERP, never
+    extrapolating. An image whose stamp + offset lies past either end of the poses holds that end
+    pose; one inside a gap the node would call stale takes the pose of the nearest image that has
+    one. The returned counters say how many lookups were `missing` or `stale`.
+
+    Raises:
+        InputError: no poses, no image with a pose, or stamps and poses that disagree in number.
+    """
+    stamps = np.asarray(pose_stamps_ns, dtype=np.int64)
+    T = np.asarray(T_world_ecm, dtype=np.float64)
+    if len(stamps) != len(T):
+        raise InputError(f"kinematics: expected one stamp per pose, got {len(stamps)} stamps for {len(T)} poses",
+                         reason="bad_kinematics")
+    if len(stamps) == 0:
+        raise InputError("kinematics: no poses to look the images up in", reason="missing")
+    images = np.asarray(image_stamps_ns, dtype=np.int64)
+    span_s = float(stamps.max() - stamps.min()) * 1e-9
+    # One buffer for the whole clip (up to the config's one-hour limit on buffer_s).
+    buffer_s = min(max(cfg.buffer_s, span_s + 1.0 + abs(cfg.time_offset_s)), 3600.0)
+    buffer = KinematicsBuffer(dataclasses.replace(cfg, buffer_s=buffer_s))
+    for stamp_ns, T_i in zip(stamps.tolist(), T):
+        buffer.add(stamp_ns, T_i)
+    found = [buffer.lookup(int(t))[0] for t in images.tolist()]
+    # Past either end of the poses an image holds the end pose (what the node had last), never extrapolated.
+    off_ns = int(round(cfg.time_offset_s * 1e9))
+    first, last = int(stamps.min()), int(stamps.max())
+    for i, t in enumerate(images.tolist()):
+        if found[i] is None and not first <= t + off_ns <= last:
+            found[i] = buffer.lookup(min(max(t + off_ns, first), last) - off_ns)[0]
+    have = [i for i, T_i in enumerate(found) if T_i is not None]
+    if not have:
+        raise InputError(f"kinematics: no image has a pose within max_age_s ({cfg.max_age_s} s) of its "
+                         f"stamp + time_offset_s ({cfg.time_offset_s} s)", reason="stale")
+    nearest = np.asarray(have)[np.abs(np.arange(len(found))[:, None] - np.asarray(have)[None, :]).argmin(axis=1)]
+    out = np.stack([found[j] for j in nearest.tolist()])
+    counts = {k: v for k, v in buffer.counters.items() if k in ("missing", "stale")}
+    return out, counts

@@ -5,7 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.config import ConfigError, FlowConfig, FrontendConfig, StereoConfig
+from surg_invnerf_ros.config import FlowConfig, FrontendConfig, StereoConfig
+from surg_invnerf_ros.errors import ConfigError
 from surg_invnerf_ros.frontend.chains import build_correspondences
 from surg_invnerf_ros.frontend.flow import compute_flow_bank
 from surg_invnerf_ros.frontend.stereo import stereo_depth_sequence_m

@@ -37,36 +37,3 @@ class TestReadKinematics:
         with pytest.raises(InputError, match="line 2: frame: expected 0"):
             read_kinematics(path, 1)
 
-
-class TestShiftPoses:
-    @staticmethod
-    def _analytic(t_s: np.ndarray) -> np.ndarray:
-        """Constant velocity: 10 mm/s along x, 30°/s about z (interpolation is exact for it)."""
-        from scipy.spatial.transform import Rotation
-
-        T = np.tile(np.eye(4), (len(t_s), 1, 1))
-        T[:, :3, :3] = Rotation.from_euler("z", 30.0 * t_s[:, None], degrees=True).as_matrix()
-        T[:, 0, 3] = 0.01 * t_s
-        return T
-
-    def test_lagging_poses_are_compensated(self):
-        from surg_invnerf_ros.io.kinematics import shift_poses
-
-        stamps_ns = np.arange(10) * 33_333_333
-        t_s = stamps_ns * 1e-9
-        lag_s = 0.04
-        lagged = self._analytic(t_s - lag_s)  # what a lagging arm reports at each image stamp
-        fixed = shift_poses(stamps_ns, lagged, lag_s)
-        # inside the stream the true pose comes back; the last frames hold the last pose (no extrapolation)
-        inner = t_s + lag_s <= t_s[-1]
-        np.testing.assert_allclose(fixed[inner], self._analytic(t_s[inner]), atol=1e-9)
-        np.testing.assert_allclose(fixed[~inner], np.broadcast_to(lagged[-1], fixed[~inner].shape), atol=1e-12)
-        assert (~inner).sum() == 2
-
-    def test_zero_offset_and_bad_lengths(self):
-        from surg_invnerf_ros.io.kinematics import shift_poses
-
-        T = self._analytic(np.linspace(0, 1, 4))
-        np.testing.assert_array_equal(shift_poses(np.arange(4) * 10, T, 0.0), T)
-        with pytest.raises(InputError, match="one stamp per pose"):
-            shift_poses(np.arange(3), T, 0.01)

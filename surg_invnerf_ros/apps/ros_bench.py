@@ -1,4 +1,4 @@
-"""ROS latency benchmark (issue 4 "Benchmark", `make bench`): the node as its users run it, measured
+"""ROS latency benchmark (`make bench`): the node as its users run it, measured
 from outside.
 
 `run_ros_bench` starts `synthetic_stereo` and `track_node` as subprocesses (console-script targets,
@@ -6,8 +6,8 @@ LARGE_DATA transports, output to log files), subscribes from this process, and f
 measures:
 - latency from the publication of a frame (the receipt here of its ground truth, which the source
   sends with the images) to the receipt of its `~/tracked_points` here, p50/p95/p99: image transport
-  into the node, the front end and the transport out. (Receipt − stamp was used first; the source's
-  stamps can run ahead of wall time when its timer catches up, which gave negative latencies.)
+  into the node, the front end and the transport out. (Not receipt − stamp: the source's stamps can
+  run ahead of wall time when its timer catches up.)
 - refined updates: tracked_points messages with refined = 1 per minute, the frames they cover, and
   the fits reported in /diagnostics;
 - dropped frames: ground-truth frames that never got front-end tracked points, beside the node's own
@@ -38,6 +38,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+
+from ..eval.report import json_safe
+from ..ros import convert
+from ..ros.bag_nodes import use_large_data_transport
+from ..ros.diagnostics import diagnostics_to_dict
+from ..ros.procs import start_entry_point, stop_process
+from .bench import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -205,23 +218,10 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     Raises:
         RuntimeError: a node exited early or produced nothing in time (the log tail is in the message).
     """
-    from .bag_nodes import use_large_data_transport
-
     use_large_data_transport()  # before rclpy.init in this process, and inherited by the nodes
     # One machine by design; multicast discovery on a container network sometimes never matched two
     # of the three processes here (2 failed starts in 5 runs), localhost discovery did in every run.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import PointCloud2
-
-    from . import convert
-    from .diagnostics import diagnostics_to_dict
-    from ..eval.bench import machine_info
-    from .procs import start_entry_point, stop_process
 
     log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="ros_bench_"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -437,7 +437,7 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m surg_invnerf_ros.ros.bench --size 256x192 --size 640x512 --out out/bench`."""
+    """`python -m surg_invnerf_ros.apps.ros_bench --size 256x192 --size 640x512 --out out/bench`."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", action="append", default=None, help="WxH (repeatable; default 256x192 and 640x512)")
     ap.add_argument("--rate-hz", type=float, default=30.0)
@@ -455,8 +455,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("ros_bench: %dx%d, %.0f Hz, %.0f s, device %s", w, h, args.rate_hz, args.duration_s, args.device)
         runs.append(run_ros_bench(w, h, args.rate_hz, args.duration_s, args.device, refine=not args.no_refine,
                                   log_dir=out / f"ros_{w}x{h}_logs"))
-    from ..eval.report import json_safe
-
     (out / "ros_bench.json").write_text(json.dumps(json_safe(runs), indent=2))
     md = format_ros_bench(runs)
     (out / "ros_bench.md").write_text(md)

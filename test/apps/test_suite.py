@@ -4,7 +4,7 @@ import pytest
 
 from surg_invnerf_ros.config import FitConfig
 from surg_invnerf_ros.errors import ConfigError
-from surg_invnerf_ros.eval.suite import ABLATIONS, bar_check, variant
+from surg_invnerf_ros.apps.suite import ABLATIONS, baseline_check, variant
 
 
 def row(method, seq="s0", epe=1.0, end=2.0, delta=0.9, e3=1.0, oa=0.95):
@@ -31,7 +31,7 @@ class TestBarCheck:
         # lk has the best EPE (2.0), csrt the best δ (0.90) and 3D (1.5 mm): the bar uses each.
         rows = [row("lk", epe=2.0, end=4.0, delta=0.85, e3=2.0), row("csrt", epe=3.0, end=5.0, delta=0.90, e3=1.5),
                 row("invnerf", epe=1.3, end=1.9, delta=0.96, e3=1.1, oa=0.93)]
-        (b,) = bar_check(rows)
+        (b,) = baseline_check(rows)
         assert b["best_epe_px"] == 2.0 and b["best_delta_avg"] == 0.90 and b["best_err3d_mm"] == 1.5
         # 1.3 <= 0.7*2.0=1.4; 1.9 <= 0.5*4.0=2.0; 0.96 >= 0.95; 1.1 <= 0.8*1.5=1.2; 0.93 >= 0.9
         assert all(b[k] for k in ("epe_ok", "epe_end_ok", "delta_ok", "err3d_ok", "oa_ok"))
@@ -39,19 +39,19 @@ class TestBarCheck:
     def test_each_shortfall_is_reported(self):
         rows = [row("lk", epe=2.0, end=4.0, delta=0.90, e3=1.0),
                 row("invnerf", epe=1.5, end=2.5, delta=0.94, e3=0.9, oa=0.8)]
-        (b,) = bar_check(rows)
+        (b,) = baseline_check(rows)
         assert not b["epe_ok"] and not b["epe_end_ok"] and not b["delta_ok"]
         assert not b["err3d_ok"] and not b["oa_ok"]
 
     def test_sequences_without_invnerf_are_skipped(self):
-        assert bar_check([row("lk"), row("dis")]) == []
+        assert baseline_check([row("lk"), row("dis")]) == []
 
 
 def test_bench_command_with_size_and_frames(tmp_path):
     """`surg-invnerf bench --size --frames` resizes the set; a fitted method gets its Fits row."""
     import json
 
-    from surg_invnerf_ros.cli import main
+    from surg_invnerf_ros.apps.cli import main
 
     rc = main(["bench", "--out", str(tmp_path), "--preset", "quick", "--seeds", "0", "--size", "64x48",
                "--frames", "6", "--methods", "zero", "invnerf", "--no-speed", "--no-ros", "--no-kinematics",
@@ -64,7 +64,7 @@ def test_bench_command_with_size_and_frames(tmp_path):
 
 
 def test_bench_with_every_part_skipped_still_writes_its_summary(tmp_path):
-    from surg_invnerf_ros.cli import main
+    from surg_invnerf_ros.apps.cli import main
 
     out = tmp_path / "new" / "folder"
     assert main(["bench", "--out", str(out), "--no-accuracy", "--no-kinematics", "--no-ros", "--no-speed"]) == 0

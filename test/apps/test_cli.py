@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.cli import main
+from surg_invnerf_ros.apps.cli import main
 from surg_invnerf_ros.io.trackfile import read_tracks
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     """The installed entry point in a subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "surg_invnerf_ros.cli", *argv],
+    return subprocess.run([sys.executable, "-m", "surg_invnerf_ros.apps.cli", *argv],
                           capture_output=True, text=True, timeout=240)
 
 
@@ -138,25 +138,25 @@ class TestKinematicsOptions:
         assert "Traceback" not in proc.stderr
 
     def test_hand_eye_is_applied_to_the_poses(self, moving_seq, tmp_path):
-        from surg_invnerf_ros.cli import _apply_hand_eye
+        from surg_invnerf_ros.apps.cli import apply_kinematics_options
         from surg_invnerf_ros.io.sequence import read_sequence
 
         he = tmp_path / "he.yaml"
         he.write_text("T_ecm_cam: [[1, 0, 0, 0.01], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]\n")
         seq = read_sequence(moving_seq)
         before = seq.T_world_cam.copy()
-        after = _apply_hand_eye(seq, he).T_world_cam
+        after = apply_kinematics_options(seq, he, 0.0).T_world_cam
         # T_world_cam = T_world_ecm · T_ecm_cam: the camera sits 1 cm along the ECM's own x axis
         np.testing.assert_allclose(after[:, :3, 3], before[:, :3, 3] + 0.01 * before[:, :3, 0], atol=1e-12)
 
     def test_kinematics_offset_shifts_the_poses(self, moving_seq):
-        from surg_invnerf_ros.cli import _shift_kinematics
+        from surg_invnerf_ros.apps.cli import apply_kinematics_options
         from surg_invnerf_ros.io.sequence import read_sequence
 
         seq = read_sequence(moving_seq)
         before = seq.T_world_cam.copy()
         dt_s = (seq.stamps_ns[1] - seq.stamps_ns[0]) * 1e-9
-        after = _shift_kinematics(seq, dt_s).T_world_cam  # one frame later: frame t gets frame t+1's pose
+        after = apply_kinematics_options(seq, None, dt_s).T_world_cam  # one frame later: frame t gets frame t+1's pose
         np.testing.assert_allclose(after[:-1], before[1:], atol=1e-6)
         np.testing.assert_allclose(after[-1], before[-1], atol=1e-12)
 
@@ -166,13 +166,13 @@ class TestKinematicsOptions:
         assert proc.returncode == 2 and "--kinematics-offset-s" in proc.stderr and "Traceback" not in proc.stderr
 
     def test_kinematics_off_reaches_the_config(self, moving_seq):
-        from surg_invnerf_ros.cli import build_parser, load_run_configs
+        from surg_invnerf_ros.apps.cli import build_parser, load_run_configs
 
         args = build_parser().parse_args(["track", str(moving_seq), "--out", "x.npz", "--kinematics", "off"])
         assert load_run_configs(args)[0].use_kinematics is False
 
     def test_pose_refine_reaches_the_config(self, moving_seq):
-        from surg_invnerf_ros.cli import build_parser, load_run_configs
+        from surg_invnerf_ros.apps.cli import build_parser, load_run_configs
 
         args = build_parser().parse_args(["track", str(moving_seq), "--out", "x.npz", "--pose-refine"])
         assert load_run_configs(args)[0].pose_refine is True

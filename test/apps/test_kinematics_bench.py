@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from surg_invnerf_ros.config import BenchConfig, FitConfig
-from surg_invnerf_ros.eval.kinematics_bench import kinematics_bar, run_kinematics_bench
+from surg_invnerf_ros.apps.kinematics_bench import kinematics_targets, run_kinematics_bench
 
 
 def row(method, e3, epe, seq="s0"):
@@ -13,14 +13,14 @@ def row(method, e3, epe, seq="s0"):
 
 class TestKinematicsBar:
     def test_pass_and_each_failure(self):
-        ok = kinematics_bar([row("kin_exact", 0.7, 0.5), row("kin_off", 1.0, 0.5), row("kin_noisy", 0.9, 0.49)])[0]
+        ok = kinematics_targets([row("kin_exact", 0.7, 0.5), row("kin_off", 1.0, 0.5), row("kin_noisy", 0.9, 0.49)])[0]
         assert ok["exact_3d_ok"] and ok["exact_2d_ok"] and ok["noisy_ok"]
         assert ok["err3d_ratio_exact"] == pytest.approx(0.7)
-        bad = kinematics_bar([row("kin_exact", 0.85, 0.6), row("kin_off", 1.0, 0.5), row("kin_noisy", 1.1, 0.4)])[0]
+        bad = kinematics_targets([row("kin_exact", 0.85, 0.6), row("kin_off", 1.0, 0.5), row("kin_noisy", 1.1, 0.4)])[0]
         assert not bad["exact_3d_ok"] and not bad["exact_2d_ok"] and not bad["noisy_ok"]
 
     def test_incomplete_sequences_are_skipped(self):
-        assert kinematics_bar([row("kin_exact", 0.7, 0.5), row("kin_off", 1.0, 0.5)]) == []
+        assert kinematics_targets([row("kin_exact", 0.7, 0.5), row("kin_off", 1.0, 0.5)]) == []
 
 
 def test_tiny_run_writes_every_variant(tmp_path):
@@ -30,7 +30,7 @@ def test_tiny_run_writes_every_variant(tmp_path):
     methods = [r["method"] for r in result["rows"]]
     assert methods == ["kin_exact", "kin_off", "kin_noisy"]  # the quick set has one camera-motion sequence
     assert all(np.isfinite(r["epe_px"]) and np.isfinite(r["err3d_mm"]) for r in result["rows"])
-    assert len(result["bar"]) == 1 and 0 < result["bar"][0]["err3d_ratio_exact"] < np.inf
+    assert len(result["targets"]) == 1 and 0 < result["targets"][0]["err3d_ratio_exact"] < np.inf
     assert all(0 <= r["depth_bias_mm"] <= r["depth_err_mm"] + 1e-9 and np.isfinite(r["err3d_lateral_mm"])
                for r in result["rows"])
     (cue,) = result["depth_cues"]

@@ -9,32 +9,30 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from .config import FrontendConfig, SynthConfig
-from .eval.baselines import BASELINES
-from .eval.metrics import compute_metrics, query_frames_from
-from .eval.plots import contact_frames, contact_sheet, plot_accuracy_vs_threshold
-from .eval.report import format_table, metrics_row
-from .io.sequence import read_sequence
-from .io.trackfile import read_tracks, write_tracks
-from .synth.generate import generate_sequence
+from tqdm import tqdm
+
+from ..config import FitConfig, FrontendConfig, SynthConfig
+from ..frontend.baselines import BASELINES
+from ..eval.metrics import compute_metrics, query_frames_from
+from ..eval.plots import contact_frames, contact_sheet, plot_accuracy_vs_threshold
+from ..eval.report import format_table, metrics_row
+from ..io.sequence import read_sequence
+from ..io.trackfile import read_tracks, write_tracks
+from ..synth.generate import generate_sequence
+from ..track import track_sequence
 
 #: The embedded default scene: medium difficulty, an instrument and a moving endoscope.
 DEMO_SCENE = SynthConfig(frames=48, width=256, height=192, seed=7, instrument=True, camera_motion=True,
                          difficulty="medium", num_queries=64)
 
 
-def run_offline(out: Path, fit_cfg, methods: tuple[str, ...] | None = None,
+def run_offline(out: Path, fit_cfg: FitConfig, methods: tuple[str, ...] | None = None,
                 frontend_cfg: FrontendConfig | None = None) -> dict:
     """Steps 1–2; returns {"rows": ..., "table": str, "plots": [paths]}."""
-    from tqdm import tqdm
-
-    from .track import track_sequence
-
     seq_dir = out / "seq"
     if not (seq_dir / "gt" / "tracks.npz").is_file():
         with tqdm(total=DEMO_SCENE.frames, desc="synth", unit="frame", file=sys.stderr, leave=False) as bar:
@@ -74,19 +72,17 @@ def run_offline(out: Path, fit_cfg, methods: tuple[str, ...] | None = None,
     return {"rows": rows, "table": table, "plots": plots}
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from .cli import load_run_configs
-
-    out = Path(args.out)
+def run_demo(out: Path, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, offline: bool = False) -> int:
+    """The whole demo (see the module docstring); 0 on success."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fit_cfg, frontend_cfg = load_run_configs(args)
     print(f"[demo] offline: synthetic sequence → every tracker → metrics ({out})")
     result = run_offline(out, fit_cfg, frontend_cfg=frontend_cfg)
     print(result["table"])
     for p in result["plots"]:
         print(f"[demo] wrote {p}")
-    if not args.offline:
-        from .ros.demo_pipeline import run_ros_demo
+    if not offline:
+        from .demo_pipeline import run_ros_demo  # optional: needs the ROS 2 wheels
 
         return run_ros_demo(out / "ros", device=fit_cfg.device)
     return 0

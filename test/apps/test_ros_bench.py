@@ -1,4 +1,4 @@
-"""ros/bench.py: the /proc helpers and summaries, and one tiny real run (64×48, 4 s, front end
+"""apps/ros_bench.py: the /proc helpers and summaries, and one tiny real run (64×48, 4 s, front end
 only). No timing assertions: only that the keys exist and the values are consistent."""
 
 import math
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.ros import bench as rbm
+from surg_invnerf_ros.apps import ros_bench as rbm
 
 
 class TestProc:

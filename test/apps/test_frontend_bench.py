@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from surg_invnerf_ros.frontend.bench import frontend_fps, random_stereo_video
+from surg_invnerf_ros.apps.frontend_bench import frontend_fps, random_stereo_video
 
 
 def test_random_stereo_video():

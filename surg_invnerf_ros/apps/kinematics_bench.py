@@ -1,4 +1,4 @@
-"""The kinematics benchmark (issue 5): InvNeRF with exact, without, and with noisy, lagging kinematics.
+"""The kinematics benchmark: InvNeRF with exact, without, and with noisy, lagging kinematics.
 
 On every camera-motion sequence of a `BenchConfig` preset, three fits with the same `FitConfig`:
 
@@ -6,9 +6,9 @@ On every camera-motion sequence of a `BenchConfig` preset, three fits with the s
 - `kin_off`: the same sequence with the poses ignored (`use_kinematics=false`);
 - `kin_noisy`: the same scene with poses that carry `kin_noise_m` / `kin_noise_deg` of noise and lag
   the images by `kin_lag_s`, compensated by re-sampling them at `stamp + kin_lag_s`
-  (`io.kinematics.shift_poses`, the offline twin of the node's `kinematics.time_offset_s`).
+  through the node's pose buffer with `kinematics.time_offset_s` (`ros.kinematics.camera_poses_at`).
 
-The bar (`KIN_BAR`): exact kinematics give a mean 3D error ≤ 0.8× that without, with no worse 2D
+The targets (`KIN_TARGETS`): exact kinematics give a mean 3D error ≤ 0.8× that without, with no worse 2D
 error; noisy, compensated kinematics are no worse than none in 2D and 3D. Each row also splits its
 3D error into lateral and depth parts, and each sequence gets its depth cues from the ground truth
 (`depth_cues`): how far a depth error moves a point in the images through the stereo baseline and
@@ -24,19 +24,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence as Seq
 
-from ..config import BenchConfig, FitConfig, FrontendConfig
-from ..io.kinematics import shift_poses
+from ..config import BenchConfig, FitConfig, FrontendConfig, KinematicsConfig
 from ..io.sequence import read_sequence
 from ..io.trackfile import read_tracks, write_tracks
+from ..ros.kinematics import camera_poses_at
+from ..track import track_sequence
 from .bench import bench_specs, ensure_sequence, machine_info
-from .depth_cues import err3d_parts, motion_depth_cues
-from .metrics import compute_metrics, query_frames_from
-from .report import format_table, json_safe, mean_rows, metrics_row
+from ..eval.depth_cues import err3d_parts, motion_depth_cues
+from ..eval.metrics import compute_metrics, query_frames_from
+from ..eval.report import format_table, json_safe, mean_rows, metrics_row
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("kin_exact", "kin_off", "kin_noisy")
-KIN_BAR = {"err3d_ratio_exact": 0.8}
+KIN_TARGETS = {"err3d_ratio_exact": 0.8}
 COLUMNS = ["sequence", "method", "epe_px", "epe_end_px", "delta_avg", "oa", "err3d_mm", "err3d_end_mm",
            "err3d_lateral_mm", "depth_err_mm", "depth_bias_mm", "time_s"]
 CUE_COLUMNS = ["sequence", "stereo_px_per_mm", "parallax_px_per_mm", "camera_travel_mm", "tissue_motion_world_mm"]
@@ -47,8 +48,6 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
                          frontend_cfg: FrontendConfig | None = None) -> dict[str, Any]:
     """Fit every variant on every camera-motion sequence; write `kinematics.md`, `kinematics.json` and
     each variant's tracks (`tracks/<sequence>/<variant>.npz`)."""
-    from ..track import track_sequence
-
     out = Path(out_dir)
     specs = [s for s in bench_specs(cfg) if s.camera_motion]
     rows: list[dict[str, Any]] = []
@@ -64,7 +63,8 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
                 "kin_off": (exact, replace(fit_cfg, use_kinematics=False))}
         noisy = read_sequence(ensure_sequence(out / "sequences", spec, "_kinnoise", pose_noise_m=cfg.kin_noise_m,
                                               pose_noise_deg=cfg.kin_noise_deg, pose_time_offset_s=cfg.kin_lag_s))
-        noisy.T_world_cam = shift_poses(noisy.stamps_ns, noisy.T_world_cam, cfg.kin_lag_s)
+        noisy.T_world_cam = camera_poses_at(noisy.stamps_ns, noisy.stamps_ns, noisy.T_world_cam,
+                                            KinematicsConfig(time_offset_s=cfg.kin_lag_s))[0]
         runs["kin_noisy"] = (noisy, replace(fit_cfg, use_kinematics=True))
         for name, (seq, fcfg) in runs.items():
             seq.name = spec.name
@@ -77,8 +77,8 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
             log.info("%s on %s: EPE %.3f px, 3D %.3f mm", name, spec.name, metrics["epe_px"], metrics["err3d_mm"])
             if progress is not None:
                 progress(1)
-    bar = kinematics_bar(rows)
-    result = {"rows": rows, "summary": mean_rows(rows, key="method", label={"sequence": "mean"}), "bar": bar, "depth_cues": cues,
+    targets = kinematics_targets(rows)
+    result = {"rows": rows, "summary": mean_rows(rows, key="method", label={"sequence": "mean"}), "targets": targets, "depth_cues": cues,
               "config": {"kin_noise_m": cfg.kin_noise_m, "kin_noise_deg": cfg.kin_noise_deg,
                          "kin_lag_s": cfg.kin_lag_s}, "machine": machine_info()}
     out.mkdir(parents=True, exist_ok=True)
@@ -87,8 +87,8 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
     return result
 
 
-def kinematics_bar(rows: Seq[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per sequence: the issue-5 bar from the three variants' rows (sequences missing one are skipped)."""
+def kinematics_targets(rows: Seq[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per sequence: the targets from the three variants' rows (sequences missing one are skipped)."""
     out = []
     for seq_name in sorted({r["sequence"] for r in rows}):
         by = {r["method"]: r for r in rows if r["sequence"] == seq_name}
@@ -99,7 +99,7 @@ def kinematics_bar(rows: Seq[Mapping[str, Any]]) -> list[dict[str, Any]]:
                "err3d_ratio_exact": ex["err3d_mm"] / off["err3d_mm"], "epe_ratio_exact": ex["epe_px"] / off["epe_px"],
                "err3d_ratio_noisy": noisy["err3d_mm"] / off["err3d_mm"],
                "epe_ratio_noisy": noisy["epe_px"] / off["epe_px"]}
-        row["exact_3d_ok"] = row["err3d_ratio_exact"] <= KIN_BAR["err3d_ratio_exact"]
+        row["exact_3d_ok"] = row["err3d_ratio_exact"] <= KIN_TARGETS["err3d_ratio_exact"]
         row["exact_2d_ok"] = row["epe_ratio_exact"] <= 1.0
         row["noisy_ok"] = row["err3d_ratio_noisy"] <= 1.0 and row["epe_ratio_noisy"] <= 1.0
         out.append(row)
@@ -108,16 +108,16 @@ def kinematics_bar(rows: Seq[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def kinematics_markdown(result: Mapping[str, Any]) -> str:
     c = result["config"]
-    lines = ["# Kinematics benchmark (issue 5)", "",
+    lines = ["# Kinematics benchmark", "",
              f"InvNeRF with exact poses (`kin_exact`), without poses (`kin_off`) and with poses carrying "
              f"{c['kin_noise_m'] * 1000:g} mm / {c['kin_noise_deg']:g}° per-axis noise and a {c['kin_lag_s'] * 1000:g} ms "
              "lag, compensated by the same time offset (`kin_noisy`).", "",
              format_table(result["rows"], columns=COLUMNS), "", "Means:", "",
              format_table(result["summary"], columns=COLUMNS), "",
-             f"Bar: exact 3D ≤ {KIN_BAR['err3d_ratio_exact']}× without and 2D not worse; noisy no worse "
+             f"Targets: exact 3D ≤ {KIN_TARGETS['err3d_ratio_exact']}× without and 2D not worse; noisy no worse "
              "than without (ratios to `kin_off`).", ""]
-    if result["bar"]:
-        lines.append(format_table(result["bar"], columns=list(result["bar"][0])))
+    if result["targets"]:
+        lines.append(format_table(result["targets"], columns=list(result["targets"][0])))
     if result.get("depth_cues"):
         lines += ["", "## Depth cues (ground truth)", "",
                   "Image shift per mm of depth error through the stereo baseline (disparity) and through the "

@@ -14,10 +14,10 @@ import numpy as np
 
 from ..config import FrontendConfig
 from ..structs import Queries, StereoCalib
-from .chains import build_correspondences
-from .flow import compute_flow_bank
-from .lk import track_lk
-from .stereo import stereo_depth_sequence_m
+from ..frontend.chains import build_correspondences
+from ..frontend.flow import compute_flow_bank
+from ..frontend.lk import track_lk
+from ..frontend.stereo import stereo_depth_sequence_m
 
 
 def random_stereo_video(

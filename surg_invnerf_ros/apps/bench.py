@@ -22,14 +22,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence as Seq
 
+import cv2
 import numpy as np
+import torch
 
-from ..config import BenchConfig, FrontendConfig, to_dict
+from ..config import BenchConfig, FrontendConfig, SynthConfig, to_dict
 from ..errors import ConfigError
+from ..eval.metrics import compute_metrics, query_frames_from
+from ..eval.plots import contact_frames, contact_sheet, plot_accuracy_vs_threshold
+from ..eval.report import DEFAULT_COLUMNS, format_table, json_safe, mean_rows, metrics_row
+from ..frontend.baselines import BASELINES, run_baseline
+from ..io.sequence import read_sequence
 from ..io.trackfile import atomic_write, read_tracks
 from ..structs import Sequence, Tracks
-from .metrics import compute_metrics, query_frames_from
-from .report import format_table, json_safe, mean_rows, metrics_row
+from ..synth.generate import generate_sequence
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         conditions=(_EASY_STATIC, ("medium", True, False), ("medium", False, True), _HARD_BOTH),
         seeds=(0, 1), frames=48, width=256, height=192, num_queries=64),
-    # Issue 3's bar is measured on this set: keep it fixed.
+    # The InvNeRF-vs-baseline targets are measured on this set: keep it fixed.
     "hard": Preset(conditions=(_HARD_BOTH,), seeds=(0, 1, 2), frames=48, width=256, height=192, num_queries=64),
     "quick": Preset(conditions=(_EASY_STATIC, _HARD_BOTH), seeds=(0,), frames=16, width=128, height=96,
                     num_queries=24),
@@ -127,9 +133,7 @@ def bench_total(cfg: BenchConfig, methods: Seq[str]) -> int:
 
 
 def baseline_runner(name: str, frontend_cfg: FrontendConfig | None = None) -> Runner:
-    """The runner of a baseline from `eval.baselines`: `run_baseline(name, seq, FrontendConfig())`."""
-    from .baselines import BASELINES, run_baseline
-
+    """The runner of a baseline from `frontend.baselines`: `run_baseline(name, seq, FrontendConfig())`."""
     if name not in BASELINES:
         raise ConfigError(f"bench.methods: unknown method {name!r} (expected one of {', '.join(BASELINES)} "
                           "or an injected runner)")
@@ -140,17 +144,12 @@ def baseline_runner(name: str, frontend_cfg: FrontendConfig | None = None) -> Ru
 def _generate(seq_dir: Path, spec: SeqSpec, **synth_extra: Any) -> None:
     """Write the synthetic sequence of `spec` (folder + gt/tracks.npz) at `seq_dir`; `synth_extra`
     sets further `SynthConfig` fields (e.g. pose noise)."""
-    from ..config import SynthConfig
-    from ..synth.generate import generate_sequence
-
     generate_sequence(seq_dir, SynthConfig(
         frames=spec.frames, width=spec.width, height=spec.height, seed=spec.seed, instrument=spec.instrument,
         camera_motion=spec.camera_motion, difficulty=spec.difficulty, num_queries=spec.num_queries, **synth_extra))
 
 
 def _read(seq_dir: Path) -> Sequence:
-    from ..io.sequence import read_sequence
-
     return read_sequence(seq_dir)
 
 
@@ -184,8 +183,6 @@ def ensure_sequence(seq_root: Path, spec: SeqSpec, suffix: str = "", **synth_ext
 
 def machine_info() -> dict[str, Any]:
     """Platform, CPU count and library versions: timings mean nothing without them."""
-    import cv2
-
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -195,15 +192,10 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        info["torch"] = None
     return info
 
 
@@ -222,7 +214,7 @@ def run_bench(
             `out_dir/plots`.
         cfg: the benchmark set and options.
         methods: method names, in table order. A name in `runners` uses that callable; any other
-            must be a baseline of `eval.baselines.BASELINES`.
+            must be a baseline of `frontend.baselines.BASELINES`.
         progress: called with 1 after each (sequence, method) run; `bench_total` gives the count.
         runners: injected methods, `Sequence → Tracks` (e.g. "invnerf", ablations).
         frontend_cfg: the baselines' front end (default `FrontendConfig()`); give the injected
@@ -275,15 +267,11 @@ def run_bench(
             if progress is not None:
                 progress(1)
         if cfg.plots:
-            from .plots import contact_frames, contact_sheet
-
             frames = contact_frames(seq.num_frames, cfg.contact_frames)
             plot_paths.append(contact_sheet(seq, tracks_by_method, gt, out / "plots" / f"contact_{spec.name}.png",
                                             frames=frames))
     summary = mean_rows(rows, key="method", label={"sequence": "mean"})
     if cfg.plots:
-        from .plots import plot_accuracy_vs_threshold
-
         plot_paths.insert(0, plot_accuracy_vs_threshold([r for r in rows if "delta_1" in r],
                                                         out / "plots" / "accuracy_vs_threshold.png"))
     result = BenchResult(rows=rows, summary=summary, timings_s=timings, errors=errors, fits=fits,
@@ -349,8 +337,6 @@ def _write_markdown(path: Path, cfg: BenchConfig, specs: list[SeqSpec], result: 
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    from .report import DEFAULT_COLUMNS
-
     cols = [c for c in DEFAULT_COLUMNS if any(c in r for r in rows)]
     return cols + (["error"] if any("error" in r for r in rows) else [])
 

@@ -1,7 +1,8 @@
 """`surg-invnerf`: the offline command line (synth, track, eval, recon, bench, record, demo).
 
 This is the only code that sets an exit code. A user mistake (bad file, field or value) prints one
-line on stderr naming it and exits 2, without a traceback (STYLE §7). Long work shows a tqdm bar.
+line on stderr naming it and exits 2, without a traceback. Long work shows a tqdm bar. Options that
+set a config field take their default, help and choices from that field's metadata.
 """
 
 from __future__ import annotations
@@ -11,10 +12,27 @@ import json
 import logging
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence as Seq
+from typing import Any, Callable, Iterator, Sequence as Seq
 
-from .errors import ConfigError, InputError
+from tqdm import tqdm
+
+from ..config import FitConfig, FrontendConfig, KinematicsConfig, SynthConfig, field_meta, load_fit_and_frontend
+from ..errors import ConfigError, InputError
+from ..eval.metrics import evaluate_files
+from ..eval.report import format_table, json_safe, metrics_row
+from ..io.kinematics import read_hand_eye
+from ..io.scared import scared_to_sequence
+from ..io.sequence import read_sequence
+from ..io.stir import stir_clip_to_sequence
+from ..io.trackfile import export_csv, export_stir_json, write_tracks
+from ..ros.kinematics import camera_poses_at
+from ..structs import Sequence
+from ..synth.generate import generate_sequence
+from ..track import METHODS, fit_invnerf, reconstruct, track_sequence
+from .demo import run_demo
+from .suite import SuiteOptions, run_full_bench
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +51,28 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def config_option(parser: argparse.ArgumentParser, flag: str, cls: type, name: str, *,
+                  default: Any = argparse.SUPPRESS, **kwargs: Any) -> None:
+    """Add `flag` for the field `cls.name`: type, help and choices come from the field's metadata.
+
+    With the default `default`, an option left out keeps the config's own default (shown in the
+    help); pass `default=None` where an option left out must leave a loaded config alone."""
+    meta = field_meta(cls, name)
+    shown = meta.default if default is argparse.SUPPRESS else None
+    help_text = meta.doc.rstrip(".") + (f" (default {shown})" if shown is not None else "")
+    if meta.type is bool:
+        parser.add_argument(flag, action="store_true", default=meta.default if shown is not None else None,
+                            help=help_text, **kwargs)
+        return
+    if meta.choices:
+        kwargs.setdefault("choices", list(meta.choices))
+    kwargs.setdefault("type", meta.type if meta.type in (int, float) else str)
+    parser.add_argument(flag, default=meta.default if shown is not None else default, help=help_text, **kwargs)
+
+
 @contextmanager
 def _bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Callable[[int], None]]:
     """A tqdm bar on stderr; yields `update(n)`."""
-    from tqdm import tqdm
-
     with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, delay=0.5) as bar:
         yield bar.update
 
@@ -45,8 +80,6 @@ def _bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Call
 @contextmanager
 def _fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
     """A tqdm bar driven by the optimiser's progress dicts (step, max_steps, loss, converged)."""
-    from tqdm import tqdm
-
     bar = tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, unit="step", delay=0.5)
 
     def update(info: dict) -> None:
@@ -72,9 +105,6 @@ def _fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .config import SynthConfig
-    from .synth.generate import generate_sequence
-
     w, h = args.size
     cfg = SynthConfig(frames=args.frames, width=w, height=h, seed=args.seed, instrument=args.instrument,
                       camera_motion=args.camera_motion, difficulty=args.difficulty, num_queries=args.queries)
@@ -84,11 +114,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_run_configs(args: argparse.Namespace):
-    """(FitConfig, FrontendConfig) from --config (its `frontend:` section feeds the front end), the
-    --set overrides (`frontend.*` ones too) and the dedicated flags."""
-    from .config import load_fit_and_frontend
-
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The dotted config overrides that the command line's `--set` and dedicated flags stand for."""
     overrides = list(getattr(args, "set", None) or [])
     if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
@@ -100,21 +127,40 @@ def load_run_configs(args: argparse.Namespace):
         overrides.append(f"use_kinematics={'true' if args.kinematics == 'on' else 'false'}")
     if getattr(args, "pose_refine", False):
         overrides.append("pose_refine=true")
-    return load_fit_and_frontend(args.config, overrides)
+    return overrides
+
+
+def load_run_configs(args: argparse.Namespace) -> tuple[FitConfig, FrontendConfig]:
+    """(FitConfig, FrontendConfig) from --config (its `frontend:` section feeds the front end), the
+    --set overrides (`frontend.*` ones too) and the dedicated flags."""
+    return load_fit_and_frontend(args.config, run_overrides(args))
+
+
+def apply_kinematics_options(seq: Sequence, hand_eye: Path | None, offset_s: float) -> Sequence:
+    """Read the sequence's poses as ECM poses and give each image its camera pose through the node's
+    kinematics rules (`ros.kinematics.camera_poses_at`): hand-eye `T_ecm_cam` and clock offset."""
+    if hand_eye is None and not offset_s:
+        return seq
+    flag = "--hand-eye" if hand_eye is not None else "--kinematics-offset-s"
+    if seq.T_world_cam is None:
+        raise UsageError(f"{flag}: {seq.name} has no kinematics.csv to apply it to")
+    T_ecm_cam = read_hand_eye(hand_eye) if hand_eye is not None else None
+    kin_cfg = KinematicsConfig(time_offset_s=offset_s,
+                               **({"T_ecm_cam": tuple(T_ecm_cam.ravel().tolist())} if T_ecm_cam is not None else {}))
+    T_world_cam, counts = camera_poses_at(seq.stamps_ns, seq.stamps_ns, seq.T_world_cam, kin_cfg)
+    if sum(counts.values()):
+        log.warning("kinematics: %s image(s) had no pose within %.3f s of stamp + offset and took the "
+                    "nearest frame's", sum(counts.values()), kin_cfg.max_age_s)
+    return replace(seq, T_world_cam=T_world_cam)
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from .io.sequence import read_sequence
-    from .io.trackfile import export_csv, export_stir_json, write_tracks
-    from .track import track_sequence
-
+    if args.method not in METHODS:
+        raise UsageError(f"--method: unknown method {args.method!r} (expected one of {', '.join(METHODS)})")
     fit_cfg, frontend_cfg = load_run_configs(args)
     with _bar("read", unit="frame") as update:
         seq = read_sequence(args.seq, progress=update)
-    if args.hand_eye is not None:
-        seq = _apply_hand_eye(seq, args.hand_eye)
-    if args.kinematics_offset_s:
-        seq = _shift_kinematics(seq, args.kinematics_offset_s)
+    seq = apply_kinematics_options(seq, args.hand_eye, args.kinematics_offset_s)
     with _fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
     if seq.rectify is not None:
@@ -128,46 +174,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shift_kinematics(seq, offset_s: float):
-    """Compensate kinematics that lag the images: poses re-sampled at stamp + offset_s."""
-    from .io.kinematics import shift_poses
-
-    if seq.T_world_cam is None:
-        raise UsageError(f"--kinematics-offset-s: {seq.name} has no kinematics.csv to shift")
-    seq.T_world_cam = shift_poses(seq.stamps_ns, seq.T_world_cam, offset_s)
-    return seq
-
-
-def _apply_hand_eye(seq, path: Path):
-    """Read the sequence's poses as ECM poses and append the hand-eye: T_world_cam = T_world_ecm · T_ecm_cam."""
-    import numpy as np
-
-    from .geometry import rigid_transform_problem
-    from .io.calib import numbers_field
-
-    if seq.T_world_cam is None:
-        raise UsageError(f"--hand-eye: {seq.name} has no kinematics.csv to apply it to")
-    if not Path(path).is_file():
-        raise UsageError(f"--hand-eye: {path}: file not found")
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError:
-        raise UsageError(f"--hand-eye: {path}: not valid YAML") from None
-    T_ecm_cam = numbers_field({"T_ecm_cam": data.get("T_ecm_cam") if isinstance(data, dict) else data},
-                              "T_ecm_cam", str(path), (4, 4))
-    problem = rigid_transform_problem(T_ecm_cam)
-    if problem:
-        raise UsageError(f"{path}: T_ecm_cam: {problem}")
-    seq.T_world_cam = np.asarray(seq.T_world_cam) @ T_ecm_cam
-    return seq
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.metrics import evaluate_files
-    from .eval.report import format_table, json_safe, metrics_row
-
     metrics = evaluate_files(args.seq, args.pred)
     if args.json:
         print(json.dumps(json_safe(metrics), sort_keys=True))
@@ -177,9 +184,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_recon(args: argparse.Namespace) -> int:
-    from .io.sequence import read_sequence
-    from .track import fit_invnerf, reconstruct
-
     fit_cfg, frontend_cfg = load_run_configs(args)
     seq = read_sequence(args.seq)
     frames = _parse_frames(args.frames, seq.num_frames)
@@ -205,13 +209,17 @@ def _parse_frames(text: str | None, num_frames: int) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .eval.suite import run_full_bench
-
-    return run_full_bench(args)
+    fit_cfg, frontend_cfg = load_run_configs(args)
+    width, height = args.size or (0, 0)
+    opts = SuiteOptions(preset=args.preset, methods=tuple(args.methods or ()), seeds=tuple(args.seeds or ()),
+                        width=width, height=height, frames=args.frames or 0, accuracy=not args.no_accuracy,
+                        kinematics=not args.no_kinematics, ros=not args.no_ros, speed=not args.no_speed)
+    run_full_bench(args.out, opts, fit_cfg, frontend_cfg)
+    return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from .ros.bag_nodes import record
+    from ..ros.bag_nodes import record  # optional: needs the ROS 2 wheels
 
     out = record(args.topics, args.out, duration_s=args.duration_s, to=args.to, storage=args.storage)
     print(f"wrote {out}")
@@ -219,8 +227,6 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_stir_import(args: argparse.Namespace) -> int:
-    from .io.stir import stir_clip_to_sequence
-
     with _bar("stir-import", unit="frame") as update:
         out = stir_clip_to_sequence(args.clip_dir, args.out, max_frames=args.max_frames, progress=update,
                                     start_json=args.start_json, end_json=args.end_json,
@@ -230,8 +236,6 @@ def cmd_stir_import(args: argparse.Namespace) -> int:
 
 
 def cmd_scared_import(args: argparse.Namespace) -> int:
-    from .io.scared import scared_to_sequence
-
     with _bar("scared-import", unit="frame") as update:
         out = scared_to_sequence(args.data_dir, args.out, max_frames=args.max_frames, progress=update)
     print(f"wrote {out}")
@@ -239,9 +243,8 @@ def cmd_scared_import(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(args)
+    fit_cfg, frontend_cfg = load_run_configs(args)
+    return run_demo(args.out, fit_cfg, frontend_cfg, offline=args.offline)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,26 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate a synthetic stereo endoscopy sequence with ground truth")
     s.add_argument("out", type=Path, help="output sequence folder")
-    s.add_argument("--frames", type=int, default=48)
-    s.add_argument("--size", type=_parse_size, default=(256, 192), help="WxH (default 256x192)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--queries", type=int, default=64, help="number of query points")
-    s.add_argument("--instrument", action="store_true", help="add an occluding instrument")
-    s.add_argument("--camera-motion", action="store_true", help="move the endoscope (writes kinematics.csv)")
-    s.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="medium")
+    config_option(s, "--frames", SynthConfig, "frames")
+    defaults = SynthConfig()
+    s.add_argument("--size", type=_parse_size, default=(defaults.width, defaults.height),
+                   help=f"image size WxH in pixels (default {defaults.width}x{defaults.height})")
+    config_option(s, "--seed", SynthConfig, "seed")
+    config_option(s, "--queries", SynthConfig, "num_queries", dest="queries")
+    config_option(s, "--instrument", SynthConfig, "instrument")
+    config_option(s, "--camera-motion", SynthConfig, "camera_motion")
+    config_option(s, "--difficulty", SynthConfig, "difficulty")
     s.set_defaults(func=cmd_synth)
 
     def fit_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", type=Path, help="FitConfig YAML (see config/fit.yaml)")
-        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="compute device (default: config)")
-        sp.add_argument("--time-budget-s", type=float, help="optimiser time budget in seconds")
-        sp.add_argument("--seed", type=int, help="random seed")
+        config_option(sp, "--device", FitConfig, "device", default=None)
+        config_option(sp, "--time-budget-s", FitConfig, "time_budget_s", default=None, metavar="S")
+        config_option(sp, "--seed", FitConfig, "seed", default=None)
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, FitConfig or frontend.* (repeatable)")
 
     t = sub.add_parser("track", help="track the queries of a sequence folder")
     t.add_argument("seq", type=Path, help="sequence folder (DESIGN §2.1)")
     t.add_argument("--out", type=Path, required=True, help="output track file (.npz)")
-    t.add_argument("--method", default="invnerf", help="invnerf (default) or a baseline: lk, dis, lk_query, csrt, zero")
+    t.add_argument("--method", default=METHODS[0], choices=METHODS, help=f"tracker (default {METHODS[0]})")
     t.add_argument("--csv", type=Path, help="also export frame,id,u,v,visible,x,y,z CSV")
     t.add_argument("--stir-json", type=Path, help="also export STIR-style end-frame JSON")
     t.add_argument("--kinematics", choices=["on", "off"],
@@ -285,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hand-eye", type=Path,
                    help="YAML with T_ecm_cam (4x4, metres): kinematics.csv holds ECM poses, not camera poses")
     t.add_argument("--kinematics-offset-s", type=float, default=0.0, metavar="S",
-                   help="kinematics clock offset: the pose of an image at t is read at t + S (positive when "
-                        "the poses lag; the node's kinematics.time_offset_s)")
+                   help=field_meta(KinematicsConfig, "time_offset_s").doc)
     fit_args(t)
     t.set_defaults(func=cmd_track)
 

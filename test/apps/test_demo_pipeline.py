@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.ros.demo_pipeline import _write_results, run_ros_demo
+from surg_invnerf_ros.apps.demo_pipeline import _write_results, run_ros_demo
 from surg_invnerf_ros.structs import TRACKED_POINTS_DTYPE
 
 

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image, PointCloud2
 
 from ..eval.metrics import compute_metrics
 from ..eval.report import format_table, metrics_row
 from ..io.trackfile import tracks_from_records
-from . import convert
-from .bag_nodes import use_large_data_transport
-from .procs import start_entry_point, stop_process
+from ..ros import convert
+from ..ros.bag_nodes import use_large_data_transport
+from ..ros.procs import start_entry_point, stop_process
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "track.yaml"
 TRACKER = "/surg_invnerf_tracker"
@@ -35,10 +38,6 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
     Returns 1 (with one line saying why) when the tracker exits early or the source publishes no
     ground truth within `source_timeout_s` (it pre-renders its frames first).
     """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image, PointCloud2
-
     use_large_data_transport()  # the checker must speak the nodes' transports, before rclpy.init
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,44 @@
+"""Benchmark set config (`apps/bench.py`, DESIGN §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import ConfigError
+from .base import (
+    check_fields,
+    option,
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The synthetic benchmark set (DESIGN §4): a named preset of sequences, optionally resized.
+
+    Presets (`eval/bench.py` lists them): "default" (2 seeds × 4 conditions, from easy and static to
+    hard with an instrument and camera motion), "hard" (hard, instrument + camera motion, 3 seeds: the
+    set issue 3's bar is measured on) and "quick" (a small smoke run). Zero or empty fields take the
+    preset's value, so `bench.frames=96` resizes a preset without redefining it.
+    """
+
+    preset: Literal["default", "hard", "quick"] = option("default", "Named set of synthetic sequences.")
+    frames: int = option(0, "Frames per sequence; 0 takes the preset's (48; quick 16).", lo=0)
+    width: int = option(0, "Image width in px; 0 takes the preset's (256; quick 128).", lo=0)
+    height: int = option(0, "Image height in px; 0 takes the preset's (192; quick 96).", lo=0)
+    num_queries: int = option(0, "Query points per sequence; 0 takes the preset's (64; quick 24).", lo=0)
+    seeds: tuple[int, ...] = option((), "Sequence seeds; empty takes the preset's.", lo=0)
+    plots: bool = option(True, "Write the accuracy plot and one contact sheet per sequence.")
+    contact_frames: int = option(4, "Frames (columns) per contact sheet.", lo=1, hi=16)
+    keep_going: bool = option(True, "Record a method that raises as failed and go on; false re-raises.")
+    kin_noise_m: float = option(0.0005, "Kinematics section: per-axis std of the translation noise on the noisy poses.",
+                                lo=0.0, hi=0.1)
+    kin_noise_deg: float = option(0.5, "Kinematics section: per-axis std of the rotation noise on the noisy poses.",
+                                  lo=0.0, hi=30.0)
+    kin_lag_s: float = option(0.04, "Kinematics section: lag of the noisy poses behind the images, compensated "
+                              "with the same time offset.", lo=-1.0, hi=1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "bench.")
+        if self.frames == 1:
+            raise ConfigError("bench.frames: expected 0 (preset) or >= 2, got 1")

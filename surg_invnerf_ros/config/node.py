@@ -1,0 +1,136 @@
+"""ROS node configs: sync, queries, online tracking, refinement, publishing (DESIGN §3.3, §5).
+
+One read-only ROS parameter per leaf field (`ros/params.py`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import ConfigError
+from .base import (
+    check_fields,
+    nested,
+    option,
+)
+from .frontend import FrontendConfig
+from .kinematics import KinematicsConfig
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Pairing of left/right images and camera_infos by stamp (`ros/sync.py`)."""
+
+    approximate: bool = option(True, "Pair by nearest stamp within slop_s; false: all four stamps must be equal.")
+    slop_s: float = option(0.005, "Largest stamp difference inside one stereo set (approximate sync), seconds.",
+                           lo=0.0, hi=1.0)
+    queue_size: int = option(10, "Messages kept per input while waiting for their partners.", lo=1, hi=1000)
+    timeout_s: float = option(0.5, "A left image still unpaired after this long is dropped (missing right image).",
+                              lo=0.0, hi=60.0)
+    frame_queue_size: int = option(2, "Paired frames waiting for the front end; the oldest is dropped beyond.",
+                                   lo=1, hi=100)
+    max_rate_hz: float = option(0.0, "Process at most this many pairs per second (0: no limit); extra pairs drop.",
+                                lo=0.0)
+    backend: Literal["auto", "builtin", "message_filters"] = option(
+        "auto", "auto: message_filters when installed, else built-in. Only the built-in one counts pairing "
+        "drops (missing right image, duplicate stamps) by reason.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "sync.")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """Queries given at start; more arrive on ~/queries and clicked_point (DESIGN §5)."""
+
+    points_px: tuple[float, ...] = option((), "Start queries as a flat list u0, v0, u1, v1, ... (left pixels).")
+    auto_grid: int = option(0, "With no points_px: a grid of about this many queries on the first frame (0: wait).",
+                            lo=0, hi=10000)
+    grid_margin_px: float = option(8.0, "Grid queries keep this distance from the image border.", lo=0.0)
+    max_queries: int = option(512, "Queries beyond this many are refused.", lo=1, hi=100000)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "queries.")
+        if len(self.points_px) % 2:
+            raise ConfigError(f"queries.points_px: expected an even count (u, v pairs), got {len(self.points_px)}")
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """The online tracker's per-frame front end (`online.py`, DESIGN §3.3)."""
+
+    point_depth: Literal["lk_stereo", "sgbm"] = option(
+        "lk_stereo", "Depth of the tracked points each frame: LK from the left to the right image at the "
+        "points (~3 ms), or a dense SGBM map (~170 ms at 640x512 on 2 CPU cores; ~cloud_rate_hz anyway).")
+    stereo_max_dy_px: float = option(1.0, "lk_stereo: a match further than this off the epipolar row is invalid.",
+                                     lo=0.0)
+    confidence_half_life_frames: float = option(
+        30.0, "Front-end confidence halves every this many frames since a point was last anchored by a fit.",
+        lo=0.1)
+    reacquire_every: int = option(
+        1, "Every this many frames, LK re-finds each query from the image it was placed on, started at its "
+        "current estimate and held to the lk.min_ncc_query check; where found it replaces the chained "
+        "estimate, so chained-LK drift does not build up when the tissue looks as it did (0 = off).", lo=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "online.")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Asynchronous InvNeRF refinement on a window of keyframes (`online.py`, DESIGN §3.3)."""
+
+    enabled: bool = option(True, "Fit the model asynchronously; false publishes the front end only.")
+    worker: Literal["process", "thread"] = option(
+        "process", "Where the fit runs: a child process (keeps the GIL and torch out of the node) or a thread.")
+    keyframe_every: int = option(2, "Every this many frames becomes a keyframe.", lo=1, hi=1000)
+    window_frames: int = option(16, "Keyframes kept and fitted (older ones leave the window).", lo=2, hi=10000)
+    min_keyframes: int = option(4, "A fit starts once this many keyframes are buffered.", lo=2, hi=10000)
+    new_keyframes: int = option(2, "Keyframes that must arrive after a fit before the next one starts.", lo=1)
+    fit_config: str = option("", "YAML file with FitConfig keys for the worker (empty: defaults).")
+    fit_overrides: tuple[str, ...] = option((), "FitConfig overrides as key=value strings, e.g. max_steps=200.")
+    history_frames: int = option(300, "Per-frame results kept so refined fits can replace them.", lo=1, hi=100000)
+    render_cloud: bool = option(
+        False, "After each fit, render the model's depth of the newest keyframe for ~/cloud. Renders every "
+        "pixel: seconds on a GPU, ~40 s for 256x192 on a 2-core CPU.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "refine.")
+        if self.min_keyframes > self.window_frames:
+            raise ConfigError(f"refine.min_keyframes: expected <= window_frames ({self.window_frames}), "
+                              f"got {self.min_keyframes}")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """What the node publishes and how often (`ros/publishers.py`, `ros/diagnostics.py`)."""
+
+    overlay: bool = option(True, "Publish ~/overlay (left image with the tracks drawn).")
+    tf: bool = option(True, "Broadcast track_<id> frames on /tf and the stereo frame on /tf_static.")
+    markers: bool = option(True, "Publish ~/markers (spheres, id labels, trails).")
+    trail_frames: int = option(10, "Trail length in ~/markers, frames.", lo=0, hi=1000)
+    marker_diameter_m: float = option(0.002, "Sphere diameter in ~/markers, metres.", lo=0.0)
+    cloud_rate_hz: float = option(2.0, "~/cloud publish rate (0: off).", lo=0.0, hi=1000.0)
+    cloud_stride_px: int = option(4, "~/cloud keeps one pixel in stride×stride.", lo=1, hi=256)
+    poll_rate_hz: float = option(10.0, "How often refined results are collected from the worker.", lo=0.1, hi=1000.0)
+    diagnostics_rate_hz: float = option(1.0, "/diagnostics publish rate.", lo=0.01, hi=100.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "publish.")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The tracker node `surg_invnerf_tracker` (DESIGN §5); `config/track.yaml` sets it."""
+
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "Model device; auto uses CUDA when present.")
+    frontend: FrontendConfig = nested(FrontendConfig, "Per-frame LK tracking and SGBM depth.")
+    online: OnlineConfig = nested(OnlineConfig, "Per-frame point depth and confidence.")
+    sync: SyncConfig = nested(SyncConfig, "Stereo + camera_info synchronisation.")
+    queries: QueryConfig = nested(QueryConfig, "Start queries.")
+    refine: RefineConfig = nested(RefineConfig, "Asynchronous InvNeRF refinement.")
+    publish: PublishConfig = nested(PublishConfig, "Outputs.")
+    kinematics: KinematicsConfig = nested(KinematicsConfig, "ECM poses on ecm/measured_cp: buffer, hand-eye, clock offset, world frame.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
