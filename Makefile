@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) test
+
+# The suite without the end-to-end tests marked slow (under a minute on 2 cores).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow" test
+
+# ruff (style, bugs, imports) and pyright (types) over the package.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyright
 
 bench: $(STAMP)
 	$(VENV)/bin/surg-invnerf bench --out out/bench

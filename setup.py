@@ -43,7 +43,7 @@ setup(
     ],
     extras_require={
         "pywheels": PYWHEELS,
-        "test": ["pytest", "pytest-timeout", "pytest-xdist"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "pyright"],
     },
     zip_safe=True,
     maintainer="surg_invnerf_ros developers",

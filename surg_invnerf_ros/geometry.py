@@ -10,6 +10,18 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 
+def grid_points_px(n: int, width: int, height: int, margin_px: float) -> np.ndarray:
+    """`n` pixels (rows of u, v) at the cell centres of a regular, aspect-matched grid that keeps
+    `margin_px` from the image border: the one grid of query points."""
+    w, h = max(width - 1 - 2 * margin_px, 1.0), max(height - 1 - 2 * margin_px, 1.0)
+    nx = max(1, int(round(np.sqrt(n * w / h))))
+    ny = max(1, int(np.ceil(n / nx)))
+    us = margin_px + (np.arange(nx) + 0.5) * w / nx
+    vs = margin_px + (np.arange(ny) + 0.5) * h / ny
+    uu, vv = np.meshgrid(us, vs)
+    return np.stack([uu.ravel(), vv.ravel()], axis=-1)[:n]
+
+
 def project_px(xyz_cam_m: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pinhole projection of (..., 3) camera points to (..., 2) pixels; z <= 0 gives NaN."""
     z = xyz_cam_m[..., 2:3]

@@ -33,12 +33,12 @@ from .frontend.bulk_motion import median_shift
 from .frontend.flow import to_grey
 from .frontend.lk import LKPointTracker
 from .frontend.stereo import stereo_depth_m
-from .geometry import depth_from_disparity_m, sample_bilinear, unproject_m
+from .geometry import depth_from_disparity_m, grid_points_px, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner
 from .structs import Queries, Sequence, StereoCalib
 
 __all__ = ["FrameTracks", "FrontEnd", "LKStereoFrontEnd", "OnlineTracker", "RefineJob", "RefineOutput",
-           "Refiner", "StereoFrame", "grid_queries_px", "index_of"]
+           "Refiner", "StereoFrame", "index_of"]
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +169,6 @@ def index_of(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
     pos = np.clip(np.searchsorted(haystack, needles, sorter=order), 0, len(haystack) - 1)
     found = haystack[order[pos]] == needles
     return np.where(found, order[pos], -1).astype(np.int64)
-
-
-def grid_queries_px(n: int, image_size: tuple[int, int], margin_px: float) -> np.ndarray:
-    """About `n` pixels on a regular grid inside the margin, rows of (u, v); exactly n rows."""
-    W, H = image_size
-    w, h = max(W - 1 - 2 * margin_px, 1.0), max(H - 1 - 2 * margin_px, 1.0)
-    nx = max(1, int(round(np.sqrt(n * w / h))))
-    ny = max(1, int(np.ceil(n / nx)))
-    us = margin_px + (np.arange(nx) + 0.5) * w / nx
-    vs = margin_px + (np.arange(ny) + 0.5) * h / ny
-    uu, vv = np.meshgrid(us, vs)
-    return np.stack([uu.ravel(), vv.ravel()], axis=-1)[:n]
 
 
 class OnlineTracker:
@@ -410,7 +398,7 @@ class OnlineTracker:
             if self._pending_grid and not len(self._ids):
                 n = min(self._pending_grid, self.query_cfg.max_queries)
                 self._pending_grid = 0
-                self._add_locked(grid_queries_px(n, frame.calib.image_size, self.query_cfg.grid_margin_px),
+                self._add_locked(grid_points_px(n, *frame.calib.image_size, self.query_cfg.grid_margin_px),
                                  self._prev_left if self._prev_left is not None else left)
             if self._prev_left is not None and len(self._ids):
                 uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))

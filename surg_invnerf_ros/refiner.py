@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .config import FrontendConfig, RefineConfig, load_config
+from .device import resolve_device
 from .errors import ConfigError
 from .structs import Sequence, Tracks
 
@@ -45,25 +46,6 @@ class RefineOutput:
 
 
 Refiner = Callable[[RefineJob], RefineOutput]
-
-
-def resolve_device(device: str) -> str:
-    """auto → cuda when torch sees a GPU, else cpu. Refuses cuda without a GPU (the node won't start).
-
-    Raises:
-        ConfigError: `device: cuda requested but ...`.
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device: expected one of auto|cpu|cuda, got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise ConfigError("device: cuda requested but torch sees no CUDA device")
-    return "cpu"
 
 
 def worker_memory() -> dict[str, int]:

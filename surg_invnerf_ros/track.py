@@ -29,7 +29,8 @@ from torch import Tensor
 
 from .config import FitConfig, FrontendConfig, to_dict
 from .errors import ConfigError, InputError
-from .fit.optimiser import FitData, Fitter, resolve_device, to_device_data
+from .device import resolve_device
+from .fit.optimiser import FitData, Fitter, to_device_data
 from .frontend.baselines import BASELINES, run_baseline
 from .frontend.chains import build_correspondences
 from .frontend.flow import compute_flow_bank
@@ -159,7 +160,7 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
     """
     fit_cfg = fit_cfg or FitConfig()
     frontend_cfg = frontend_cfg or FrontendConfig()
-    device = resolve_device(fit_cfg.device)
+    device = torch.device(resolve_device(fit_cfg.device, key="fit.device"))
     threads = torch.get_num_threads()
     if fit_cfg.num_threads > 0:
         torch.set_num_threads(fit_cfg.num_threads)
@@ -380,7 +381,7 @@ def track_sequence(seq: Sequence, method: str = "invnerf", fit_cfg: FitConfig | 
     frontend_cfg = frontend_cfg or FrontendConfig()
     if method == "invnerf":
         fit_cfg = fit_cfg or FitConfig()
-        resolve_device(fit_cfg.device)  # refuse cuda-without-GPU before the front end runs
+        resolve_device(fit_cfg.device, key="fit.device")  # refuse cuda-without-GPU before the front end runs
         result = fit_invnerf(seq, fit_cfg, frontend_cfg, progress)
         return infer_tracks(result, seq, seq.queries)
     return run_baseline(method, seq, frontend_cfg)

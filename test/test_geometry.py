@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from surg_invnerf_ros.geometry import rigid_transform_problem
+from surg_invnerf_ros.geometry import grid_points_px, rigid_transform_problem
 
 
 def test_a_rigid_transform_has_no_problem():
@@ -23,3 +23,12 @@ def test_each_problem_is_named():
     nan = np.eye(4)
     nan[0, 3] = np.nan
     assert "finite" in rigid_transform_problem(nan)
+
+
+def test_grid_points_cover_the_inside_of_the_margin():
+    uv = grid_points_px(12, 64, 48, 8.0)
+    assert uv.shape == (12, 2) and len(np.unique(uv, axis=0)) == 12
+    assert uv.min() >= 8.0 and uv[:, 0].max() <= 63 - 8.0 and uv[:, 1].max() <= 47 - 8.0
+    # aspect-matched: more columns than rows on a landscape image
+    assert len(np.unique(uv[:, 0])) > len(np.unique(uv[:, 1]))
+    assert grid_points_px(7, 64, 48, 8.0).shape == (7, 2)

@@ -9,7 +9,7 @@ import pytest
 from surg_invnerf_ros.config import FrontendConfig, LKConfig, OnlineConfig, QueryConfig, RefineConfig
 from surg_invnerf_ros.errors import InputError
 from surg_invnerf_ros.online import (
-    LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, grid_queries_px, index_of)
+    LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, index_of)
 from surg_invnerf_ros.structs import StereoCalib, Tracks
 
 W, H = 64, 48
@@ -333,8 +333,6 @@ class TestRefinement:
 def test_helpers():
     assert index_of(np.array([5, 3, 9]), np.array([9, 4, 5])).tolist() == [2, -1, 0]
     assert index_of(np.zeros(0, np.int64), np.array([1])).tolist() == [-1]
-    g = grid_queries_px(7, (64, 48), 8.0)
-    assert g.shape == (7, 2)
 
 
 def test_lost_points_follow_the_median_motion():

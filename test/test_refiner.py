@@ -6,7 +6,8 @@ import pytest
 
 from surg_invnerf_ros.config import FrontendConfig, RefineConfig
 from surg_invnerf_ros.errors import ConfigError
-from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob, resolve_device
+from surg_invnerf_ros.device import resolve_device
+from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob
 from surg_invnerf_ros.structs import Queries, Sequence, StereoCalib
 
 W, H = 64, 48

@@ -48,8 +48,8 @@ class SamplerConfig:
     """Error-driven pixel sampling and the stopping rule (DESIGN §3.2)."""
 
     strategy: Literal["error_driven", "uniform"] = option(
-        "uniform", "How pixels are drawn. Uniform measured better than error-driven on the hard synthetic set "
-        "(seed 0: EPE 0.40-0.44 vs 0.48-0.54 px over four error-driven settings), which is kept as the ablation.")
+        "uniform", "How pixels are drawn: uniformly over the error-map cells, or in proportion to their error "
+        "(`error_share`).")
     rays_per_step: int = option(384, "Correspondences per step while nothing has converged.", lo=1)
     min_budget_share: float = option(0.35, "The budget never shrinks below this share.", lo=0.0, hi=1.0)
     error_share: float = option(0.5, "Share of the budget drawn in proportion to error.", lo=0.0, hi=1.0)
@@ -58,9 +58,8 @@ class SamplerConfig:
         "drift while the shared parameters move), or only the unconverged ones.")
     cell_px: int = option(8, "Error maps hold one cell per cell_px × cell_px pixels.", lo=1)
     converged_below_px: float = option(
-        0.25, "τ: a cell has converged below this error. With full-resolution flow the correspondences are "
-        "sub-pixel: τ = 1 px stopped hard fits after 300 steps, and 0.5 px stopped easier ones after 300-600 "
-        "(held-out hard seeds 3, 4: EPE 0.57 / 0.26 / 0.23 px at 1 / 0.5 / 0.25).", lo=0.0)
+        0.25, "τ: a cell has converged below this error. Keep it below the correspondences' own accuracy "
+        "(sub-pixel with full-resolution flow), or fits stop early.", lo=0.0)
     converged_share: float = option(0.95, "γ: stop once this share of every frame converged.", lo=0.0, hi=1.0)
     refresh_every: int = option(300, "Dense refresh of the error maps every this many steps (0: never).", lo=0)
     refresh_chunk: int = option(4096, "Rays per batch during a dense refresh.", lo=1)

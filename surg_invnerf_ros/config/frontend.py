@@ -27,8 +27,7 @@ class FlowConfig:
     cycle_thresh_px: float = option(1.0, "Max forward-backward cycle error for a valid flow pixel.", lo=0.0)
     max_roughness_px: float = option(
         0.1, "Max distance between a pixel's flow and the 5x5 mean flow around it (0 = off). Tissue moves "
-        "smoothly; where full-resolution DIS patches an area seen in one frame only out of "
-        "unrelated pieces, its flow is rough (mean error 0.6 px there against 0.1 px on the hard scenes).", lo=0.0)
+        "smoothly; rough flow marks an area seen in one frame only, patched out of unrelated pieces.", lo=0.0)
     photo_thresh: float = option(
         24.0, "Max 7x7 mean absolute grey difference (0-255) between a pixel and where its flow lands "
         "(0 = off).", lo=0.0)
@@ -99,8 +98,7 @@ class StereoConfig:
     refine_agree_px: float = option(
         1.0, "Max |DIS - SGBM| disparity (and |vertical flow| / 2) for the refined value to be used.", lo=0.0)
     refine_finest_scale: int = option(
-        0, "Finest pyramid level of the refining DIS (0 = full resolution: mean disparity error "
-        "0.08 px on the hard scenes, against 0.13 px at the medium preset's level 1).", lo=0, hi=6)
+        0, "Finest pyramid level of the refining DIS (0 = full resolution, the most accurate; higher is faster).", lo=0, hi=6)
     fill_radius_px: int = option(
         5, "Baselines: window radius searched for the nearest valid depth at a track.", lo=0)
 

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from ..config import FitConfig
-from ..errors import ConfigError
 from ..model.pose_correction import PoseCorrection, invert_rigid
 from ..model.rays import pixel_rays, project_px, sample_depths
 from ..model.render import InvNeRF
@@ -40,18 +39,6 @@ from .sampler import PixelSampler
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when present, else CPU. 'cuda' without a usable GPU is a ConfigError."""
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("fit.device: cuda requested but no CUDA device is available "
-                              "(torch.cuda.is_available() is False); use device=auto or cpu")
-        return torch.device("cuda")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"fit.device: expected one of auto|cpu|cuda, got {name!r}")
 
 
 @dataclass

@@ -31,10 +31,10 @@ import numpy as np
 
 from ..config import FrontendConfig
 from ..errors import ConfigError, InputError
-from ..frontend.chains import track_dis_streaming
-from ..frontend.flow import check_rgb_u8, check_same_size
-from ..frontend.lk import track_lk
-from ..frontend.stereo import stereo_depth_sequence_m
+from .chains import track_dis_streaming
+from .flow import check_rgb_u8, check_same_size
+from .lk import track_lk
+from .stereo import stereo_depth_sequence_m
 from ..geometry import sample_bilinear, unproject_m
 from ..structs import Queries, Sequence, Tracks
 

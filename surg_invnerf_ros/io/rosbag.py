@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import T_from_xyz_qxyzw, interpolate_poses, xyz_qxyzw_from_T
+from ..geometry import T_from_xyz_qxyzw, grid_points_px, interpolate_poses, xyz_qxyzw_from_T
 from ..structs import TRACKED_POINTS_DTYPE, Queries, Sequence, StereoCalib, Tracks
 from .sequence import write_sequence
 from .trackfile import POINT_RECORD_FIELDS, tracks_from_records, write_tracks
@@ -408,14 +408,9 @@ def match_topic(available: Iterable[str], name: str, where: str = "bag") -> str 
     return hits[0] if hits else None
 
 
-def grid_queries(width: int, height: int, n: int, frame_idx: int = 0, margin_frac: float = 0.1) -> Queries:
-    """`n` queries on a regular grid (about √n × √n, aspect-matched) inside a margin of `frame_idx`."""
-    cols = max(1, int(round(np.sqrt(n * width / height))))
-    rows = max(1, int(np.ceil(n / cols)))
-    us = np.linspace(margin_frac * (width - 1), (1 - margin_frac) * (width - 1), cols)
-    vs = np.linspace(margin_frac * (height - 1), (1 - margin_frac) * (height - 1), rows)
-    uu, vv = np.meshgrid(us, vs)
-    uv = np.stack([uu.ravel(), vv.ravel()], axis=1)[:n]
+def grid_queries(width: int, height: int, n: int, frame_idx: int = 0, margin_px: float = 8.0) -> Queries:
+    """`n` queries of `frame_idx` on the grid of `geometry.grid_points_px` (the node's grid queries)."""
+    uv = grid_points_px(n, width, height, margin_px)
     tuv = np.concatenate([np.full((len(uv), 1), float(frame_idx)), uv], axis=1)
     return Queries(ids=np.arange(len(uv), dtype=np.int64), query_tuv=tuv)
 

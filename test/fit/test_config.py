@@ -5,7 +5,7 @@ import torch
 
 from surg_invnerf_ros.config import FitConfig, HexPlaneConfig, load_config, to_dict
 from surg_invnerf_ros.errors import ConfigError
-from surg_invnerf_ros.fit.optimiser import resolve_device
+from surg_invnerf_ros.device import resolve_device
 
 
 class TestFitConfig:
@@ -49,23 +49,23 @@ class TestFitConfig:
 
 class TestResolveDevice:
     def test_cpu_and_auto(self):
-        assert resolve_device("cpu").type == "cpu"
-        assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert resolve_device("cpu") == "cpu"
+        assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
 
     @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
     def test_cuda_without_gpu_is_a_clear_error(self):
-        with pytest.raises(ConfigError, match="fit.device: cuda requested but no CUDA device"):
-            resolve_device("cuda")
+        with pytest.raises(ConfigError, match="fit.device: cuda requested but torch sees no CUDA device"):
+            resolve_device("cuda", key="fit.device")
 
     def test_cuda_without_gpu_mocked(self, monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-        with pytest.raises(ConfigError, match="fit.device"):
+        with pytest.raises(ConfigError, match="^device: cuda requested"):
             resolve_device("cuda")
-        assert resolve_device("auto").type == "cpu"
+        assert resolve_device("auto") == "cpu"
 
     def test_unknown(self):
-        with pytest.raises(ConfigError, match="fit.device"):
-            resolve_device("tpu")
+        with pytest.raises(ConfigError, match="fit.device: expected one of auto|cpu|cuda"):
+            resolve_device("tpu", key="fit.device")
 
 
 class TestFitAndFrontend:

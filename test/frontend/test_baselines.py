@@ -5,7 +5,7 @@ import pytest
 
 from surg_invnerf_ros.config import FrontendConfig
 from surg_invnerf_ros.errors import ConfigError, InputError
-from surg_invnerf_ros.eval.baselines import BASELINES, _make_csrt, run_baseline, xyz_from_depth_m
+from surg_invnerf_ros.frontend.baselines import BASELINES, _make_csrt, run_baseline, xyz_from_depth_m
 from surg_invnerf_ros.geometry import unproject_m
 from surg_invnerf_ros.structs import Queries, Sequence, StereoCalib
 
