@@ -37,7 +37,7 @@ def rotation_angle_deg(R: np.ndarray) -> float:
 class TestWorldCameraPixel:
     def test_round_trip_matches_ground_truth(self, scene, frames):
         K = scene.calib.K
-        for t, f in frames.items():
+        for f in frames.values():
             assert f.gt_visible.sum() >= 8
             xyz_world_m = transform_points(f.T_world_cam, f.gt_xyz_cam_m)  # (N, 3)
             xyz_cam_m = transform_points(invert_T(f.T_world_cam), xyz_world_m)

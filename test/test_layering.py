@@ -106,7 +106,7 @@ def test_no_import_cycles(level):
 
 def test_no_imports_hidden_in_functions_but_optional_ones():
     bad = []
-    for name, path in sorted(ALL.items()):
+    for _name, path in sorted(ALL.items()):
         for target, line, lazy in imports_of(path):
             if not lazy or target.split(".")[0] in OPTIONAL_ROOTS:
                 continue

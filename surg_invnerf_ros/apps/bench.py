@@ -20,7 +20,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence as Seq
+from typing import Any, Callable, Mapping
+from typing import Sequence as Seq
 
 import cv2
 import numpy as np

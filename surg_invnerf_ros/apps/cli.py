@@ -14,7 +14,8 @@ import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence as Seq
+from typing import Any, Callable, Iterator
+from typing import Sequence as Seq
 
 from tqdm import tqdm
 
@@ -275,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         config_option(sp, "--device", FitConfig, "device", default=None)
         config_option(sp, "--time-budget-s", FitConfig, "time_budget_s", default=None, metavar="S")
         config_option(sp, "--seed", FitConfig, "seed", default=None)
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, FitConfig or frontend.* (repeatable)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, FitConfig "
+            "or frontend.* (repeatable)")
 
     t = sub.add_parser("track", help="track the queries of a sequence folder")
     t.add_argument("seq", type=Path, help="sequence folder (DESIGN §2.1)")

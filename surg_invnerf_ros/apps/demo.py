@@ -16,10 +16,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import FitConfig, FrontendConfig, SynthConfig
-from ..frontend.baselines import BASELINES
 from ..eval.metrics import compute_metrics, query_frames_from
 from ..eval.plots import contact_frames, contact_sheet, plot_accuracy_vs_threshold
 from ..eval.report import format_table, metrics_row
+from ..frontend.baselines import BASELINES
 from ..io.sequence import read_sequence
 from ..io.trackfile import read_tracks, write_tracks
 from ..synth.generate import generate_sequence

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 
 from ..config import FrontendConfig
-from ..structs import Queries, StereoCalib
 from ..frontend.chains import build_correspondences
 from ..frontend.flow import compute_flow_bank
 from ..frontend.lk import track_lk
 from ..frontend.stereo import stereo_depth_sequence_m
+from ..structs import Queries, StereoCalib
 
 
 def random_stereo_video(

@@ -22,17 +22,18 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence as Seq
+from typing import Any, Callable, Mapping
+from typing import Sequence as Seq
 
 from ..config import BenchConfig, FitConfig, FrontendConfig, KinematicsConfig
+from ..eval.depth_cues import err3d_parts, motion_depth_cues
+from ..eval.metrics import compute_metrics, query_frames_from
+from ..eval.report import format_table, json_safe, mean_rows, metrics_row
 from ..io.sequence import read_sequence
 from ..io.trackfile import read_tracks, write_tracks
 from ..ros.kinematics import camera_poses_at
 from ..track import track_sequence
 from .bench import bench_specs, ensure_sequence, machine_info
-from ..eval.depth_cues import err3d_parts, motion_depth_cues
-from ..eval.metrics import compute_metrics, query_frames_from
-from ..eval.report import format_table, json_safe, mean_rows, metrics_row
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
             if progress is not None:
                 progress(1)
     targets = kinematics_targets(rows)
-    result = {"rows": rows, "summary": mean_rows(rows, key="method", label={"sequence": "mean"}), "targets": targets, "depth_cues": cues,
+    result = {"rows": rows, "summary": mean_rows(rows, key="method", label={"sequence": "mean"}), "targets": targets,
+              "depth_cues": cues,
               "config": {"kin_noise_m": cfg.kin_noise_m, "kin_noise_deg": cfg.kin_noise_deg,
                          "kin_lag_s": cfg.kin_lag_s}, "machine": machine_info()}
     out.mkdir(parents=True, exist_ok=True)

@@ -428,7 +428,8 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
                      f"{_f(rs.get('peak_children_mb'), 0)}) | {_f(rs.get('growth_mb'))} | "
                      f"{_f(rs.get('slope_mb_per_min'))} | {'yes' if rs.get('grows') else 'no'} |")
     m = runs[0]["machine"] if runs else {}
-    lines += ["", f"Latency: source publication of a frame (its ground truth's receipt) → receipt of ~/tracked_points in the benchmark process (front-end "
+    lines += ["", f"Latency: source publication of a frame (its ground truth's receipt) → receipt of "
+        f"~/tracked_points in the benchmark process (front-end "
               f"messages only, whole run); node: the node's own stamp → end of all outputs of the frame (overlay, "
               f"cloud, TF too), over its last 500 frames. Dropped: ground-truth frames without front-end points. "
               f"{m.get('cpu_count', '?')} CPUs, {m.get('platform', '')}; the source, the tracker, its refinement "

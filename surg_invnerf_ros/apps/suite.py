@@ -19,7 +19,8 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence as Seq
+from typing import Any, Callable, Mapping
+from typing import Sequence as Seq
 
 import numpy as np
 from tqdm import tqdm
@@ -80,7 +81,7 @@ def baseline_check(rows: Seq[Mapping[str, Any]], method: str = "invnerf") -> lis
         if mine is None or not base:
             continue
 
-        def best(key: str, high: bool = False) -> float:
+        def best(key: str, high: bool = False, base: list[Mapping[str, Any]] = base) -> float:
             vals = [float(r[key]) for r in base if np.isfinite(r.get(key, np.nan))]
             return (max(vals) if high else min(vals)) if vals else float("nan")
 

@@ -23,15 +23,18 @@ class LossConfig:
     """Loss weights and schedules (DESIGN §3.2). Each term is in the unit its function states."""
 
     corr_weight: float = option(0.1, "Rendered correspondence reprojection X̂_j (px).", lo=0.0)
-    corr_detach_weights: bool = option(True, "Correspondence terms train the map only, not the density (keeps the surface sharp).")
+    corr_detach_weights: bool = option(True, "Correspondence terms train the map only, not the density (keeps "
+        "the surface sharp).")
     bidirectional: bool = option(True, "Supervise i→j and j→i in the same step (False: i→j only).")
     charbonnier_eps_px: float = option(0.5, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
     photo_weight: float = option(1.0, "Photometric (colour in [0, 1], squared).", lo=0.0)
-    anchor_weight: float = option(1.0, "Reprojection of the stereo surface point mapped i→j (px): trains F before the density is sharp.", lo=0.0)
+    anchor_weight: float = option(1.0, "Reprojection of the stereo surface point mapped i→j (px): trains F "
+        "before the density is sharp.", lo=0.0)
     corr_depth_weight: float = option(0.2, "Mapped point's depth vs stereo depth at the matched pixel (disparity px).", lo=0.0)
     stereo_weight: float = option(0.2, "Expected depth vs stereo depth (disparity px).", lo=0.0)
     line_of_sight_weight: float = option(0.1, "Weights concentrated at the stereo depth.", lo=0.0)
-    stereo_decay_share: float = option(0.5, "Stereo weights fall to stereo_final_scale by this share of the budget.", lo=0.0, hi=1.0)
+    stereo_decay_share: float = option(0.5, "Stereo weights fall to stereo_final_scale by this share of the "
+        "budget.", lo=0.0, hi=1.0)
     stereo_final_scale: float = option(0.5, "Final multiplier of the stereo terms.", lo=0.0)
     range_weight: float = option(1.0, "Canonical and mapped points outside [-1, 1]^3.", lo=0.0)
     distortion_weight: float = option(0.001, "Mip-NeRF 360 distortion.", lo=0.0)
@@ -94,7 +97,8 @@ class FitConfig:
     seed: int = option(0, "Seed of parameters and sampling.", lo=0)
     time_budget_s: float = option(200.0, "Wall-clock budget of the optimisation loop.", lo=0.0)
     max_steps: int = option(6000, "Step budget.", lo=0)
-    num_threads: int = option(1, "torch CPU threads for the fit (process-wide; 0 leaves torch's default). One thread is as fast on small batches and robust on a shared machine.", lo=0)
+    num_threads: int = option(1, "torch CPU threads for the fit (process-wide; 0 leaves torch's default). One "
+        "thread is as fast on small batches and robust on a shared machine.", lo=0)
     log_every: int = option(25, "Progress callback every this many steps.", lo=1)
     use_kinematics: bool = option(True, "Cast rays in the world frame from the sequence's camera poses when it has them.")
     pose_refine: bool = option(

@@ -71,7 +71,8 @@ class CanonicalConfig:
 class RenderConfig:
     """Workspace, ray sampling and visibility (DESIGN §3.2, §3.4)."""
 
-    workspace_percentiles: tuple[float, ...] = option((2.0, 98.0), "Robust low/high percentiles of stereo points.", lo=0.0, hi=100.0)
+    workspace_percentiles: tuple[float, ...] = option((2.0, 98.0), "Robust low/high percentiles of stereo "
+        "points.", lo=0.0, hi=100.0)
     workspace_margin: float = option(0.15, "Box margin as a share of its extent on each side.", lo=0.0)
     near_samples: int = option(8, "Samples per ray within the stereo-depth band.", lo=0)
     near_band_disp_px: float = option(1.5, "Half-width of the stereo band, in disparity pixels.", lo=0.01)

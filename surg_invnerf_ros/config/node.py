@@ -130,7 +130,8 @@ class NodeConfig:
     queries: QueryConfig = nested(QueryConfig, "Start queries.")
     refine: RefineConfig = nested(RefineConfig, "Asynchronous InvNeRF refinement.")
     publish: PublishConfig = nested(PublishConfig, "Outputs.")
-    kinematics: KinematicsConfig = nested(KinematicsConfig, "ECM poses on ecm/measured_cp: buffer, hand-eye, clock offset, world frame.")
+    kinematics: KinematicsConfig = nested(KinematicsConfig, "ECM poses on ecm/measured_cp: buffer, hand-eye, "
+        "clock offset, world frame.")
 
     def __post_init__(self) -> None:
         check_fields(self, "")

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..geometry import invert_T, project_px, transform_points
 from ..structs import Tracks
-from .metrics import _masked_mean as _mean, match_by_id
+from .metrics import _masked_mean as _mean
+from .metrics import match_by_id
 
 
 def _evaluated(gt: Tracks, query_frames: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ drawn position is its pixel position.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence as Seq
+from typing import Any, Mapping
+from typing import Sequence as Seq
 
 import cv2
 import numpy as np

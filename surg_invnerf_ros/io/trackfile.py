@@ -21,7 +21,6 @@ import numpy as np
 from ..errors import InputError
 from ..structs import Tracks
 
-
 POINT_RECORD_FIELDS = ("id", "u", "v", "x", "y", "z", "visible")
 
 

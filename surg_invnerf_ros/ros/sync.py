@@ -134,7 +134,7 @@ class StereoSync:
 
     def _emit(self, pivot: _Item, partners: dict[str, tuple[int, _Item]]) -> StereoSet:
         self._queues[LEFT].popleft()
-        for slot, (idx, item) in partners.items():
+        for slot, (idx, _item) in partners.items():
             q = self._queues[slot]
             # Everything older than the partner can no longer pair with a later pivot.
             for _ in range(idx):

@@ -228,10 +228,10 @@ def _blinn_phong(P: Vec3, n: Vec3, light_w: np.ndarray, eye_w: np.ndarray, albed
     lx, ly, lz = light_w[0] - P[0], light_w[1] - P[1], light_w[2] - P[2]
     dist2 = lx * lx + ly * ly + lz * lz
     inv = 1.0 / np.sqrt(dist2)
-    l = (lx * inv, ly * inv, lz * inv)
+    to_light = (lx * inv, ly * inv, lz * inv)
     v = _normalise((eye_w[0] - P[0], eye_w[1] - P[1], eye_w[2] - P[2]))
-    h = _normalise((l[0] + v[0], l[1] + v[1], l[2] + v[2]))
-    diffuse = np.maximum(_dot(n, l), 0.0)
+    h = _normalise((to_light[0] + v[0], to_light[1] + v[1], to_light[2] + v[2]))
+    diffuse = np.maximum(_dot(n, to_light), 0.0)
     spec = ks * np.maximum(_dot(n, h), 0.0) ** shininess
     fall = exposure * (z_ref_m * z_ref_m) / dist2
     return (fall[..., None] * (albedo * (ambient + diffuse)[..., None] + spec[..., None])).astype(np.float32)

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from surg_invnerf_ros.apps import bench
 from surg_invnerf_ros.config import BenchConfig
 from surg_invnerf_ros.errors import ConfigError
-from surg_invnerf_ros.apps import bench
 from surg_invnerf_ros.eval.report import format_table, mean_rows, metrics_row
 from surg_invnerf_ros.io.sequence import write_sequence
 from surg_invnerf_ros.io.trackfile import write_tracks

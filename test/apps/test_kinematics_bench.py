@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.config import BenchConfig, FitConfig
 from surg_invnerf_ros.apps.kinematics_bench import kinematics_targets, run_kinematics_bench
+from surg_invnerf_ros.config import BenchConfig, FitConfig
 
 
 def row(method, e3, epe, seq="s0"):

@@ -2,9 +2,9 @@
 
 import pytest
 
+from surg_invnerf_ros.apps.suite import ABLATIONS, baseline_check, variant
 from surg_invnerf_ros.config import FitConfig
 from surg_invnerf_ros.errors import ConfigError
-from surg_invnerf_ros.apps.suite import ABLATIONS, baseline_check, variant
 
 
 def row(method, seq="s0", epe=1.0, end=2.0, delta=0.9, e3=1.0, oa=0.95):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from surg_invnerf_ros.config import FitConfig, HexPlaneConfig, load_config, to_dict
-from surg_invnerf_ros.errors import ConfigError
 from surg_invnerf_ros.device import resolve_device
+from surg_invnerf_ros.errors import ConfigError
 
 
 class TestFitConfig:

@@ -12,8 +12,13 @@ import pytest
 from surg_invnerf_ros.errors import InputError
 from surg_invnerf_ros.io.calib import Rectifier
 from surg_invnerf_ros.io.sequence import read_sequence
-from surg_invnerf_ros.io.stir import (GT_END_FILE, centres_from_segmentation, read_stir_calib, read_stir_labels,
-                                      stir_clip_to_sequence)
+from surg_invnerf_ros.io.stir import (
+    GT_END_FILE,
+    centres_from_segmentation,
+    read_stir_calib,
+    read_stir_labels,
+    stir_clip_to_sequence,
+)
 
 from ._make_seq import H, K, W, textured_frames
 
