@@ -204,7 +204,7 @@ def run_bench(
     out_dir: str | Path,
     cfg: BenchConfig,
     methods: Seq[str],
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     runners: Mapping[str, Runner] | None = None,
     frontend_cfg: FrontendConfig | None = None,
 ) -> BenchResult:

@@ -72,7 +72,7 @@ def config_option(parser: argparse.ArgumentParser, flag: str, cls: type, name: s
 
 
 @contextmanager
-def _bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+def _bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Callable[[int], object]]:
     """A tqdm bar on stderr; yields `update(n)`."""
     with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, delay=0.5) as bar:
         yield bar.update
@@ -146,8 +146,9 @@ def apply_kinematics_options(seq: Sequence, hand_eye: Path | None, offset_s: flo
     if seq.T_world_cam is None:
         raise UsageError(f"{flag}: {seq.name} has no kinematics.csv to apply it to")
     T_ecm_cam = read_hand_eye(hand_eye) if hand_eye is not None else None
-    kin_cfg = KinematicsConfig(time_offset_s=offset_s,
-                               **({"T_ecm_cam": tuple(T_ecm_cam.ravel().tolist())} if T_ecm_cam is not None else {}))
+    kin_cfg = KinematicsConfig(time_offset_s=offset_s)
+    if T_ecm_cam is not None:
+        kin_cfg = replace(kin_cfg, T_ecm_cam=tuple(T_ecm_cam.ravel().tolist()))
     T_world_cam, counts = camera_poses_at(seq.stamps_ns, seq.stamps_ns, seq.T_world_cam, kin_cfg)
     if sum(counts.values()):
         log.warning("kinematics: %s image(s) had no pose within %.3f s of stamp + offset and took the "

@@ -45,7 +45,7 @@ CUE_COLUMNS = ["sequence", "stereo_px_per_mm", "parallax_px_per_mm", "camera_tra
 
 
 def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConfig,
-                         progress: Callable[[int], None] | None = None,
+                         progress: Callable[[int], object] | None = None,
                          frontend_cfg: FrontendConfig | None = None) -> dict[str, Any]:
     """Fit every variant on every camera-motion sequence; write `kinematics.md`, `kinematics.json` and
     each variant's tracks (`tracks/<sequence>/<variant>.npz`)."""
@@ -57,6 +57,7 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
         exact_dir = ensure_sequence(out / "sequences", spec)
         gt = read_tracks(exact_dir / "gt" / "tracks.npz")
         exact = read_sequence(exact_dir)  # one read: `use_kinematics=false` ignores its poses
+        assert exact.T_world_cam is not None, f"{exact_dir}: a camera-motion sequence without kinematics.csv"
         query_frames = query_frames_from(gt, exact.queries)
         cues.append({"sequence": spec.name, **motion_depth_cues(gt, exact.T_world_cam, exact.calib.K,
                                                                exact.calib.baseline_m, query_frames)})
@@ -64,6 +65,7 @@ def run_kinematics_bench(out_dir: str | Path, cfg: BenchConfig, fit_cfg: FitConf
                 "kin_off": (exact, replace(fit_cfg, use_kinematics=False))}
         noisy = read_sequence(ensure_sequence(out / "sequences", spec, "_kinnoise", pose_noise_m=cfg.kin_noise_m,
                                               pose_noise_deg=cfg.kin_noise_deg, pose_time_offset_s=cfg.kin_lag_s))
+        assert noisy.T_world_cam is not None, f"{spec.name}: the noisy variant wrote no kinematics.csv"
         noisy.T_world_cam = camera_poses_at(noisy.stamps_ns, noisy.stamps_ns, noisy.T_world_cam,
                                             KinematicsConfig(time_offset_s=cfg.kin_lag_s))[0]
         runs["kin_noisy"] = (noisy, replace(fit_cfg, use_kinematics=True))

@@ -106,17 +106,17 @@ def from_dict(cls: type[C], data: Mapping[str, Any] | None, prefix: str = "") ->
     """Build `cls` from a nested mapping; unknown keys are refused by name."""
     data = dict(data or {})
     hints = _hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)}  # pyright: ignore[reportArgumentType]  (C is a dataclass)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
-    for f in fields(cls):
+    for f in fields(cls):  # pyright: ignore[reportArgumentType]
         if f.name not in data:
             continue
         tp = hints[f.name]
         value = data[f.name]
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{prefix}{f.name}: expected a mapping, got {value!r}")
             kwargs[f.name] = from_dict(tp, value, prefix=f"{prefix}{f.name}.")
@@ -191,7 +191,7 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str, float |
     inst = cls()
     for f in fields(cls):
         tp = hints[f.name]
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):
             rows += field_docs(tp, f"{prefix}{f.name}.")
         else:
             rows.append((f"{prefix}{f.name}", getattr(inst, f.name), f.metadata.get("doc", ""),

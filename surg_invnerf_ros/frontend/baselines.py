@@ -31,12 +31,12 @@ import numpy as np
 
 from ..config import FrontendConfig
 from ..errors import ConfigError, InputError
+from ..geometry import sample_bilinear, unproject_m
+from ..structs import Queries, Sequence, Tracks
 from .chains import track_dis_streaming
 from .flow import check_rgb_u8, check_same_size
 from .lk import track_lk
 from .stereo import stereo_depth_sequence_m
-from ..geometry import sample_bilinear, unproject_m
-from ..structs import Queries, Sequence, Tracks
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run_baseline(
     name: str,
     seq: Sequence,
     cfg: FrontendConfig,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     depth_m: np.ndarray | None = None,
 ) -> Tracks:
     """Track `seq.queries` with a classical method; 3D from SGBM depth.
@@ -94,7 +94,7 @@ def run_baseline(
 
 
 def _track_2d(name: str, left: np.ndarray, queries: Queries, cfg: FrontendConfig,
-              progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+              progress: Callable[[int], object] | None) -> tuple[np.ndarray, np.ndarray]:
     T, H, W = left.shape[:3]
     N = len(queries)
     if name == "zero":

@@ -189,7 +189,7 @@ def build_correspondences(
     bank: FlowBank,
     num_frames: int,
     cfg: FlowConfig,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     workers: int = 0,
 ) -> DenseCorrespondences:
     """Direct gap pairs plus keyframe-anchored long-range chains, each with a confidence map.
@@ -375,7 +375,7 @@ def track_dis_streaming(
     queries: Queries,
     cfg: FlowConfig,
     mask: np.ndarray | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`track_dis_chained` without a bank: each checked flow is computed when first needed and
     dropped after, so memory is a few images, not Q = 2·Σ(T − g) flow fields (which grows past RAM

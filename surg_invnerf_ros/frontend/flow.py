@@ -216,7 +216,7 @@ def compute_flow_bank(
     left_rgb_u8: np.ndarray,
     cfg: FlowConfig,
     mask: np.ndarray | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     workers: int = 0,
 ) -> FlowBank:
     """DIS flow for every gap pair both ways, kept where the forward-backward cycle closes.

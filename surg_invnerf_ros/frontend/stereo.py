@@ -169,7 +169,7 @@ def stereo_depth_sequence_m(
     right_rgb_u8: np.ndarray,
     calib: StereoCalib,
     cfg: StereoConfig,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     workers: int = 0,
 ) -> np.ndarray:
     """`stereo_depth_m` for every frame of (T, H, W, 3) pairs: (T, H, W) float32 metres, NaN invalid.

@@ -439,7 +439,7 @@ def bag_to_sequence(
     T_ecm_cam: np.ndarray | None = None,
     time_offset_s: float = 0.0,
     max_pose_gap_s: float = 0.02,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> Path:
     """Convert a recorded stereo stream into a sequence folder (DESIGN §2.1); returns the folder.
 

@@ -117,7 +117,7 @@ def scared_to_sequence(
     out_dir: str | Path,
     query_uv_px: np.ndarray | None = None,
     max_frames: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     stack: Literal["vertical", "horizontal"] = "vertical",
     pose_is_cam_world: bool = True,
 ) -> Path:

@@ -62,7 +62,7 @@ def write_sequence(
     queries: Queries,
     stamps_ns: np.ndarray | None = None,
     T_world_cam: np.ndarray | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> Path:
     """Write a sequence folder. The folder is built under a temporary name and renamed at the end,
     so an interrupted write leaves nothing that looks like a valid sequence.
@@ -117,7 +117,7 @@ def _write_folder(tmp: Path, left_rgb_u8, right_rgb_u8, calib, queries, stamps_n
 def read_sequence(
     path: str | Path,
     load_images: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> Sequence:
     """Read and validate a sequence folder (DESIGN §2.1).
 

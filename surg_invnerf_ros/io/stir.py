@@ -48,7 +48,7 @@ def stir_clip_to_sequence(
     clip_dir: str | Path,
     out_dir: str | Path,
     max_frames: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     *,
     start_json: str | Path | None = None,
     end_json: str | Path | None = None,

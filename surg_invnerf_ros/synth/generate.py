@@ -36,8 +36,17 @@ from ..io.sequence import write_sequence
 from ..io.trackfile import atomic_write, write_tracks
 from ..structs import Queries, StereoCalib, Tracks
 from .instrument import Instrument
-from .render import (COARSE_STEP, Appearance, cast_rays, flicker_gain, normalised_grid, plane_guess,
-                     render_view, sensor_image, vignetting)
+from .render import (
+    COARSE_STEP,
+    Appearance,
+    cast_rays,
+    flicker_gain,
+    normalised_grid,
+    plane_guess,
+    render_view,
+    sensor_image,
+    vignetting,
+)
 from .tissue import DEFORMATION, TissueSurface, TissueTexture
 
 log = logging.getLogger(__name__)
@@ -248,7 +257,7 @@ class SyntheticScene:
 
 
 def generate_sequence(out_dir: str | Path, cfg: SynthConfig,
-                      progress: Callable[[int], None] | None = None) -> Path:
+                      progress: Callable[[int], object] | None = None) -> Path:
     """Render `cfg.frames` frames and write a sequence folder with ground truth under `gt/`.
 
     Args:
