@@ -13,12 +13,18 @@ A progress callback may raise `FitAborted` to stop a fit (reset, shutdown).
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import secrets
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Listener
 from typing import Any, Callable
 
-from .config import FrontendConfig, RefineConfig, load_config
+from .config import FitConfig, FrontendConfig, RefineConfig, load_config
 from .device import resolve_device
 from .errors import ConfigError
 from .structs import Sequence, Tracks
@@ -50,9 +56,6 @@ Refiner = Callable[[RefineJob], RefineOutput]
 
 def worker_memory() -> dict[str, int]:
     """Peak host RSS of this process and, on CUDA, peak device memory (bytes), for /diagnostics."""
-    import resource
-    import sys
-
     out = {"worker_peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
@@ -69,7 +72,6 @@ class InvNeRFRefiner:
 
     def __init__(self, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig, device: str = "auto") -> None:
         from . import track  # noqa: F401  torch loads here, at start-up, not in the middle of a stream
-        from .config import FitConfig
 
         self.fit_cfg = load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
         self.fit_cfg = replace(self.fit_cfg, device=resolve_device(device))
@@ -170,14 +172,6 @@ class ProcessRefiner:
 
     def __init__(self, refine_cfg: RefineConfig, frontend_cfg: FrontendConfig, device: str = "auto",
                  start_timeout_s: float = 120.0) -> None:
-        import os
-        import secrets
-        import subprocess
-        import sys
-        from multiprocessing.connection import Listener
-
-        from .config import FitConfig
-
         # Refuse a bad fit config here, at once; only the device check needs the child's torch.
         load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
         key = secrets.token_bytes(16)
