@@ -5,18 +5,24 @@
     ros2 launch surg_invnerf_ros track.launch.py source:=live rviz:=true device:=cuda
 
 source:=live starts only the tracker: remap your camera's rectified topics to stereo/left/image_rect,
-stereo/right/image_rect, stereo/left/camera_info and stereo/right/camera_info. Without a ROS install
+stereo/right/image_rect, stereo/left/camera_info and stereo/right/camera_info. rviz:=true needs rviz2
+(a ROS install: ros-$ROS_DISTRO-rviz2); when rviz2 is not on PATH the rest starts and a warning says
+RViz was skipped. Without a ROS install
 (PyPI wheels, no launch_ros) run the console scripts instead:
     track_node --ros-args --params-file config/track.yaml
 """
 
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+import shutil
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
+from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 PACKAGE = "surg_invnerf_ros"
 
@@ -33,6 +39,19 @@ ARGUMENTS = [
 
 def _source_is(name: str) -> IfCondition:
     return IfCondition(PythonExpression(["'", LaunchConfiguration("source"), f"' == '{name}'"]))
+
+
+def _rviz(context, share, sim_time) -> list:
+    """RViz with config/track.rviz when rviz:=true and rviz2 is on PATH; else nothing (warned)."""
+    if LaunchConfiguration("rviz").perform(context).lower() != "true":
+        return []
+    if shutil.which("rviz2") is None:
+        get_logger("track.launch").warning(
+            "rviz:=true but rviz2 is not on PATH (it comes with a ROS install: ros-$ROS_DISTRO-rviz2); "
+            "starting without RViz")
+        return []
+    return [Node(package="rviz2", executable="rviz2", name="rviz2", output="log",
+                 arguments=["-d", PathJoinSubstitution([share, "config", "track.rviz"])], parameters=[sim_time])]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -58,12 +77,7 @@ def generate_launch_description() -> LaunchDescription:
                      "clock": ParameterValue(use_sim_time, value_type=bool)}],
         condition=_source_is("bag"),
     )
-    rviz = Node(
-        package="rviz2", executable="rviz2", name="rviz2", output="log",
-        arguments=["-d", PathJoinSubstitution([share, "config", "track.rviz"])],
-        parameters=[sim_time],
-        condition=IfCondition(LaunchConfiguration("rviz")),
-    )
+    rviz = OpaqueFunction(function=_rviz, args=[share, sim_time])
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=desc, **({"choices": ch} if ch else {}))
          for name, default, desc, ch in ARGUMENTS]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import resource
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -117,6 +119,8 @@ def _refine_process_main(conn: Any) -> None:
     Protocol (pickled tuples over a multiprocessing Connection): in ("init", refine_cfg, frontend_cfg,
     device), then ("job", seq, warm) | ("abort",) | ("stop",); out ("ready", device) |
     ("config_error", text) | ("progress", info) | ("result", tracks, stats, depth_m) | ("aborted",) | ("error", text).
+    A reader thread takes every message as it arrives, so a stop (or the parent going away) ends a
+    fit at its next progress report and the process returns without answering.
     """
     _, refine_cfg, frontend_cfg, device = conn.recv()
     try:
@@ -125,36 +129,55 @@ def _refine_process_main(conn: Any) -> None:
         conn.send(("config_error", str(err)))
         return
     conn.send(("ready", refiner.fit_cfg.device))
-    stopping = False
+    jobs: queue.Queue[Any] = queue.Queue()
+    stop, abort = threading.Event(), threading.Event()
+
+    def read() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the parent went away
+                msg = ("stop",)
+            if msg[0] == "stop":
+                stop.set()
+                jobs.put(None)
+                return
+            if msg[0] == "abort":
+                abort.set()
+            else:
+                jobs.put(msg)
 
     def progress(info: Any = None, *args: Any, **kwargs: Any) -> None:
-        nonlocal stopping
-        while conn.poll():  # the parent only talks during a fit to abort or stop it
-            stopping = stopping or conn.recv()[0] == "stop"
+        if stop.is_set() or abort.is_set():
             raise FitAborted()
         if isinstance(info, dict):
             conn.send(("progress", {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}))
 
+    threading.Thread(target=read, name="refine_reader", daemon=True).start()
     refiner.progress = progress
     state: Any = None
-    while not stopping:
-        try:
-            msg = conn.recv()
-        except EOFError:  # the parent went away
-            return
-        if msg[0] == "stop":
+    while not stop.is_set():
+        msg = jobs.get()
+        if msg is None or stop.is_set():
             return
         if msg[0] != "job":
-            continue  # a late abort
+            continue
+        abort.clear()  # an abort that came before this job was meant for an earlier one
         _, seq, warm = msg
         try:
             out = refiner(RefineJob(seq=seq, init_state=state if warm else None, generation=0))
         except FitAborted:
+            if stop.is_set():
+                return
             conn.send(("aborted",))
             continue
         except Exception as err:  # reported to the parent, which keeps running
+            if stop.is_set():
+                return
             conn.send(("error", f"{type(err).__name__}: {err}"))
             continue
+        if stop.is_set():
+            return
         state = out.state
         conn.send(("result", out.tracks, out.stats, out.depth_m))
 
@@ -177,8 +200,9 @@ class ProcessRefiner:
         key = secrets.token_bytes(16)
         listener = Listener(family="AF_UNIX", authkey=key)
         env = dict(os.environ, **{_AUTHKEY_ENV: key.hex()})
+        # Its own session: a Ctrl-C at the terminal reaches the node, which stops the child in order.
         self._proc = subprocess.Popen([sys.executable, "-m", "surg_invnerf_ros.refiner", str(listener.address)],
-                                      env=env)
+                                      env=env, start_new_session=True)
         accepted: list[Any] = []
         waiter = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
         waiter.start()
@@ -227,8 +251,9 @@ class ProcessRefiner:
             else:
                 raise RuntimeError(rest[0] if rest else kind)
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the child (a running fit is aborted at its next progress report)."""
+    def close(self, timeout_s: float = 0.5) -> None:
+        """Stop the child: a running fit ends at its next progress report; after `timeout_s` the
+        child is terminated (SIGTERM, then SIGKILL)."""
         conn = getattr(self, "_conn", None)
         if conn is not None:
             try:
@@ -237,20 +262,26 @@ class ProcessRefiner:
                 pass
         try:
             self._proc.wait(timeout_s)
-        except Exception:  # subprocess.TimeoutExpired: it will not stop; SIGTERM, then give up
+        except subprocess.TimeoutExpired:  # busy before its next progress report
             self._proc.terminate()
-            self._proc.wait(timeout_s)
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         if conn is not None:
             conn.close()
 
 
 if __name__ == "__main__":  # the ProcessRefiner child: python -m surg_invnerf_ros.refiner ADDRESS
-    import os as _os
-    import sys as _sys
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns this process's lifetime
     from multiprocessing.connection import Client as _Client
 
     from surg_invnerf_ros.refiner import _AUTHKEY_ENV as _ENV
     from surg_invnerf_ros.refiner import _refine_process_main as _serve
 
     logging.basicConfig(level=logging.INFO, format="[refine worker] %(levelname)s %(name)s: %(message)s")
-    _serve(_Client(_sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(_os.environ[_ENV])))
+    try:
+        _serve(_Client(sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(os.environ[_ENV])))
+    except (EOFError, OSError):  # the parent went away (or stopped starting us): nothing to report to
+        pass

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: The `~/tracked_points` / `~/ground_truth` point schema (DESIGN §5), packed: 30 bytes a point.
 #: x y z metres (left optical frame), u v pixels, id, visible, confidence, refined.
 TRACKED_POINTS_DTYPE = np.dtype([

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from .config import FitConfig, FrontendConfig, to_dict
-from .errors import ConfigError, InputError
 from .device import resolve_device
+from .errors import ConfigError, InputError
 from .fit.optimiser import FitData, Fitter, to_device_data
 from .frontend.baselines import BASELINES, run_baseline
 from .frontend.chains import build_correspondences

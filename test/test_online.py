@@ -8,8 +8,7 @@ import pytest
 
 from surg_invnerf_ros.config import FrontendConfig, LKConfig, OnlineConfig, QueryConfig, RefineConfig
 from surg_invnerf_ros.errors import InputError
-from surg_invnerf_ros.online import (
-    LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, index_of)
+from surg_invnerf_ros.online import LKStereoFrontEnd, OnlineTracker, RefineOutput, StereoFrame, index_of
 from surg_invnerf_ros.structs import StereoCalib, Tracks
 
 W, H = 64, 48

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from surg_invnerf_ros.config import FrontendConfig, RefineConfig
-from surg_invnerf_ros.errors import ConfigError
 from surg_invnerf_ros.device import resolve_device
+from surg_invnerf_ros.errors import ConfigError
 from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob
 from surg_invnerf_ros.structs import Queries, Sequence, StereoCalib
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from surg_invnerf_ros import track
 from surg_invnerf_ros.config import FitConfig, FrontendConfig, load_config
 from surg_invnerf_ros.errors import ConfigError
 from surg_invnerf_ros.io.sequence import read_sequence
 from surg_invnerf_ros.io.trackfile import read_tracks
 from surg_invnerf_ros.structs import Queries
-from surg_invnerf_ros import track
 
 TINY = ["time_budget_s=0", "num_threads=1", "log_every=10", "sampler.rays_per_step=128",
         "sampler.refresh_every=40", "sampler.refresh_chunk=2048", "render.inference_samples=24"]
@@ -173,7 +173,8 @@ class TestConsensusDepth:
         Twc = None
         if with_poses:
             Twc = torch.eye(4, dtype=torch.float64).repeat(T, 1, 1)
-            Twc[:, :3, :3] = torch.as_tensor(Rotation.from_rotvec(np.random.default_rng(seed).normal(0, 0.05, (T, 3))).as_matrix())
+            rotvec = np.random.default_rng(seed).normal(0, 0.05, (T, 3))
+            Twc[:, :3, :3] = torch.as_tensor(Rotation.from_rotvec(rotvec).as_matrix())
             Twc[:, :3, 3] = 0.003 * torch.randn(T, 3, generator=g, dtype=torch.float64)
         X_world = X0[None] + shift[:, None]  # (T, N, 3)
         if Twc is None:
@@ -207,6 +208,7 @@ class TestConsensusDepth:
             want[t] = np.median(np.stack(zs), axis=0) if len(zs) % 2 else np.sort(np.stack(zs), 0)[len(zs) // 2 - 1]
         np.testing.assert_allclose(out[..., 2].numpy(), want, rtol=1e-9)
         # The ray (the tracked pixel) is unchanged; the depth error shrinks.
-        np.testing.assert_allclose((out[..., :2] / out[..., 2:]).numpy(), (xyz_meas[..., :2] / xyz_meas[..., 2:]).numpy(), rtol=1e-9)
+        ray = lambda x: (x[..., :2] / x[..., 2:]).numpy()
+        np.testing.assert_allclose(ray(out), ray(xyz_meas), rtol=1e-9)
         err = lambda x: (x - xyz_true)[..., 2].abs()[visible].mean()
         assert err(out) < 0.5 * err(xyz_meas)

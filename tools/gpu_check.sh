@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check (run through the device tool, or on any CUDA machine from the repo root):
-# the issue-3 640x512 x 100-frame fit with fit time and peak GPU memory, the 256x192 hard
+# a 640x512 x 100-frame hard-sequence fit with fit time and peak GPU memory, the 256x192 hard
 # sequence on the GPU, then the ROS-free test suite with `device: auto` resolving to CUDA.
 # Needs python3 with torch (CUDA), opencv, scipy, pyyaml, tqdm, matplotlib, jaxtyping, pytest.
 # Results go to $OUT (default out/gpu_check). Each step has its own timeout so later ones still run.

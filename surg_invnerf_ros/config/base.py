@@ -28,10 +28,10 @@ C = TypeVar("C")
 def option(default: Any, doc: str, lo: float | None = None, hi: float | None = None) -> Any:
     """A config field with its help text and inclusive range kept in metadata."""
     meta = {"doc": doc, "lo": lo, "hi": hi}
-    if isinstance(default, (list, dict)) or is_dataclass(default):
-        factory = (lambda d=default: dataclasses.replace(d)) if is_dataclass(default) else (
-            lambda d=default: type(d)(d))
-        return field(default_factory=factory, metadata=meta)
+    if is_dataclass(default) and not isinstance(default, type):
+        return field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -199,8 +199,6 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str, float |
     return rows
 
 
-
-
 @dataclass(frozen=True)
 class FieldMeta:
     """What a config field declares: its default, help text, inclusive range, choices and type."""
@@ -219,8 +217,10 @@ def field_meta(cls: type, name: str) -> FieldMeta:
     head, _, rest = name.partition(".")
     hints = _hints(cls)
     if head not in hints:
-        raise ConfigError(f"{cls.__name__}: no field {head!r}")
+        raise ConfigError(f"{cls.__name__}: no field {head!r} (expected one of {', '.join(sorted(hints))})")
     if rest:
+        if not (isinstance(hints[head], type) and is_dataclass(hints[head])):
+            raise ConfigError(f"{cls.__name__}.{head}: not a group, so {rest!r} names nothing")
         return field_meta(hints[head], rest)
     f = next(f for f in fields(cls) if f.name == head)
     tp = hints[head]

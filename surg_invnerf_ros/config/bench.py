@@ -17,9 +17,9 @@ class BenchConfig:
     """The synthetic benchmark set (DESIGN §4): a named preset of sequences, optionally resized.
 
     Presets (`apps/bench.py` lists them): "default" (2 seeds × 4 conditions, from easy and static to
-    hard with an instrument and camera motion), "hard" (hard, instrument + camera motion, 3 seeds: the
-    set the InvNeRF-vs-baseline targets are checked on) and "quick" (a small smoke run). Zero or empty fields take the
-    preset's value, so `bench.frames=96` resizes a preset without redefining it.
+    hard with an instrument and camera motion), "hard" (hard, instrument + camera motion, 3 seeds) and
+    "quick" (a small smoke run). Zero or empty fields take the preset's value, so `bench.frames=96`
+    resizes a preset without redefining it.
     """
 
     preset: Literal["default", "hard", "quick"] = option("default", "Named set of synthetic sequences.")

@@ -124,8 +124,6 @@ class FitConfig:
             raise ConfigError("fit.pose_refine: expected use_kinematics=true (the corrections refine kinematic poses)")
 
 
-
-
 def load_fit_and_frontend(path: str | Path | None = None, overrides: Sequence[str] = ()
                           ) -> tuple["FitConfig", "FrontendConfig"]:
     """FitConfig and FrontendConfig from one YAML file and one override list: the file's `frontend:`

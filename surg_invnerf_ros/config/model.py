@@ -81,7 +81,7 @@ class RenderConfig:
     inference_samples: int = option(48, "Workspace samples per ray at inference (surface, visibility).", lo=2)
     visibility_transmittance: float = option(
         0.0, "Rendered occlusion test: a point is visible when the transmittance in front of it exceeds this "
-        "(0 turns the test off; on the hard synthetic set a diffuse density made it cost occlusion accuracy).",
+        "(0 = off; a diffuse density makes the test call visible points occluded).",
         lo=0.0, hi=1.0)
     visibility_front_disp_px: float = option(2.0, "Weight this far in front (disparity px) counts as occluding.", lo=0.0)
     stereo_visibility_check: bool = option(True, "Also call a point occluded when stereo depth at its pixel is well in front.")

@@ -61,7 +61,7 @@ class OnlineConfig:
 
     point_depth: Literal["lk_stereo", "sgbm"] = option(
         "lk_stereo", "Depth of the tracked points each frame: LK from the left to the right image at the "
-        "points (~3 ms), or a dense SGBM map (~170 ms at 640x512 on 2 CPU cores; ~cloud_rate_hz anyway).")
+        "points (milliseconds), or a dense SGBM map (far slower on a CPU).")
     stereo_max_dy_px: float = option(1.0, "lk_stereo: a match further than this off the epipolar row is invalid.",
                                      lo=0.0)
     confidence_half_life_frames: float = option(
@@ -92,7 +92,7 @@ class RefineConfig:
     history_frames: int = option(300, "Per-frame results kept so refined fits can replace them.", lo=1, hi=100000)
     render_cloud: bool = option(
         False, "After each fit, render the model's depth of the newest keyframe for ~/cloud. Renders every "
-        "pixel: seconds on a GPU, ~40 s for 256x192 on a 2-core CPU.")
+        "pixel: seconds on a GPU, tens of seconds on a CPU.")
 
     def __post_init__(self) -> None:
         check_fields(self, "refine.")

@@ -318,7 +318,8 @@ class Fitter:
             terms["tv"], terms["time_smooth"] = tv, ts
         if data.pose_correction is not None and cfg.pose_reg_weight > 0:
             terms["pose"] = data.pose_correction.penalty()
-        weights = {"corr": lc.corr_weight, "anchor": lc.anchor_weight, "corr_depth": lc.corr_depth_weight * sscale, "photo": lc.photo_weight, "photo_right": lc.photo_weight,
+        weights = {"corr": lc.corr_weight, "anchor": lc.anchor_weight, "corr_depth": lc.corr_depth_weight * sscale,
+                   "photo": lc.photo_weight, "photo_right": lc.photo_weight,
                    "stereo": lc.stereo_weight * sscale, "los": lc.line_of_sight_weight * sscale,
                    "range": lc.range_weight, "dist": lc.distortion_weight, "tv": lc.tv_weight,
                    "time_smooth": lc.time_smooth_weight, "pose": cfg.pose_reg_weight}

@@ -5,7 +5,8 @@ Each step draws a budget of pixels: a share `error_share` in proportion to the e
 that have not converged (error ≥ τ), the rest uniformly, by default from every cell (`uniform_from`):
 drawing it from unconverged cells only let converged regions drift, because all cells share the
 model's parameters (measured on hard synthetic seed 0, 48 frames 256×192: mean EPE 0.71 → 0.56 px
-and δ_avg 0.952 → 0.966 once every cell stays in the uniform pool). The budget shrinks with the share of converged cells, down to `min_budget_share`. The maps are updated from every step's errors
+and δ_avg 0.952 → 0.966 once every cell stays in the uniform pool). The budget shrinks with the
+share of converged cells, down to `min_budget_share`. The maps are updated from every step's errors
 (an exponential average per cell) and refreshed densely every `refresh_every` steps.
 
 Cells start unknown (NaN, sampled uniformly). A dense refresh that finds no valid correspondence
@@ -46,7 +47,8 @@ class PixelSampler:
         self.best_loss = float("inf")
         self.best_step = 0
         self.loss_ema: float | None = None
-        self._share: float | None = None  # cached converged share (recomputed when `budget(recompute=True)`, every log_every steps)
+        # cached converged share (recomputed when `budget(recompute=True)`, every log_every steps)
+        self._share: float | None = None
 
     # -- state ---------------------------------------------------------------------------------
     @property

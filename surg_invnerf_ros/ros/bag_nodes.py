@@ -18,7 +18,6 @@ import importlib
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -51,49 +50,6 @@ def message_class(msgtype: str) -> Any:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
     except (ValueError, ImportError, AttributeError):
         raise InputError(f"{msgtype}: no Python message package for this type", "unknown_type") from None
-
-
-def _spin_main(node_factory: Callable[[], Any], args: list[str] | None,
-               run: Callable[[Any], None] | None = None) -> int:
-    """Shared main: init, build the node, spin (or `run(node)` with a background spinner), clean up."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-    use_large_data_transport()
-    rclpy.init(args=args)
-    node = executor = spinner = None
-    code = 0
-    try:
-        node = node_factory()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        if run is None:
-            executor.spin()
-        else:
-            def spin() -> None:
-                try:
-                    executor.spin()
-                except ExternalShutdownException:  # SIGINT/SIGTERM: `run` sees the context go down
-                    pass
-
-            spinner = threading.Thread(target=spin, daemon=True)
-            spinner.start()
-            run(node)
-    except (ConfigError, InputError) as err:  # a bad parameter or bag refuses the start, in one line
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        if spinner is not None:
-            spinner.join(timeout=1.0)
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,13 +107,13 @@ class BagPlayer:
         while not self._stopped():
             missing = [t for t, p in self.publishers.items() if p.get_subscription_count() == 0]
             if not missing:
-                time.sleep(0.1)  # let the matched readers finish their side of discovery
+                self._stop.wait(0.1)  # let the matched readers finish their side of discovery
                 return True
             if time.monotonic() >= deadline:
                 if self.cfg.wait_for_subscribers_s > 0:
                     self.node.get_logger().warning(f"no subscriber on {', '.join(missing)}; playing anyway")
                 return False
-            time.sleep(0.05)
+            self._stop.wait(0.05)
         return False
 
     def _send(self, pub: Any, data: Any) -> None:
@@ -197,7 +153,7 @@ class BagPlayer:
                         last_clock = now
                     if now >= due:
                         break
-                    time.sleep(min(due - now, clock_period))
+                    self._stop.wait(min(due - now, clock_period))
             if self.clock_pub is not None:
                 self._publish_clock(max(msg.log_time_ns, t0_bag + int((time.monotonic() - t0_wall) * rate * 1e9))
                                     if rate > 0 else msg.log_time_ns)
@@ -219,10 +175,10 @@ class BagPlayer:
         # A reader that matched us late gets the history by retransmission: wait for its acks.
         end = time.monotonic() + self.cfg.linger_s
         for pub in self.publishers.values():
-            left = end - time.monotonic()
-            if left <= 0 or self._stopped():
-                break
-            pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
+            while not self._stopped():  # in short waits, so a stop is seen promptly
+                left = min(end - time.monotonic(), 0.1)
+                if left <= 0 or pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+                    break
         if self.node.context.ok():
             self.node.get_logger().info(f"played {total} messages from {self.cfg.bag}")
         return total
@@ -272,10 +228,14 @@ def player_main(args: list[str] | None = None) -> int:
         make.player = BagPlayer(node, declare_config(node, BagPlayerConfig))  # type: ignore[attr-defined]
         return node
 
-    def run(node: Any) -> None:
+    def run(node: Any, stop: threading.Event) -> None:
+        make.player._stop = stop  # type: ignore[attr-defined]  (SIGINT/SIGTERM end the playback)
         make.player.play()  # type: ignore[attr-defined]
 
-    return _spin_main(make, args, run)
+    from .run import run_node
+
+    use_large_data_transport()
+    return run_node(make, args, run=run)
 
 
 # ------------------------------------------------------------------------------------------------

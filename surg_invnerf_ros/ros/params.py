@@ -12,13 +12,13 @@ from __future__ import annotations
 import difflib
 import typing
 from dataclasses import fields, is_dataclass
-from typing import Any, Literal, get_args, get_origin
-
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.node import Node
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from ..config import from_dict
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # rclpy is imported where a node is given, so the table reads without a ROS install
+    from rclpy.node import Node
 
 # Parameters rclpy or launch may set that are not ours.
 _FOREIGN_PREFIXES = ("qos_overrides.",)
@@ -68,6 +68,8 @@ def declare_config(node: Node, cfg_type: type, prefix: str = "") -> Any:
         ConfigError: a value out of range, of the wrong type or not among the choices; the message
             starts with the parameter name.
     """
+    from rcl_interfaces.msg import ParameterDescriptor
+
     data: dict[str, Any] = {}
     for name, tp, default, meta in leaf_fields(cfg_type, prefix):
         desc = ParameterDescriptor(description=meta.get("doc", ""), read_only=True, dynamic_typing=True,

@@ -32,7 +32,6 @@ with `use_sim_time` they follow /clock (and the timer waits for it).
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from ..config import SyntheticSourceConfig
 from ..geometry import invert_T, xyz_qxyzw_from_T
 from ..synth.generate import SyntheticScene
 from . import convert
+from .run import run_node
 
 QUERIES_TOPIC = "queries_out"
 
@@ -271,18 +271,19 @@ class SyntheticStereoNode(Node):
         """Block until the cached frames are rendered (True at once when not caching)."""
         return self._cache_ready.wait(timeout_s) if self.cached else True
 
-    def drain(self, timeout_s: float) -> None:
-        """Wait until reliable subscribers acknowledged everything published (before exiting)."""
+    def drain(self, timeout_s: float, stop: threading.Event | None = None) -> None:
+        """Wait until reliable subscribers acknowledged everything published (before exiting);
+        setting `stop` ends the wait early."""
         from rclpy.duration import Duration
 
         end = time.monotonic() + timeout_s
         for pub in [*self._image_pubs, self.pub_pose, self.pub_gt, self.pub_queries]:
-            left = end - time.monotonic()
             if pub is None:
                 continue
-            if left <= 0:
-                break
-            pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
+            while stop is None or not stop.is_set():  # in short waits, so a stop is seen promptly
+                left = min(end - time.monotonic(), 0.1)
+                if left <= 0 or pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+                    break
 
     def destroy_node(self) -> None:
         self._stop.set()
@@ -295,31 +296,6 @@ def main(args: list[str] | None = None) -> int:
 
     Exits by itself after the last frame when end is stop; otherwise on Ctrl-C / SIGTERM.
     """
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-    from .bag_nodes import use_large_data_transport
-
-    use_large_data_transport()
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = SyntheticStereoNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while rclpy.ok() and not node.done.is_set():
-            executor.spin_once(timeout_sec=0.1)
-        if node.done.is_set():
-            node.drain(5.0)  # returns once every reliable subscriber has acknowledged the last frame
-    except ValueError as err:  # ConfigError, or a scene that cannot be built: refuse the start in one line
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    # ValueError: a ConfigError, or a scene that cannot be built: refuse the start in one line
+    return run_node(SyntheticStereoNode, args, done=lambda node: node.done.is_set(),
+                    finish=lambda node, stop: node.drain(5.0, stop), user_errors=(ValueError,))

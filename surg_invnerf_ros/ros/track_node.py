@@ -24,7 +24,6 @@ is stamped with the node clock, as diagnostic_updater does).
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import threading
 import time
@@ -32,12 +31,10 @@ from collections import deque
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PolygonStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -52,6 +49,7 @@ from . import compat, convert, params
 from .diagnostics import NodeStats, diagnostic_array
 from .kinematics import COUNTER_KEYS, KinematicsBuffer, message_class, resolve_message_type
 from .publishers import TrackPublishers
+from .run import run_node
 from .sync import INFO_L, INFO_R, LEFT, RIGHT, StereoSet, StereoSync
 from .tf import stereo_transform, track_transforms, world_transform
 
@@ -160,6 +158,7 @@ class TrackerNode(Node):
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._cb_services)
 
         self._wake_frontend = self.create_guard_condition(self._drain_frames, callback_group=self._cb_frontend)
+        self._refine_busy = False
         self.create_timer(1.0 / self.cfg.publish.poll_rate_hz, self._poll_refined, callback_group=self._cb_frontend,
                           clock=self._steady)
         self.create_timer(1.0 / self.cfg.publish.diagnostics_rate_hz, self._publish_diagnostics,
@@ -223,7 +222,7 @@ class TrackerNode(Node):
 
     def _on_message_filters_set(self, left: Image, right: Image, info_l: CameraInfo, info_r: CameraInfo) -> None:
         now = time.monotonic_ns()
-        for slot, msg in ((LEFT, left), (RIGHT, right), (INFO_L, info_l), (INFO_R, info_r)):
+        for slot in (LEFT, RIGHT, INFO_L, INFO_R):
             self.stats.count_input(INPUT_TOPICS[slot], now)
         stamps = [convert.stamp_ns(m.header.stamp) for m in (left, right, info_l, info_r)]
         self._enqueue(StereoSet(stamps[0], left, right, info_l, info_r, max(abs(s - stamps[0]) for s in stamps)))
@@ -423,9 +422,15 @@ class TrackerNode(Node):
                 self.tf_dynamic.sendTransform(transforms)
 
     def _poll_refined(self) -> None:
+        busy = self.tracker.busy
+        if busy and not self._refine_busy:
+            st = self.tracker.stats()
+            self.get_logger().info(f"refine: fitting {st.get('keyframes', 0)} keyframes, {st.get('queries', 0)} queries")
+        self._refine_busy = busy
         refined = self.tracker.poll()
         if not refined:
             return
+        self.get_logger().info(f"refine: refined tracks for {len(refined)} frames")
         frame = self._frame_ids[0]
         for ft in refined:
             hdr = convert.header(ft.stamp_ns, frame)
@@ -480,30 +485,9 @@ class TrackerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script `track_node`: spin the tracker until Ctrl-C or shutdown; 2 on a bad parameter."""
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # ROS_STACK.md Q4: images starve small topics
-    rclpy.init(args=args)
-    node: TrackerNode | None = None
-    code = 0
-    try:
-        node = TrackerNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except ConfigError as err:
-        print(f"{NODE_NAME}: refusing to start: {err}", file=sys.stderr)
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:  # SIGTERM shut the context down while the executor built its wait set
-        if rclpy.ok():
-            raise
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    """Console script `track_node`: spin the tracker until Ctrl-C or SIGTERM; 2 on a bad parameter."""
+    return run_node(TrackerNode, args, threads=4, close=lambda node: node.close(),
+                    error_prefix=f"{NODE_NAME}: refusing to start", user_errors=(ConfigError,))
 
 
 if __name__ == "__main__":

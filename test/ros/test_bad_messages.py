@@ -1,10 +1,13 @@
 """Bad input never kills the node (DESIGN §5): each case is dropped, counted by reason in
 /diagnostics, and good input right after it is still tracked and published. One test per case."""
 
+import time
+
 import numpy as np
 import pytest
 
 from surg_invnerf_ros.ros import convert
+from surg_invnerf_ros.ros.diagnostics import diagnostics_to_dict
 
 from .track_harness import CALIB, LEFT_FRAME, PERIOD_NS, RIGHT_FRAME, T0_NS, Harness, ros_context, stereo_pair
 
@@ -90,25 +93,33 @@ def test_missing_right_image(h):
 
 def test_burst_at_twice_the_rate():
     """20 sets at 60 Hz (stamps and wall clock) into a node limited to the nominal 30 Hz: every set is
-    either published or counted as rate_limited / frontend_busy, and the stream goes on."""
+    either published or counted as rate_limited / frontend_busy, and the stream goes on.
+
+    On a loaded machine the sends stretch out in wall time, so the input rate is checked against the
+    densest 2 s of the sends as they happened, and every wait is for a condition with a long deadline."""
     with ros_context() as ctx:
         h = Harness(ctx, {"queries.points_px": [20.0, 20.0], "sync.max_rate_hz": 30.0})
         try:
-            n, half_period_ns = 20, PERIOD_NS // 2
-            stamps = []
+            n, half_period_ns, window_s = 20, PERIOD_NS // 2, 2.0
+            stamps, sent_s = [], []
             for k in range(n):
                 stamps.append(h.send(0, stamp_ns=T0_NS + k * half_period_ns))
+                sent_s.append(time.monotonic())
                 h.spin_for(half_period_ns * 1e-9)
             done = lambda: len(h.got["points"]) + sum(h.drops().values()) >= n  # noqa: E731
-            h.spin_until(done, 3.0)
+            assert h.spin_until(done, 60.0), (len(h.got["points"]), h.drops())
             drops = h.drops()
             assert set(drops) <= {"rate_limited", "frontend_busy"}
             assert len(h.got["points"]) + sum(drops.values()) == n
-            assert 8 <= drops.get("rate_limited", 0) <= 12  # every other set is over the 30 Hz limit
+            assert drops.get("rate_limited", 0) == n // 2  # every other stamp is over the 30 Hz limit
             assert h.stamps() == sorted(h.stamps()) and h.stamps()[0] == stamps[0]
-            rate = float(h.diag()["surg_invnerf_tracker: input"]["rate_hz.stereo/left/image_rect"])
-            assert rate >= n / 2.0 - 1  # all 20 arrivals fall inside the 2 s rate window
+            rates = [float(d["rate_hz.stereo/left/image_rect"]) for d in
+                     (diagnostics_to_dict(m).get("surg_invnerf_tracker: input", {}) for m in h.got["diag"])
+                     if "rate_hz.stereo/left/image_rect" in d]
+            densest = max(sum(1 for t in sent_s if t0 - window_s < t <= t0) for t0 in sent_s)
+            # diagnostics every 0.1 s sample the window a little after its fullest moment
+            assert densest - 3 <= max(rates) * window_s <= n, (max(rates), densest)
             stamp = h.send(0, stamp_ns=stamps[-1] + PERIOD_NS)
-            assert h.spin_until(lambda: stamp in h.stamps(), 3.0)
+            assert h.spin_until(lambda: stamp in h.stamps(), 30.0)
         finally:
             h.close()

@@ -92,8 +92,9 @@ def fake_message_filters():
     class TimeSynchronizer:
         def __init__(self, subs, queue_size):
             self.pending, self.cbs = {}, []
+            n = len(subs)
             for k, s in enumerate(subs):
-                s.cbs.append(lambda m, k=k, n=len(subs): self.add(k, n, m))
+                s.cbs.append(lambda m, k=k: self.add(k, n, m))
 
         def add(self, k, n, m):
             key = (m.header.stamp.sec, m.header.stamp.nanosec)

@@ -97,6 +97,73 @@ class TestLaunchFile:
         assert len(mod.generate_launch_description().entities) >= 5
 
 
+class _Stub:
+    """Stands in for every launch / launch_ros class: records its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration(_Stub):
+    def perform(self, context):
+        return context[self.args[0]]
+
+
+def load_launch_with_stubs(monkeypatch) -> tuple[object, list[str]]:
+    """The launch file executed against stub launch modules (no launch_ros needed); its warnings."""
+    import types
+
+    warnings: list[str] = []
+    names = {"launch": ["LaunchDescription"],
+             "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"],
+             "launch.conditions": ["IfCondition"],
+             "launch.substitutions": ["PathJoinSubstitution", "PythonExpression"],
+             "launch.logging": [], "launch_ros": [], "launch_ros.actions": ["Node"],
+             "launch_ros.parameter_descriptions": ["ParameterValue"],
+             "launch_ros.substitutions": ["FindPackageShare"]}
+    for mod_name, classes in names.items():
+        mod = types.ModuleType(mod_name)
+        for cls in classes:
+            setattr(mod, cls, type(cls, (_Stub,), {}))
+        monkeypatch.setitem(sys.modules, mod_name, mod)
+    sys.modules["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
+    sys.modules["launch.logging"].get_logger = lambda name: types.SimpleNamespace(warning=warnings.append)
+    spec = importlib.util.spec_from_file_location("track_launch_stubbed", LAUNCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, warnings
+
+
+class TestRvizOptional:
+    """rviz:=true without rviz2 on PATH starts the rest and warns, instead of failing the whole launch."""
+
+    def _run_rviz_action(self, monkeypatch, rviz: str, rviz2_path):
+        mod, warnings = load_launch_with_stubs(monkeypatch)
+        monkeypatch.setattr(mod.shutil, "which", lambda name: rviz2_path if name == "rviz2" else None)
+        entities = mod.generate_launch_description().args[0]
+        opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+        assert len(opaque) == 1, "RViz must be decided at launch time by one OpaqueFunction"
+        nodes = [e for e in entities if type(e).__name__ == "Node"]
+        assert "track_node" in {n.kwargs["executable"] for n in nodes}, "the tracker must not depend on RViz"
+        started = opaque[0].kwargs["function"]({"rviz": rviz}, *opaque[0].kwargs.get("args", []))
+        return started, warnings
+
+    def test_without_rviz2_starts_nothing_extra_and_warns(self, monkeypatch):
+        started, warnings = self._run_rviz_action(monkeypatch, "true", None)
+        assert started == []
+        assert len(warnings) == 1 and "rviz2 is not on PATH" in warnings[0]
+
+    def test_with_rviz2_starts_it_with_the_config(self, monkeypatch):
+        started, warnings = self._run_rviz_action(monkeypatch, "true", "/opt/ros/jazzy/bin/rviz2")
+        assert [n.kwargs["package"] for n in started] == ["rviz2"]
+        assert started[0].kwargs["arguments"][0] == "-d"
+        assert warnings == []
+
+    def test_rviz_false_starts_nothing_silently(self, monkeypatch):
+        started, warnings = self._run_rviz_action(monkeypatch, "false", None)
+        assert started == [] and warnings == []
+
+
 def tracker_cmd(*ros_args: str) -> list[str]:
     return [sys.executable, "-m", "surg_invnerf_ros.ros.track_node", "--ros-args", *ros_args]
 

@@ -1,9 +1,10 @@
-"""Across processes (DESIGN §5, issue 4): synthetic_stereo → surg_invnerf_tracker → this test.
+"""Across processes (DESIGN §5): synthetic_stereo → surg_invnerf_tracker → this test.
 
 Checks: tracked points for every frame; their error against ~/ground_truth under a stated bound;
 refined points appear (a real InvNeRF fit, kept tiny); /tf has track_<id> frames and /tf_static the
-stereo frame; /diagnostics is published. Both nodes run as `python -m` subprocesses (the console
-scripts' targets) with LARGE_DATA transports and are stopped with SIGTERM. The source runs at
+stereo frame; /diagnostics is published. Both nodes run as subprocesses (the console
+scripts' targets) with LARGE_DATA transports and are stopped with SIGTERM. Every wait is for a
+condition, with a deadline long enough for a loaded machine. The source runs at
 15 Hz (stamps still 1/30 s apart) and the frame queue is 8 deep, so a loaded 2-core CI machine does
 not drop frames: throughput is the benchmark's business, not this test's.
 """
@@ -98,7 +99,7 @@ def test_synthetic_source_to_tracker_to_subscriber():
             return pred()
 
         # the tracker is up once its diagnostics arrive (torch is imported at start-up)
-        assert spin_until(lambda: got["diag"], 30.0), "tracker published no diagnostics"
+        assert spin_until(lambda: got["diag"], 120.0), "tracker published no diagnostics"
         source = start(
             "surg_invnerf_ros.ros.synthetic_source_node:main", "-p", "synth.width:=96", "-p", "synth.height:=72",
             "-p", f"synth.frames:={FRAMES}", "-p", "synth.num_queries:=9", "-p", "synth.difficulty:=easy",
@@ -110,7 +111,7 @@ def test_synthetic_source_to_tracker_to_subscriber():
         def live_stamps():
             return sorted(convert.stamp_ns(m.header.stamp) for m in live())
 
-        assert spin_until(lambda: len(got["gt"]) >= FRAMES and len(live()) >= FRAMES, 30.0), (
+        assert spin_until(lambda: len(got["gt"]) >= FRAMES and len(live()) >= FRAMES, 120.0), (
             f"{len(live())} front-end tracked_points, {len(got['gt'])} ground truth; tracker drops: "
             + str({kv.key: kv.value for s in got["diag"][-1].status for kv in s.values if "drops" in kv.key}))
 
@@ -139,7 +140,7 @@ def test_synthetic_source_to_tracker_to_subscriber():
         # refined points appear (the fit runs after enough keyframes; tiny budget)
         def refined():
             return [m for m in got["points"] if convert.tracked_points_from_msg(m)["refined"].any()]
-        assert spin_until(refined, 40.0), "no refined tracked_points within 40 s"
+        assert spin_until(refined, 180.0), "no refined tracked_points within 180 s"
         r = convert.tracked_points_from_msg(refined()[0])
         assert r["refined"].all() and convert.stamp_ns(refined()[0].header.stamp) in gt
         ref_err = []
@@ -153,7 +154,7 @@ def test_synthetic_source_to_tracker_to_subscriber():
         # TF: track frames under the left optical frame; the stereo frame on /tf_static
         children = {t.child_frame_id for m in got["tf"] for t in m.transforms}
         assert {f"track_{i}" for i in range(9)} <= children
-        assert spin_until(lambda: got["tf_static"], 3.0)
+        assert spin_until(lambda: got["tf_static"], 30.0)
         st = got["tf_static"][-1].transforms[0]
         assert (st.header.frame_id, st.child_frame_id) == ("endoscope_left_optical_frame",
                                                            "endoscope_right_optical_frame")
@@ -162,7 +163,7 @@ def test_synthetic_source_to_tracker_to_subscriber():
         # diagnostics: frames counted, refinement reported
         assert spin_until(lambda: any(
             kv.key == "refined_updates" and kv.value != "0"
-            for m in got["diag"] for s in m.status for kv in s.values), 5.0)
+            for m in got["diag"] for s in m.status for kv in s.values), 30.0)
         ex.shutdown()
         node.destroy_node()
     finally:

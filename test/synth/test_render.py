@@ -5,8 +5,15 @@ import pytest
 
 from surg_invnerf_ros.config import SynthConfig
 from surg_invnerf_ros.synth.generate import SyntheticScene
-from surg_invnerf_ros.synth.render import (Appearance, cast_image, cast_rays, normalised_grid, plane_guess,
-                                           sensor_image, vignetting)
+from surg_invnerf_ros.synth.render import (
+    Appearance,
+    cast_image,
+    cast_rays,
+    normalised_grid,
+    plane_guess,
+    sensor_image,
+    vignetting,
+)
 
 
 @pytest.fixture(scope="module")
