@@ -21,6 +21,20 @@ TRACKED_POINTS_DTYPE = np.dtype([
 ])
 
 
+def tracked_points(ids: np.ndarray, uv_px: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray,
+                   confidence: np.ndarray | float = 1.0, refined: np.ndarray | int = 1) -> np.ndarray:
+    """Per-query arrays (N,) / (N, 2) / (N, 3) → the (N,) `TRACKED_POINTS_DTYPE` array."""
+    n = len(ids)
+    out = np.zeros(n, dtype=TRACKED_POINTS_DTYPE)
+    out["x"], out["y"], out["z"] = np.asarray(xyz_cam_m, dtype=np.float32).reshape(n, 3).T
+    out["u"], out["v"] = np.asarray(uv_px, dtype=np.float32).reshape(n, 2).T
+    out["id"] = np.asarray(ids).astype(np.uint32)
+    out["visible"] = np.asarray(visible).astype(np.uint8)
+    out["confidence"] = confidence
+    out["refined"] = refined
+    return out
+
+
 @dataclass(frozen=True)
 class StereoCalib:
     """A rectified stereo pair: shared intrinsics and a baseline along +x.

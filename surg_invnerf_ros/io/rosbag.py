@@ -6,9 +6,9 @@ A bag is a stream of `BagMessage`s: topic, type name, log time and the CDR bytes
 pose, queries and ground truth) into a sequence folder (DESIGN §2.1) that `surg-invnerf track`
 reads; `sequence_to_bag` goes the other way, so a sequence folder can be played into the node.
 
-Message decoding here works on the message objects of rosbags' Kilted typestore (the field names
-are the ROS ones). Only rectified input is supported: the sequence's calibration comes from the
-left and right projection matrices P (right Tx = −fx·B), as the node reads it (DESIGN §5).
+Messages are rosbags' Kilted typestore objects (the field names are the ROS ones); they are decoded
+by the message codec (`io/messages.py`), the node's own rules. Only rectified input is supported:
+the calibration comes from the left and right projection matrices P (right Tx = −fx·B).
 """
 
 from __future__ import annotations
@@ -23,8 +23,18 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import T_from_xyz_qxyzw, grid_points_px, interpolate_poses, xyz_qxyzw_from_T
-from ..structs import TRACKED_POINTS_DTYPE, Queries, Sequence, StereoCalib, Tracks
+from ..geometry import grid_points_px, interpolate_poses, xyz_qxyzw_from_T
+from ..structs import TRACKED_POINTS_DTYPE, Queries, Sequence, StereoCalib, Tracks, tracked_points
+from .messages import (
+    DTYPE_POINTFIELDS,
+    camera_info_to_calib,
+    cloud_to_struct,
+    image_to_rgb_u8,
+    pose_to_T,
+    rectified_projection,
+    stamp_ns,
+    stamp_sec_nanosec,
+)
 from .sequence import write_sequence
 from .trackfile import POINT_RECORD_FIELDS, tracks_from_records, write_tracks
 
@@ -40,10 +50,6 @@ POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 TRANSFORM_STAMPED = "geometry_msgs/msg/TransformStamped"
 POLYGON_STAMPED = "geometry_msgs/msg/PolygonStamped"
 
-# sensor_msgs/PointField datatypes → numpy
-_POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
-
-_NP_TO_POINTFIELD = {np.dtype("<f4"): 7, np.dtype("<u4"): 6, np.dtype("u1"): 2}
 
 _typestore_cache: list[Any] = []
 
@@ -179,102 +185,14 @@ def serialize(obj: Any) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------
-# Message decoding (rosbags objects; field names are ROS's, so rclpy messages also fit)
-# ------------------------------------------------------------------------------------------------
-
-
-def stamp_ns(header: Any) -> int:
-    """Header stamp in integer nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-def rgb_u8_from_image(msg: Any, where: str = "image") -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an Image with encoding rgb8, bgr8, rgba8, bgra8 or mono8.
-
-    Honours `step` padding; rejects data shorter than height × step.
-    """
-    h, w, step, enc = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding)
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}.get(enc)
-    if channels is None:
-        raise InputError(f"{where}: encoding: expected rgb8|bgr8|rgba8|bgra8|mono8, got {enc!r}", "bad_encoding")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if h <= 0 or w <= 0 or step < w * channels or data.size < h * step:
-        raise InputError(
-            f"{where}: data: expected {h}x{step} bytes for {w}x{h} {enc}, got {data.size} (step {step})", "short_data")
-    img = data[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    if enc == "mono8":
-        return np.repeat(img, 3, axis=2)
-    if enc.startswith("bgr"):
-        return np.ascontiguousarray(img[:, :, 2::-1])
-    return np.ascontiguousarray(img[:, :, :3])
-
-
-def calib_from_infos(left: Any, right: Any, fps: float = 30.0, where: str = "camera_info") -> StereoCalib:
-    """Rectified `StereoCalib` from left/right CameraInfo: K from the left P, B = −Tx/fx of the right P."""
-    P_l = np.asarray(left.p, dtype=np.float64).reshape(3, 4)
-    P_r = np.asarray(right.p, dtype=np.float64).reshape(3, 4)
-    K = P_l[:, :3]
-    if not np.all(np.isfinite(P_l)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        # Fall back to K when P is empty (an unrectified driver), which is only right for rectified images.
-        K = np.asarray(left.k, dtype=np.float64).reshape(3, 3)
-        if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise InputError(f"{where}: left K and P: expected positive focal lengths, got all zero", "bad_camera_info")
-    fx_r = P_r[0, 0]
-    if not np.isfinite(fx_r) or fx_r <= 0:
-        raise InputError(f"{where}: right P: expected a positive fx, got {fx_r}", "bad_camera_info")
-    baseline_m = -float(P_r[0, 3]) / float(fx_r)
-    if not baseline_m > 0:
-        raise InputError(f"{where}: right P: expected Tx = -fx*B < 0, got Tx = {P_r[0, 3]}", "bad_camera_info")
-    if (int(left.width), int(left.height)) != (int(right.width), int(right.height)):
-        raise InputError(f"{where}: left {left.width}x{left.height} and right {right.width}x{right.height} "
-                         "sizes differ", "size_mismatch")
-    return StereoCalib(K=K.copy(), baseline_m=baseline_m, image_size=(int(left.width), int(left.height)),
-                       fps=float(fps))
-
-
-def T_from_pose_msg(msg: Any) -> np.ndarray:
-    """4x4 transform from a PoseStamped or TransformStamped (header frame ← child/pose frame)."""
-    if hasattr(msg, "pose"):
-        p, q = msg.pose.position, msg.pose.orientation
-    else:
-        p, q = msg.transform.translation, msg.transform.rotation
-    xyz = np.array([p.x, p.y, p.z], dtype=np.float64)
-    q_xyzw = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    if not (np.all(np.isfinite(xyz)) and np.all(np.isfinite(q_xyzw))) or np.linalg.norm(q_xyzw) < 1e-9:
-        raise InputError("pose: expected a finite position and a non-zero quaternion", "bad_pose")
-    return T_from_xyz_qxyzw(xyz, q_xyzw / np.linalg.norm(q_xyzw))
-
-
-def cloud_to_struct(msg: Any, where: str = "cloud") -> np.ndarray:
-    """(N,) structured array of a PointCloud2, one field per PointField (count 1), any layout."""
-    names, formats, offsets = [], [], []
-    order = ">" if msg.is_bigendian else "<"
-    for f in msg.fields:
-        if f.datatype not in _POINTFIELD_DTYPES:
-            raise InputError(f"{where}: field {f.name}: unknown datatype {f.datatype}", "bad_cloud")
-        names.append(f.name)
-        formats.append(order + _POINTFIELD_DTYPES[f.datatype] if f.count <= 1 else
-                       (order + _POINTFIELD_DTYPES[f.datatype], (int(f.count),)))
-        offsets.append(int(f.offset))
-    n = int(msg.width) * int(msg.height)
-    step = int(msg.point_step)
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size < n * step or dtype.itemsize != step:
-        raise InputError(f"{where}: data: expected {n * step} bytes, got {data.size}", "short_data")
-    return data[: n * step].view(dtype)
-
-
-# ------------------------------------------------------------------------------------------------
 # Message building (rosbags objects, serialized to BagMessages)
 # ------------------------------------------------------------------------------------------------
 
 
 def _header(stamp: int, frame_id: str) -> Any:
     t = typestore().types
-    return t["std_msgs/msg/Header"](
-        stamp=t["builtin_interfaces/msg/Time"](sec=int(stamp // 1_000_000_000), nanosec=int(stamp % 1_000_000_000)),
-        frame_id=frame_id)
+    sec, nanosec = stamp_sec_nanosec(stamp)
+    return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 def image_msg(rgb_u8: np.ndarray, stamp: int, frame_id: str) -> Any:
@@ -288,10 +206,7 @@ def image_msg(rgb_u8: np.ndarray, stamp: int, frame_id: str) -> Any:
 def camera_info_msg(calib: StereoCalib, stamp: int, frame_id: str, right: bool) -> Any:
     """Rectified CameraInfo (rosbags object): P = [K | t] with Tx = −fx·B on the right camera."""
     K = np.asarray(calib.K, dtype=np.float64)
-    P = np.zeros((3, 4))
-    P[:, :3] = K
-    if right:
-        P[0, 3] = -calib.fx * calib.baseline_m
+    P = rectified_projection(calib, right)
     t = typestore().types
     return t[CAMERA_INFO](
         header=_header(stamp, frame_id), height=calib.height, width=calib.width, distortion_model="plumb_bob",
@@ -317,27 +232,11 @@ def polygon_msg(uv_px: np.ndarray, stamp: int, frame_id: str) -> Any:
     return t[POLYGON_STAMPED](header=_header(stamp, frame_id), polygon=t["geometry_msgs/msg/Polygon"](points=pts))
 
 
-def tracked_points_struct(
-    ids: np.ndarray, uv_px: np.ndarray, xyz_m: np.ndarray, visible: np.ndarray,
-    confidence: np.ndarray | float = 1.0, refined: np.ndarray | int = 1,
-) -> np.ndarray:
-    """(N,) array in the tracked_points layout (`TRACKED_POINTS_DTYPE`)."""
-    n = len(ids)
-    out = np.zeros(n, dtype=TRACKED_POINTS_DTYPE)
-    out["x"], out["y"], out["z"] = (np.asarray(xyz_m, dtype=np.float32).reshape(n, 3)).T
-    out["u"], out["v"] = (np.asarray(uv_px, dtype=np.float32).reshape(n, 2)).T
-    out["id"] = np.asarray(ids).astype(np.uint32)
-    out["visible"] = np.asarray(visible).astype(np.uint8)
-    out["confidence"] = confidence
-    out["refined"] = refined
-    return out
-
-
 def tracked_points_msg(points: np.ndarray, stamp: int, frame_id: str) -> Any:
-    """PointCloud2 (rosbags object) of a `tracked_points_struct` array."""
+    """PointCloud2 (rosbags object) of a `structs.tracked_points` array."""
     t = typestore().types
     PF = t["sensor_msgs/msg/PointField"]
-    fields = [PF(name=name, offset=off, datatype=_NP_TO_POINTFIELD[dt], count=1)
+    fields = [PF(name=name, offset=off, datatype=DTYPE_POINTFIELDS[dt], count=1)
               for name, (dt, off) in TRACKED_POINTS_DTYPE.fields.items()]
     data = np.ascontiguousarray(points, dtype=TRACKED_POINTS_DTYPE).view(np.uint8).reshape(-1)
     return t[POINT_CLOUD2](
@@ -379,7 +278,7 @@ def sequence_messages(
         yield _bag_message(ns + topics.left_image, image_msg(seq.left_rgb_u8[i], s, frame_ids[0]), s)
         yield _bag_message(ns + topics.right_image, image_msg(seq.right_rgb_u8[i], s, frame_ids[1]), s)
         if gt is not None:
-            pts = tracked_points_struct(gt.ids, gt.uv[i], gt.xyz[i], gt.visible[i])
+            pts = tracked_points(gt.ids, gt.uv[i], gt.xyz[i], gt.visible[i])
             yield _bag_message(ns + topics.ground_truth, tracked_points_msg(pts, s, frame_ids[0]), s)
 
 
@@ -492,21 +391,22 @@ def bag_to_sequence(
         key = by_topic[msg.topic]
         obj = deserialize(msg)
         if key in stamps:
-            stamps[key].append(stamp_ns(obj.header))
+            stamps[key].append(stamp_ns(obj.header.stamp))
         elif key in ("left_info", "right_info"):
             infos.setdefault(key, obj)
         elif key == "pose":
             try:
-                poses.append(T_from_pose_msg(obj))
+                pose_ns, T = pose_to_T(obj, f"{where}: {msg.topic}")
             except InputError as err:
-                log.warning("%s: %s: %s; skipped", where, msg.topic, err)
+                log.warning("%s; skipped", err)
                 continue
-            pose_stamps.append(stamp_ns(obj.header))
+            poses.append(T)
+            pose_stamps.append(pose_ns)
         elif key == "queries":
             uv = np.array([[p.x, p.y] for p in obj.polygon.points], dtype=np.float64).reshape(-1, 2)
-            polygons.append((stamp_ns(obj.header), uv))
+            polygons.append((stamp_ns(obj.header.stamp), uv))
         elif key == "ground_truth":
-            gt_clouds[stamp_ns(obj.header)] = cloud_to_struct(obj, f"{where}: {msg.topic}").copy()
+            gt_clouds[stamp_ns(obj.header.stamp)] = cloud_to_struct(obj, f"{where}: {msg.topic}").copy()
     if "left_info" not in infos or "right_info" not in infos:
         raise InputError(f"{where}: no CameraInfo messages on {names['left_info']} and {names['right_info']}",
                          "missing_topic")
@@ -517,7 +417,7 @@ def bag_to_sequence(
     frame_ns = np.array([p[0] for p in pairs], dtype=np.int64)
     T = len(frame_ns)
     fps = float(1e9 / np.median(np.diff(frame_ns))) if T > 1 else 30.0
-    calib = calib_from_infos(infos["left_info"], infos["right_info"], fps=fps, where=f"{where}: camera_info")
+    calib = camera_info_to_calib(infos["left_info"], infos["right_info"], fps=fps, where=f"{where}: camera_info")
 
     queries = queries if queries is not None else _queries_from_stream(polygons, gt_clouds, frame_ns, calib, auto_grid)
     T_world_cam = _kinematics(pose_stamps, poses, frame_ns, T_ecm_cam, time_offset_s, max_pose_gap_s, where)
@@ -533,15 +433,15 @@ def bag_to_sequence(
         img_topics = {names["left_image"]: "l", names["right_image"]: "r"}
         for msg in read_bag(bag_path, topics=img_topics):
             obj = deserialize(msg)
-            s = stamp_ns(obj.header)
+            s = stamp_ns(obj.header.stamp)
             side = img_topics[msg.topic]
             idx = (left_of if side == "l" else right_of).get(s)
             if idx is None or idx < nxt:
                 continue
-            rgb = rgb_u8_from_image(obj, f"{where}: {msg.topic}")
+            rgb = image_to_rgb_u8(obj, f"{where}: {msg.topic}")
             if rgb.shape[:2] != (H, W):
                 raise InputError(f"{where}: {msg.topic}: image {rgb.shape[1]}x{rgb.shape[0]} differs from camera_info "
-                                 f"{W}x{H}", "size_mismatch")
+                                 f"{W}x{H}", "camera_info_size_mismatch")
             pending.setdefault(idx, {})[side] = rgb
             while nxt in pending and len(pending[nxt]) == 2:
                 pair = pending.pop(nxt)

@@ -1,14 +1,14 @@
-"""Messages ↔ numpy arrays and structs (DESIGN §5): pure functions, no DDS, no node.
+"""rclpy messages ↔ numpy arrays and structs (DESIGN §5): pure functions, no DDS, no node.
 
-Images follow REP-118-style encodings and honour `step` (row padding). Every failure is an
-`InputError` whose `reason` is the drop-counter key the node reports in /diagnostics, and whose
-message starts with the message type and field at fault. PointCloud2 goes through numpy structured
-arrays (what `sensor_msgs_py` would do, which the PyPI wheels lack).
+Decoding (stamps, images, camera_info, clouds) is the message codec of `io/messages.py`, the same
+rules and drop reasons as the bag reader; this module adds what only the node needs: building
+rclpy messages (headers, images, camera_info, PointCloud2, markers) and reading query inputs.
+Every failure is an `InputError` whose `reason` is the drop-counter key the node reports in
+/diagnostics. PointCloud2 goes through numpy structured arrays (what `sensor_msgs_py` would do,
+which the PyPI wheels lack).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -19,30 +19,18 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ..errors import InputError
 from ..geometry import project_px, transform_points
-from ..structs import TRACKED_POINTS_DTYPE, StereoCalib
+from ..io.messages import DTYPE_POINTFIELDS, rectified_projection, stamp_sec_nanosec
 
-# encoding -> (numpy dtype, channels)
-ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "32FC1": (np.dtype(np.float32), 1),
-}
+# The decoders are the codec's (io/messages.py), shared with the bag reader; the node reaches them here.
+from ..io.messages import ENCODINGS as ENCODINGS
+from ..io.messages import camera_info_to_calib as camera_info_to_calib
+from ..io.messages import cloud_to_struct as cloud_to_struct
+from ..io.messages import image_to_numpy as image_to_numpy
+from ..io.messages import image_to_rgb_u8 as image_to_rgb_u8
+from ..io.messages import stamp_ns as stamp_ns
+from ..structs import TRACKED_POINTS_DTYPE, StereoCalib, tracked_points
 
 CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4")])
-
-_NP_TO_FIELD = {
-    np.dtype("i1"): PointField.INT8, np.dtype("u1"): PointField.UINT8,
-    np.dtype("<i2"): PointField.INT16, np.dtype("<u2"): PointField.UINT16,
-    np.dtype("<i4"): PointField.INT32, np.dtype("<u4"): PointField.UINT32,
-    np.dtype("<f4"): PointField.FLOAT32, np.dtype("<f8"): PointField.FLOAT64,
-}
-_FIELD_TO_NP = {v: k for k, v in _NP_TO_FIELD.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -50,15 +38,10 @@ _FIELD_TO_NP = {v: k for k, v in _NP_TO_FIELD.items()}
 # ------------------------------------------------------------------------------------------
 
 
-def stamp_ns(stamp: Time) -> int:
-    """builtin_interfaces/Time → integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def to_stamp(ns: int) -> Time:
     """Integer nanoseconds → builtin_interfaces/Time."""
-    sec, nsec = divmod(int(ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nsec)
+    sec, nanosec = stamp_sec_nanosec(ns)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def header(stamp: int | Time, frame_id: str) -> Header:
@@ -69,49 +52,6 @@ def header(stamp: int | Time, frame_id: str) -> Header:
 # ------------------------------------------------------------------------------------------
 # Images
 # ------------------------------------------------------------------------------------------
-
-
-def image_to_numpy(msg: Image) -> np.ndarray:
-    """Image → (H, W, C) array in the encoding's dtype and channel order (a view where possible).
-
-    Raises:
-        InputError: unsupported encoding (`wrong_encoding`), zero size (`empty_image`), step shorter
-            than a row (`bad_step`), data shorter than height×step (`data_too_short`).
-    """
-    enc = msg.encoding
-    if enc not in ENCODINGS:
-        raise InputError(f"Image.encoding: unsupported {enc!r} (expected one of {', '.join(ENCODINGS)})",
-                         "wrong_encoding")
-    dtype, ch = ENCODINGS[enc]
-    H, W, step = int(msg.height), int(msg.width), int(msg.step)
-    if H == 0 or W == 0:
-        raise InputError(f"Image: empty ({W}x{H})", "empty_image")
-    row_bytes = W * ch * dtype.itemsize
-    if step < row_bytes:
-        raise InputError(f"Image.step: {step} bytes is shorter than a {W}x{ch} {enc} row ({row_bytes})", "bad_step")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size < H * step:
-        raise InputError(f"Image.data: {buf.size} bytes, expected height×step = {H}×{step} = {H * step}",
-                         "data_too_short")
-    rows = buf[: H * step].reshape(H, step)[:, :row_bytes]
-    out_dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype
-    arr = np.ascontiguousarray(rows).view(out_dtype).reshape(H, W, ch)
-    return arr.astype(dtype, copy=False) if out_dtype != dtype else arr
-
-
-def image_to_rgb_u8(msg: Image) -> np.ndarray:
-    """Image → (H, W, 3) uint8 RGB, the tracker's input. 16-bit keeps the top byte; 32FC1 maps [0, 1]."""
-    arr = image_to_numpy(msg)
-    enc = msg.encoding
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype == np.float32:
-        arr = (np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if arr.shape[2] == 1:
-        return np.repeat(arr, 3, axis=2)
-    if enc.startswith("bgr"):
-        return np.ascontiguousarray(arr[:, :, 2::-1])
-    return np.ascontiguousarray(arr[:, :, :3])
 
 
 def numpy_to_image(arr: np.ndarray, encoding: str, stamp: int | Time = 0, frame_id: str = "") -> Image:
@@ -136,48 +76,12 @@ def numpy_to_image(arr: np.ndarray, encoding: str, stamp: int | Time = 0, frame_
 # ------------------------------------------------------------------------------------------
 
 
-def _intrinsics(info: CameraInfo, side: str) -> tuple[np.ndarray, np.ndarray]:
-    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    P = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
-    if not np.isfinite(K).all() or not np.isfinite(P).all():
-        raise InputError(f"CameraInfo ({side}).k/p: non-finite values", "camera_info_not_finite")
-    if not K.any():
-        raise InputError(f"CameraInfo ({side}).k: all zero (uncalibrated camera)", "camera_info_k_zero")
-    return K, P
-
-
-def camera_info_to_calib(info_l: CameraInfo, info_r: CameraInfo, fps: float = 30.0) -> StereoCalib:
-    """Rectified stereo calibration from a camera_info pair.
-
-    The rectified intrinsics come from the left P (K when P is all zero). The baseline comes from the
-    right P: P_r[0, 3] = Tx = −fx·B (ROS convention), so B = −Tx / fx.
-
-    Raises:
-        InputError: K all zero (`camera_info_k_zero`), left/right sizes differ
-            (`camera_info_size_mismatch`), no positive baseline (`camera_info_no_baseline`).
-    """
-    K_l, P_l = _intrinsics(info_l, "left")
-    _, P_r = _intrinsics(info_r, "right")
-    if (info_l.width, info_l.height) != (info_r.width, info_r.height) or info_l.width == 0 or info_l.height == 0:
-        raise InputError(f"CameraInfo: left {info_l.width}x{info_l.height} and right "
-                         f"{info_r.width}x{info_r.height} sizes differ or are empty", "camera_info_size_mismatch")
-    K = P_l[:, :3].copy() if P_l[:, :3].any() else K_l
-    fx_r = P_r[0, 0] if P_r[0, 0] != 0 else K[0, 0]
-    baseline_m = -P_r[0, 3] / fx_r if fx_r else 0.0
-    if not (baseline_m > 0 and math.isfinite(baseline_m)):
-        raise InputError(f"CameraInfo (right).p: Tx = {P_r[0, 3]} gives baseline {baseline_m} m "
-                         "(expected Tx = -fx*B < 0)", "camera_info_no_baseline")
-    return StereoCalib(K=K, baseline_m=float(baseline_m), image_size=(int(info_l.width), int(info_l.height)), fps=fps)
-
-
 def calib_to_camera_info(calib: StereoCalib, stamp: int | Time = 0, frame_left: str = "left_optical",
                          frame_right: str = "right_optical") -> tuple[CameraInfo, CameraInfo]:
     """StereoCalib → rectified (left, right) CameraInfo, with Tx = −fx·B in the right P."""
     infos = []
-    for frame, tx in ((frame_left, 0.0), (frame_right, -calib.fx * calib.baseline_m)):
-        P = np.zeros((3, 4))
-        P[:, :3] = calib.K
-        P[0, 3] = tx
+    for frame, right in ((frame_left, False), (frame_right, True)):
+        P = rectified_projection(calib, right)
         infos.append(CameraInfo(
             header=header(stamp, frame), width=calib.width, height=calib.height, distortion_model="plumb_bob",
             d=[0.0] * 5, k=calib.K.reshape(-1).tolist(), r=np.eye(3).reshape(-1).tolist(),
@@ -211,63 +115,27 @@ def pack_cloud(points: np.ndarray, hdr: Header) -> PointCloud2:
     fields = []
     for name in pts.dtype.names:
         dt, offset = pts.dtype.fields[name][:2]
-        if dt not in _NP_TO_FIELD:
+        if dt not in DTYPE_POINTFIELDS:
             raise InputError(f"pack_cloud: field {name!r} has unsupported dtype {dt}", "bad_cloud")
-        fields.append(PointField(name=name, offset=offset, datatype=_NP_TO_FIELD[dt], count=1))
+        fields.append(PointField(name=name, offset=offset, datatype=DTYPE_POINTFIELDS[dt], count=1))
     dense = all(np.isfinite(pts[n]).all() for n in ("x", "y", "z") if n in pts.dtype.names)
     return PointCloud2(header=hdr, height=1, width=len(pts), fields=fields, is_bigendian=False,
                        point_step=pts.dtype.itemsize, row_step=pts.dtype.itemsize * len(pts),
                        data=pts.tobytes(), is_dense=bool(dense))
 
 
-def unpack_cloud(msg: PointCloud2) -> np.ndarray:
-    """PointCloud2 → structured array (height·width,) with the message's fields (padding honoured)."""
-    if msg.is_bigendian:
-        raise InputError("PointCloud2.is_bigendian: big-endian clouds are not supported", "bad_cloud")
-    names, formats, offsets = [], [], []
-    for f in msg.fields:
-        if f.datatype not in _FIELD_TO_NP or f.count != 1:
-            raise InputError(f"PointCloud2.fields: {f.name!r} has datatype {f.datatype} count {f.count}",
-                             "bad_cloud")
-        names.append(f.name)
-        formats.append(_FIELD_TO_NP[f.datatype])
-        offsets.append(f.offset)
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
-    n = int(msg.height) * int(msg.width)
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if msg.height > 1 and msg.row_step != msg.width * msg.point_step:
-        rows = buf[: msg.height * msg.row_step].reshape(msg.height, msg.row_step)[:, : msg.width * msg.point_step]
-        buf = np.ascontiguousarray(rows).reshape(-1)
-    if buf.size < n * msg.point_step:
-        raise InputError(f"PointCloud2.data: {buf.size} bytes, expected {n}×{msg.point_step}", "bad_cloud")
-    return np.frombuffer(buf[: n * msg.point_step].tobytes(), dtype=dtype, count=n)
-
-
-def tracked_points_array(ids: np.ndarray, uv_px: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray,
-                         confidence: np.ndarray, refined: np.ndarray) -> np.ndarray:
-    """Per-query arrays (N,) / (N, 2) / (N, 3) → the (N,) TRACKED_POINTS_DTYPE array."""
-    out = np.zeros(len(ids), dtype=TRACKED_POINTS_DTYPE)
-    out["x"], out["y"], out["z"] = xyz_cam_m[:, 0], xyz_cam_m[:, 1], xyz_cam_m[:, 2]
-    out["u"], out["v"] = uv_px[:, 0], uv_px[:, 1]
-    out["id"] = ids
-    out["visible"] = visible
-    out["confidence"] = confidence
-    out["refined"] = refined
-    return out
-
-
 def tracked_points_msg(ids: np.ndarray, uv_px: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray,
                        confidence: np.ndarray, refined: np.ndarray, hdr: Header) -> PointCloud2:
     """One point per query in the ~/tracked_points schema (x y z m, u v px, id, visible, confidence, refined)."""
-    return pack_cloud(tracked_points_array(ids, uv_px, xyz_cam_m, visible, confidence, refined), hdr)
+    return pack_cloud(tracked_points(ids, uv_px, xyz_cam_m, visible, confidence, refined), hdr)
 
 
 def tracked_points_from_msg(msg: PointCloud2) -> np.ndarray:
     """~/tracked_points (or ~/ground_truth) → (N,) TRACKED_POINTS_DTYPE; missing fields are refused."""
-    pts = unpack_cloud(msg)
+    pts = cloud_to_struct(msg, "PointCloud2")
     missing = [n for n in TRACKED_POINTS_DTYPE.names if n not in (pts.dtype.names or ())]
     if missing:
-        raise InputError(f"PointCloud2.fields: missing {', '.join(missing)} of the tracked_points schema",
+        raise InputError(f"PointCloud2: fields: missing {', '.join(missing)} of the tracked_points schema",
                          "bad_cloud")
     out = np.zeros(len(pts), dtype=TRACKED_POINTS_DTYPE)
     for n in TRACKED_POINTS_DTYPE.names:

@@ -1,7 +1,7 @@
 """Endoscope (ECM) pose buffer: poses in, T_world_cam at image stamps out (DESIGN §3.2, §5).
 
 `ecm/measured_cp` arrives at ~100 Hz as geometry_msgs/PoseStamped or TransformStamped (dVRK versions
-differ). `pose_msg_to_T` turns either into (stamp_ns, T_world_ecm); `KinematicsBuffer` keeps the last
+differ). The message codec (`io.messages.pose_to_T`) turns either into (stamp_ns, T_world_ecm); `KinematicsBuffer` keeps the last
 `buffer_s` seconds and answers `pose_at(image_stamp_ns)` with
 
     T_world_cam = interp(T_world_ecm, image_stamp_ns + time_offset_s) @ T_ecm_cam
@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import logging
-import math
 import threading
 from typing import Any, Sequence
 
@@ -26,62 +25,21 @@ import numpy as np
 
 from ..config import KinematicsConfig
 from ..errors import InputError
-from ..geometry import T_from_xyz_qxyzw, interpolate_poses
+from ..geometry import interpolate_poses
+from ..io.messages import pose_to_T
 
 logger = logging.getLogger(__name__)
+
+#: The topic named in a refused pose message.
+KINEMATICS_SOURCE = "ecm/measured_cp"
 
 MESSAGE_TYPES = {
     "PoseStamped": "geometry_msgs/msg/PoseStamped",
     "TransformStamped": "geometry_msgs/msg/TransformStamped",
 }
 
-# tf2's BufferCore refuses a quaternion whose squared norm is further than this from 1
-# (QUATERNION_NORMALIZATION_TOLERANCE); within it, we normalise.
-QUAT_NORM2_TOL = 1e-2
-
 # Every key the buffer counts, so diagnostics show zeros rather than missing entries.
 COUNTER_KEYS = ("nonfinite_pose", "bad_quaternion", "bad_type", "duplicate", "time_jump", "missing", "stale")
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (sec, nanosec) → integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def pose_msg_to_T(msg: Any, source: str = "ecm/measured_cp") -> tuple[int, np.ndarray]:
-    """A PoseStamped or TransformStamped → (stamp_ns, T_world_ecm (4, 4), metres).
-
-    Duck-typed on `.pose` (PoseStamped) versus `.transform` (TransformStamped), so it also takes
-    rosbags' deserialised messages. The quaternion is normalised when its squared norm is within
-    1e-2 of 1 (tf2's tolerance) and refused otherwise.
-
-    Raises:
-        InputError: reason `bad_type` (neither layout), `nonfinite_pose` (NaN/Inf anywhere in
-            position or orientation) or `bad_quaternion` (zero or far from unit norm).
-    """
-    try:
-        stamp_ns = stamp_to_ns(msg.header.stamp)
-        if hasattr(msg, "pose"):
-            p, q = msg.pose.position, msg.pose.orientation
-        elif hasattr(msg, "transform"):
-            p, q = msg.transform.translation, msg.transform.rotation
-        else:
-            raise AttributeError("pose")
-        xyz_m = np.array([p.x, p.y, p.z], dtype=np.float64)
-        q_xyzw = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    except (AttributeError, TypeError, ValueError):
-        raise InputError(
-            f"{source}: expected geometry_msgs/PoseStamped or TransformStamped, got {type(msg).__name__}",
-            reason="bad_type") from None
-    if not (np.isfinite(xyz_m).all() and np.isfinite(q_xyzw).all()):
-        raise InputError(
-            f"{source}: non-finite pose (xyz {xyz_m.tolist()}, q_xyzw {q_xyzw.tolist()})", reason="nonfinite_pose")
-    norm2 = float(q_xyzw @ q_xyzw)
-    if abs(norm2 - 1.0) > QUAT_NORM2_TOL:
-        raise InputError(
-            f"{source}: orientation: expected a unit quaternion, got norm {math.sqrt(norm2):.6g}",
-            reason="bad_quaternion")
-    return stamp_ns, T_from_xyz_qxyzw(xyz_m, q_xyzw / math.sqrt(norm2))
 
 
 def T_ecm_cam_from_config(cfg: KinematicsConfig) -> np.ndarray:
@@ -208,9 +166,9 @@ class KinematicsBuffer:
                                         timeout=max(timeout_s, 0.0))
 
     def add_msg(self, msg: Any) -> bool:
-        """Convert (`pose_msg_to_T`) and store; a bad message is counted by its reason, never raised."""
+        """Convert (`io.messages.pose_to_T`) and store; a bad message is counted by its reason, never raised."""
         try:
-            stamp_ns, T = pose_msg_to_T(msg)
+            stamp_ns, T = pose_to_T(msg, KINEMATICS_SOURCE)
         except InputError as err:
             with self._lock:
                 self._counters[err.reason] = self._counters.get(err.reason, 0) + 1

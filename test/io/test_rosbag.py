@@ -13,6 +13,7 @@ pytest.importorskip("rosbags")
 from surg_invnerf_ros.errors import InputError  # noqa: E402
 from surg_invnerf_ros.geometry import T_from_xyz_qxyzw  # noqa: E402
 from surg_invnerf_ros.io import rosbag as rb  # noqa: E402
+from surg_invnerf_ros.io.messages import camera_info_to_calib, image_to_rgb_u8, stamp_ns  # noqa: E402
 from surg_invnerf_ros.io.sequence import read_sequence  # noqa: E402
 from surg_invnerf_ros.io.trackfile import read_tracks  # noqa: E402
 from surg_invnerf_ros.structs import Queries, Sequence, StereoCalib, Tracks  # noqa: E402
@@ -82,32 +83,32 @@ class TestDecoding:
         padded = np.zeros((4, step), np.uint8)
         padded[:, :15] = rgb.reshape(4, 15)
         msg = SimpleNamespace(height=4, width=5, step=step, encoding="rgb8", data=padded.tobytes())
-        np.testing.assert_array_equal(rb.rgb_u8_from_image(msg), rgb)
+        np.testing.assert_array_equal(image_to_rgb_u8(msg), rgb)
         bgr = SimpleNamespace(height=4, width=5, step=15, encoding="bgr8", data=rgb[:, :, ::-1].tobytes())
-        np.testing.assert_array_equal(rb.rgb_u8_from_image(bgr), rgb)
+        np.testing.assert_array_equal(image_to_rgb_u8(bgr), rgb)
         mono = SimpleNamespace(height=4, width=5, step=5, encoding="mono8", data=rgb[:, :, 0].tobytes())
-        np.testing.assert_array_equal(rb.rgb_u8_from_image(mono), np.repeat(rgb[:, :, :1], 3, 2))
+        np.testing.assert_array_equal(image_to_rgb_u8(mono), np.repeat(rgb[:, :, :1], 3, 2))
 
     def test_image_bad_input(self):
         short = SimpleNamespace(height=4, width=5, step=15, encoding="rgb8", data=b"\0" * 59)
         with pytest.raises(InputError, match="left: data") as err:
-            rb.rgb_u8_from_image(short, "left")
-        assert err.value.reason == "short_data"
+            image_to_rgb_u8(short, "left")
+        assert err.value.reason == "data_too_short"
         with pytest.raises(InputError, match="encoding"):
-            rb.rgb_u8_from_image(SimpleNamespace(height=1, width=1, step=4, encoding="yuv422", data=b"\0" * 4))
+            image_to_rgb_u8(SimpleNamespace(height=1, width=1, step=4, encoding="yuv422", data=b"\0" * 4))
 
     def test_camera_info_bad(self):
         seq, _ = make_sequence()
         left = rb.camera_info_msg(seq.calib, 0, "l", right=False)
         right = rb.camera_info_msg(seq.calib, 0, "r", right=True)
-        calib = rb.calib_from_infos(left, right)
+        calib = camera_info_to_calib(left, right)
         np.testing.assert_allclose(calib.K, seq.calib.K)
         assert calib.baseline_m == pytest.approx(BASELINE_M)
         with pytest.raises(InputError, match="Tx"):
-            rb.calib_from_infos(left, left)  # no baseline: Tx = 0
+            camera_info_to_calib(left, left)  # no baseline: Tx = 0
         zero = rb.camera_info_msg(replace(seq.calib, K=np.zeros((3, 3))), 0, "l", right=False)
         with pytest.raises(InputError, match="all zero"):
-            rb.calib_from_infos(zero, right)
+            camera_info_to_calib(zero, right)
 
     def test_topic_matching(self):
         topics = ["/ecm1/stereo/left/image_rect", "/stereo/right/image_rect", "/a/queries", "/b/queries"]
@@ -172,7 +173,7 @@ class TestBagToSequence:
         for m in rb.sequence_messages(seq, namespace="/ns"):
             if m.topic == "/ns/stereo/right/image_rect":  # right images stamped 1 ms late
                 obj = rb.deserialize(m)
-                s = rb.stamp_ns(obj.header) + 1_000_000
+                s = stamp_ns(obj.header.stamp) + 1_000_000
                 obj.header.stamp.sec, obj.header.stamp.nanosec = divmod(s, 1_000_000_000)
                 m = rb.BagMessage(m.topic, m.msgtype, m.log_time_ns, rb.serialize(obj))
             shifted.append(m)

@@ -13,11 +13,11 @@ from scipy.spatial.transform import Rotation
 
 from surg_invnerf_ros.config import KinematicsConfig
 from surg_invnerf_ros.errors import ConfigError, InputError
+from surg_invnerf_ros.io.messages import pose_to_T
 from surg_invnerf_ros.ros.kinematics import (
     COUNTER_KEYS,
     KinematicsBuffer,
     message_class,
-    pose_msg_to_T,
     resolve_message_type,
 )
 
@@ -80,7 +80,7 @@ def filled_buffer(cfg: KinematicsConfig, t0_s: float = 0.0, t1_s: float = 1.0, r
 class TestPoseMsgToT:
     def test_known_values(self):
         q = Rotation.from_rotvec([0.0, 0.0, np.pi / 2]).as_quat()  # 90° about z
-        stamp_ns, T = pose_msg_to_T(pose_stamped(12 * NS + 345, [0.1, 0.2, 0.3], q))
+        stamp_ns, T = pose_to_T(pose_stamped(12 * NS + 345, [0.1, 0.2, 0.3], q))
         assert stamp_ns == 12_000_000_345
         # Rz(90°): x → y, y → −x.
         expected = np.array([[0, -1, 0, 0.1], [1, 0, 0, 0.2], [0, 0, 1, 0.3], [0, 0, 0, 1.0]])
@@ -91,8 +91,8 @@ class TestPoseMsgToT:
         for _ in range(5):
             xyz = rng.normal(size=3)
             q = Rotation.random(random_state=rng).as_quat()
-            s1, T1 = pose_msg_to_T(pose_stamped(5 * NS + 7, xyz, q))
-            s2, T2 = pose_msg_to_T(transform_stamped(5 * NS + 7, xyz, q))
+            s1, T1 = pose_to_T(pose_stamped(5 * NS + 7, xyz, q))
+            s2, T2 = pose_to_T(transform_stamped(5 * NS + 7, xyz, q))
             assert s1 == s2 == 5 * NS + 7
             np.testing.assert_array_equal(T1, T2)
             np.testing.assert_allclose(T1[:3, 3], xyz)
@@ -103,13 +103,13 @@ class TestPoseMsgToT:
         stamp = SimpleNamespace(sec=1, nanosec=2)
         tr = SimpleNamespace(translation=SimpleNamespace(x=1.0, y=2.0, z=3.0),
                              rotation=SimpleNamespace(x=0.0, y=0.0, z=0.0, w=1.0))
-        stamp_ns, T = pose_msg_to_T(SimpleNamespace(header=SimpleNamespace(stamp=stamp), transform=tr))
+        stamp_ns, T = pose_to_T(SimpleNamespace(header=SimpleNamespace(stamp=stamp), transform=tr))
         assert stamp_ns == NS + 2
         np.testing.assert_array_equal(T, make_T(np.eye(3), [1.0, 2.0, 3.0]))
 
     def test_slightly_denormalised_quaternion_is_normalised(self):
         q = Rotation.from_rotvec([0.1, 0.2, 0.3]).as_quat()
-        _, T = pose_msg_to_T(pose_stamped(0, [0, 0, 0], q * 1.004))  # |q|² − 1 ≈ 0.008 < 1e-2
+        _, T = pose_to_T(pose_stamped(0, [0, 0, 0], q * 1.004))  # |q|² − 1 ≈ 0.008 < 1e-2
         np.testing.assert_allclose(T[:3, :3], Rotation.from_quat(q).as_matrix(), atol=1e-12)
         np.testing.assert_allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-12)
 
@@ -124,12 +124,12 @@ class TestPoseMsgToT:
     def test_bad_input(self, xyz, q, reason):
         for make in (pose_stamped, transform_stamped):
             with pytest.raises(InputError, match="ecm/measured_cp") as err:
-                pose_msg_to_T(make(0, xyz, q))
+                pose_to_T(make(0, xyz, q), "ecm/measured_cp")
             assert err.value.reason == reason
 
     def test_wrong_type(self):
         with pytest.raises(InputError, match="expected geometry_msgs/PoseStamped or TransformStamped") as err:
-            pose_msg_to_T(geometry_msgs.PointStamped())
+            pose_to_T(geometry_msgs.PointStamped())
         assert err.value.reason == "bad_type"
 
 

@@ -52,7 +52,7 @@ class TestOutputs:
                 assert convert.stamp_ns(hdr.stamp) in stamps and hdr.frame_id == LEFT_FRAME
             ov = convert.image_to_rgb_u8(h.got["overlay"][-1])
             assert ov.shape == (48, 64, 3) and tuple(ov[20, 16]) == (255, 215, 30)  # a front-end dot
-            cloud = convert.unpack_cloud(h.got["cloud"][0])
+            cloud = convert.cloud_to_struct(h.got["cloud"][0])
             assert len(cloud) > 50 and np.nanmedian(cloud["z"]) == pytest.approx(Z_M, rel=0.02)
             tf_last = h.got["tf"][-1].transforms
             assert sorted(t.child_frame_id for t in tf_last) == ["track_0", "track_1"]
@@ -155,7 +155,7 @@ class TestRefinement:
             # the model's render goes out on ~/cloud with the newest refined frame's stamp
             def model_cloud_stamps():
                 return {convert.stamp_ns(c.header.stamp) for c in h.got["cloud"]
-                        if np.allclose(convert.unpack_cloud(c)["z"], 0.05)}
+                        if np.allclose(convert.cloud_to_struct(c)["z"], 0.05)}
 
             def refined_stamps():
                 return {convert.stamp_ns(m.header.stamp) for m in h.got["points"]
