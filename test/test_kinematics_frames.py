@@ -1,4 +1,4 @@
-"""Frame conventions of kinematics against the synthetic generator's ground truth (issue 5).
+"""Frame conventions of kinematics against the synthetic generator's ground truth.
 
 x_world = T_world_cam · x_cam, and a pixel is K · (T_world_cam⁻¹ · x_world). The generator renders with
 the true T_world_cam of the left camera; `KinematicsBuffer` must hand the same pose back from an

@@ -146,6 +146,17 @@ class TestNoHistory:
                 hit = HISTORY.search(line)
                 assert not hit, f"{md.relative_to(REPO)}:{i}: {hit.group(0)!r} speaks of development history"
 
+    def test_code_config_and_tests(self):
+        # In code "session" also means a process session (start_new_session), so only numbered ones count.
+        pattern = re.compile(r"\bissues?[ -]?#?\d+|\bthe bar\b|\bsessions? \d+", re.IGNORECASE)
+        files = [p for d in ("surg_invnerf_ros", "test", "config", "launch", "tools") for p in (REPO / d).rglob("*")
+                 if p.suffix in (".py", ".yaml", ".sh") and p.resolve() != Path(__file__).resolve()]
+        assert len(files) > 50
+        for path in files:
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                hit = pattern.search(line)
+                assert not hit, f"{path.relative_to(REPO)}:{i}: {hit.group(0)!r} speaks of development history"
+
     def test_doc_file_names(self):
         for p in DOCS.rglob("*"):
             assert not HISTORY_NAME.search(p.name), f"{p.relative_to(REPO)}: a history copy; keep one file per benchmark"

@@ -1,4 +1,4 @@
-"""Where the 3D error comes from, and how much depth known camera poses could add (issue 5).
+"""Where the 3D error comes from, and how much depth known camera poses could add.
 
 Known endoscope poses help the 3D error only through motion parallax: a depth error moves a point's
 projection in another frame by an amount set by the camera's travel. Two views explain the

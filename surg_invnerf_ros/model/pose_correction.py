@@ -1,4 +1,4 @@
-"""Learnable per-frame corrections of kinematic camera poses (DESIGN §3.2 "Kinematics", issue 5).
+"""Learnable per-frame corrections of kinematic camera poses (DESIGN §3.2 "Kinematics").
 
 Kinematic poses of an endoscope carry errors of about a millimetre and a degree (joint encoders,
 hand-eye, clock offset). With `fit.pose_refine` each frame t gets a small rigid correction dT_t,

@@ -113,15 +113,16 @@ class TestUserErrors:
         assert "missing.npz" in proc.stderr
 
 
-class TestKinematicsOptions:
-    @pytest.fixture(scope="class")
-    def moving_seq(self, tmp_path_factory) -> Path:
-        out = tmp_path_factory.mktemp("kin") / "seq"
-        assert main(["synth", str(out), "--frames", "6", "--size", "64x48", "--seed", "1",
-                     "--queries", "6", "--camera-motion"]) == 0
-        assert (out / "kinematics.csv").is_file()
-        return out
+@pytest.fixture(scope="module")
+def moving_seq(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("kin") / "seq"
+    assert main(["synth", str(out), "--frames", "6", "--size", "64x48", "--seed", "1",
+                 "--queries", "6", "--camera-motion"]) == 0
+    assert (out / "kinematics.csv").is_file()
+    return out
 
+
+class TestKinematicsOptions:
     def test_hand_eye_needs_a_4x4(self, moving_seq, tmp_path):
         bad = tmp_path / "he.yaml"
         bad.write_text("T_ecm_cam: [1, 0, 0]\n")

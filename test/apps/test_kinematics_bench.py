@@ -1,4 +1,4 @@
-"""The issue-5 kinematics benchmark: its bar and a tiny end-to-end run."""
+"""The kinematics benchmark: its targets and a tiny end-to-end run."""
 
 import numpy as np
 import pytest

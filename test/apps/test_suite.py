@@ -1,4 +1,4 @@
-"""The bench suite's pure parts: ablation configs and the issue-3 bar check."""
+"""The bench suite's pure parts: ablation configs and the check against the baselines."""
 
 import pytest
 
@@ -28,7 +28,7 @@ class TestVariant:
 
 class TestBarCheck:
     def test_best_baseline_per_metric(self):
-        # lk has the best EPE (2.0), csrt the best δ (0.90) and 3D (1.5 mm): the bar uses each.
+        # lk has the best EPE (2.0), csrt the best δ (0.90) and 3D (1.5 mm): the baseline check uses each.
         rows = [row("lk", epe=2.0, end=4.0, delta=0.85, e3=2.0), row("csrt", epe=3.0, end=5.0, delta=0.90, e3=1.5),
                 row("invnerf", epe=1.3, end=1.9, delta=0.96, e3=1.1, oa=0.93)]
         (b,) = baseline_check(rows)

@@ -1,4 +1,4 @@
-"""Bag round trip through the tracker (issue 4): record a live synthetic stream to MCAP while a
+"""Bag round trip through the tracker: record a live synthetic stream to MCAP while a
 tracker tracks it, play the bag back into a fresh tracker, and check it reproduces the live tracks.
 
 Refinement is off, so the output is the deterministic front end (LK + stereo LK) of the same

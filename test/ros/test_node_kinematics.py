@@ -1,4 +1,4 @@
-"""TrackerNode kinematics wiring (issue 5 "Node", issue 4 "NaN or Inf pose"): ecm/measured_cp as
+"""TrackerNode kinematics wiring: ecm/measured_cp as
 PoseStamped or TransformStamped feeds the pose buffer; frames with a pose send world → left optical
 on /tf; bad, missing and stale poses are counted in /diagnostics and the node keeps publishing."""
 
