@@ -16,9 +16,11 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from typing import Sequence as Seq
@@ -182,9 +184,32 @@ def ensure_sequence(seq_root: Path, spec: SeqSpec, suffix: str = "", **synth_ext
     return seq_dir
 
 
+def code_commit() -> str:
+    """The git commit the package runs from (short hash, `+dirty` with local changes; `unknown` outside git)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def stamp_line(info: dict[str, Any]) -> str:
+    """One line saying when, from which commit, by which command and on which machine a result was measured."""
+    gpu = f", GPU {info['cuda']}" if info.get("cuda") else ", no GPU"
+    return (f"Measured {info['date_utc']} at commit {info['commit']} with `{info['command']}` on "
+            f"{info['platform']}, {info['cpu_count']} CPUs{gpu}, torch {info.get('torch')}, OpenCV {info['opencv']}.")
+
+
 def machine_info() -> dict[str, Any]:
-    """Platform, CPU count and library versions: timings mean nothing without them."""
+    """Date, commit, command, platform, CPU count and library versions: results mean nothing without them."""
     info: dict[str, Any] = {
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": code_commit(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),
@@ -304,10 +329,10 @@ def _write_markdown(path: Path, cfg: BenchConfig, specs: list[SeqSpec], result: 
     lines = [
         f"# Benchmark: preset `{cfg.preset}`",
         "",
+        stamp_line(info),
+        "",
         f"{len(specs)} synthetic sequences ({specs[0].width}x{specs[0].height}, {specs[0].frames} frames, "
-        f"{specs[0].num_queries} queries). Machine: {info['platform']}, {info['cpu_count']} CPUs, "
-        f"torch {info.get('torch')}, OpenCV {info['opencv']}"
-        + (f", GPU {info['cuda']}." if info.get("cuda") else "."),
+        f"{specs[0].num_queries} queries).",
         "",
         "EPE and δ (TAP-Vid, px) over visible ground truth after each query frame; `inf` means a point "
         "was lost (missing or NaN). STIR δ uses the nearest ground-truth end point. `time_s` is the "

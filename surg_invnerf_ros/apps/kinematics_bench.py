@@ -33,7 +33,7 @@ from ..io.sequence import read_sequence
 from ..io.trackfile import read_tracks, write_tracks
 from ..ros.kinematics import camera_poses_at
 from ..track import track_sequence
-from .bench import bench_specs, ensure_sequence, machine_info
+from .bench import bench_specs, ensure_sequence, machine_info, stamp_line
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def kinematics_targets(rows: Seq[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def kinematics_markdown(result: Mapping[str, Any]) -> str:
     c = result["config"]
-    lines = ["# Kinematics benchmark", "",
+    lines = ["# Kinematics benchmark", "", *([stamp_line(result["machine"]), ""] if result.get("machine") else []),
              f"InvNeRF with exact poses (`kin_exact`), without poses (`kin_off`) and with poses carrying "
              f"{c['kin_noise_m'] * 1000:g} mm / {c['kin_noise_deg']:g}° per-axis noise and a {c['kin_lag_s'] * 1000:g} ms "
              "lag, compensated by the same time offset (`kin_noisy`).", "",

@@ -50,7 +50,7 @@ from ..ros import convert
 from ..ros.bag_nodes import use_large_data_transport
 from ..ros.diagnostics import diagnostics_to_dict
 from ..ros.procs import start_entry_point, stop_process
-from .bench import machine_info
+from .bench import machine_info, stamp_line
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +405,9 @@ def _f(x: Any, digits: int = 1) -> str:
 def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
     """Markdown tables (latency, throughput and refinement, memory), one row per run."""
     runs = [results] if isinstance(results, Mapping) else list(results)
-    lines = ["| size | device | refine | latency p50 / p95 / p99 (ms) | node p50 / p95 (ms) | tracked Hz "
+    machine = runs[0].get("machine") if runs else None
+    lines = ["# ROS node benchmark", "", *([stamp_line(machine), ""] if machine else []),
+             "| size | device | refine | latency p50 / p95 / p99 (ms) | node p50 / p95 (ms) | tracked Hz "
              "| dropped frames | node drops | load avg start → end |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:

@@ -32,7 +32,7 @@ from ..frontend.baselines import BASELINES
 from ..structs import Sequence, Tracks
 from ..synth.generate import time_generation
 from ..track import track_sequence
-from .bench import bench_specs, bench_total, run_bench
+from .bench import bench_specs, bench_total, machine_info, run_bench, stamp_line
 from .frontend_bench import frontend_fps
 from .kinematics_bench import VARIANTS, run_kinematics_bench
 
@@ -106,7 +106,7 @@ def baseline_check(rows: Seq[Mapping[str, Any]], method: str = "invnerf") -> lis
 
 def speed_report(sizes: Seq[tuple[int, int]] = ((256, 192), (640, 512)), frames: int = 48) -> dict[str, Any]:
     """Generator seconds (48 frames) and front-end frames per second at each size."""
-    out: dict[str, Any] = {"generator_s": {}, "frontend_fps": {}}
+    out: dict[str, Any] = {"generator_s": {}, "frontend_fps": {}, "machine": machine_info()}
     for w, h in sizes:
         key = f"{w}x{h}"
         cfg = SynthConfig(frames=frames, width=w, height=h, seed=0, instrument=True, camera_motion=True,
@@ -129,6 +129,8 @@ def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
 
 
 def _speed_markdown(speed: Mapping[str, Any]) -> str:
+    head = ["# Front-end speed", "", *([stamp_line(speed["machine"]), ""] if speed.get("machine") else []),
+            "Frames per second of each front-end stage on 48 synthetic frames; the generator's time for them.", ""]
     rows = []
     for key, fps in speed["frontend_fps"].items():
         rows.append({"size": key, "generator_48f_s": speed["generator_s"][key],
@@ -137,7 +139,7 @@ def _speed_markdown(speed: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" for _ in cols) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(head + lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,8 @@ def run_full_bench(out: Path, opts: SuiteOptions, fit_cfg: FitConfig, frontend_c
             check = baseline_check(rows)
             summary[f"vs_baseline_{preset}"] = check
             text = format_table(check, columns=list(check[0]) if check else None)
-            (out / preset / "vs_baseline.md").write_text(text)
+            (out / preset / "vs_baseline.md").write_text(
+                f"# InvNeRF against the best baseline: preset `{preset}`\n\n{stamp_line(machine_info())}\n\n{text}")
             print(f"[bench] {preset}: InvNeRF vs best baseline\n{text}")
     if opts.kinematics:
         kin_preset = "hard" if opts.preset == "default" else opts.preset

@@ -184,3 +184,25 @@ def test_real_pipeline_tiny(tmp_path):
     assert len(by) == 2 * len(bench.bench_specs(cfg))
     for r in res.rows:
         assert 0.0 <= r["delta_avg"] <= 1.0
+
+
+class TestStamp:
+    def test_every_result_names_date_commit_command_and_machine(self):
+        import subprocess
+        from pathlib import Path
+
+        info = bench.machine_info()
+        repo = Path(bench.__file__).resolve().parents[2]
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        if head.returncode == 0:
+            assert info["commit"].split("+")[0] == head.stdout.strip()
+        line = bench.stamp_line(info)
+        assert line.startswith(f"Measured {info['date_utc']} at commit {info['commit']} with `")
+        assert f"{info['cpu_count']} CPUs" in line and info["platform"] in line
+
+    def test_outside_git_the_commit_is_unknown(self, monkeypatch):
+        def no_git(*args, **kwargs):
+            raise FileNotFoundError("git")
+
+        monkeypatch.setattr(bench.subprocess, "run", no_git)
+        assert bench.code_commit() == "unknown"
