@@ -274,7 +274,8 @@ class ProcessRefiner:
 
 
 if __name__ == "__main__":  # the ProcessRefiner child: python -m surg_invnerf_ros.refiner ADDRESS
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns this process's lifetime
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal Ctrl-C: the parent stops this process in order
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # a direct SIGTERM: end now, quietly
     from multiprocessing.connection import Client as _Client
 
     from surg_invnerf_ros.refiner import _AUTHKEY_ENV as _ENV

@@ -70,6 +70,25 @@ class TestProcessRefiner:
             ref.close()
         assert ref._proc.poll() is not None  # the child has exited
 
+    def test_the_child_ignores_sigint_and_ends_quietly_on_sigterm(self, capfd):
+        import signal
+        import time
+
+        ref = ProcessRefiner(RefineConfig(fit_overrides=("max_steps=2", "time_budget_s=5.0", "num_threads=1")),
+                             FrontendConfig(), device="cpu")
+        try:
+            ref._proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the node, which owns the child's lifetime
+            time.sleep(0.5)
+            assert ref._proc.poll() is None
+            assert ref(self.seq_job(warm=False)).tracks.ids.tolist() == [7, 9]  # still serving
+            t0 = time.monotonic()
+            ref._proc.send_signal(signal.SIGTERM)
+            assert ref._proc.wait(timeout=5) == 0 and time.monotonic() - t0 < 2.0
+        finally:
+            ref.close()
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
     def test_bad_device_is_refused_through_the_child(self):
         import torch
 
