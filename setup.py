@@ -43,7 +43,7 @@ setup(
     ],
     extras_require={
         "pywheels": PYWHEELS,
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "pyright"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "pyright[nodejs]", "beartype"],
     },
     zip_safe=True,
     maintainer="surg_invnerf_ros developers",

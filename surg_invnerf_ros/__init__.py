@@ -2,11 +2,16 @@
 
 Public API (imported lazily so `import surg_invnerf_ros` stays light):
 `track_sequence`, `fit_invnerf`, `infer_tracks` (track.py), `OnlineTracker` (online.py) and the
-configs `FitConfig`, `FrontendConfig`, `NodeConfig`, `SynthConfig` (config.py).
+configs `FitConfig`, `FrontendConfig`, `NodeConfig`, `SynthConfig` (config/).
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers
+    from .config import FitConfig, FrontendConfig, NodeConfig, SynthConfig, load_config
+    from .online import OnlineTracker
+    from .track import fit_invnerf, infer_tracks, track_sequence
 
 __version__ = "0.1.0"
 
@@ -17,7 +22,8 @@ _LAZY = {
     "load_config": "config",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["FitConfig", "FrontendConfig", "NodeConfig", "OnlineTracker", "SynthConfig", "fit_invnerf",
+           "infer_tracks", "load_config", "track_sequence"]  # the keys of _LAZY (checked in the tests)
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 
@@ -102,6 +102,31 @@ class FrontEnd(Protocol):
 
     def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
         ...
+
+
+class _Reacquires(FrontEnd, Protocol):
+    """A front end with the optional `reacquire` (see `LKStereoFrontEnd.reacquire`)."""
+
+    def reacquire(self, origin_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray, origin_uv_px: np.ndarray,
+                  guess_uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+
+class _PointDepth(FrontEnd, Protocol):
+    """A front end with the optional `point_depth_m` (see `LKStereoFrontEnd.point_depth_m`)."""
+
+    def point_depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib,
+                      uv_px: np.ndarray, disp_guess_px: np.ndarray, max_dy_px: float = 1.0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+
+def _can_reacquire(frontend: object) -> TypeGuard[_Reacquires]:
+    return hasattr(frontend, "reacquire")
+
+
+def _has_point_depth(frontend: object) -> TypeGuard[_PointDepth]:
+    return hasattr(frontend, "point_depth_m")
 
 
 class LKStereoFrontEnd:
@@ -298,12 +323,14 @@ class OnlineTracker:
         return kf
 
     def _move_to_current(self, uv: np.ndarray, kf: "_KeyFrame") -> np.ndarray:
+        assert self._prev_left is not None  # _keyframe_at finds no keyframe before the first frame
         moved, _ = self.frontend.track(kf.frame.left_rgb_u8, self._prev_left, uv)
         return np.asarray(moved, np.float64)
 
     def _reacquire(self, left: np.ndarray) -> None:
         """Re-find queries from their origin images (`online.reacquire_every`); under the lock."""
-        if not hasattr(self.frontend, "reacquire"):
+        frontend = self.frontend
+        if not _can_reacquire(frontend):
             return
         for key in np.unique(self._origin_key[self._origin_key >= 0]):
             idx = np.flatnonzero(self._origin_key == key)
@@ -314,7 +341,7 @@ class OnlineTracker:
                 del self._origins[int(key)]
                 self._origin_key[idx] = -1
                 continue
-            uv, ok = self.frontend.reacquire(origin, left, self._origin_uv[idx], self._uv[idx])
+            uv, ok = frontend.reacquire(origin, left, self._origin_uv[idx], self._uv[idx])
             ok = np.asarray(ok, bool)
             self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
             self._visible[idx[ok]] = True
@@ -379,7 +406,9 @@ class OnlineTracker:
         if left.shape != right.shape or left.shape[:2] != (frame.calib.height, frame.calib.width):
             raise InputError(f"frame: left {left.shape}, right {right.shape}, calib {frame.calib.image_size}",
                              "stereo_size_mismatch")
-        sparse = self.online_cfg.point_depth == "lk_stereo" and hasattr(self.frontend, "point_depth_m")
+        point_depth = (self.frontend if self.online_cfg.point_depth == "lk_stereo" and _has_point_depth(self.frontend)
+                       else None)
+        sparse = point_depth is not None
         # Sparse stereo LK needs a start near the true disparity (fine texture aliases in the pyramid):
         # a new query gets it once from a dense map. Peeked without the lock: a query added meanwhile
         # is seeded on the next frame.
@@ -429,15 +458,15 @@ class OnlineTracker:
             self._prev_left = left
             self._last_stamp = frame.stamp_ns
             self._frame_index += 1
-            if sparse and len(self._uv):
+            if point_depth is not None and len(self._uv):
                 guess = self._disp
                 if depth_m is not None:  # seed unknown disparities from the dense map: d = fx·B/Z, the same formula
                     d_dense = depth_from_disparity_m(sample_bilinear(depth_m, self._uv), frame.calib.fx,
                                                      frame.calib.baseline_m)
                     guess = np.where(np.isfinite(self._disp), self._disp, d_dense)
                     self._seeded[:] = True
-                z, disp = self.frontend.point_depth_m(left, right, frame.calib, self._uv, guess,
-                                                      self.online_cfg.stereo_max_dy_px)
+                z, disp = point_depth.point_depth_m(left, right, frame.calib, self._uv, guess,
+                                                    self.online_cfg.stereo_max_dy_px)
                 self._disp = np.where(np.isfinite(disp), disp, self._disp)
             elif depth_m is not None and len(self._uv):
                 z = sample_bilinear(depth_m, self._uv)
@@ -563,13 +592,14 @@ class OnlineTracker:
         """Outside the lock: stack the window into a Sequence (the images are never mutated)."""
         calib = kfs[-1].frame.calib
         poses = [k.frame.T_world_cam for k in kfs]
+        known_poses = [p for p in poses if p is not None]
         seq = Sequence(
             left_rgb_u8=np.stack([k.frame.left_rgb_u8 for k in kfs]),
             right_rgb_u8=np.stack([k.frame.right_rgb_u8 for k in kfs]),
             calib=replace(calib, fps=calib.fps / self.refine_cfg.keyframe_every),
             stamps_ns=np.array([k.frame.stamp_ns for k in kfs], np.int64),
             queries=Queries(ids=ids, query_tuv=np.column_stack([first_t.astype(np.float64), uv])),
-            T_world_cam=np.stack(poses) if all(p is not None for p in poses) else None,
+            T_world_cam=np.stack(known_poses) if len(known_poses) == len(poses) else None,
             name="online")
         return RefineJob(seq=seq, init_state=init_state, generation=generation)
 

@@ -14,6 +14,7 @@ Axis names used in annotations across `model/`, `fit/`, `geometry.py` and `track
 | `L`  | scales |
 | `H W`| an image (rows, columns) |
 | `*B` | any leading batch |
+| `*#batch` | a leading batch that broadcasts against the other `*#batch` arguments; `*batch` (result) is the broadcast shape |
 
 An axis name is reused only where the axes must be equal, because the checker binds them.
 """

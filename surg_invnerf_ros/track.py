@@ -18,9 +18,10 @@ point clouds of the fitted model.
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -39,7 +40,7 @@ from .frontend.memory import check_frontend_memory
 from .frontend.stereo import stereo_depth_sequence_m
 from .geometry import transform_points, unproject_m
 from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified, transform_m
-from .model.render import InvNeRF, volume_weights
+from .model.render import InvNeRF, RenderOutput, volume_weights
 from .model.workspace import Workspace
 from .shapes import Bool, Float, Int
 from .structs import Queries, Sequence, StereoCalib, Tracks
@@ -92,7 +93,18 @@ def _relative_poses(seq: Sequence) -> np.ndarray | None:
     return np.linalg.inv(T[0])[None] @ T
 
 
-def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float]) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class FrontendResult:
+    """What the weight-free front end measures on a sequence of T frames of H×W pixels (`run_frontend`)."""
+
+    depth_m: Float[np.ndarray, "T H W"]  # float32 stereo depth of the left image, metres, NaN invalid
+    mask: Bool[np.ndarray, "T H W"]  # specular mask, True = excluded from supervision
+    pairs: Int[np.ndarray, "Q 2"]  # correspondence pairs, rows [i, j]
+    flow_px: Float[np.ndarray, "Q H W 2"]  # pixel (u, v) of frame i maps to (u, v) + flow in frame j
+    confidence: Float[np.ndarray, "Q H W"]  # in [0, 1]; 0 = no correspondence
+
+
+def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float]) -> FrontendResult:
     """Stereo depth, masks and dense correspondences of a sequence (numpy), with stage timings."""
     check_frontend_memory(seq.name, seq.num_frames, seq.calib.height, seq.calib.width, frontend_cfg.flow,
                           frontend_cfg.max_memory_share)
@@ -106,8 +118,8 @@ def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str,
     corr = build_correspondences(bank, seq.num_frames, frontend_cfg.flow, workers=frontend_cfg.workers)
     t3 = time.perf_counter()
     timings.update(stereo_s=t1 - t0, flow_s=t2 - t1, chains_s=t3 - t2)
-    return {"depth_m": depth.astype(np.float32), "mask": mask, "pairs": corr.pairs, "flow_px": corr.flow_px,
-            "confidence": corr.confidence}
+    return FrontendResult(depth_m=depth.astype(np.float32), mask=mask, pairs=corr.pairs, flow_px=corr.flow_px,
+                          confidence=corr.confidence)
 
 
 def stereo_points_world_m(depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None, step: int = 2) -> np.ndarray:
@@ -131,9 +143,12 @@ def stereo_points_world_m(depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.nd
 # ------------------------------------------------------------------------------------------------
 
 
-def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace, init_state: dict | None,
+def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace | None, init_state: dict | None,
                  device: torch.device) -> InvNeRF:
+    """A new model in `workspace`, or one warm-started from `init_state` (whose box it loads: `workspace` is None)."""
     if init_state is None:
+        if workspace is None:
+            raise ValueError("_build_model: a new model needs a workspace")
         return InvNeRF(fit_cfg, num_frames, workspace, seed=fit_cfg.seed).to(device)
     try:
         old_T = int(init_state["num_frames"])
@@ -147,7 +162,7 @@ def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace, init
 
 def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None,
                 progress: Callable[[dict], None] | None = None, init_state: dict | None = None,
-                frontend: dict[str, np.ndarray] | None = None) -> FitResult:
+                frontend: FrontendResult | None = None) -> FitResult:
     """Fit the InvNeRF model to one sequence: front end, then test-time optimisation.
 
     Args:
@@ -172,7 +187,7 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
 
 def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device: torch.device,
          progress: Callable[[dict], None] | None, init_state: dict | None,
-         frontend: dict[str, np.ndarray] | None) -> FitResult:
+         frontend: FrontendResult | None) -> FitResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     if device.type == "cuda":
@@ -183,12 +198,12 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
     poses = _relative_poses(seq) if fit_cfg.use_kinematics else None
     K = np.asarray(seq.calib.K, np.float64)
     t0 = time.perf_counter()
-    data = to_device_data(seq.left_rgb_u8, fe["depth_m"], ~fe["mask"], fe["pairs"], fe["flow_px"], fe["confidence"],
+    data = to_device_data(seq.left_rgb_u8, fe.depth_m, ~fe.mask, fe.pairs, fe.flow_px, fe.confidence,
                           K, seq.calib.baseline_m, poses, device,
                           right_rgb_u8=seq.right_rgb_u8 if fit_cfg.render.right_ray_share > 0 else None,
                           subpixel_lookup=fit_cfg.render.subpixel_lookup)
     if init_state is None:
-        workspace = Workspace.from_points(stereo_points_world_m(fe["depth_m"], K, poses), fit_cfg.render)
+        workspace = Workspace.from_points(stereo_points_world_m(fe.depth_m, K, poses), fit_cfg.render)
     else:
         workspace = None
     torch.manual_seed(fit_cfg.seed)
@@ -206,7 +221,7 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
     meta = {"method": "invnerf", "config": {"fit": to_dict(fit_cfg), "frontend": to_dict(frontend_cfg)},
             "steps": stats.steps, "stop_reason": stats.stop_reason, "time_s": timings["total_fit_s"],
             "final_losses": stats.losses, "converged_fraction": stats.converged_share,
-            "timings_s": timings, "device": str(device), "num_pairs": int(fe["pairs"].shape[0])}
+            "timings_s": timings, "device": str(device), "num_pairs": int(fe.pairs.shape[0])}
     if device.type == "cuda":
         meta["peak_gpu_memory_mb"] = peak_gpu_memory_mb(device)
     if data.pose_correction is not None:
@@ -225,14 +240,14 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
 
 @torch.no_grad()
 def surface_points_world_m(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tensor, " N"],
-                           uv_px: Float[Tensor, "N 2"]) -> tuple[Float[Tensor, "N 3"], Tensor]:
+                           uv_px: Float[Tensor, "N 2"]) -> tuple[Float[Tensor, "N 3"], RenderOutput]:
     """Surface point of each query ray (world metres) and its rendering (for 'expected' surfaces)."""
     origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
     depth_st = data.depth_at(frame, uv_px)
     z, _ = sample_depths(origins, dirs, depth_st, model.workspace, cfg.render, data.fx_b, jitter=False,
                          n_near=2 * cfg.render.near_samples, n_ws=cfg.render.inference_samples)
     out = model.render(origins, dirs, z, frame, with_colour=False)
-    w = out["weights"]
+    w = out.weights
     if cfg.render.surface in ("max_weight", "stereo"):
         # the max-weight sample, refined to the weighted mean of it and its two neighbours
         idx = w.argmax(dim=1, keepdim=True)
@@ -265,9 +280,18 @@ def transmittance_at(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[T
     return 1.0 - w.sum(1)
 
 
+@dataclass(frozen=True)
+class InferredPoints:
+    """N queries tracked through all T frames (`infer_points`), rectified left camera of each frame."""
+
+    uv_px: Float[np.ndarray, "T N 2"]  # float32 pixels
+    visible: Bool[np.ndarray, "T N"]
+    xyz_cam_m: Float[np.ndarray, "T N 3"]  # float32 metres in the left camera frame of frame t
+
+
 @torch.no_grad()
-def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) -> dict[str, np.ndarray]:
-    """All queries × all frames: uv (T, N, 2), visible (T, N), xyz_cam_m (T, N, 3) in rectified pixels.
+def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: int = 8192) -> InferredPoints:
+    """All queries (rows frame, u, v) × all frames: pixels, visibility and camera-frame points.
 
     One batched pass (chunked only to bound memory): surface sample at the query frame, its
     canonical point, F_t⁻¹ for every t, projection, and the visibility tests at every t.
@@ -307,12 +331,30 @@ def infer_points(result: FitResult, query_tuv: np.ndarray, chunk: int = 8192) ->
         xyz_cam = torch.where(agree[..., None], fused, xyz_cam)
     if cfg.render.depth_consensus == "median":
         xyz_cam = consensus_depth_m(model, data, xyz_cam, visible, chunk)
-    return {"uv": uv.float().cpu().numpy(), "visible": visible.cpu().numpy(),
-            "xyz_cam_m": xyz_cam.float().cpu().numpy()}
+    return InferredPoints(uv_px=uv.float().cpu().numpy(), visible=visible.cpu().numpy(),
+                          xyz_cam_m=xyz_cam.float().cpu().numpy())
 
 
-def consensus_depth_m(model: InvNeRF, data: FitData, xyz_cam_m: Float[Tensor, "T N 3"], visible: Bool[Tensor, "T N"],
-                      chunk: int = 8192) -> Float[Tensor, "T N 3"]:
+@runtime_checkable
+class FrameCanonicalMap(Protocol):
+    """What `consensus_depth_m` needs of a model: the map between frame t (world metres) and canonical space."""
+
+    def to_canonical(self, x_world_m: Float[Tensor, "*B 3"], frame_idx: Int[Tensor, "*B"]) -> Float[Tensor, "*B 3"]: ...
+
+    def from_canonical(self, u_canon: Float[Tensor, "*B 3"], frame_idx: Int[Tensor, "*B"]) -> Float[Tensor, "*B 3"]: ...
+
+
+@runtime_checkable
+class FramePoses(Protocol):
+    """What `consensus_depth_m` needs of the fit data: T_world_cam and T_cam_world of every frame (None: no poses)."""
+
+    def all_poses(self) -> Float[Tensor, "T 4 4"] | None: ...
+
+    def all_inv_poses(self) -> Float[Tensor, "T 4 4"] | None: ...
+
+
+def consensus_depth_m(model: FrameCanonicalMap, data: FramePoses, xyz_cam_m: Float[Tensor, "T N 3"],
+                      visible: Bool[Tensor, "T N"], chunk: int = 8192) -> Float[Tensor, "T N 3"]:
     """Each point's depth at frame t := the median depth of its 3D points of all visible frames s
     carried to t by the map (x_t = F_t⁻¹(F_s(x_s))), on the same camera ray (2D unchanged).
 
@@ -357,7 +399,7 @@ def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None,
         xyz = np.zeros((T, 0, 3), np.float32)
     else:
         out = infer_points(result, qt)
-        uv, vis, xyz = out["uv"], out["visible"], out["xyz_cam_m"]
+        uv, vis, xyz = out.uv_px, out.visible, out.xyz_cam_m
     infer_s = time.perf_counter() - t0
     meta = json.loads(json.dumps(result.meta, default=float))
     meta.setdefault("timings_s", {})["inference_s"] = infer_s
@@ -420,9 +462,9 @@ def render_frame(result: FitResult, frame: int, chunk: int = 8192) -> tuple[np.n
         z, _ = sample_depths(origins, dirs, data.depth_at(f, uvs), model.workspace, cfg.render, data.fx_b, jitter=False,
                              n_near=2 * cfg.render.near_samples, n_ws=cfg.render.inference_samples)
         out = model.render(origins, dirs, z, f)
-        d = torch.where(out["acc"] > 0.5, out["depth_m"], torch.full_like(out["depth_m"], float("nan")))
+        d = torch.where(out.acc > 0.5, out.depth_m, torch.full_like(out.depth_m, float("nan")))
         depth.append(d)
-        rgb.append(out["rgb"])
+        rgb.append(out.colour())
     return (torch.cat(depth).reshape(H, W).cpu().numpy(),
             torch.cat(rgb).reshape(H, W, 3).clamp(0, 1).cpu().numpy())
 

@@ -227,3 +227,11 @@ def test_the_node_process_never_loads_torch_with_the_process_worker():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "False"
+
+
+def test_the_public_api_is_what_the_package_exports():
+    import surg_invnerf_ros as pkg
+
+    assert sorted(pkg.__all__) == sorted(pkg._LAZY)
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..config import BenchConfig, FrontendConfig, SynthConfig, to_dict
+from ..config.synth import Difficulty
 from ..errors import ConfigError
 from ..eval.metrics import compute_metrics, query_frames_from
 from ..eval.plots import contact_frames, contact_sheet, plot_accuracy_vs_threshold
@@ -45,15 +46,15 @@ log = logging.getLogger(__name__)
 Runner = Callable[[Sequence], Tracks]
 
 # (difficulty, instrument, camera_motion) per condition.
-_EASY_STATIC = ("easy", False, False)
-_HARD_BOTH = ("hard", True, True)
+_EASY_STATIC: tuple[Difficulty, bool, bool] = ("easy", False, False)
+_HARD_BOTH: tuple[Difficulty, bool, bool] = ("hard", True, True)
 
 
 @dataclass(frozen=True)
 class Preset:
     """One named benchmark set: conditions × seeds at one size."""
 
-    conditions: tuple[tuple[str, bool, bool], ...]
+    conditions: tuple[tuple[Difficulty, bool, bool], ...]
     seeds: tuple[int, ...]
     frames: int
     width: int
@@ -76,7 +77,7 @@ PRESETS: dict[str, Preset] = {
 class SeqSpec:
     """One benchmark sequence: the generator settings (`synth.generate.SynthConfig` fields)."""
 
-    difficulty: str
+    difficulty: Difficulty
     instrument: bool
     camera_motion: bool
     seed: int

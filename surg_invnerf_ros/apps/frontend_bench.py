@@ -35,7 +35,7 @@ def random_stereo_video(
         du, dv = 1.0 * t + 0.5 * np.sin(t / 3.0), 0.5 * t
         for out, extra in ((left, 0.0), (right, disp_px)):
             # dst(x) = tex(x + margin - du + extra): the right view sees x at x - disp_px.
-            M = np.float32([[1, 0, -(margin - du + extra)], [0, 1, -(margin - dv)]])
+            M = np.array([[1, 0, -(margin - du + extra)], [0, 1, -(margin - dv)]], dtype=np.float32)
             out.append(np.clip(cv2.warpAffine(tex, M, (width, height), flags=cv2.INTER_LINEAR), 0, 255))
     fx = 0.9 * width
     K = np.array([[fx, 0, (width - 1) / 2], [0, fx, (height - 1) / 2], [0, 0, 1.0]])

@@ -312,6 +312,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     if code not in (0, None, -signal.SIGTERM):
         log.warning("tracker exited with %s; see %s", code, logs["tracker"])
     machine = {**machine_info(), "loadavg_1min_start": load_start[0], "loadavg_1min_end": os.getloadavg()[0]}
+    assert sampler is not None  # the try block above started it and ran to its end
     return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), machine, width=width, height=height, rate_hz=rate_hz,
                       device=device, refine=refine, num_queries=num_queries, tracker_ready_s=tracker_ready_s,
                       sampler=sampler, logs=logs, convert=convert, diagnostics_to_dict=diagnostics_to_dict)
@@ -441,7 +442,7 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m surg_invnerf_ros.apps.ros_bench --size 256x192 --size 640x512 --out out/bench`."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--size", action="append", default=None, help="WxH (repeatable; default 256x192 and 640x512)")
     ap.add_argument("--rate-hz", type=float, default=30.0)
     ap.add_argument("--duration-s", type=float, default=60.0)

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import BenchConfig, FitConfig, FrontendConfig, SynthConfig, apply_overrides, from_dict, to_dict
+from ..config.bench import BenchPreset
 from ..errors import ConfigError
 from ..eval.report import format_table, json_safe
 from ..frontend.baselines import BASELINES
@@ -146,7 +147,7 @@ def _speed_markdown(speed: Mapping[str, Any]) -> str:
 class SuiteOptions:
     """What `run_full_bench` runs: the preset, the methods and which parts."""
 
-    preset: str = "default"  #: "default" runs the default and the hard set; any other preset runs itself
+    preset: BenchPreset = "default"  #: "default" runs the default and the hard set; any other preset runs itself
     methods: tuple[str, ...] = ()  #: empty: every baseline, InvNeRF and its ablations
     seeds: tuple[int, ...] = ()  #: empty: the preset's
     width: int = 0  #: 0: the preset's
@@ -157,7 +158,7 @@ class SuiteOptions:
     ros: bool = True
     speed: bool = True
 
-    def set_config(self, preset: str) -> BenchConfig:
+    def set_config(self, preset: BenchPreset) -> BenchConfig:
         """The bench set of `preset` with these seeds, size and frame count."""
         return BenchConfig(preset=preset, seeds=self.seeds, width=self.width, height=self.height,
                            frames=self.frames)
@@ -195,7 +196,7 @@ def run_full_bench(out: Path, opts: SuiteOptions, fit_cfg: FitConfig, frontend_c
     unknown = [m for m in methods if m not in all_methods]
     if unknown:
         raise ConfigError(f"--methods: unknown method {unknown[0]!r} (expected some of {', '.join(all_methods)})")
-    presets = [opts.preset] if opts.preset != "default" else ["default", "hard"]
+    presets: list[BenchPreset] = [opts.preset] if opts.preset != "default" else ["default", "hard"]
     if not opts.accuracy:
         presets = []
     summary: dict[str, Any] = {}

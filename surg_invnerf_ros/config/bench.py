@@ -11,6 +11,8 @@ from .base import (
     option,
 )
 
+BenchPreset = Literal["default", "hard", "quick"]  # a named benchmark set (BenchConfig.preset)
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -22,7 +24,7 @@ class BenchConfig:
     resizes a preset without redefining it.
     """
 
-    preset: Literal["default", "hard", "quick"] = option("default", "Named set of synthetic sequences.")
+    preset: BenchPreset = option("default", "Named set of synthetic sequences.")
     frames: int = option(0, "Frames per sequence; 0 takes the preset's (48; quick 16).", lo=0)
     width: int = option(0, "Image width in px; 0 takes the preset's (256; quick 128).", lo=0)
     height: int = option(0, "Image height in px; 0 takes the preset's (192; quick 96).", lo=0)

@@ -10,6 +10,8 @@ from .base import (
     option,
 )
 
+Difficulty = Literal["easy", "medium", "hard"]  # scene difficulty (SynthConfig.difficulty)
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -28,7 +30,7 @@ class SynthConfig:
     camera_motion: bool = option(
         False, "Move the endoscope with a smooth rigid motion (kinematics.csv is written when it moves or "
         "pose noise is set).")
-    difficulty: Literal["easy", "medium", "hard"] = option(
+    difficulty: Difficulty = option(
         "medium", "Scales deformation amplitude and speed, specularity, noise and flicker.")
     num_queries: int = option(64, "Query points placed on a jittered grid over frame 0.", lo=1, hi=100000)
     fps: float = option(30.0, "Frame rate; sets the time step of every motion.", lo=0.1, hi=1000.0)

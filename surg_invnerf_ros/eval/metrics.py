@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
+from scipy.spatial import KDTree
 
 from ..errors import InputError
 from ..io.csvtable import read_csv_table
@@ -99,7 +99,7 @@ def nearest_distances(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     dist = np.full(pred.shape[0], np.inf)
     ok = np.isfinite(pred).all(axis=-1)
     if len(gt) and ok.any():
-        dist[ok] = cKDTree(gt).query(pred[ok], k=1)[0]
+        dist[ok] = KDTree(gt).query(pred[ok], k=1)[0]
     return dist
 
 

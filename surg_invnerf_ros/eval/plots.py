@@ -74,7 +74,8 @@ def contact_frames(num_frames: int, count: int = 4) -> list[int]:
 
 def _draw_panel(image_rgb_u8: np.ndarray, gt_uv: np.ndarray, gt_vis: np.ndarray, uv: np.ndarray | None,
                 vis: np.ndarray | None, colour_rgb: tuple[int, int, int], label: str) -> np.ndarray:
-    """One frame: GT as green rings, the method's points as dots joined to their GT by a line."""
+    """One frame: GT as green rings, the method's points (`uv`, `vis`: both or neither) as dots joined
+    to their GT by a line."""
     # Dim the image so the markers stand out; a dark frame separates the panels of the grid.
     panel = np.ascontiguousarray((image_rgb_u8.astype(np.float32) * 0.7).astype(np.uint8))
     H, W = panel.shape[:2]
@@ -83,7 +84,7 @@ def _draw_panel(image_rgb_u8: np.ndarray, gt_uv: np.ndarray, gt_vis: np.ndarray,
     ok_gt = np.isfinite(gt_uv).all(-1) & gt_vis
     for (u, v) in gt_uv[ok_gt]:
         cv2.circle(panel, (int(round(u)), int(round(v))), radius + 1, GT_COLOUR_RGB, 1, cv2.LINE_AA)
-    if uv is not None:
+    if uv is not None and vis is not None:
         ok = np.isfinite(uv).all(-1)
         for j in np.flatnonzero(ok):
             p = (int(round(uv[j, 0])), int(round(uv[j, 1])))

@@ -21,8 +21,8 @@ kinematics. Without it every pose read is the plain indexed tensor, as before.
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor
 from ..config import FitConfig
 from ..model.pose_correction import PoseCorrection, invert_rigid
 from ..model.rays import pixel_rays, project_px, sample_depths
-from ..model.render import InvNeRF
+from ..model.render import InvNeRF, RenderOutput
 from ..shapes import Bool, Float, Int
 from . import losses
 from .sampler import PixelSampler
@@ -130,12 +130,19 @@ class FitData:
         return torch.where(inside, d, torch.full_like(d, float("nan")))
 
 
-def correspondence_batch(data: FitData, frame: Int[Tensor, " P"], u: Int[Tensor, " P"], v: Int[Tensor, " P"],
-                         generator: torch.Generator | None) -> dict[str, Tensor]:
-    """Pair each source pixel with a random correspondence pair leaving its frame.
+@dataclass(frozen=True)
+class CorrespondenceBatch:
+    """P source pixels of frames i, each paired with its match in a frame j (`correspondence_batch`)."""
 
-    Returns `j` (P,), `uv_i` (P, 2), `uv_j` (P, 2) float pixels and `conf` (P,) (0 = unusable).
-    """
+    frame_j: Int[Tensor, " P"]  # target frame of each pair
+    uv_i_px: Float[Tensor, "P 2"]  # source pixel (integer-valued) in frame i
+    uv_j_px: Float[Tensor, "P 2"]  # matched (fractional) pixel in frame j; 0 where the flow is not finite
+    conf: Float[Tensor, " P"]  # correspondence confidence in [0, 1]; 0 = unusable
+
+
+def correspondence_batch(data: FitData, frame: Int[Tensor, " P"], u: Int[Tensor, " P"], v: Int[Tensor, " P"],
+                         generator: torch.Generator | None) -> CorrespondenceBatch:
+    """Pair each source pixel with a random correspondence pair leaving its frame."""
     H, W = data.hw
     P = frame.shape[0]
     deg = data.degree[frame]
@@ -151,7 +158,7 @@ def correspondence_batch(data: FitData, frame: Int[Tensor, " P"], u: Int[Tensor,
     ok = inside & data.supervise[frame, v, u] & data.supervise[j, vj.clamp(0, H - 1), uj.clamp(0, W - 1)]
     conf = torch.where(ok & torch.isfinite(fl).all(-1), conf, torch.zeros_like(conf))
     uv_j = torch.nan_to_num(uv_j)
-    return {"j": j, "uv_i": uv_i, "uv_j": uv_j, "conf": conf}
+    return CorrespondenceBatch(frame_j=j, uv_i_px=uv_i, uv_j_px=uv_j, conf=conf)
 
 
 def bilinear_at(images: Tensor, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Tensor:
@@ -181,19 +188,32 @@ def colour_at(rgb: Float[Tensor, "T H W 3"], frame: Int[Tensor, " R"], uv_px: Fl
     return rgb[frame, v, u]
 
 
+@dataclass(frozen=True)
+class MappedRender:
+    """Rays of frame i rendered and mapped into frame j, with their stereo supervision (`render_mapped`)."""
+
+    render: RenderOutput  # holds the mapped points (`x_target_m`, `x_target_norm`)
+    uv_pred_px: Float[Tensor, "R 2"]  # mapped point projected into the target frame's left image
+    z_target_m: Float[Tensor, " R"]  # its depth in the target camera, metres
+    stereo_depth_m: Float[Tensor, " R"]  # stereo depth at the ray's pixel, NaN where invalid
+    stereo_valid: Bool[Tensor, " R"]  # finite, positive stereo depth
+    ray_origins_m: Float[Tensor, "R 3"]  # world metres
+    ray_dirs: Float[Tensor, "R 3"]  # world, unit depth in the camera
+
+
 def render_mapped(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"],
                   target: Int[Tensor, " R"], jitter: bool, generator: torch.Generator | None,
-                  with_colour: bool = True) -> dict[str, Tensor]:
+                  with_colour: bool = True) -> MappedRender:
     """Render left-camera rays of `frame` at `uv_px` and project their mapped points into `target`."""
     origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
     depth_st = data.depth_at(frame, uv_px)
     z, valid = sample_depths(origins, dirs, depth_st, model.workspace, cfg.render, data.fx_b, jitter, generator)
     out = model.render(origins, dirs, z, frame, target, with_colour=with_colour, mapped_point=cfg.render.mapped_point,
                        detach_weights_for_target=cfg.loss.corr_detach_weights)
-    uv_pred, z_pred = project_px(out["x_target_m"], data.K, data.inv_poses(target))
-    out.update(uv_pred_px=uv_pred, z_target_m=z_pred, stereo_depth_m=depth_st, stereo_valid=valid,
-               ray_origins_m=origins, ray_dirs=dirs)
-    return out
+    x_target_m, _ = out.mapped()
+    uv_pred, z_pred = project_px(x_target_m, data.K, data.inv_poses(target))
+    return MappedRender(render=out, uv_pred_px=uv_pred, z_target_m=z_pred, stereo_depth_m=depth_st, stereo_valid=valid,
+                        ray_origins_m=origins, ray_dirs=dirs)
 
 
 def parameter_groups(model: InvNeRF, cfg: FitConfig, pose_correction: PoseCorrection | None = None) -> list[dict]:
@@ -279,40 +299,43 @@ class Fitter:
         f_i, u, v = self.sampler.draw(n)
         cb = correspondence_batch(data, f_i, u, v, self.gen)
         if lc.bidirectional:
-            frame = torch.cat([f_i, cb["j"]])
-            uv = torch.cat([cb["uv_i"], cb["uv_j"]])
-            target = torch.cat([cb["j"], f_i])
-            uv_tgt = torch.cat([cb["uv_j"], cb["uv_i"]])
-            conf = torch.cat([cb["conf"], cb["conf"]])
+            frame = torch.cat([f_i, cb.frame_j])
+            uv = torch.cat([cb.uv_i_px, cb.uv_j_px])
+            target = torch.cat([cb.frame_j, f_i])
+            uv_tgt = torch.cat([cb.uv_j_px, cb.uv_i_px])
+            conf = torch.cat([cb.conf, cb.conf])
         else:
-            frame, uv, target, uv_tgt, conf = f_i, cb["uv_i"], cb["j"], cb["uv_j"], cb["conf"]
+            frame, uv, target, uv_tgt, conf = f_i, cb.uv_i_px, cb.frame_j, cb.uv_j_px, cb.conf
         t0 = _add(timings, "sample_s", t0)
         out = render_mapped(self.model, data, cfg, frame, uv, target, jitter=True, generator=self.gen)
+        rend = out.render
         terms: dict[str, Tensor] = {}
-        terms["corr"] = losses.reprojection_loss_px(out["uv_pred_px"], uv_tgt, conf, lc.charbonnier_eps_px)
+        terms["corr"] = losses.reprojection_loss_px(out.uv_pred_px, uv_tgt, conf, lc.charbonnier_eps_px)
         sup = (data.supervise[frame, uv[:, 1].round().long().clamp(0, data.hw[0] - 1),
                               uv[:, 0].round().long().clamp(0, data.hw[1] - 1)]).float()
         if lc.photo_weight > 0:
-            terms["photo"] = losses.photometric_loss(out["rgb"], colour_at(data.rgb, frame, uv, data.subpixel_lookup), sup)
-        sv = out["stereo_valid"].float() * sup
+            terms["photo"] = losses.photometric_loss(rend.colour(), colour_at(data.rgb, frame, uv, data.subpixel_lookup),
+                                                     sup)
+        sv = out.stereo_valid.float() * sup
         sscale = self._stereo_scale(share)
         # scene flow: the matched pixel's stereo depth is the mapped point's depth in the target frame
-        d_tgt = data.depth_at(target, uv_tgt) if lc.anchor_weight > 0 or lc.corr_depth_weight > 0 else None
-        if lc.anchor_weight > 0:
-            terms["anchor"] = self._anchor_loss(out, frame, target, uv_tgt, d_tgt, conf)
-        if lc.corr_depth_weight > 0:
-            ok_t = (conf > 0) & torch.isfinite(d_tgt)
-            terms["corr_depth"] = losses.stereo_depth_loss_px(out["z_target_m"], d_tgt, conf * ok_t.float(), data.fx_b)
+        if lc.anchor_weight > 0 or lc.corr_depth_weight > 0:
+            d_tgt = data.depth_at(target, uv_tgt)
+            if lc.anchor_weight > 0:
+                terms["anchor"] = self._anchor_loss(out, frame, target, uv_tgt, d_tgt, conf)
+            if lc.corr_depth_weight > 0:
+                ok_t = (conf > 0) & torch.isfinite(d_tgt)
+                terms["corr_depth"] = losses.stereo_depth_loss_px(out.z_target_m, d_tgt, conf * ok_t.float(), data.fx_b)
         if lc.stereo_weight > 0:
-            terms["stereo"] = losses.stereo_depth_loss_px(out["depth_m"], out["stereo_depth_m"], sv, data.fx_b)
+            terms["stereo"] = losses.stereo_depth_loss_px(rend.depth_m, out.stereo_depth_m, sv, data.fx_b)
         if lc.line_of_sight_weight > 0:
-            terms["los"] = losses.line_of_sight_loss_px(out["weights"], out["z_m"], out["stereo_depth_m"], sv, data.fx_b)
+            terms["los"] = losses.line_of_sight_loss_px(rend.weights, rend.z_m, out.stereo_depth_m, sv, data.fx_b)
         if lc.range_weight > 0:
-            terms["range"] = losses.range_loss(out["u_canon"]) + losses.range_loss(out["x_target_norm"])
+            terms["range"] = losses.range_loss(rend.u_canon) + losses.range_loss(rend.mapped()[1])
         if lc.distortion_weight > 0:
-            terms["dist"] = losses.distortion_loss(out["weights"], out["z_m"])
+            terms["dist"] = losses.distortion_loss(rend.weights, rend.z_m)
         if cfg.render.right_ray_share > 0 and data.right_rgb is not None and lc.photo_weight > 0:
-            terms["photo_right"] = self._right_photometric(f_i, u, v)
+            terms["photo_right"] = self._right_photometric(data.right_rgb, f_i, u, v)
         if step % lc.reg_every == 0 and (lc.tv_weight > 0 or lc.time_smooth_weight > 0):
             tv, ts = self.model.plane_regularisers()
             terms["tv"], terms["time_smooth"] = tv, ts
@@ -323,24 +346,25 @@ class Fitter:
                    "stereo": lc.stereo_weight * sscale, "los": lc.line_of_sight_weight * sscale,
                    "range": lc.range_weight, "dist": lc.distortion_weight, "tv": lc.tv_weight,
                    "time_smooth": lc.time_smooth_weight, "pose": cfg.pose_reg_weight}
-        total = sum(weights[k] * v for k, v in terms.items())
+        weighted = [weights[k] * v for k, v in terms.items()]  # terms always holds "corr"
+        total = sum(weighted[1:], start=weighted[0])
         with torch.no_grad():
-            err = (out["uv_pred_px"] - uv_tgt).norm(dim=-1)
+            err = (out.uv_pred_px - uv_tgt).norm(dim=-1)
             self.sampler.update(frame, uv[:, 0], uv[:, 1], err, conf > 0)
         _add(timings, "forward_s", t0)
         return total, {k: v.detach() for k, v in terms.items()}  # tensors: read only when logging
 
-    def _anchor_loss(self, out: dict[str, Tensor], frame: Tensor, target: Tensor, uv_tgt: Tensor, d_tgt: Tensor,
-                     conf: Tensor) -> Tensor:
+    def _anchor_loss(self, out: MappedRender, frame: Int[Tensor, " R"], target: Int[Tensor, " R"],
+                     uv_tgt: Float[Tensor, "R 2"], d_tgt: Float[Tensor, " R"], conf: Float[Tensor, " R"]) -> Float[Tensor, ""]:
         """Map the stereo surface point itself (one point per ray) into the target frame.
 
         The rendered term X̂_j needs a sharp density to be precise; this one trains F_t from the
         first step (scene flow: 2D reprojection plus the target's stereo depth, both in px).
         """
         data = self.data
-        valid = out["stereo_valid"]
-        d = torch.where(valid, out["stereo_depth_m"], torch.ones_like(out["stereo_depth_m"]))
-        x = out["ray_origins_m"] + d[:, None] * out["ray_dirs"]  # the rendered rays' stereo points
+        valid = out.stereo_valid
+        d = torch.where(valid, out.stereo_depth_m, torch.ones_like(out.stereo_depth_m))
+        x = out.ray_origins_m + d[:, None] * out.ray_dirs  # the rendered rays' stereo points
         u = self.model.to_canonical(x, frame)
         xj = self.model.from_canonical(u, target)
         uv_pred, z_pred = project_px(xj, data.K, data.inv_poses(target))
@@ -349,7 +373,8 @@ class Fitter:
         ok = torch.isfinite(d_tgt).float() * w
         return loss + losses.stereo_depth_loss_px(z_pred, d_tgt, ok, data.fx_b)
 
-    def _right_photometric(self, f_i: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    def _right_photometric(self, right_rgb: Float[Tensor, "T H W 3"], f_i: Int[Tensor, " P"], u: Int[Tensor, " P"],
+                           v: Int[Tensor, " P"]) -> Float[Tensor, ""]:
         """Photometric term on right-camera rays (stereo supervision of the colour field)."""
         data, cfg = self.data, self.cfg
         n = max(1, int(round(cfg.render.right_ray_share * f_i.shape[0])))
@@ -360,7 +385,7 @@ class Fitter:
         z, _ = sample_depths(origins, dirs, nan, self.model.workspace, cfg.render, data.fx_b, True, self.gen)
         out = self.model.render(origins, dirs, z, f)
         sup = data.supervise[f, v[:n], u[:n]].float()  # left mask as a proxy at the same pixel
-        return losses.photometric_loss(out["rgb"], colour_at(data.right_rgb, f, uv), sup)
+        return losses.photometric_loss(out.colour(), colour_at(right_rgb, f, uv), sup)
 
     @torch.no_grad()
     def dense_refresh(self) -> None:
@@ -371,10 +396,10 @@ class Fitter:
         for s in range(0, f.shape[0], chunk):
             fs, us, vs = f[s:s + chunk], u[s:s + chunk], v[s:s + chunk]
             cb = correspondence_batch(self.data, fs, us, vs, self.gen)
-            out = render_mapped(self.model, self.data, self.cfg, fs, cb["uv_i"], cb["j"], jitter=False,
+            out = render_mapped(self.model, self.data, self.cfg, fs, cb.uv_i_px, cb.frame_j, jitter=False,
                                 generator=self.gen, with_colour=False)
-            errs.append((out["uv_pred_px"] - cb["uv_j"]).norm(dim=-1))
-            valids.append(cb["conf"] > 0)
+            errs.append((out.uv_pred_px - cb.uv_j_px).norm(dim=-1))
+            valids.append(cb.conf > 0)
         self.sampler.refresh(f, u.float(), v.float(), torch.cat(errs), torch.cat(valids))
 
     # ------------------------------------------------------------------------------------------

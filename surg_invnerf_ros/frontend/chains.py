@@ -29,6 +29,8 @@ direct), 250 MB.
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -273,9 +275,9 @@ def _gather_link(link: Link, uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     dv = np.clip(v - v0, 0, 1)[:, None]
     u1, v1 = np.minimum(u0 + 1, W - 1), np.minimum(v0 + 1, H - 1)
     corners = [(v0, u0, (1 - du) * (1 - dv)), (v0, u1, du * (1 - dv)), (v1, u0, (1 - du) * dv), (v1, u1, du * dv)]
-    flow = sum(w * flow_px[vv, uu] for vv, uu, w in corners)  # (N, 2)
-    err = sum(w[:, 0] * np.minimum(cycle[vv, uu], _ERR_CAP_PX) for vv, uu, w in corners)
-    val = sum(w[:, 0] * valid[vv, uu] for vv, uu, w in corners)
+    flow = functools.reduce(operator.add, (w * flow_px[vv, uu] for vv, uu, w in corners))  # (N, 2)
+    err = functools.reduce(operator.add, (w[:, 0] * np.minimum(cycle[vv, uu], _ERR_CAP_PX) for vv, uu, w in corners))
+    val = functools.reduce(operator.add, (w[:, 0] * valid[vv, uu] for vv, uu, w in corners))
     return flow, err, inside & (val >= _VALID_MIN)
 
 

@@ -64,7 +64,7 @@ def to_grey(rgb_u8: np.ndarray) -> np.ndarray:
 
 def make_dis(cfg: FlowConfig) -> cv2.DISOpticalFlow:
     """A DIS instance for the configured preset and finest level (not thread-safe: one per thread)."""
-    dis = cv2.DISOpticalFlow_create(_PRESETS[cfg.preset])
+    dis = cv2.DISOpticalFlow.create(_PRESETS[cfg.preset])
     dis.setFinestScale(cfg.finest_scale)
     return dis
 
@@ -78,7 +78,8 @@ def dis_flow(src_rgb_u8: np.ndarray, dst_rgb_u8: np.ndarray, cfg: FlowConfig) ->
 
 
 def _dis_grey(dis: cv2.DISOpticalFlow, src_grey: np.ndarray, dst_grey: np.ndarray) -> np.ndarray:
-    return dis.calc(src_grey, dst_grey, None).astype(np.float32, copy=False)
+    flow = dis.calc(src_grey, dst_grey, None)  # pyright: ignore[reportCallIssue, reportArgumentType]  (stubs lack flow=None)
+    return flow.astype(np.float32, copy=False)
 
 
 def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,12 +203,13 @@ def checked_flow_pair(
         if cfg.max_roughness_px > 0:
             ok &= flow_roughness_px(flows[a]) <= cfg.max_roughness_px
         ok &= photo_consistent(greys[a], greys[b], flows[a], grid, cfg)
-        if masks[a] is not None:
-            ok &= ~masks[a]
-        if masks[b] is not None:
+        mask_a, mask_b = masks[a], masks[b]
+        if mask_a is not None:
+            ok &= ~mask_a
+        if mask_b is not None:
             tgt_u = np.clip(np.rint(grid[0] + flows[a][..., 0]), 0, W - 1).astype(np.intp)
             tgt_v = np.clip(np.rint(grid[1] + flows[a][..., 1]), 0, H - 1).astype(np.intp)
-            ok &= ~masks[b][tgt_v, tgt_u]
+            ok &= ~mask_b[tgt_v, tgt_u]
         out.append((flows[a], ok, cycle))
     return out[0], out[1]
 

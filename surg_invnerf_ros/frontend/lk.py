@@ -81,8 +81,10 @@ class LKPointTracker:
         if init_uv_px is not None:
             p1 = np.ascontiguousarray(init_uv_px, dtype=np.float32).reshape(-1, 1, 2).copy()
             flags = cv2.OPTFLOW_USE_INITIAL_FLOW
-        p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev_grey, cur_grey, p0, p1, winSize=win, maxLevel=level,
-                                                 criteria=self._criteria, flags=flags)
+        # the cv2 stubs lack nextPts=None (no initial guess)
+        p1, st1, _ = cv2.calcOpticalFlowPyrLK(  # pyright: ignore[reportCallIssue]
+            prev_grey, cur_grey, p0, p1,  # pyright: ignore[reportArgumentType]
+            winSize=win, maxLevel=level, criteria=self._criteria, flags=flags)
         p0r, st2, _ = cv2.calcOpticalFlowPyrLK(cur_grey, prev_grey, p1, p0.copy(), winSize=win, maxLevel=level,
                                                criteria=self._criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
         p1 = p1.reshape(-1, 2)

@@ -25,7 +25,7 @@ def specular_mask(rgb_u8: np.ndarray, cfg: MaskConfig) -> np.ndarray:
     if rgb_u8.ndim not in (3, 4) or rgb_u8.shape[-1] != 3 or rgb_u8.dtype != np.uint8:
         raise InputError(f"specular_mask: rgb_u8: expected uint8 (H, W, 3) or (T, H, W, 3), "
                          f"got {rgb_u8.dtype} {rgb_u8.shape}", reason="bad_image")
-    mask = (rgb_u8 >= cfg.specular_min_value).all(axis=-1)  # (..., H, W)
+    mask = np.all(rgb_u8 >= cfg.specular_min_value, axis=-1)  # (..., H, W)
     if cfg.dilate_px > 0 and mask.any():
         side = 2 * cfg.dilate_px + 1
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))

@@ -60,7 +60,7 @@ def num_disparities_for(calib: StereoCalib, cfg: StereoConfig) -> int:
 def make_sgbm(num_disparities: int, cfg: StereoConfig) -> cv2.StereoSGBM:
     """An SGBM matcher on grey images; its own left-right check is off (we run an exact one)."""
     bs = cfg.block_size
-    return cv2.StereoSGBM_create(
+    return cv2.StereoSGBM.create(
         minDisparity=0, numDisparities=num_disparities, blockSize=bs,
         P1=8 * bs * bs, P2=32 * bs * bs, disp12MaxDiff=-1, preFilterCap=63,
         uniquenessRatio=cfg.uniqueness_ratio, speckleWindowSize=cfg.speckle_area_px,
@@ -105,7 +105,7 @@ def lr_checked_disparity_px(
 
 def make_refiner(cfg: StereoConfig) -> cv2.DISOpticalFlow:
     """The DIS instance `refine_disparity_px` uses (one per thread; reused across frames)."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow.create(cv2.DISOpticalFlow_PRESET_MEDIUM)
     dis.setFinestScale(cfg.refine_finest_scale)
     return dis
 
@@ -116,7 +116,7 @@ def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: 
 
     NaN in `disp_px` stays NaN: refinement never makes a pixel valid.
     """
-    flow = dis.calc(left_grey, right_grey, None)
+    flow = dis.calc(left_grey, right_grey, None)  # pyright: ignore[reportCallIssue, reportArgumentType]  (stubs lack flow=None)
     d_dis = -flow[..., 0]
     with np.errstate(invalid="ignore"):
         agree = (np.abs(d_dis - disp_px) <= agree_px) & (np.abs(flow[..., 1]) <= 0.5 * agree_px)

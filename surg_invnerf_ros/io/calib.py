@@ -14,7 +14,7 @@ import logging
 import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 import cv2
 import numpy as np
@@ -217,7 +217,8 @@ class Rectifier:
 # --- field parsing ---------------------------------------------------------------------------
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: Any) -> TypeGuard[float]:
+    """A real number (int, float or a numpy real scalar), not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
@@ -292,9 +293,8 @@ def _distortion(data: Mapping, key: str, where: str) -> np.ndarray:
 
 def _image_size(data: Mapping, where: str) -> tuple[int, int]:
     value = data.get("image_size")
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(_is_number(v) and float(v).is_integer() and v > 0 for v in value))
-    if not ok:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(_is_number(v) and float(v).is_integer() and v > 0 for v in value)):
         raise InputError(f"{where}: image_size: expected [W, H], two positive integers, got {value!r}",
                          "bad_calib")
     return int(value[0]), int(value[1])

@@ -236,8 +236,9 @@ def tracked_points_msg(points: np.ndarray, stamp: int, frame_id: str) -> Any:
     """PointCloud2 (rosbags object) of a `structs.tracked_points` array."""
     t = typestore().types
     PF = t["sensor_msgs/msg/PointField"]
-    fields = [PF(name=name, offset=off, datatype=DTYPE_POINTFIELDS[dt], count=1)
-              for name, (dt, off) in TRACKED_POINTS_DTYPE.fields.items()]
+    layout: dict[str, Any] = {str(k): v for k, v in (TRACKED_POINTS_DTYPE.fields or {}).items()}
+    fields = [PF(name=name, offset=layout[name][1], datatype=DTYPE_POINTFIELDS[layout[name][0]], count=1)
+              for name in TRACKED_POINTS_DTYPE.names or ()]
     data = np.ascontiguousarray(points, dtype=TRACKED_POINTS_DTYPE).view(np.uint8).reshape(-1)
     return t[POINT_CLOUD2](
         header=_header(stamp, frame_id), height=1, width=len(points), fields=fields, is_bigendian=False,
@@ -373,12 +374,13 @@ def bag_to_sequence(
     for key, types in (("left_image", (IMAGE,)), ("right_image", (IMAGE,)), ("left_info", (CAMERA_INFO,)),
                        ("right_info", (CAMERA_INFO,)), ("pose", (POSE_STAMPED, TRANSFORM_STAMPED)),
                        ("queries", (POLYGON_STAMPED,)), ("ground_truth", (POINT_CLOUD2,))):
-        if names[key] is not None and available[names[key]] not in types:
+        name = names[key]
+        if name is not None and available[name] not in types:
             if key in ("pose", "queries", "ground_truth"):
-                log.warning("%s: %s has type %s; ignored", where, names[key], available[names[key]])
+                log.warning("%s: %s has type %s; ignored", where, name, available[name])
                 names[key] = None
             else:
-                raise InputError(f"{where}: {names[key]}: expected {types[0]}, got {available[names[key]]}", "bad_type")
+                raise InputError(f"{where}: {name}: expected {types[0]}, got {available[name]}", "bad_type")
 
     # Pass 1: everything but the pixels.
     stamps: dict[str, list[int]] = {"left_image": [], "right_image": []}
@@ -386,7 +388,10 @@ def bag_to_sequence(
     pose_stamps, poses = [], []
     polygons: list[tuple[int, np.ndarray]] = []
     gt_clouds: dict[int, np.ndarray] = {}
-    by_topic = {v: k for k, v in names.items() if v is not None}
+    by_topic: dict[str, str] = {}
+    for key, name in names.items():
+        if name is not None:
+            by_topic[name] = key
     for msg in read_bag(bag_path, topics=by_topic):
         key = by_topic[msg.topic]
         obj = deserialize(msg)
@@ -430,7 +435,9 @@ def bag_to_sequence(
     def image_pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         pending: dict[int, dict[str, np.ndarray]] = {}
         nxt = 0
-        img_topics = {names["left_image"]: "l", names["right_image"]: "r"}
+        left_topic, right_topic = names["left_image"], names["right_image"]
+        assert left_topic is not None and right_topic is not None  # a missing image topic was refused above
+        img_topics = {left_topic: "l", right_topic: "r"}
         for msg in read_bag(bag_path, topics=img_topics):
             obj = deserialize(msg)
             s = stamp_ns(obj.header.stamp)
@@ -475,7 +482,7 @@ def _queries_from_stream(
             return Queries(ids=np.arange(len(uv), dtype=np.int64), query_tuv=tuv)
     for t, s in enumerate(frame_ns):
         pts = gt_clouds.get(int(s))
-        if pts is not None and "visible" in pts.dtype.names:
+        if pts is not None and "visible" in (pts.dtype.names or ()):
             vis = pts[pts["visible"] > 0]
             if len(vis):
                 tuv = np.stack([np.full(len(vis), float(t)), vis["u"].astype(np.float64),
@@ -510,6 +517,6 @@ def _gt_tracks(gt_clouds: dict[int, np.ndarray], frame_ns: np.ndarray) -> Tracks
 
     clouds = [gt_clouds.get(int(s)) for s in frame_ns]
     present = [c for c in clouds if c is not None]
-    if not present or any(not set(POINT_RECORD_FIELDS) <= set(c.dtype.names) for c in present):
+    if not present or any(not set(POINT_RECORD_FIELDS) <= set(c.dtype.names or ()) for c in present):
         return None
     return tracks_from_records(clouds, meta={"method": "ground_truth", "source": "bag"})

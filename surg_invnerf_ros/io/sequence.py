@@ -283,6 +283,7 @@ def _rectifier_keeping_queries(
     Returns the rectifier and the (N, 2) rectified query pixels.
     """
     W, H = raw.image_size
+    inside: np.ndarray | None = None
     for alpha in _ALPHAS:
         rect = Rectifier(raw, alpha=alpha, where=where)
         uv = rect.raw_to_rect_px(queries.uv_px)
@@ -293,6 +294,7 @@ def _rectifier_keeping_queries(
             if alpha > 0:
                 log.info("%s: rectifying with alpha=%.2f so every query stays in the image", where, alpha)
             return rect, np.clip(uv, 0.0, [W - 1, H - 1])
+    assert inside is not None  # _ALPHAS is not empty
     i = int(np.flatnonzero(~inside)[0])
     raise InputError(f"{queries_path}: id {queries.ids[i]}: ({queries.uv_px[i, 0]:g}, {queries.uv_px[i, 1]:g}) "
                      "falls outside the rectified image", "bad_queries")

@@ -139,9 +139,13 @@ def read_stir_calib(path: str | Path, image_size: tuple[int, int], fps: float) -
     if not isinstance(data, Mapping):
         raise InputError(f"{path}: expected a JSON object of calibration fields", "bad_calib")
     where = str(path)
-    found = {ours: next((k for k in names if k in data), None) for ours, names in _KEYS.items()}
+    found: dict[str, str] = {}  # our name → the key this file uses for it
+    for ours, names in _KEYS.items():
+        key = next((k for k in names if k in data), None)
+        if key is not None:
+            found[ours] = key
     for ours in ("K_left", "K_right", "T", "R"):
-        if found[ours] is None:
+        if ours not in found:
             raise InputError(f"{path}: {_KEYS[ours][0]}: missing", "bad_calib")
     rot_key = found["R"]
     rvec = flat_numbers_field(data, rot_key, where)  # Rodrigues as 3, 1x3 or 3x1; or a 3x3 matrix
@@ -162,7 +166,7 @@ def read_stir_calib(path: str | Path, image_size: tuple[int, int], fps: float) -
         "R": R.tolist(), "T": T.tolist(), "rectified": False, "fps": float(fps),
     }
     for ours in ("D_left", "D_right"):
-        if found[ours] is not None:
+        if ours in found:
             mapping[ours] = np.asarray(flat_numbers_field(data, found[ours], where)).tolist()
         else:
             log.info("%s: no %s; assuming no distortion", path, _KEYS[ours][0])

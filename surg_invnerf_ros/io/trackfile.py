@@ -55,7 +55,7 @@ def tracks_from_records(records: list[np.ndarray | None], ids: np.ndarray | None
     return Tracks(ids=ids, uv=uv, visible=visible, xyz=xyz, meta=dict(meta or {}))
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], suffix: str = "") -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str = "") -> Path:
     """Call `write(tmp_path)` on a temporary file in the target folder, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

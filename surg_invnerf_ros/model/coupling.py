@@ -14,9 +14,10 @@ from ..shapes import Float
 from .hexplane import TIME, MultiScaleHexPlane
 
 
-def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> tuple[nn.Sequential, nn.Linear]:
+    """The MLP (layers created in order, so the global generator draws the same weights) and its last layer."""
+    first, mid, last = nn.Linear(in_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, out_dim)
+    return nn.Sequential(first, nn.ReLU(inplace=True), mid, nn.ReLU(inplace=True), last), last
 
 
 class AffineCoupling(nn.Module):
@@ -43,9 +44,9 @@ class AffineCoupling(nn.Module):
                                            generator=generator)
         self.use_coords = cfg.use_coords
         in_dim = self.features.out_dim + (2 if cfg.use_coords else 0)
-        self.mlp = _mlp(in_dim, cfg.hidden_dim, 2)
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.mlp, last = _mlp(in_dim, cfg.hidden_dim, 2)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.max_log_scale = float(cfg.max_log_scale)
         self.bf16 = False
 
@@ -90,10 +91,12 @@ class InvertibleMap(nn.Module):
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         axes = [cfg.axis_order[k % len(cfg.axis_order)] for k in range(cfg.num_layers)]
-        self.layers = nn.ModuleList(AffineCoupling(a, cfg, hex_cfg, num_frames, generator) for a in axes)
+        couplings = tuple(AffineCoupling(a, cfg, hex_cfg, num_frames, generator) for a in axes)
+        self.layers = nn.ModuleList(couplings)  # registers the parameters (state-dict keys `layers.k.…`)
+        self.couplings: tuple[AffineCoupling, ...] = couplings  # the same modules, typed, in order
 
     def set_bf16(self, on: bool) -> None:
-        for layer in self.layers:
+        for layer in self.couplings:
             layer.bf16 = bool(on)
 
     def forward(self, x_norm: Float[Tensor, "*B 3"], t_norm: Float[Tensor, "*B 1"]) -> Float[Tensor, "*B 3"]:
@@ -101,7 +104,7 @@ class InvertibleMap(nn.Module):
         batch = x_norm.shape[:-1]
         y = x_norm.reshape(-1, 3)
         t = t_norm.expand(*batch, 1).reshape(-1, 1)
-        for layer in self.layers:
+        for layer in self.couplings:
             y = layer(y, t)
         return y.reshape(*batch, 3)
 
@@ -110,13 +113,13 @@ class InvertibleMap(nn.Module):
         batch = u_canon.shape[:-1]
         y = u_canon.reshape(-1, 3)
         t = t_norm.expand(*batch, 1).reshape(-1, 1)
-        for layer in reversed(self.layers):
+        for layer in reversed(self.couplings):
             y = layer.inverse(y, t)
         return y.reshape(*batch, 3)
 
     def grow_time(self, num_frames: int) -> None:
-        for layer in self.layers:
+        for layer in self.couplings:
             layer.features.grow_time(num_frames)
 
     def planes(self) -> list[MultiScaleHexPlane]:
-        return [layer.features for layer in self.layers]
+        return [layer.features for layer in self.couplings]

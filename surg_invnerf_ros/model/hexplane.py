@@ -9,7 +9,7 @@ Coordinates are workspace-normalised: x, y, z and t all lie in [-1, 1]; t = -1 i
 t = 1 the last. `align_corners=True`, so t_norm of frame k hits row k exactly.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ class MultiScaleHexPlane(nn.Module):
     def __init__(self, cfg: HexPlaneConfig, num_frames: int, planes: Sequence[tuple[int, int]] = ALL_PLANES,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.planes = tuple(tuple(p) for p in planes)
+        self.planes: tuple[tuple[int, int], ...] = tuple((int(a), int(b)) for a, b in planes)
         self.spatial = tuple(p for p in self.planes if TIME not in p)
         self.temporal = tuple(p for p in self.planes if TIME in p)
         self.num_frames = int(num_frames)

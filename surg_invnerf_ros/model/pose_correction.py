@@ -71,6 +71,8 @@ class PoseCorrection(nn.Module):
     every frame (the fit indexes that once per use, so the Rodrigues cost is per frame, not per ray).
     """
 
+    free: Float[Tensor, "T 1"]  # buffer: 0 for frame 0 (held at the identity), 1 for the others
+
     def __init__(self, num_frames: int) -> None:
         super().__init__()
         if num_frames < 1:

@@ -35,16 +35,24 @@ def pixel_rays(uv_px: Float[Tensor, "R 2"], K: Float[Tensor, "3 3"], T_world_cam
     return origins, dirs
 
 
-def transform_m(T_dst_src: Float[Tensor, "*B 4 4"] | None, x_src_m: Float[Tensor, "*B 3"]) -> Float[Tensor, "*B 3"]:
-    """x_dst = R·x_src + t per point, transforms broadcast against points (None = identity)."""
+def transform_m(T_dst_src: Float[Tensor, "*#batch 4 4"] | None, x_src_m: Float[Tensor, "*#batch 3"]
+                ) -> Float[Tensor, "*batch 3"]:
+    """x_dst = R·x_src + t per point (None = identity).
+
+    The leading dims of transforms and points broadcast against each other, e.g. (T, 1, 4, 4) poses
+    with (T, N, 3) points, or one (4, 4) transform for every point; the result has the broadcast batch.
+    """
     if T_dst_src is None:
         return x_src_m
     return torch.einsum("...ij,...j->...i", T_dst_src[..., :3, :3], x_src_m) + T_dst_src[..., :3, 3]
 
 
-def project_px(x_world_m: Float[Tensor, "*B 3"], K: Float[Tensor, "3 3"], T_cam_world: Float[Tensor, "*B 4 4"] | None = None
-               ) -> tuple[Float[Tensor, "*B 2"], Float[Tensor, "*B"]]:
-    """World points → (pixels, camera depth in metres). Depth is clamped away from 0 for the division."""
+def project_px(x_world_m: Float[Tensor, "*#batch 3"], K: Float[Tensor, "3 3"],
+               T_cam_world: Float[Tensor, "*#batch 4 4"] | None = None
+               ) -> tuple[Float[Tensor, "*batch 2"], Float[Tensor, "*batch"]]:
+    """World points → (pixels, camera depth in metres). Depth is clamped away from 0 for the division.
+
+    Points and transforms broadcast as in `transform_m`."""
     x = transform_m(T_cam_world, x_world_m)
     z = x[..., 2]
     zc = z.clamp_min(1e-6)

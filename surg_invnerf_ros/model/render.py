@@ -11,6 +11,7 @@ assumed to hit tissue; a separate loss drives the opacity to 1). The expected ma
 j is X̂_j = Σ w_s F_j⁻¹(F_i(x_s)) / Σ w_s, in metres in the world frame.
 """
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -55,6 +56,40 @@ def expected(weights: Float[Tensor, "R S"], values: Float[Tensor, "R S *C"], nor
     return out
 
 
+@dataclass(frozen=True)
+class RenderOutput:
+    """One volume rendering of R rays with S sorted samples each (`InvNeRF.render`).
+
+    Depths are metres along the camera's depth axis; `x_norm`, `u_canon` and `x_target_norm` are
+    workspace-normalised ([-1, 1] inside the box); `x_target_m` is world metres.
+    """
+
+    weights: Float[Tensor, "R S"]  # w_s = T_s α_s, Σ_s w_s ≤ 1
+    trans: Float[Tensor, "R S"]  # transmittance T_s: light reaching sample s
+    sigma: Float[Tensor, "R S"]  # density per unit of normalised length
+    z_m: Float[Tensor, "R S"]  # sample depths, metres
+    u_canon: Float[Tensor, "R S 3"]  # canonical points of the samples
+    x_norm: Float[Tensor, "R S 3"]  # samples in frame space, normalised
+    acc: Float[Tensor, " R"]  # opacity Σ_s w_s
+    depth_m: Float[Tensor, " R"]  # expected depth, metres
+    rgb: Float[Tensor, "R 3"] | None = None  # expected colour in [0, 1]; None without `with_colour`
+    x_target_m: Float[Tensor, "R 3"] | None = None  # expected mapped point in the target frame; None without targets
+    # the mapped samples (R, S, 3) with `per_sample`, the mapped expected canonical point (R, 3) otherwise
+    x_target_norm: Float[Tensor, "R S 3"] | Float[Tensor, "R 3"] | None = None
+
+    def colour(self) -> Float[Tensor, "R 3"]:
+        """`rgb`, which a render holds only with `with_colour=True`."""
+        if self.rgb is None:
+            raise ValueError("render: no colour (rendered with with_colour=False)")
+        return self.rgb
+
+    def mapped(self) -> tuple[Float[Tensor, "R 3"], Float[Tensor, "R S 3"] | Float[Tensor, "R 3"]]:
+        """(`x_target_m`, `x_target_norm`), which a render holds only when given `target_frame`."""
+        if self.x_target_m is None or self.x_target_norm is None:
+            raise ValueError("render: no mapped points (rendered without target_frame)")
+        return self.x_target_m, self.x_target_norm
+
+
 class InvNeRF(nn.Module):
     """Invertible map + canonical field + workspace: everything that is fitted to one sequence."""
 
@@ -88,13 +123,11 @@ class InvNeRF(nn.Module):
                frame_idx: Int[Tensor, " R"], target_frame: Int[Tensor, " R"] | None = None,
                with_colour: bool = True,
                mapped_point: Literal["per_sample", "expected_canonical"] = "per_sample",
-               detach_weights_for_target: bool = False) -> dict[str, Tensor]:
+               detach_weights_for_target: bool = False) -> RenderOutput:
         """Render rays of frames `frame_idx`; optionally map them into `target_frame`.
 
-        Returns a dict with `weights` (R, S), `trans` (R, S), `depth_m` (R,), `acc` (R,),
-        `rgb` (R, 3) if asked, `u_canon` (R, S, 3), `x_norm` (R, S, 3) and, with targets,
-        `x_target_m` (R, 3) world metres and `x_target_norm` (R, S, 3) or (R, 3). With
-        `detach_weights_for_target`, the weights used for the mapped point carry no gradient.
+        `rgb` is set when `with_colour`, `x_target_m` and `x_target_norm` when `target_frame` is
+        given. With `detach_weights_for_target`, the weights used for the mapped point carry no gradient.
         """
         R, S = z_m.shape
         x_m = origins_m[:, None, :] + z_m[..., None] * dirs[:, None, :]  # (R, S, 3)
@@ -104,25 +137,23 @@ class InvNeRF(nn.Module):
         fidx = frame_idx[:, None].expand(R, S)
         sigma, rgb = self.field(u, fidx, with_colour=with_colour)
         step_scale = (dirs.norm(dim=-1, keepdim=True) / self.workspace.scale_m)  # (R, 1)
-        w, trans = volume_weights(sigma, z_m, step_scale)
-        out = {"weights": w, "trans": trans, "sigma": sigma, "z_m": z_m, "u_canon": u, "x_norm": x_norm,
-               "acc": w.sum(dim=1), "depth_m": expected(w, z_m)}
-        if rgb is not None:
-            out["rgb"] = expected(w, rgb)
+        weights, trans = volume_weights(sigma, z_m, step_scale)
+        acc, depth_m = weights.sum(dim=1), expected(weights, z_m)  # before colour: the backward sums in the same order
+        rgb_exp = expected(weights, rgb) if rgb is not None else None
+        x_target_m = x_target_norm = None
         if target_frame is not None:
-            if detach_weights_for_target:  # the mapped point then trains F, never the density
-                w = w.detach()
+            w = weights.detach() if detach_weights_for_target else weights  # detached: the mapped point trains F only
             if mapped_point == "per_sample":
                 tj = self.t_norm(target_frame)[:, None, :].expand(R, S, 1)
-                xj = self.map.inverse(u, tj)  # (R, S, 3)
-                out["x_target_norm"] = xj
-                out["x_target_m"] = self.workspace.from_norm(expected(w, xj))
+                x_target_norm = self.map.inverse(u, tj)  # (R, S, 3)
+                x_target_m = self.workspace.from_norm(expected(w, x_target_norm))
             else:
                 u_bar = expected(w, u)  # (R, 3)
-                xj = self.map.inverse(u_bar, self.t_norm(target_frame))
-                out["x_target_norm"] = xj
-                out["x_target_m"] = self.workspace.from_norm(xj)
-        return out
+                x_target_norm = self.map.inverse(u_bar, self.t_norm(target_frame))
+                x_target_m = self.workspace.from_norm(x_target_norm)
+        return RenderOutput(weights=weights, trans=trans, sigma=sigma, z_m=z_m, u_canon=u, x_norm=x_norm,
+                            acc=acc, depth_m=depth_m, rgb=rgb_exp,
+                            x_target_m=x_target_m, x_target_norm=x_target_norm)
 
     def plane_regularisers(self) -> tuple[Tensor, Tensor]:
         """(spatial TV, time smoothness) summed over every plane set."""

@@ -12,11 +12,14 @@ from torch import Tensor, nn
 
 from ..config import RenderConfig
 from ..errors import InputError
-from ..shapes import Float
+from ..shapes import Bool, Float
 
 
 class Workspace(nn.Module):
     """Box `center_m ± half_extent_m` (metres, world frame) and the maps to and from [-1, 1]³."""
+
+    center_m: Float[Tensor, "3"]  # buffers (registered in __init__)
+    half_extent_m: Float[Tensor, "3"]
 
     def __init__(self, center_m: Float[Tensor, "3"], half_extent_m: Float[Tensor, "3"]) -> None:
         super().__init__()
@@ -55,7 +58,7 @@ class Workspace(nn.Module):
         return x_norm * self.half_extent_m + self.center_m
 
     def clip_rays(self, origins_m: Float[Tensor, "R 3"], dirs: Float[Tensor, "R 3"]
-                  ) -> tuple[Float[Tensor, " R"], Float[Tensor, " R"], Float[Tensor, " R"]]:
+                  ) -> tuple[Float[Tensor, " R"], Float[Tensor, " R"], Bool[Tensor, " R"]]:
         """Slab test: ray parameters (near, far) where the ray is inside the box, and a hit mask.
 
         With camera-depth rays (dirs with unit z in the camera), the parameters are depths in metres.

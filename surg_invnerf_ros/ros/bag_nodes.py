@@ -137,7 +137,8 @@ class BagPlayer:
         rate = self.cfg.rate
         clock_period = 1.0 / self.cfg.clock_rate_hz
         count = 0
-        t0_wall = t0_bag = None
+        t0_wall: float | None = None  # wall and bag time of the first message, set together
+        t0_bag = 0
         last_clock = -1.0
         for msg in rb.read_bag(self.cfg.bag, topics=self.publishers):
             if self._stopped():

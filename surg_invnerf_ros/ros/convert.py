@@ -10,6 +10,8 @@ which the PyPI wheels lack).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PointStamped, PolygonStamped
@@ -112,13 +114,15 @@ def check_stereo_images(left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib
 def pack_cloud(points: np.ndarray, hdr: Header) -> PointCloud2:
     """Structured array (P,) → unorganised PointCloud2 (height 1, little-endian, dense if finite)."""
     pts = np.ascontiguousarray(points)
+    names: tuple[str, ...] = pts.dtype.names or ()
+    layout: dict[str, Any] = {str(k): v for k, v in (pts.dtype.fields or {}).items()}
     fields = []
-    for name in pts.dtype.names:
-        dt, offset = pts.dtype.fields[name][:2]
+    for name in names:
+        dt, offset = layout[name][:2]
         if dt not in DTYPE_POINTFIELDS:
             raise InputError(f"pack_cloud: field {name!r} has unsupported dtype {dt}", "bad_cloud")
         fields.append(PointField(name=name, offset=offset, datatype=DTYPE_POINTFIELDS[dt], count=1))
-    dense = all(np.isfinite(pts[n]).all() for n in ("x", "y", "z") if n in pts.dtype.names)
+    dense = all(np.isfinite(pts[n]).all() for n in ("x", "y", "z") if n in names)
     return PointCloud2(header=hdr, height=1, width=len(pts), fields=fields, is_bigendian=False,
                        point_step=pts.dtype.itemsize, row_step=pts.dtype.itemsize * len(pts),
                        data=pts.tobytes(), is_dense=bool(dense))
@@ -133,12 +137,13 @@ def tracked_points_msg(ids: np.ndarray, uv_px: np.ndarray, xyz_cam_m: np.ndarray
 def tracked_points_from_msg(msg: PointCloud2) -> np.ndarray:
     """~/tracked_points (or ~/ground_truth) → (N,) TRACKED_POINTS_DTYPE; missing fields are refused."""
     pts = cloud_to_struct(msg, "PointCloud2")
-    missing = [n for n in TRACKED_POINTS_DTYPE.names if n not in (pts.dtype.names or ())]
+    schema: tuple[str, ...] = TRACKED_POINTS_DTYPE.names or ()
+    missing = [n for n in schema if n not in (pts.dtype.names or ())]
     if missing:
         raise InputError(f"PointCloud2: fields: missing {', '.join(missing)} of the tracked_points schema",
                          "bad_cloud")
     out = np.zeros(len(pts), dtype=TRACKED_POINTS_DTYPE)
-    for n in TRACKED_POINTS_DTYPE.names:
+    for n in schema:
         out[n] = pts[n]
     return out
 
@@ -190,8 +195,7 @@ def markers_msg(ids: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray, ref
     The array starts with DELETEALL so that removed queries disappear. Points with non-finite xyz
     are skipped. `trails_m[id]` is an (L, 3) array of past positions, oldest first.
     """
-    out = MarkerArray()
-    out.markers.append(Marker(header=hdr, ns=ns, id=0, action=Marker.DELETEALL))
+    markers = [Marker(header=hdr, ns=ns, id=0, action=Marker.DELETEALL)]
     finite = np.isfinite(xyz_cam_m).all(axis=1)
     sel = np.nonzero(finite)[0]
     spheres = Marker(header=hdr, ns=f"{ns}/points", id=0, type=Marker.SPHERE_LIST, action=Marker.ADD)
@@ -199,7 +203,7 @@ def markers_msg(ids: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray, ref
     spheres.pose.orientation.w = 1.0
     spheres.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in xyz_cam_m[sel]]
     spheres.colors = [_colour(bool(refined[i]), bool(visible[i])) for i in sel]
-    out.markers.append(spheres)
+    markers.append(spheres)
     for i in sel:
         qid = int(ids[i])
         p = xyz_cam_m[i]
@@ -209,7 +213,7 @@ def markers_msg(ids: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray, ref
         label.pose.orientation.w = 1.0
         label.scale.z = max(2.0 * diameter_m, 1e-4)
         label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
-        out.markers.append(label)
+        markers.append(label)
         trail = trails_m.get(qid)
         if trail is not None:
             trail = trail[np.isfinite(trail).all(axis=1)]
@@ -219,8 +223,8 @@ def markers_msg(ids: np.ndarray, xyz_cam_m: np.ndarray, visible: np.ndarray, ref
                 line.pose.orientation.w = 1.0
                 line.color = _colour(bool(refined[i]), True)
                 line.points = [Point(x=float(q[0]), y=float(q[1]), z=float(q[2])) for q in trail]
-                out.markers.append(line)
-    return out
+                markers.append(line)
+    return MarkerArray(markers=markers)
 
 
 # ------------------------------------------------------------------------------------------

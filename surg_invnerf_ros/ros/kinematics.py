@@ -102,7 +102,7 @@ class KinematicsBuffer:
         self._buffer_ns = int(round(cfg.buffer_s * 1e9))
         self._stamps_ns: list[int] = []
         self._T_world_ecm: list[np.ndarray] = []
-        self._counters = dict.fromkeys(COUNTER_KEYS, 0)
+        self._counters: dict[str, int] = dict.fromkeys(COUNTER_KEYS, 0)
         self._lock = threading.Lock()
         self._added = threading.Condition(self._lock)  # notified on every stored pose
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import typing
 from dataclasses import fields, is_dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
 from ..config import from_dict
 from ..errors import ConfigError
@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # rclpy is imported where a node is given, so the table reads
 # Parameters rclpy or launch may set that are not ours.
 _FOREIGN_PREFIXES = ("qos_overrides.",)
 _FOREIGN_NAMES = {"use_sim_time", "start_type_description_service"}
+
+C = TypeVar("C")
 
 
 def range_text(meta: dict[str, Any], tp: Any) -> str:
@@ -46,7 +48,7 @@ def leaf_fields(cfg_type: type, prefix: str = "") -> list[tuple[str, Any, Any, d
     out = []
     for f in fields(cfg_type):
         tp = hints[f.name]
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):
             out += leaf_fields(tp, f"{prefix}{f.name}.")
         else:
             out.append((f"{prefix}{f.name}", tp, getattr(inst, f.name), dict(f.metadata)))
@@ -61,7 +63,7 @@ def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def declare_config(node: Node, cfg_type: type, prefix: str = "") -> Any:
+def declare_config(node: Node, cfg_type: type[C], prefix: str = "") -> C:
     """Declare one read-only parameter per leaf field of `cfg_type`; return the validated config.
 
     Raises:

@@ -49,7 +49,7 @@ def draw_tracks(rgb_u8: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, refi
     """
     out = rgb_u8.copy()
     H, W = out.shape[:2]
-    finite = np.isfinite(uv_px).all(axis=1)
+    finite = np.all(np.isfinite(uv_px), axis=1)
     centre = np.rint(np.where(finite[:, None], uv_px, -1e6)).astype(np.int64)  # (N, 2)
     colours = np.where(refined[:, None], np.array(REFINED_RGB), np.array(FRONT_RGB))
     colours = np.where(visible[:, None], colours, np.array(HIDDEN_RGB)).astype(np.uint8)  # (N, 3)

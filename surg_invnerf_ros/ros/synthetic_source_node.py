@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from geometry_msgs.msg import Point32, PolygonStamped, PoseStamped, TransformStamped
@@ -190,7 +190,7 @@ class SyntheticStereoNode(Node):
             return False
         return True
 
-    def _next_item(self) -> _Prepared | None | bool:
+    def _next_item(self) -> _Prepared | None | Literal[False]:
         """The next frame; None at the end of the stream; False when the renderer is behind."""
         if self.cached:
             i = scene_index(self.published, self.cfg.synth.frames, self.cfg.end)
@@ -228,10 +228,12 @@ class SyntheticStereoNode(Node):
         if self.pub_pose is not None:
             self.pub_pose.publish(self._pose_msg(item.T_world_ecm, t))
         self._maybe_publish_queries(item, t)
-        for msg, pub in ((self.info_left, self.pub_info_left), (self.info_right, self.pub_info_right),
-                         (item.left, self.pub_left), (item.right, self.pub_right)):
-            msg.header.stamp = t
-            pub.publish(msg)
+        for info, info_pub in ((self.info_left, self.pub_info_left), (self.info_right, self.pub_info_right)):
+            info.header.stamp = t
+            info_pub.publish(info)
+        for image, image_pub in ((item.left, self.pub_left), (item.right, self.pub_right)):
+            image.header.stamp = t
+            image_pub.publish(image)
         if item.ground_truth is not None and self.pub_gt is not None:
             item.ground_truth.header.stamp = t
             item.ground_truth.header.frame_id = cfg.frame_id_left

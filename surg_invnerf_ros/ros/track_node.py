@@ -24,6 +24,7 @@ is stamped with the node clock, as diagnostic_updater does).
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 import threading
 import time
@@ -34,7 +35,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PolygonStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType  # pyright: ignore[reportPrivateImportUsage]  (no rclpy.clock_type on Humble)
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -101,6 +102,12 @@ class TrackerNode(Node):
             self.get_logger().info(f"no start queries: waiting for queries on {self.resolve_topic_name('~/queries')} "
                                    "(PolygonStamped, pixels) or clicked_point")
 
+    @property
+    def _tracker(self) -> OnlineTracker:
+        """The OnlineTracker; set at the end of __init__, before any callback can run."""
+        assert self.tracker is not None, "callbacks run only once __init__ has built the tracker"
+        return self.tracker
+
     def _setup(self) -> None:
         """Publishers, subscriptions, services and timers (callbacks only run once the executor spins).
 
@@ -147,7 +154,7 @@ class TrackerNode(Node):
                 msg_type = CameraInfo if slot in (INFO_L, INFO_R) else Image
                 try:
                     self._input_subs.append(self.create_subscription(
-                        msg_type, topic, lambda msg, s=slot: self._on_input(s, msg), sensor_qos(),
+                        msg_type, topic, functools.partial(self._on_input, slot), sensor_qos(),
                         callback_group=self._cb_inputs, qos_overriding_options=overrides))
                 except (RuntimeError, ValueError, TypeError) as err:  # rclpy's QoS override checks
                     raise ConfigError(f"qos_overrides.{self.resolve_topic_name(topic)}.subscription: {err}") from None
@@ -289,7 +296,7 @@ class TrackerNode(Node):
         try:
             size = self._calib.image_size if self._calib is not None else None
             uv = convert.polygon_to_uv_px(msg, size)
-            ids = self.tracker.add_queries(uv, convert.stamp_ns(msg.header.stamp) or None)
+            ids = self._tracker.add_queries(uv, convert.stamp_ns(msg.header.stamp) or None)
         except InputError as err:
             self.stats.count_drop(err.reason)
             self._warn(f"~/queries: dropped: {err}")
@@ -311,7 +318,7 @@ class TrackerNode(Node):
                 raise InputError(f"clicked_point: frame {frame!r} is neither {left!r} nor {right!r} "
                                  f"(set the RViz fixed frame to {left})", "clicked_point_unknown_frame")
             uv = convert.point_to_uv_px(msg, self._calib, T)
-            ids = self.tracker.add_queries(uv)
+            ids = self._tracker.add_queries(uv)
         except InputError as err:
             self.stats.count_drop(err.reason)
             self._warn(f"clicked_point: dropped: {err}")
@@ -319,15 +326,15 @@ class TrackerNode(Node):
         self.get_logger().info(f"clicked_point → query {int(ids[0])} at ({uv[0, 0]:.1f}, {uv[0, 1]:.1f}) px")
 
     def _on_clear(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        n = len(self.tracker.query_ids)
-        self.tracker.clear_queries()
+        n = len(self._tracker.query_ids)
+        self._tracker.clear_queries()
         self.pubs.clear_trails()
         response.success, response.message = True, f"cleared {n} queries"
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        n = len(self.tracker.query_ids)
-        self.tracker.reset()
+        n = len(self._tracker.query_ids)
+        self._tracker.reset()
         self.pubs.clear_trails()
         response.success, response.message = True, f"reset: dropped {n} queries and the model"
         return response
@@ -369,8 +376,8 @@ class TrackerNode(Node):
         self._frame_ids = (left_frame, right_frame)
         self._publish_static(calib, left_frame, right_frame, s.stamp_ns)
         T_world_cam = self._pose_at(s.stamp_ns)
-        ft = self.tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam),
-                                     dense_depth=self.pubs.cloud_due())
+        ft = self._tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam),
+                                      dense_depth=self.pubs.cloud_due())
         hdr = convert.header(s.stamp_ns, left_frame)
         self.pubs.tracks(ft, hdr)
         self._send_tf(ft, left_frame, T_world_cam)
@@ -394,9 +401,10 @@ class TrackerNode(Node):
             return None
         t_kin = stamp_ns + int(round(kc.time_offset_s * 1e9))
         newest = kin.newest_stamp_ns
-        live = newest is not None and (t_kin - newest) * 1e-9 <= kc.max_age_s + kc.wait_s
-        if live and newest < t_kin and kc.wait_s > 0:
-            kin.wait_for_stamp(t_kin, kc.wait_s)
+        if newest is not None:
+            live = (t_kin - newest) * 1e-9 <= kc.max_age_s + kc.wait_s
+            if live and newest < t_kin and kc.wait_s > 0:
+                kin.wait_for_stamp(t_kin, kc.wait_s)
         T = kin.pose_at(stamp_ns)  # the buffer refuses non-finite poses and the hand-eye is validated
         if T is None:
             self._kin_frames["without_pose"] += 1
@@ -422,12 +430,12 @@ class TrackerNode(Node):
                 self.tf_dynamic.sendTransform(transforms)
 
     def _poll_refined(self) -> None:
-        busy = self.tracker.busy
+        busy = self._tracker.busy
         if busy and not self._refine_busy:
-            st = self.tracker.stats()
+            st = self._tracker.stats()
             self.get_logger().info(f"refine: fitting {st.get('keyframes', 0)} keyframes, {st.get('queries', 0)} queries")
         self._refine_busy = busy
-        refined = self.tracker.poll()
+        refined = self._tracker.poll()
         if not refined:
             return
         self.get_logger().info(f"refine: refined tracks for {len(refined)} frames")
@@ -450,7 +458,7 @@ class TrackerNode(Node):
         self.stats.set_drops({POSE_DROP_REASONS[k]: c[k] for k in POSE_DROP_REASONS if c[k]})
         f = dict(self._kin_frames)
         drops = sum(c[k] for k in POSE_DROP_REASONS)
-        rep = {f"counter.{k}": c.get(k, 0) for k in COUNTER_KEYS}
+        rep: dict[str, Any] = {f"counter.{k}": c.get(k, 0) for k in COUNTER_KEYS}
         rep.update({"message_type": self._kin_type or "", "poses_received": self._poses_received,
                     "buffered_poses": len(self.kin), "frames_with_pose": f["with_pose"],
                     "frames_without_pose": f["without_pose"], "frames_before_first_pose": f["before_first_pose"],
@@ -471,7 +479,7 @@ class TrackerNode(Node):
         queues = {f"sync.{k}": v for k, v in self.sync.depths().items()}
         with self._frames_lock:
             queues["frames"] = len(self._frames)
-        model = self.tracker.stats()
+        model = self._tracker.stats()
         queues["keyframes"] = int(model.pop("keyframes", 0))
         model["device"] = self.cfg.device if "device" not in model else model["device"]
         msg = diagnostic_array(snap, queues, model, self.get_clock().now().nanoseconds, self.get_name(),

@@ -299,7 +299,7 @@ def generate_sequence(out_dir: str | Path, cfg: SynthConfig,
 
     def save(path: Path, **arrays: np.ndarray) -> None:
         # Uncompressed: zlib saves only ~1/3 on float depth and costs ~3 s at 640x512x48.
-        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))  # pyright: ignore[reportArgumentType]  (no key is allow_pickle)
 
     save(out / "gt" / "depth.npz", depth_m=depth, instrument_mask=inst)
     save(out / "gt" / "poses.npz", T_world_cam=poses_true)

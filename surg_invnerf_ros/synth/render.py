@@ -223,13 +223,13 @@ def _dot(a: Vec3, b: Vec3) -> np.ndarray:
 def _blinn_phong(P: Vec3, n: Vec3, light_w: np.ndarray, eye_w: np.ndarray, albedo: np.ndarray,
                  ks: float, shininess: float, ambient: float, z_ref_m: float, exposure: float) -> np.ndarray:
     """Radiance (…, 3) at world points P with unit normals n (see the module formula)."""
-    light_w = [float(c) for c in light_w]
-    eye_w = [float(c) for c in eye_w]
-    lx, ly, lz = light_w[0] - P[0], light_w[1] - P[1], light_w[2] - P[2]
+    light = [float(c) for c in light_w]  # Python floats: the per-pixel arithmetic keeps P's dtype
+    eye = [float(c) for c in eye_w]
+    lx, ly, lz = light[0] - P[0], light[1] - P[1], light[2] - P[2]
     dist2 = lx * lx + ly * ly + lz * lz
     inv = 1.0 / np.sqrt(dist2)
     to_light = (lx * inv, ly * inv, lz * inv)
-    v = _normalise((eye_w[0] - P[0], eye_w[1] - P[1], eye_w[2] - P[2]))
+    v = _normalise((eye[0] - P[0], eye[1] - P[1], eye[2] - P[2]))
     h = _normalise((to_light[0] + v[0], to_light[1] + v[1], to_light[2] + v[2]))
     diffuse = np.maximum(_dot(n, to_light), 0.0)
     spec = ks * np.maximum(_dot(n, h), 0.0) ** shininess

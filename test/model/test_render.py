@@ -1,5 +1,6 @@
 """Volume rendering: hand-computed weights, an analytic plane, and the assembled model."""
 
+import pytest
 import torch
 
 from surg_invnerf_ros.config import FitConfig
@@ -44,8 +45,22 @@ class TestInvNeRF:
         dirs = torch.cat([torch.rand(R, 2) * 0.2 - 0.1, torch.ones(R, 1)], -1)
         z = torch.sort(torch.rand(R, S) * 0.04 + 0.06, 1).values
         out = m.render(torch.zeros(R, 3), dirs, z, torch.zeros(R, dtype=torch.long), torch.full((R,), 3))
-        assert out["weights"].shape == (R, S) and out["rgb"].shape == (R, 3) and out["x_target_m"].shape == (R, 3)
-        assert ((out["rgb"] >= 0) & (out["rgb"] <= 1)).all()
+        x_target_m, x_target_norm = out.mapped()
+        assert out.weights.shape == (R, S) and out.colour().shape == (R, 3) and x_target_m.shape == (R, 3)
+        assert x_target_norm.shape == (R, S, 3)  # `per_sample` maps every sample
+        assert ((out.colour() >= 0) & (out.colour() <= 1)).all()
+
+    def test_without_colour_or_targets(self):
+        m = self._model()
+        R, S = 4, 8
+        dirs = torch.cat([torch.zeros(R, 2), torch.ones(R, 1)], -1)
+        z = torch.sort(torch.rand(R, S) * 0.04 + 0.06, 1).values
+        out = m.render(torch.zeros(R, 3), dirs, z, torch.zeros(R, dtype=torch.long), with_colour=False)
+        assert out.rgb is None and out.x_target_m is None and out.x_target_norm is None
+        with pytest.raises(ValueError, match="no colour"):
+            out.colour()
+        with pytest.raises(ValueError, match="no mapped points"):
+            out.mapped()
 
     def test_identity_map_maps_to_expected_point(self):
         # F starts as the identity: the mapped point in any frame is the expected 3D point of the ray.
@@ -54,4 +69,4 @@ class TestInvNeRF:
         dirs = torch.cat([torch.rand(R, 2) * 0.2 - 0.1, torch.ones(R, 1)], -1)
         z = torch.sort(torch.rand(R, S) * 0.04 + 0.06, 1).values
         out = m.render(torch.zeros(R, 3), dirs, z, torch.zeros(R, dtype=torch.long), torch.full((R,), 2))
-        torch.testing.assert_close(out["x_target_m"], out["depth_m"][:, None] * dirs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.mapped()[0], out.depth_m[:, None] * dirs, atol=1e-5, rtol=0)
