@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(VENV)/bin/pyright
 
 bench: $(STAMP)
-	$(VENV)/bin/surg-invnerf bench --out out/bench
+	$(VENV)/bin/surg-invnerf bench --out out/bench --docs docs/bench
 
 clean:
 	rm -rf out build install log .pytest_cache

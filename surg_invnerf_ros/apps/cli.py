@@ -215,7 +215,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     width, height = args.size or (0, 0)
     opts = SuiteOptions(preset=args.preset, methods=tuple(args.methods or ()), seeds=tuple(args.seeds or ()),
                         width=width, height=height, frames=args.frames or 0, accuracy=not args.no_accuracy,
-                        kinematics=not args.no_kinematics, ros=not args.no_ros, speed=not args.no_speed)
+                        kinematics=not args.no_kinematics, ros=not args.no_ros, speed=not args.no_speed,
+                        docs_dir=args.docs)
     run_full_bench(args.out, opts, fit_cfg, frontend_cfg)
     return 0
 
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-ros", action="store_true", help="skip the ROS node latency benchmark")
     b.add_argument("--no-kinematics", action="store_true", help="skip the exact/no/noisy kinematics comparison")
     b.add_argument("--no-accuracy", action="store_true", help="skip the methods-on-the-set accuracy tables")
+    b.add_argument("--docs", type=Path, default=None,
+                   help="also copy each Markdown result under its published name into this folder (e.g. docs/bench)")
     fit_args(b)
     b.set_defaults(func=cmd_bench)
 

@@ -9,7 +9,9 @@
 5. Speed: generator seconds and front-end frames per second at 256×192 and 640×512.
 
 Results go to `OUT/<preset>/bench.md`, `bench.json`, `vs_baseline.md` and `plots/`, `OUT/kinematics/kinematics.md`
-and `.json`, `OUT/ros.md`, `OUT/speed.md` and `OUT/summary.json`.
+and `.json`, `OUT/ros.md`, `OUT/speed.md` and `OUT/summary.json`. With a docs folder (`make bench`:
+`docs/bench/`), each Markdown result that was produced is copied there under its published name
+(`DOCS_NAMES`), so the documentation holds one current file per benchmark.
 """
 
 from __future__ import annotations
@@ -143,6 +145,31 @@ def _speed_markdown(speed: Mapping[str, Any]) -> str:
     return "\n".join(head + lines) + "\n"
 
 
+#: Result file under OUT → its name in the docs folder.
+DOCS_NAMES: dict[str, str] = {
+    "hard/bench.md": "bench.md",
+    "default/bench.md": "bench_default.md",
+    "hard/vs_baseline.md": "vs_baseline.md",
+    "kinematics/kinematics.md": "kinematics.md",
+    "ros.md": "ros.md",
+    "speed.md": "speed.md",
+}
+
+
+def publish_docs(out: Path, docs_dir: Path, produced: Seq[str] | None = None) -> list[Path]:
+    """Copy the Markdown results of this run (`produced`: keys of DOCS_NAMES; None: every one present)
+    into `docs_dir` under their published names; returns the files written."""
+    docs_dir = Path(docs_dir)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rel, name in DOCS_NAMES.items():
+        src = Path(out) / rel
+        if (produced is None or rel in produced) and src.is_file():
+            (docs_dir / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+            written.append(docs_dir / name)
+    return written
+
+
 @dataclass(frozen=True)
 class SuiteOptions:
     """What `run_full_bench` runs: the preset, the methods and which parts."""
@@ -157,6 +184,7 @@ class SuiteOptions:
     kinematics: bool = True
     ros: bool = True
     speed: bool = True
+    docs_dir: Path | None = None  #: copy the Markdown results there (`publish_docs`)
 
     def set_config(self, preset: BenchPreset) -> BenchConfig:
         """The bench set of `preset` with these seeds, size and frame count."""
@@ -223,4 +251,9 @@ def run_full_bench(out: Path, opts: SuiteOptions, fit_cfg: FitConfig, frontend_c
         print(_speed_markdown(speed))
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     print(f"[bench] wrote {out / 'summary.json'}")
+    if opts.docs_dir is not None:
+        produced = [f"{p}/bench.md" for p in presets] + [f"{p}/vs_baseline.md" for p in presets]
+        produced += ["kinematics/kinematics.md"] * opts.kinematics + ["ros.md"] * opts.ros + ["speed.md"] * opts.speed
+        for path in publish_docs(out, opts.docs_dir, produced):
+            print(f"[bench] updated {path}")
     return summary

@@ -69,3 +69,19 @@ def test_bench_with_every_part_skipped_still_writes_its_summary(tmp_path):
     out = tmp_path / "new" / "folder"
     assert main(["bench", "--out", str(out), "--no-accuracy", "--no-kinematics", "--no-ros", "--no-speed"]) == 0
     assert (out / "summary.json").read_text().strip() == "{}"
+
+
+def test_publish_docs_copies_what_this_run_produced(tmp_path):
+    from surg_invnerf_ros.apps.suite import publish_docs
+
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    for rel in ("hard/bench.md", "hard/vs_baseline.md", "speed.md", "ros.md"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(f"# {rel}\n")
+    docs.mkdir()
+    (docs / "ros.md").write_text("# an older run\n")
+    written = publish_docs(out, docs, produced=["hard/bench.md", "hard/vs_baseline.md", "speed.md"])
+    assert sorted(p.name for p in written) == ["bench.md", "speed.md", "vs_baseline.md"]
+    assert (docs / "bench.md").read_text() == "# hard/bench.md\n"
+    assert (docs / "ros.md").read_text() == "# an older run\n"  # not part of this run: left alone
+    assert not (docs / "bench_default.md").exists()
