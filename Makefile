@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast fuzz lint bench clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 # The suite without the end-to-end tests marked slow (under a minute on 2 cores).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) -m "not slow" test
+
+# The node fuzzer run longer: FUZZ_MESSAGES malformed and valid messages (FUZZ_SEED picks the mix).
+fuzz: $(STAMP)
+	FUZZ_MESSAGES=$${FUZZ_MESSAGES:-100000} $(PY) -m pytest -q -s --timeout 3600 test/ros/test_fuzz.py
 
 # ruff (style, bugs, imports) and pyright (types) over the package.
 lint: $(STAMP)

@@ -7,15 +7,17 @@
 source:=live starts only the tracker: remap your camera's rectified topics to stereo/left/image_rect,
 stereo/right/image_rect, stereo/left/camera_info and stereo/right/camera_info. rviz:=true needs rviz2
 (a ROS install: ros-$ROS_DISTRO-rviz2); when rviz2 is not on PATH the rest starts and a warning says
-RViz was skipped. Without a ROS install
+RViz was skipped. When the tracker exits with an error (a bad parameter, device:=cuda without a
+GPU: exit code 2) the whole launch shuts down. Without a ROS install
 (PyPI wheels, no launch_ros) run the console scripts instead:
     track_node --ros-args --params-file config/track.yaml
 """
 
 import shutil
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable, Shutdown
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
@@ -54,6 +56,14 @@ def _rviz(context, share, sim_time) -> list:
                  arguments=["-d", PathJoinSubstitution([share, "config", "track.rviz"])], parameters=[sim_time])]
 
 
+def _on_tracker_exit(event, context) -> list:
+    """The tracker exited: a non-zero code (it refused to start, or failed) shuts the launch down."""
+    if event.returncode == 0:
+        return []
+    get_logger("track.launch").error(f"the tracker exited with code {event.returncode}; shutting down the launch")
+    return [Shutdown(reason=f"track_node exited with code {event.returncode}")]
+
+
 def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
     use_sim_time = LaunchConfiguration("use_sim_time")
@@ -83,5 +93,6 @@ def generate_launch_description() -> LaunchDescription:
          for name, default, desc, ch in ARGUMENTS]
         # Fast DDS's default transports stall small topics behind images (ROS_STACK.md Q4)
         + [SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
-           tracker, synthetic, bag_player, rviz]
+           tracker, synthetic, bag_player, rviz,
+           RegisterEventHandler(OnProcessExit(target_action=tracker, on_exit=_on_tracker_exit))]
     )

@@ -13,7 +13,10 @@ Nothing here blocks on the model: `push_frame`, `poll` and the query calls only 
 Queries can be added, cleared or reset at any time; ids are never reused.
 
 The refinement backend is a callable (`refiner.Refiner`), so tests inject a fake; the default
-(`refiner.ProcessRefiner`) runs `track.fit_invnerf` + `track.infer_tracks` in a child process.
+(`refiner.ProcessRefiner`) runs `track.fit_invnerf` + `track.infer_tracks` in a child process. When
+that process dies (killed, out of memory) the worker thread restarts it with a back-off (1 s, 2 s,
+4 s ... up to 30 s) and fits the current window on the new one; after `refine.worker_max_deaths`
+deaths within `OnlineTracker.DEATH_WINDOW_S` (60 s) it gives up and the model state is "error".
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .frontend.flow import to_grey
 from .frontend.lk import LKPointTracker
 from .frontend.stereo import stereo_depth_m
 from .geometry import depth_from_disparity_m, grid_points_px, sample_bilinear, unproject_m
-from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner
+from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner, WorkerDied, exit_text
 from .structs import Queries, Sequence, StereoCalib
 
 __all__ = ["FrameTracks", "FrontEnd", "LKStereoFrontEnd", "OnlineTracker", "RefineJob", "RefineOutput",
@@ -199,6 +202,10 @@ def index_of(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
 class OnlineTracker:
     """Streaming tracker: front end every frame, InvNeRF refinement in a worker thread."""
 
+    RESTART_BACKOFF_S = 1.0  # the wait before restarting a dead refine process, doubled per recent death
+    RESTART_BACKOFF_MAX_S = 30.0
+    DEATH_WINDOW_S = 60.0  # refine.worker_max_deaths deaths within this span stop refinement
+
     def __init__(self, frontend_cfg: FrontendConfig | None = None, refine_cfg: RefineConfig | None = None,
                  query_cfg: QueryConfig | None = None, *, online_cfg: OnlineConfig | None = None,
                  frontend: FrontEnd | None = None, refiner: Refiner | None = None, device: str = "auto",
@@ -249,6 +256,10 @@ class OnlineTracker:
         self._fit_state: Any | None = None
         self._pending_grid = self.query_cfg.auto_grid if not self.query_cfg.points_px else 0
         self._model: dict[str, Any] = {"state": "idle" if self.refiner else "off", "fits": 0}
+        if isinstance(self.refiner, ProcessRefiner):
+            self._model.update(worker_deaths=0, worker_restarts=0, worker_last_exit="")
+        self._deaths_s: deque[float] = deque()  # monotonic times of recent refine process deaths
+        self._gave_up = False  # the refine process died too often: no more fits
         self._stop = False
         self._busy = False
         self._running_generation = -1
@@ -374,7 +385,8 @@ class OnlineTracker:
         self._kf_since_fit = 0
         self._results.clear()
         self._prev_left = None
-        self._model.update(state="idle" if self.refiner else "off", error="")
+        if not self._gave_up and self._model.get("state") != "restarting":
+            self._model.update(state="idle" if self.refiner else "off", error="")
 
     def _select(self, keep: np.ndarray) -> None:
         self._ids, self._uv = self._ids[keep], self._uv[keep]
@@ -603,13 +615,25 @@ class OnlineTracker:
             name="online")
         return RefineJob(seq=seq, init_state=init_state, generation=generation)
 
+    def _child_exit(self) -> int | None:
+        """The refine process's exit status if it has died between fits (None: alive, or no process)."""
+        return self.refiner.exit_code if isinstance(self.refiner, ProcessRefiner) else None
+
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stop and not self._ready():
+                while not self._stop and not self._ready() and self._child_exit() is None:
                     self._wake.wait(timeout=0.5)
                 if self._stop:
                     return
+                code = self._child_exit()
+            if code is not None:  # it died while idle
+                if not self._recover(WorkerDied(code)):
+                    return
+                continue
+            with self._wake:
+                if self._stop or not self._ready():
+                    continue
                 kfs, ids, first_t, uv = self._job_inputs()
                 self._kf_since_fit = 0
                 if not len(ids):
@@ -627,6 +651,10 @@ class OnlineTracker:
                     self._busy = False
                     self._model["state"] = "idle"
                 continue
+            except WorkerDied as err:
+                if self._stop or not self._recover(err):  # closing: the child process was stopped under the fit
+                    return
+                continue
             except Exception as err:  # the worker must survive a failed fit; diagnostics show it
                 if self._stop:  # closing: the child process went away under the fit
                     return
@@ -643,6 +671,66 @@ class OnlineTracker:
                     self._model["fits"] = int(self._model.get("fits", 0)) + 1
                     self._model.update({k: v for k, v in res.stats.items()}, state="idle", error="",
                                        window_frames=int(job.seq.num_frames))
+
+    def _recover(self, err: WorkerDied) -> bool:
+        """The refine process died: count it, wait the back-off, restart it. False: closing or given up.
+
+        Refinement gives up (state "error") after `refine.worker_max_deaths` deaths within
+        `DEATH_WINDOW_S`, when the refiner cannot be restarted, or when the new process
+        refuses to start. The next fit runs on the current window, from scratch.
+        """
+        cfg = self.refine_cfg
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                self._busy = False
+                self._deaths_s.append(now)
+                while self._deaths_s and self._deaths_s[0] < now - self.DEATH_WINDOW_S:
+                    self._deaths_s.popleft()
+                recent = len(self._deaths_s)
+                self._model["worker_deaths"] = int(self._model.get("worker_deaths", 0)) + 1
+                self._model["worker_last_exit"] = exit_text(err.exit_code)
+                if self._stop:
+                    return False
+                if recent >= cfg.worker_max_deaths or not isinstance(self.refiner, ProcessRefiner):
+                    reason = (f"refine worker died {recent} times within {self.DEATH_WINDOW_S:g} s "
+                              f"(last: {exit_text(err.exit_code)}); refinement stopped")
+                    return self._give_up(reason)
+                delay_s = min(self.RESTART_BACKOFF_MAX_S, self.RESTART_BACKOFF_S * 2.0 ** (recent - 1))
+                self._model["state"] = "restarting"
+            log.warning("refine: the worker process died (%s); restarting it in %.0f s", exit_text(err.exit_code),
+                        delay_s)
+            with self._wake:
+                if self._wake.wait_for(lambda: self._stop, timeout=delay_s):
+                    return False
+            try:
+                self.refiner.restart()
+            except WorkerDied as again:  # died while starting: one more death
+                if self._stop:
+                    return False
+                err = again
+                continue
+            except Exception as failure:  # e.g. the device went away: it will not start again
+                if self._stop:
+                    return False
+                with self._lock:
+                    return self._give_up(f"refine worker did not restart ({type(failure).__name__}: {failure}); "
+                                         "refinement stopped")
+            with self._wake:
+                self._model["worker_restarts"] = int(self._model.get("worker_restarts", 0)) + 1
+                self._model.update(state="idle", error="")
+                self._fit_state = None  # the warm-start state died with the process
+                self._kf_since_fit = max(self._kf_since_fit, cfg.new_keyframes)  # refit the current window now
+                self._wake.notify_all()
+            log.info("refine: worker process restarted")
+            return True
+
+    def _give_up(self, reason: str) -> bool:
+        """Under the lock: stop refining for good, with `reason` in the diagnostics."""
+        self._gave_up = True
+        self._model.update(state="error", error=reason)
+        log.error("%s", reason)
+        return False
 
     def _on_progress(self, *args: Any, **kwargs: Any) -> None:
         """Progress from the fit: record what looks like step/loss; abort on reset or close."""

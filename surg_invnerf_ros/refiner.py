@@ -7,7 +7,9 @@ A refiner is a callable `RefineJob -> RefineOutput`. Two are provided:
   fit neither holds the caller's GIL nor loads torch into it. This is the node's default
   (`refine.worker: process`): measured on the 2-core CI machine, a thread worker stalled the front
   end (p95 latency 0.32 s, frames dropped), the process worker did not (p95 0.06 s, none dropped).
-A progress callback may raise `FitAborted` to stop a fit (reset, shutdown).
+A progress callback may raise `FitAborted` to stop a fit (reset, shutdown). When the child process goes
+away under a call (killed, out of memory), `ProcessRefiner` raises `WorkerDied`; `restart()` starts a
+fresh child (the warm-start state is lost).
 """
 
 from __future__ import annotations
@@ -67,6 +69,31 @@ def worker_memory() -> dict[str, int]:
 
 class FitAborted(Exception):
     """Raised from a progress callback to stop a fit (reset, shutdown)."""
+
+
+class WorkerDied(RuntimeError):
+    """The refinement process exited under a call (or while starting).
+
+    Attributes:
+        exit_code: its exit status as `subprocess.Popen.returncode` has it: -N for signal N
+            (-9: SIGKILL, e.g. the kernel's out-of-memory killer), None when it could not be read.
+    """
+
+    def __init__(self, exit_code: int | None) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"refinement process exited ({exit_text(exit_code)})")
+
+
+def exit_text(exit_code: int | None) -> str:
+    """A child's exit status in words: "exit code 1", "exit code -9 (SIGKILL)", "exit code unknown"."""
+    if exit_code is None:
+        return "exit code unknown"
+    if exit_code < 0:
+        try:
+            return f"exit code {exit_code} ({signal.Signals(-exit_code).name})"
+        except ValueError:
+            pass
+    return f"exit code {exit_code}"
 
 
 class InvNeRFRefiner:
@@ -189,6 +216,8 @@ class ProcessRefiner:
     The child is `python -m surg_invnerf_ros.refiner` connected over a Unix socket (not
     multiprocessing's spawn, which would re-run an unguarded main script of the caller).
 
+    A call raises `WorkerDied` when the child goes away under it; `restart()` then starts a new one.
+
     Raises (at construction):
         ConfigError: the child refused the config or the device (e.g. cuda without a GPU).
     """
@@ -197,43 +226,109 @@ class ProcessRefiner:
                  start_timeout_s: float = 120.0) -> None:
         # Refuse a bad fit config here, at once; only the device check needs the child's torch.
         load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
+        self._args = (refine_cfg, frontend_cfg, device)
+        self._start_timeout_s = start_timeout_s
+        self.progress: Callable[..., None] | None = None
+        self._fits = 0
+        self._lock = threading.Lock()  # guards _proc, _conn and _closed against a close() from another thread
+        self._closed = False
+        self._conn: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.device = self._start(restarting=False)
+
+    def _start(self, restarting: bool) -> str:
+        """Start a child and hand it the config; return its device.
+
+        Raises:
+            ConfigError: the child refused the config or the device, or did not connect in time (at
+                construction also: it died while starting).
+            WorkerDied: on a restart, the child died while starting (or `close()` ended it).
+        """
+        refine_cfg, frontend_cfg, device = self._args
         key = secrets.token_bytes(16)
         listener = Listener(family="AF_UNIX", authkey=key)
         env = dict(os.environ, **{_AUTHKEY_ENV: key.hex()})
-        # Its own session: a Ctrl-C at the terminal reaches the node, which stops the child in order.
-        self._proc = subprocess.Popen([sys.executable, "-m", "surg_invnerf_ros.refiner", str(listener.address)],
-                                      env=env, start_new_session=True)
+        with self._lock:
+            if self._closed:
+                listener.close()
+                raise WorkerDied(None)
+            # Its own session: a Ctrl-C at the terminal reaches the node, which stops the child in order.
+            proc = self._proc = subprocess.Popen(
+                [sys.executable, "-m", "surg_invnerf_ros.refiner", str(listener.address)], env=env,
+                start_new_session=True)
         accepted: list[Any] = []
-        waiter = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
+
+        def accept() -> None:
+            try:
+                accepted.append(listener.accept())
+            except OSError:  # the listener was closed: the child did not connect in time
+                pass
+
+        waiter = threading.Thread(target=accept, daemon=True)
         waiter.start()
         t0 = time.monotonic()
-        while waiter.is_alive() and self._proc.poll() is None and time.monotonic() - t0 < start_timeout_s:
+        while (waiter.is_alive() and proc.poll() is None and not self._closed
+               and time.monotonic() - t0 < self._start_timeout_s):
             waiter.join(0.05)
         listener.close()
-        self.progress: Callable[..., None] | None = None
-        self._fits = 0
+
+        def failed(text: str) -> Exception:
+            self._end_child(0.5)
+            if restarting and proc.returncode is not None:
+                return WorkerDied(proc.returncode)
+            return ConfigError(text)
+
         if not accepted:
-            self.close()
-            raise ConfigError("refine.worker: the refinement process did not start")
-        self._conn = accepted[0]
-        self._conn.send(("init", refine_cfg, frontend_cfg, device))
+            raise failed("refine.worker: the refinement process did not start")
+        with self._lock:
+            self._conn = accepted[0]
         try:
+            self._conn.send(("init", refine_cfg, frontend_cfg, device))
             kind, *rest = self._conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             kind, rest = "config_error", ["refine.worker: the refinement process died while starting"]
         if kind != "ready":
-            self.close()
-            raise ConfigError(rest[0])
-        self.device = rest[0]
+            raise failed(rest[0])
+        return rest[0]
+
+    @property
+    def exit_code(self) -> int | None:
+        """The child's exit status once it has exited (see `WorkerDied.exit_code`); None while it runs."""
+        proc = self._proc
+        return None if proc is None else proc.poll()
+
+    def restart(self) -> None:
+        """End the current child (if it still runs) and start a fresh one; the warm-start state is lost.
+
+        Raises:
+            WorkerDied: the new child died while starting, or the refiner was closed.
+            ConfigError: the new child refused the config or the device, or did not connect in time.
+        """
+        self._end_child(0.5)
+        self.device = self._start(restarting=True)
+
+    def _died(self) -> WorkerDied:
+        """The connection broke under a call: reap the child and say how it ended."""
+        proc = self._proc
+        assert proc is not None
+        try:
+            code = proc.wait(5.0)
+        except subprocess.TimeoutExpired:  # the connection broke but the process lives on: end it
+            proc.kill()
+            code = proc.wait()
+        return WorkerDied(code)
 
     def __call__(self, job: RefineJob) -> RefineOutput:
-        self._conn.send(("job", job.seq, job.init_state is not None))
+        try:
+            self._conn.send(("job", job.seq, job.init_state is not None))
+        except (OSError, ValueError):  # the child went away since the last call
+            raise self._died() from None
         aborting = False
         while True:
             try:
                 kind, *rest = self._conn.recv()  # waits without the GIL
-            except EOFError:
-                raise RuntimeError("refinement process exited") from None
+            except (EOFError, OSError):
+                raise self._died() from None
             if kind == "progress":
                 try:
                     if self.progress is not None and not aborting:
@@ -253,29 +348,47 @@ class ProcessRefiner:
 
     def close(self, timeout_s: float = 0.5) -> None:
         """Stop the child: a running fit ends at its next progress report; after `timeout_s` the
-        child is terminated (SIGTERM, then SIGKILL)."""
-        conn = getattr(self, "_conn", None)
+        child is terminated (SIGTERM, then SIGKILL). No restart after this."""
+        with self._lock:
+            self._closed = True
+        self._end_child(timeout_s)
+
+    def _end_child(self, timeout_s: float) -> None:
+        """Stop the current child (as `close`), reap it and close its connection."""
+        with self._lock:
+            conn, proc = self._conn, self._proc
+            self._conn = None
         if conn is not None:
             try:
                 conn.send(("stop",))
             except (OSError, ValueError):
                 pass
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:  # busy before its next progress report
-            self._proc.terminate()
+        if proc is not None:
             try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:  # busy before its next progress report
+                proc.terminate()
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if conn is not None:
             conn.close()
 
 
+def _exit_now(code: int = 0) -> None:
+    """End the worker at once: it holds nothing to save, and torch's interpreter teardown can take
+    seconds on a loaded machine, which would hold up the node's shutdown."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # the ProcessRefiner child: python -m surg_invnerf_ros.refiner ADDRESS
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal Ctrl-C: the parent stops this process in order
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # a direct SIGTERM: end now, quietly
+    signal.signal(signal.SIGTERM, lambda signum, frame: _exit_now(0))  # a direct SIGTERM: end now, quietly
     from multiprocessing.connection import Client as _Client
 
     from surg_invnerf_ros.refiner import _AUTHKEY_ENV as _ENV
@@ -286,3 +399,4 @@ if __name__ == "__main__":  # the ProcessRefiner child: python -m surg_invnerf_r
         _serve(_Client(sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(os.environ[_ENV])))
     except (EOFError, OSError):  # the parent went away (or stopped starting us): nothing to report to
         pass
+    _exit_now(0)

@@ -43,6 +43,7 @@ def _seed():
 ROS_PREFIXES = ("test/ros/", "test/apps/test_ros_bench.py", "test/apps/test_demo_pipeline.py")
 SLOW_PREFIXES = (
     "test/ros/test_pipeline.py",
+    "test/ros/test_fuzz.py",
     "test/ros/test_shutdown.py",
     "test/ros/test_bag_roundtrip.py::TestPlayer",
     "test/ros/test_synthetic_source.py::TestConsoleScript",
@@ -52,6 +53,8 @@ SLOW_PREFIXES = (
     "test/apps/test_demo_pipeline.py",
     "test/apps/test_suite.py::test_bench_command_with_size_and_frames",
     "test/test_refiner.py::TestProcessRefiner",
+    "test/test_online.py::TestProcessWorker",
+    "test/ros/test_worker_restart.py::TestNode",
     "test/test_track.py::TestTrackSequence",
     "test/model/test_pose_correction.py::TestFitWithPoseRefine",
 )

@@ -404,3 +404,124 @@ def test_queries_placed_on_one_frame_share_its_origin_image():
     trk.remove_queries(trk.query_ids)
     trk.push_frame(frame(2))
     assert front.origin_values == [0]  # no queries left, nothing re-acquired
+
+
+class StillFrontEnd(FakeFrontEnd):
+    """Points stay where they are (they never leave the image, however long the stream)."""
+
+    def track(self, prev, cur, uv):
+        return np.asarray(uv, np.float32), np.ones(len(uv), bool)
+
+
+def textured_frame(i: int) -> StereoFrame:
+    """A smooth texture sliding 1 px per frame (period 32 frames), disparity 4 px: something to fit."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    tex = cv2.resize((rng.random((16, 32)) * 255).astype(np.uint8), (W + 40, H), interpolation=cv2.INTER_CUBIC)
+    tex = np.repeat(tex[:, :, None], 3, 2)
+    o = i % 32
+    return StereoFrame(np.ascontiguousarray(tex[:, o:o + W]), np.ascontiguousarray(tex[:, o + 4:o + 4 + W]), CALIB,
+                       stamp_ns=1_000_000_000 + i * 33_000_000)
+
+
+class TestProcessWorker:
+    """The refine process dies under the tracker (kill -9): it is restarted, the front end never waits."""
+
+    START_S = 120.0  # a child start imports torch: seconds, more on a busy machine
+
+    def tracker(self, **kw):
+        cfg = dict(keyframe_every=1, window_frames=4, min_keyframes=3, new_keyframes=1, history_frames=500,
+                   fit_overrides=("max_steps=3", "time_budget_s=30.0", "num_threads=1", "log_every=1"))
+        cfg.update(kw)
+        trk = OnlineTracker(refine_cfg=RefineConfig(**cfg), frontend=StillFrontEnd(), device="cpu")
+        trk.add_queries(np.array([[20.0, 20.0], [40.0, 30.0]]))
+        return trk
+
+    def kill_each_child_while_fitting(self, trk, times):
+        """SIGKILL each of the first `times` children at its first progress report (mid-fit)."""
+        import os
+        import signal
+
+        progress, killed = trk.refiner.progress, []
+
+        def hook(*args, **kwargs):
+            pid = trk.refiner._proc.pid
+            if len(killed) < times and pid not in killed:
+                killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
+            return progress(*args, **kwargs)
+
+        trk.refiner.progress = hook
+        return killed
+
+    def stream_until(self, trk, pred, timeout_s, start=0):
+        """Push frames (each must be answered at once) until pred(refined so far) holds; (frames, refined)."""
+        refined, i, t0 = [], start, time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            t1 = time.perf_counter()
+            res = trk.push_frame(textured_frame(i))
+            assert res.stamp_ns == textured_frame(i).stamp_ns and len(res.ids) == 2
+            assert time.perf_counter() - t1 < 1.0, "push_frame waited"
+            i += 1
+            refined += trk.poll()
+            if pred(refined):
+                break
+            time.sleep(0.03)
+        return i, refined
+
+    def test_a_killed_worker_is_restarted_and_the_next_fit_completes(self, caplog):
+        import logging
+
+        trk = self.tracker()
+        try:
+            killed = self.kill_each_child_while_fitting(trk, times=1)
+            first_pid = trk.refiner._proc.pid
+            with caplog.at_level(logging.INFO, logger="surg_invnerf_ros.online"):
+                n, refined = self.stream_until(trk, lambda r: bool(r), self.START_S)
+            assert killed == [first_pid]
+            assert refined and all(r.refined.all() for r in refined), f"no refined result after {n} frames"
+            st = trk.stats()
+            assert st["worker_restarts"] == 1 and st["worker_deaths"] == 1, st
+            assert st["worker_last_exit"] == "exit code -9 (SIGKILL)" and st["state"] in ("idle", "fitting")
+            assert not st.get("error") and st["fits"] >= 1
+            assert trk.refiner._proc.pid != first_pid and trk.refiner.exit_code is None
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "died" in r.getMessage()]
+            assert len(warnings) == 1 and "exit code -9 (SIGKILL)" in warnings[0].getMessage()
+            assert not [r for r in caplog.records if r.exc_info], "a worker death must not log a traceback"
+        finally:
+            trk.close()
+        assert trk.refiner.exit_code is not None
+
+    def test_too_many_deaths_stop_refinement(self):
+        trk = self.tracker(worker_max_deaths=2)
+        trk.DEATH_WINDOW_S = 600.0  # however slowly the children start on a busy machine
+        try:
+            killed = self.kill_each_child_while_fitting(trk, times=10)
+            n, _ = self.stream_until(trk, lambda r: trk.stats()["state"] == "error", 2 * self.START_S)
+            st = trk.stats()
+            assert st["state"] == "error" and "died 2 times within 600 s" in st["error"], st
+            assert st["worker_deaths"] == 2 and st["worker_restarts"] == 1 and len(killed) == 2
+            assert wait_for(lambda: not trk._worker.is_alive(), 10.0)  # given up: nothing retries
+            last = trk.refiner._proc
+            self.stream_until(trk, lambda r: False, 1.5, start=n)  # frames still answered
+            assert trk.refiner._proc is last and last.poll() is not None and len(killed) == 2
+            trk.reset()  # a reset does not hide the failure
+            assert trk.stats()["state"] == "error"
+        finally:
+            trk.close()
+
+    def test_a_worker_dying_while_closing_is_not_restarted(self):
+        import os
+        import signal
+
+        trk = self.tracker()
+        trk.RESTART_BACKOFF_S = 60.0  # close() comes during the back-off, which it must cut short
+        proc = trk.refiner._proc
+        os.kill(proc.pid, signal.SIGKILL)  # dies while idle: noticed between fits
+        assert wait_for(lambda: trk.stats()["state"] == "restarting", 10.0)
+        t0 = time.monotonic()
+        trk.close()
+        assert time.monotonic() - t0 < 5.0 and not trk._worker.is_alive()
+        assert trk.stats()["worker_restarts"] == 0 and trk.stats()["worker_deaths"] == 1
+        assert trk.refiner._proc is proc  # no new child

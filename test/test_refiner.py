@@ -7,7 +7,7 @@ import pytest
 from surg_invnerf_ros.config import FrontendConfig, RefineConfig
 from surg_invnerf_ros.device import resolve_device
 from surg_invnerf_ros.errors import ConfigError
-from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob
+from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob, WorkerDied, exit_text
 from surg_invnerf_ros.structs import Queries, Sequence, StereoCalib
 
 W, H = 64, 48
@@ -23,6 +23,11 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device: cuda"):
             resolve_device("cuda")
+
+
+def test_exit_text():
+    assert exit_text(-9) == "exit code -9 (SIGKILL)" and exit_text(1) == "exit code 1"
+    assert exit_text(None) == "exit code unknown" and exit_text(-200) == "exit code -200"
 
 
 class TestProcessRefiner:
@@ -88,6 +93,43 @@ class TestProcessRefiner:
             ref.close()
         err = capfd.readouterr().err
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+    def test_a_killed_child_raises_worker_died_and_a_restarted_one_serves(self, capfd):
+        import os
+        import signal
+        import time
+
+        ref = ProcessRefiner(RefineConfig(fit_overrides=("max_steps=5", "time_budget_s=30.0", "num_threads=1",
+                                                         "log_every=1")), FrontendConfig(), device="cpu")
+        try:
+            first_pid = ref._proc.pid
+
+            def kill_the_child(info):  # the child is in the middle of the fit
+                os.kill(first_pid, signal.SIGKILL)
+
+            ref.progress = kill_the_child
+            with pytest.raises(WorkerDied) as died:
+                ref(self.seq_job(warm=False))
+            assert died.value.exit_code == -signal.SIGKILL and ref.exit_code == -signal.SIGKILL
+            assert "SIGKILL" in str(died.value)
+            ref.progress = None
+            ref.restart()
+            assert ref._proc.pid != first_pid and ref.exit_code is None and ref.device == "cpu"
+            out = ref(self.seq_job(warm=True))  # the new child has no warm state: it fits from scratch
+            assert out.tracks.ids.tolist() == [7, 9] and np.isfinite(out.tracks.uv).all()
+            os.kill(ref._proc.pid, signal.SIGKILL)  # dies between calls: the next call says so
+            deadline = time.monotonic() + 10.0
+            while ref.exit_code is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(WorkerDied) as died:
+                ref(self.seq_job(warm=False))
+            assert died.value.exit_code == -signal.SIGKILL
+        finally:
+            ref.close()
+        with pytest.raises(WorkerDied):  # closed: no new child
+            ref.restart()
+        assert ref.exit_code is not None
+        assert "Traceback" not in capfd.readouterr().err
 
     def test_bad_device_is_refused_through_the_child(self):
         import torch

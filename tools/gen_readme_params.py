@@ -5,7 +5,7 @@ The tables come from the same place the nodes declare their ROS parameters from
 (`surg_invnerf_ros.ros.params.leaf_fields` over `NodeConfig`, `SyntheticSourceConfig` and
 `BagPlayerConfig`): one row per declared parameter with its default, its range or choices (the
 descriptor's `additional_constraints`) and its description. README.md holds the tracker's own
-parameters (each description's first sentence, at most 80 characters) between `<!-- params:begin -->` and
+parameters (each description's first sentence, at most 72 characters) between `<!-- params:begin -->` and
 `<!-- params:end -->`; docs/parameters.md is written whole, every parameter of every node.
 
     python tools/gen_readme_params.py          # rewrite both
@@ -56,7 +56,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def first_sentence(doc: str, max_chars: int = 80) -> str:
+def first_sentence(doc: str, max_chars: int = 72) -> str:
     """The description up to its first full stop followed by a new sentence, cut at a word past `max_chars`."""
     text = _SENTENCE_END.split(doc, maxsplit=1)[0].rstrip(".") + "."
     return text if len(text) <= max_chars else text[:max_chars].rsplit(" ", 1)[0].rstrip(",;:") + " …"

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +167,23 @@ def publish_docs(out: Path, docs_dir: Path, produced: Seq[str] | None = None) ->
     for rel, name in DOCS_NAMES.items():
         src = Path(out) / rel
         if (produced is None or rel in produced) and src.is_file():
-            (docs_dir / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+            lines = []
+            for line in src.read_text(encoding="utf-8").splitlines():
+                m = _PLOT_LINK.fullmatch(line)
+                if m is None:
+                    lines.append(line)
+                elif m["file"] == "accuracy_vs_threshold.png" and (src.parent / "plots" / m["file"]).is_file():
+                    plot = f"{Path(name).stem}_{m['file']}"  # small: published beside the table
+                    shutil.copyfile(src.parent / "plots" / m["file"], docs_dir / plot)
+                    lines.append(f"![{m['alt']}]({plot})")
+                    written.append(docs_dir / plot)
+                # contact sheets (about 1 MB each) stay in OUT/<preset>/plots/
+            (docs_dir / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
             written.append(docs_dir / name)
     return written
+
+
+_PLOT_LINK = re.compile(r"!\[(?P<alt>[^\]]*)\]\(plots/(?P<file>[^)]+)\)")
 
 
 @dataclass(frozen=True)

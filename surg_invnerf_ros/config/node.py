@@ -93,6 +93,11 @@ class RefineConfig:
     render_cloud: bool = option(
         False, "After each fit, render the model's depth of the newest keyframe for ~/cloud. Renders every "
         "pixel: seconds on a GPU, tens of seconds on a CPU.")
+    worker_max_deaths: int = option(
+        5, "Worker process deaths within 60 s that stop refinement. A dead worker process (killed, out of "
+        "memory) is restarted after 1 s, 2 s, 4 s, up to 30 s, and fits the current window anew; at this many "
+        "deaths within 60 s refinement stops and /diagnostics reports the model in error (1: never restart).",
+        lo=1, hi=1000)
 
     def __post_init__(self) -> None:
         check_fields(self, "refine.")

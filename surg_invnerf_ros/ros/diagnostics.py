@@ -2,8 +2,9 @@
 
 `NodeStats` is plain code (thread-safe counters over a monotonic clock the caller passes in), so it
 is tested without DDS; `diagnostic_array()` turns one snapshot into a DiagnosticArray. Levels: OK;
-WARN when messages were dropped since the last report or input stopped; ERROR when the refinement
-worker failed.
+WARN when messages were dropped since the last report or input stopped, or while the refinement
+worker process is being restarted; ERROR when the refinement worker failed (a fit failed, or the
+worker process died too often and refinement stopped).
 """
 
 from __future__ import annotations
@@ -159,11 +160,14 @@ def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: 
                                 message=f"{snap['frames_processed']} frames", hardware_id=hw, values=tvals)
     # model
     mvals = [_kv("refined_updates", snap["refined_updates"])] + [_kv(k, v) for k, v in sorted(model.items())]
-    failed = bool(model.get("error"))
     mstate = str(model.get("state", "off"))
-    mod = DiagnosticStatus(level=DiagnosticStatus.ERROR if failed else DiagnosticStatus.OK,
-                           name=f"{node_name}: model", message=str(model.get("error") or mstate),
-                           hardware_id=hw, values=mvals)
+    if model.get("error") or mstate == "error":
+        mlevel, mtext = DiagnosticStatus.ERROR, str(model.get("error") or mstate)
+    elif mstate == "restarting":  # the worker process died; a new one is on its way
+        mlevel, mtext = DiagnosticStatus.WARN, f"refine worker restarting ({model.get('worker_last_exit') or 'died'})"
+    else:
+        mlevel, mtext = DiagnosticStatus.OK, mstate
+    mod = DiagnosticStatus(level=mlevel, name=f"{node_name}: model", message=mtext, hardware_id=hw, values=mvals)
     statuses = [inputs, tracking, mod]
     if kinematics is not None:
         statuses.append(kinematics_status(kinematics, node_name))

@@ -9,7 +9,12 @@ can no longer arrive (a newer one is already queued past the slop) or after `tim
 Every message that leaves without being emitted is counted under one reason key, which the node
 reports in /diagnostics: `duplicate_stamp`, `out_of_order_stamp`, `queue_overflow`,
 `missing_right_image`, `missing_left_camera_info`, `missing_right_camera_info`, `unmatched_right_image`,
-`unmatched_camera_info`.
+`unmatched_camera_info`, `time_jump`.
+
+A stamp more than `TIME_JUMP_BACK_NS` behind the newest of its slot is not an out-of-order message but
+time jumping backwards (a looping bag, a restarted source, or a stamp far in the future before it):
+that slot starts again from it (what it still held is dropped as `time_jump`), so one bad stamp
+cannot block a topic for good.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..config import SyncConfig
 LEFT, RIGHT, INFO_L, INFO_R = "left", "right", "info_left", "info_right"
 SLOTS = (LEFT, RIGHT, INFO_L, INFO_R)
 _MISSING = {RIGHT: "missing_right_image", INFO_L: "missing_left_camera_info", INFO_R: "missing_right_camera_info"}
+TIME_JUMP_BACK_NS = 1_000_000_000  # a stamp further behind the newest of its slot: time jumped backwards
 _UNMATCHED = {LEFT: "unmatched_left_image", RIGHT: "unmatched_right_image", INFO_L: "unmatched_camera_info",
               INFO_R: "unmatched_camera_info"}
 
@@ -63,6 +69,11 @@ class StereoSync:
         if slot not in self._queues:
             raise ValueError(f"sync slot: unknown {slot!r} (expected one of {', '.join(SLOTS)})")
         last = self._last_stamp.get(slot)
+        if last is not None and last - stamp_ns > TIME_JUMP_BACK_NS:  # time jumped back: the slot starts again
+            if self._queues[slot]:
+                self.drops["time_jump"] += len(self._queues[slot])
+                self._queues[slot].clear()
+            last = None
         if last is not None and stamp_ns <= last:
             self.drops["duplicate_stamp" if stamp_ns == last else "out_of_order_stamp"] += 1
             return self._match(now_ns)

@@ -12,11 +12,11 @@ Publishes, for frame k of the stream, all with the same stamp start + k/synth.fp
 
 Queries: point i of the polygon is query id i (`scene.queries.ids` = 0..N−1, the ground truth's
 ids), at its ground-truth position in the frame whose stamp the polygon carries; it is published
-just before that frame's images. It goes out once, with the first frame; if nobody subscribed to
-`queries_out` then, once more with the frame at which the first subscriber appears (so a tracker
-started later still gets it, at the then current frame); and every `queries_period_s` if that is
-> 0 (each copy adds the queries again in a tracker that appends). A tracker that numbers queries in
-arrival order from 0 therefore shares ids with `~/ground_truth`.
+just before that frame's images, reliable and transient local (depth 1). It goes out once, with the
+first frame that `queries_out` has a subscriber at (so a tracker started later gets it at the then
+current frame; one joining after that gets the last copy from the transient-local history); and
+every `queries_period_s` if that is > 0 (each copy adds the queries again in a tracker that appends).
+A tracker that numbers queries in arrival order from 0 therefore shares ids with `~/ground_truth`.
 
 Frame 0 goes out once every topic above has a subscriber, or after `wait_for_subscribers_s`.
 With end = stop the node exits after the last frame, once every reliable subscriber has
@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from geometry_msgs.msg import Point32, PolygonStamped, PoseStamped, TransformStamped
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ..config import SyntheticSourceConfig
@@ -106,7 +107,9 @@ class SyntheticStereoNode(Node):
         pose_cls = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped}.get(cfg.pose_type)
         self.pub_pose = self.create_publisher(pose_cls, "ecm/measured_cp", 10) if pose_cls else None
         self.pub_gt = self.create_publisher(PointCloud2, "~/ground_truth", 10) if cfg.ground_truth else None
-        self.pub_queries = self.create_publisher(PolygonStamped, QUERIES_TOPIC, 10)
+        # transient local (the tracker's ~/queries takes only that): a subscriber joining later gets the last copy
+        self.pub_queries = self.create_publisher(PolygonStamped, QUERIES_TOPIC, QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._image_pubs = [self.pub_left, self.pub_right, self.pub_info_left, self.pub_info_right]
         # Frame 0 waits for a subscriber on every output: a tracker or recorder that misses frame 0's
         # pose, queries or ground truth would start from a different frame than its images.
@@ -255,6 +258,8 @@ class SyntheticStereoNode(Node):
     def _maybe_publish_queries(self, item: _Prepared, stamp: Any) -> None:
         """Frame 0; later only if no one had it yet (a second copy would add duplicate queries) or on period."""
         subs = self.pub_queries.get_subscription_count()
+        if subs == 0:  # a copy no one takes would wait in the transient-local history and arrive twice
+            return
         now = time.monotonic()
         period = self.cfg.queries_period_s
         due = (self.published == 0 or (self._queries_subs == 0 and subs > 0)

@@ -9,6 +9,16 @@ DESIGN §5 lists its topics. The node is thin (STYLE §6):
   again on ~/tracked_points (and /tf) with their frame's original stamp and refined = 1;
 - a timer in the input group times out unpaired images; one in a third group publishes /diagnostics;
 - services ~/clear and ~/reset sit in a fourth group;
+- `~/queries` (PolygonStamped, reliable and transient local, depth 100: a polygon published before the
+  node started, by a transient-local publisher, still arrives; a volatile publisher does not match and
+  is logged), `clicked_point` (PointStamped, reliable, volatile as RViz publishes it) and
+  `~/remove_queries` (UInt32MultiArray of ids) are taken in the input group. Each polygon point is a
+  query of its own: the valid points are tracked (consecutive new ids, in polygon order) and each
+  refused point is counted in the input drops by its reason (`bad_queries`: non-finite;
+  `queries_outside_image`: off the last camera_info's image; `too_many_queries`: beyond
+  `queries.max_queries`), with a throttled warning; an empty polygon counts once as `empty_queries`.
+  Before the first camera_info only non-finite points can be refused. A removed id the tracker does
+  not hold counts as `unknown_query_id`;
 - `ecm/measured_cp` (PoseStamped or TransformStamped, the type the topic is advertised with unless
   `kinematics.message_type` names one; a timer re-checks the graph until it appears) feeds a
   `KinematicsBuffer` in the input group. Each frame gets T_world_cam at its stamp (time offset and
@@ -36,10 +46,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PolygonStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType  # pyright: ignore[reportPrivateImportUsage]  (no rclpy.clock_type on Humble)
+from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import UInt32MultiArray
 from std_srvs.srv import Trigger
 
 from ..config import NodeConfig
@@ -51,7 +63,7 @@ from .diagnostics import NodeStats, diagnostic_array
 from .kinematics import COUNTER_KEYS, KinematicsBuffer, message_class, resolve_message_type
 from .publishers import TrackPublishers
 from .run import run_node
-from .sync import INFO_L, INFO_R, LEFT, RIGHT, StereoSet, StereoSync
+from .sync import INFO_L, INFO_R, LEFT, RIGHT, TIME_JUMP_BACK_NS, StereoSet, StereoSync
 from .tf import stereo_transform, track_transforms, world_transform
 
 NODE_NAME = "surg_invnerf_tracker"
@@ -60,6 +72,7 @@ INPUT_TOPICS = {LEFT: "stereo/left/image_rect", RIGHT: "stereo/right/image_rect"
 DEFAULT_FRAME = "left_camera_optical_frame"
 WARN_THROTTLE_S = 5.0
 KINEMATICS_TOPIC = "ecm/measured_cp"
+QUERIES_DEPTH = 100
 # KinematicsBuffer counters that are dropped pose *messages* → their reason in the input drops
 POSE_DROP_REASONS = {"nonfinite_pose": "nonfinite_pose", "bad_quaternion": "pose_bad_quaternion",
                      "bad_type": "pose_bad_type", "duplicate": "duplicate_pose"}
@@ -69,6 +82,35 @@ def sensor_qos() -> QoSProfile:
     """A fresh SensorData profile (REP-2003): QoS overrides modify the profile object they are given,
     so sharing rclpy's module-level `qos_profile_sensor_data` would leak one topic's override to all."""
     return copy.copy(qos_profile_sensor_data)
+
+
+def queries_qos() -> QoSProfile:
+    """~/queries: reliable, transient local: polygons a transient-local publisher sent before the node
+    subscribed (up to both sides' depth) are delivered when it joins."""
+    return QoSProfile(depth=QUERIES_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def query_point_refusals(uv_px: np.ndarray, image_size: tuple[int, int] | None,
+                         room: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Judge each query pixel on its own: (keep (N,) bool, refused points by reason).
+
+    Args:
+        uv_px: (N, 2) left-image pixels.
+        image_size: (W, H) of the current calibration; None: not known yet (the image test is skipped).
+        room: how many more queries `queries.max_queries` allows; the first valid points fill it.
+    """
+    uv = np.asarray(uv_px, np.float64).reshape(-1, 2)
+    finite = np.isfinite(uv).all(1)
+    inside = finite.copy()
+    if image_size is not None:
+        W, H = image_size
+        with np.errstate(invalid="ignore"):
+            inside &= (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] <= W - 1) & (uv[:, 1] <= H - 1)
+    keep = inside & (np.cumsum(inside) <= max(room, 0))
+    refused = {"bad_queries": int((~finite).sum()), "queries_outside_image": int((finite & ~inside).sum()),
+               "too_many_queries": int((inside & ~keep).sum())}
+    return keep, {k: n for k, n in refused.items() if n}
 
 
 class TrackerNode(Node):
@@ -127,6 +169,7 @@ class TrackerNode(Node):
         self._last_enqueued_ns: int | None = None
         self._calib_key: tuple | None = None
         self._calib: StereoCalib | None = None
+        self._calib_cached: StereoCalib | None = None  # for _calib_key, maybe not yet agreed by its images
         self._frame_ids: tuple[str, str] = (DEFAULT_FRAME, "")
         self._static_key: tuple | None = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -158,8 +201,12 @@ class TrackerNode(Node):
                         callback_group=self._cb_inputs, qos_overriding_options=overrides))
                 except (RuntimeError, ValueError, TypeError) as err:  # rclpy's QoS override checks
                     raise ConfigError(f"qos_overrides.{self.resolve_topic_name(topic)}.subscription: {err}") from None
-        self.create_subscription(PolygonStamped, "~/queries", self._on_queries, 10, callback_group=self._cb_inputs)
+        self._queries_sub = self.create_subscription(
+            PolygonStamped, "~/queries", self._on_queries, queries_qos(), callback_group=self._cb_inputs,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_queries_incompatible_qos))
         self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,
+                                 callback_group=self._cb_inputs)
+        self.create_subscription(UInt32MultiArray, "~/remove_queries", self._on_remove_queries, 10,
                                  callback_group=self._cb_inputs)
         self.create_service(Trigger, "~/clear", self._on_clear, callback_group=self._cb_services)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._cb_services)
@@ -236,6 +283,8 @@ class TrackerNode(Node):
 
     def _enqueue(self, s: StereoSet) -> None:
         last = self._last_enqueued_ns
+        if last is not None and last - s.stamp_ns > TIME_JUMP_BACK_NS:  # time jumped back: a new stream
+            last = None
         if last is not None and s.stamp_ns <= last:  # message_filters does not check order
             self.stats.count_drop("duplicate_stamp" if s.stamp_ns == last else "out_of_order_stamp")
             return
@@ -293,15 +342,56 @@ class TrackerNode(Node):
         self._warn(f"{KINEMATICS_TOPIC}: pose dropped ({', '.join(why) or 'unknown'})")
 
     def _on_queries(self, msg: PolygonStamped) -> None:
-        try:
-            size = self._calib.image_size if self._calib is not None else None
-            uv = convert.polygon_to_uv_px(msg, size)
-            ids = self._tracker.add_queries(uv, convert.stamp_ns(msg.header.stamp) or None)
-        except InputError as err:
-            self.stats.count_drop(err.reason)
-            self._warn(f"~/queries: dropped: {err}")
+        """Track each valid point of the polygon; count and warn about the refused ones (by reason)."""
+        uv = np.array([[p.x, p.y] for p in msg.polygon.points], dtype=np.float64).reshape(-1, 2)
+        if not len(uv):
+            self.stats.count_drop("empty_queries")
+            self._warn("~/queries: dropped: PolygonStamped.polygon.points: empty (empty_queries)")
             return
-        self.get_logger().info(f"added {len(ids)} queries (ids {int(ids[0])}..{int(ids[-1])})")
+        size = self._calib.image_size if self._calib is not None else None
+        keep, refused = query_point_refusals(uv, size, self.cfg.queries.max_queries - len(self._tracker.query_ids))
+        ids = np.zeros(0, np.int64)
+        if keep.any():
+            try:
+                ids = self._tracker.add_queries(uv[keep], convert.stamp_ns(msg.header.stamp) or None)
+            except InputError as err:  # e.g. the auto grid took the room meanwhile
+                refused[err.reason] = refused.get(err.reason, 0) + int(keep.sum())
+                keep[:] = False
+        for reason, n in refused.items():
+            self.stats.count_drop(reason, n)
+        if refused:
+            first = int(np.argmin(keep))
+            where = f"the {size[0]}x{size[1]} image, " if size is not None else ""
+            self._warn(f"~/queries: refused {sum(refused.values())} of {len(uv)} points "
+                       f"({', '.join(f'{n} {r}' for r, n in refused.items())}; {where}"
+                       f"queries.max_queries {self.cfg.queries.max_queries}); first refused: point {first} at "
+                       f"({uv[first, 0]}, {uv[first, 1]})")
+        if len(ids):
+            self.get_logger().info(f"added {len(ids)} queries (ids {int(ids[0])}..{int(ids[-1])})")
+
+    def _on_queries_incompatible_qos(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
+        """A ~/queries publisher this subscription cannot match (e.g. volatile): none of its polygons arrive."""
+        self.stats.count_drop("queries_publisher_incompatible_qos")
+        try:
+            policy = QoSPolicyKind(info.last_policy_kind).name.lower()
+        except ValueError:
+            policy = str(info.last_policy_kind)
+        self.get_logger().error(
+            f"{self.resolve_topic_name('~/queries')}: a publisher offers incompatible QoS ({policy}); "
+            "its queries are not received: publish reliable and transient local "
+            "(ros2 topic pub --qos-reliability reliable --qos-durability transient_local)")
+
+    def _on_remove_queries(self, msg: UInt32MultiArray) -> None:
+        """Forget the given query ids; ids the tracker does not hold are counted and warned about."""
+        ids = np.unique(np.asarray(msg.data, np.int64))
+        held = np.isin(ids, self._tracker.query_ids)
+        if held.any():
+            self._tracker.remove_queries(ids[held])  # their trails end with the next frame
+            self.get_logger().info(f"removed {int(held.sum())} queries (ids {', '.join(str(i) for i in ids[held][:20])})")
+        if not held.all():
+            self.stats.count_drop("unknown_query_id", int((~held).sum()))
+            self._warn(f"~/remove_queries: {int((~held).sum())} ids not held (unknown_query_id): "
+                       f"{', '.join(str(i) for i in ids[~held][:20])}")
 
     def _on_clicked_point(self, msg: PointStamped) -> None:
         try:
@@ -358,19 +448,21 @@ class TrackerNode(Node):
                                         throttle_duration_sec=WARN_THROTTLE_S)
 
     def _calib_for(self, info_l: CameraInfo, info_r: CameraInfo) -> StereoCalib:
-        key = (tuple(info_l.k), tuple(info_l.p), tuple(info_r.p), info_l.width, info_l.height, info_r.width,
-               info_r.height)
+        # every field the codec checks, so a camera_info it would refuse never reuses the cached calibration
+        key = (tuple(info_l.k), tuple(info_l.p), tuple(info_r.k), tuple(info_r.p), info_l.width, info_l.height,
+               info_r.width, info_r.height)
         if key != self._calib_key:
             calib = convert.camera_info_to_calib(info_l, info_r)
-            self._calib_key, self._calib = key, calib
-        assert self._calib is not None
-        return self._calib
+            self._calib_key, self._calib_cached = key, calib
+        assert self._calib_cached is not None
+        return self._calib_cached
 
     def _process(self, s: StereoSet) -> None:
         calib = self._calib_for(s.info_left, s.info_right)
         left = self._decode(s.left)
         right = self._decode(s.right)
         convert.check_stereo_images(left, right, calib)
+        self._calib = calib  # queries and clicks are judged against the last calibration its images agreed with
         left_frame = s.info_left.header.frame_id or s.left.header.frame_id or DEFAULT_FRAME
         right_frame = s.info_right.header.frame_id or s.right.header.frame_id
         self._frame_ids = (left_frame, right_frame)

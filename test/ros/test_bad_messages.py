@@ -123,3 +123,57 @@ def test_burst_at_twice_the_rate():
             assert h.spin_until(lambda: stamp in h.stamps(), 30.0)
         finally:
             h.close()
+
+
+def test_nan_in_the_right_k_after_a_good_calibration(h):
+    """The calibration cache covers every camera_info field the codec checks: a non-finite right K is
+    refused even when the rest of the pair equals the cached, good calibration."""
+    still_tracks(h, 0)
+    _, ir = convert.calib_to_camera_info(CALIB, T0_NS + PERIOD_NS, LEFT_FRAME, RIGHT_FRAME)
+    k = list(ir.k)
+    k[4] = float("nan")
+    ir.k = k
+    h.send(1, info_right=ir)
+    assert h.wait_drop("camera_info_not_finite") == 1
+    assert T0_NS + PERIOD_NS not in h.stamps()
+    still_tracks(h, 2)
+
+
+def test_a_set_stamped_far_in_the_future_does_not_block_the_stream(h):
+    """A stamp far ahead, then the stream's own stamps again: time jumped backwards, the stream goes on
+    (not every later set refused as out of order)."""
+    still_tracks(h, 0)
+    far = h.send(1, stamp_ns=T0_NS + 10**15)
+    assert h.spin_until(lambda: far in h.stamps(), 3.0)
+    still_tracks(h, 2)
+    still_tracks(h, 3)
+    assert "out_of_order_stamp" not in h.drops()
+
+
+def test_one_image_far_in_the_future_does_not_block_its_topic(h):
+    """Only the left image far ahead: it is dropped as a time jump once the left topic is back on the
+    stream clock, and the left topic is not refused from then on."""
+    still_tracks(h, 0)
+    left, _ = stereo_pair(1)
+    h.pub["left"].publish(h.image(left, T0_NS + 10**15))
+    still_tracks(h, 2)
+    assert h.wait_drop("time_jump") == 1
+    assert "out_of_order_stamp" not in h.drops()
+
+
+def test_a_refused_camera_info_does_not_change_the_query_image_size(h):
+    """camera_info that disagrees with its images is refused, and queries are still judged against the
+    image size of the last accepted calibration (a point off the real image is refused)."""
+    from geometry_msgs.msg import Point32, PolygonStamped
+
+    still_tracks(h, 0)
+    il, ir = convert.calib_to_camera_info(CALIB, T0_NS + PERIOD_NS, LEFT_FRAME, RIGHT_FRAME)
+    for info in (il, ir):
+        info.width = CALIB.width + 30
+    h.send(1, info_left=il, info_right=ir)
+    assert h.wait_drop("camera_info_size_mismatch") == 1
+    off = PolygonStamped()
+    off.polygon.points = [Point32(x=float(CALIB.width + 10), y=10.0, z=0.0)]
+    h.pub["queries"].publish(off)
+    assert h.wait_drop("queries_outside_image") == 1
+    still_tracks(h, 2)

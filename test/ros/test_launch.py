@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -110,13 +111,14 @@ class _LaunchConfiguration(_Stub):
 
 
 def load_launch_with_stubs(monkeypatch) -> tuple[object, list[str]]:
-    """The launch file executed against stub launch modules (no launch_ros needed); its warnings."""
+    """The launch file executed against stub launch modules (no launch_ros needed); its warnings and errors."""
     import types
 
     warnings: list[str] = []
     names = {"launch": ["LaunchDescription"],
-             "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"],
-             "launch.conditions": ["IfCondition"],
+             "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "RegisterEventHandler",
+                                "SetEnvironmentVariable", "Shutdown"],
+             "launch.conditions": ["IfCondition"], "launch.event_handlers": ["OnProcessExit"],
              "launch.substitutions": ["PathJoinSubstitution", "PythonExpression"],
              "launch.logging": [], "launch_ros": [], "launch_ros.actions": ["Node"],
              "launch_ros.parameter_descriptions": ["ParameterValue"],
@@ -127,7 +129,8 @@ def load_launch_with_stubs(monkeypatch) -> tuple[object, list[str]]:
             setattr(mod, cls, type(cls, (_Stub,), {}))
         monkeypatch.setitem(sys.modules, mod_name, mod)
     sys.modules["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
-    sys.modules["launch.logging"].get_logger = lambda name: types.SimpleNamespace(warning=warnings.append)
+    sys.modules["launch.logging"].get_logger = lambda name: types.SimpleNamespace(warning=warnings.append,
+                                                                                  error=warnings.append)
     spec = importlib.util.spec_from_file_location("track_launch_stubbed", LAUNCH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -162,6 +165,45 @@ class TestRvizOptional:
     def test_rviz_false_starts_nothing_silently(self, monkeypatch):
         started, warnings = self._run_rviz_action(monkeypatch, "false", None)
         assert started == [] and warnings == []
+
+
+class TestShutdownOnTrackerError:
+    """A tracker that exits non-zero (e.g. device:=cuda without a GPU: exit 2) shuts the launch down."""
+
+    def _handler(self, monkeypatch):
+        mod, log = load_launch_with_stubs(monkeypatch)
+        entities = mod.generate_launch_description().args[0]
+        handlers = [e for e in entities if type(e).__name__ == "RegisterEventHandler"]
+        assert len(handlers) == 1, "one event handler on the tracker's exit"
+        on_exit = handlers[0].args[0] if handlers[0].args else handlers[0].kwargs["event_handler"]
+        assert type(on_exit).__name__ == "OnProcessExit"
+        target = on_exit.kwargs["target_action"]
+        assert type(target).__name__ == "Node" and target.kwargs["executable"] == "track_node"
+        return on_exit.kwargs["on_exit"], log
+
+    @pytest.mark.parametrize("code", [2, 1, -9])
+    def test_error_exit_shuts_down(self, monkeypatch, code):
+        on_exit, log = self._handler(monkeypatch)
+        actions = list(on_exit(types.SimpleNamespace(returncode=code), {}))
+        assert [type(a).__name__ for a in actions] == ["Shutdown"]
+        assert f"code {code}" in actions[0].kwargs["reason"]
+        assert len(log) == 1 and f"exited with code {code}" in log[0]
+
+    def test_clean_exit_leaves_the_rest_running(self, monkeypatch):
+        on_exit, log = self._handler(monkeypatch)
+        assert not on_exit(types.SimpleNamespace(returncode=0), {})
+        assert log == []
+
+    def test_with_launch(self):
+        """With the real launch package: the handler's actions are launch's Shutdown."""
+        pytest.importorskip("launch")
+        pytest.importorskip("launch_ros")
+        from launch.actions import Shutdown
+
+        spec = importlib.util.spec_from_file_location("track_launch_exit", LAUNCH)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert isinstance(mod._on_tracker_exit(types.SimpleNamespace(returncode=2), None)[0], Shutdown)
 
 
 def tracker_cmd(*ros_args: str) -> list[str]:

@@ -159,11 +159,12 @@ def test_terminal_ctrl_c_while_a_fit_runs():
     source = _Proc(ENTRIES["synthetic_stereo"][0],
                    [*SYNTH_ARGS[:4], "-p", "synth.frames:=8", "-p", "synth.num_queries:=9", *SYNTH_ARGS[8:],
                     "-r", f"__ns:={ns}", "-r", f"queries_out:={ns}/surg_invnerf_tracker/queries"], process_group=0)
-    tracker = _Proc(ENTRIES["track_node"][0],
-                    ["-p", "device:=cpu", "-p", "refine.keyframe_every:=1", "-p", "refine.min_keyframes:=2",
-                     "-p", "refine.fit_overrides:=[max_steps=100000, time_budget_s=600.0, num_threads=1, log_every=1]",
-                     "-r", f"__ns:={ns}"], process_group=source.proc.pid)
+    tracker = None
     try:
+        tracker = _Proc(ENTRIES["track_node"][0],
+                        ["-p", "device:=cpu", "-p", "refine.keyframe_every:=1", "-p", "refine.min_keyframes:=2",
+                         "-p", "refine.fit_overrides:=[max_steps=100000, time_budget_s=600.0, num_threads=1, log_every=1]",
+                         "-r", f"__ns:={ns}"], process_group=source.proc.pid)
         assert tracker.wait_for("refine: fitting", START_TIMEOUT_S), tracker.output + source.output
         workers = _children(tracker.proc.pid)
         assert workers, "no refine worker process"
@@ -175,9 +176,9 @@ def test_terminal_ctrl_c_while_a_fit_runs():
             p.stop(None, False)
             took[name] = p.exited_at - t0
         assert not any(_alive(w) for w in workers), "the refine worker outlived the node"
-    finally:
+    finally:  # also when the tracker could not be started: never leave a source running
         for p in (tracker, source):
-            if p.proc.poll() is None:
+            if p is not None and p.proc.poll() is None:
                 p.proc.kill()
                 p.proc.wait()
     print(f"stopped after {took['tracker']:.2f} s (tracker), {took['source']:.2f} s (source)")

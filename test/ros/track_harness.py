@@ -21,7 +21,7 @@ from visualization_msgs.msg import MarkerArray
 
 from surg_invnerf_ros.ros import convert
 from surg_invnerf_ros.ros.diagnostics import diagnostics_to_dict
-from surg_invnerf_ros.ros.track_node import TrackerNode
+from surg_invnerf_ros.ros.track_node import TrackerNode, queries_qos
 from surg_invnerf_ros.structs import StereoCalib
 
 W, H = 64, 48
@@ -69,7 +69,7 @@ class Harness:
             "right": self.io.create_publisher(Image, "stereo/right/image_rect", rel),
             "info_left": self.io.create_publisher(CameraInfo, "stereo/left/camera_info", rel),
             "info_right": self.io.create_publisher(CameraInfo, "stereo/right/camera_info", rel),
-            "queries": self.io.create_publisher(PolygonStamped, "/surg_invnerf_tracker/queries", 10),
+            "queries": self.io.create_publisher(PolygonStamped, "/surg_invnerf_tracker/queries", queries_qos()),
             "clicked": self.io.create_publisher(PointStamped, "clicked_point", 10),
         }
         keys = ("points", "markers", "cloud", "overlay", "diag", "tf", "tf_static")
