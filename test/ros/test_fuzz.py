@@ -29,6 +29,7 @@ from std_srvs.srv import Trigger
 from surg_invnerf_ros.ros import convert
 
 from .track_harness import LEFT_FRAME, PERIOD_NS, RIGHT_FRAME, T0_NS, H, Harness, W, ros_context, stereo_pair
+from .track_harness import pose_msg as harness_pose_msg
 
 FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "10000"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "0"))
@@ -110,16 +111,8 @@ KINDS: dict[str, tuple[float, str | None]] = {
 
 
 def pose_msg(kind: str, stamp_ns: int, xyz: Any = (0.01, -0.02, 0.05), q: Any = (0.0, 0.0, 0.0, 1.0)) -> Any:
-    hdr = convert.header(stamp_ns, "world")
-    if kind == "PoseStamped":
-        msg = PoseStamped(header=hdr)
-        p, r = msg.pose.position, msg.pose.orientation
-    else:
-        msg = TransformStamped(header=hdr, child_frame_id="ecm")
-        p, r = msg.transform.translation, msg.transform.rotation
-    p.x, p.y, p.z = (float(v) for v in xyz)
-    r.x, r.y, r.z, r.w = (float(v) for v in q)
-    return msg
+    """`track_harness.pose_msg` with this module's default pose."""
+    return harness_pose_msg(kind, stamp_ns, xyz, q)
 
 
 def polygon(uv: Any, stamp_ns: int = 0) -> PolygonStamped:

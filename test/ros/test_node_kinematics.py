@@ -2,6 +2,8 @@
 PoseStamped or TransformStamped feeds the pose buffer; frames with a pose send world → left optical
 on /tf; bad, missing and stale poses are counted in /diagnostics and the node keeps publishing."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseStamped, TransformStamped
@@ -11,6 +13,7 @@ from surg_invnerf_ros.geometry import T_from_xyz_qxyzw, xyz_qxyzw_from_T
 from surg_invnerf_ros.ros import convert
 
 from .track_harness import LEFT_FRAME, PERIOD_NS, T0_NS, Harness, ros_context
+from .track_harness import pose_msg as harness_pose_msg
 
 pytest.importorskip("tf2_msgs")
 
@@ -22,18 +25,9 @@ T_WORLD_ECM = T_from_xyz_qxyzw(XYZ_M, Q_XYZW)
 T_ECM_CAM = np.array([[1.0, 0, 0, 0.003], [0, 1, 0, 0], [0, 0, 1, 0.001], [0, 0, 0, 1]])
 
 
-def pose_msg(kind: str, stamp_ns: int, xyz=XYZ_M, q=Q_XYZW):
-    """A PoseStamped or TransformStamped of T_world_ecm at `stamp_ns`."""
-    hdr = convert.header(stamp_ns, "world")
-    if kind == "PoseStamped":
-        msg = PoseStamped(header=hdr)
-        p, r = msg.pose.position, msg.pose.orientation
-    else:
-        msg = TransformStamped(header=hdr, child_frame_id="ecm")
-        p, r = msg.transform.translation, msg.transform.rotation
-    p.x, p.y, p.z = (float(v) for v in xyz)
-    r.x, r.y, r.z, r.w = (float(v) for v in q)
-    return msg
+def pose_msg(kind: str, stamp_ns: int, xyz: Any = XYZ_M, q: Any = Q_XYZW) -> Any:
+    """`track_harness.pose_msg` with this module's default pose."""
+    return harness_pose_msg(kind, stamp_ns, xyz, q)
 
 
 class KinHarness(Harness):

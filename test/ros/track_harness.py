@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PointStamped, PolygonStamped
+from geometry_msgs.msg import PointStamped, PolygonStamped, PoseStamped, TransformStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -163,3 +163,17 @@ class ros_context:
 
     def __exit__(self, *exc: Any) -> None:
         rclpy.shutdown(context=self.ctx)
+
+
+def pose_msg(kind: str, stamp_ns: int, xyz: Any = (0.0, 0.0, 0.0), q: Any = (0.0, 0.0, 0.0, 1.0)) -> Any:
+    """An ecm/measured_cp message: a PoseStamped or TransformStamped (`kind`) of world ← ecm at `stamp_ns`."""
+    hdr = convert.header(stamp_ns, "world")
+    if kind == "PoseStamped":
+        msg = PoseStamped(header=hdr)
+        p, r = msg.pose.position, msg.pose.orientation
+    else:
+        msg = TransformStamped(header=hdr, child_frame_id="ecm")
+        p, r = msg.transform.translation, msg.transform.rotation
+    p.x, p.y, p.z = (float(v) for v in xyz)
+    r.x, r.y, r.z, r.w = (float(v) for v in q)
+    return msg
