@@ -233,9 +233,8 @@ def player_main(args: list[str] | None = None) -> int:
         make.player._stop = stop  # type: ignore[attr-defined]  (SIGINT/SIGTERM end the playback)
         make.player.play()  # type: ignore[attr-defined]
 
-    from .run import run_node
+    from .run import run_node  # run imports this module
 
-    use_large_data_transport()
     return run_node(make, args, run=run)
 
 

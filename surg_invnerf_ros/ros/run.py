@@ -12,7 +12,6 @@ stderr and exit code 2.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -23,6 +22,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.signals import SignalHandlerOptions
 
 from ..errors import ConfigError, InputError
+from .bag_nodes import use_large_data_transport
 
 #: How often the spin loop looks at the stop flag (seconds): the bound on shutdown latency.
 SPIN_PERIOD_S = 0.1
@@ -53,7 +53,7 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None, *, threa
         error_prefix: the start of the one-line error on a refused start.
         user_errors: the exceptions that mean a user mistake (one line, exit 2), not a crash.
     """
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # images starve small topics otherwise
+    use_large_data_transport()  # images starve small topics otherwise
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     interruptible = threading.Event()  # set while the main thread is not in the spin loop
