@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 
-.PHONY: venv demo test test-fast fuzz lint bench clean
+.PHONY: venv demo test test-fast fuzz soak lint bench clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ test-fast: $(STAMP)
 # The node fuzzer run longer: FUZZ_MESSAGES malformed and valid messages (FUZZ_SEED picks the mix).
 fuzz: $(STAMP)
 	FUZZ_MESSAGES=$${FUZZ_MESSAGES:-100000} $(PY) -m pytest -q -s --timeout 3600 test/ros/test_fuzz.py
+
+# The node for 30 minutes at 30 Hz with refinement on: RSS growth, live-error stability, drops, latency
+# (out/soak/soak.md and soak.png; SOAK_ARGS passes options, e.g. SOAK_ARGS="--duration-s 600").
+soak: $(STAMP)
+	$(VENV)/bin/surg-invnerf soak --out out/soak $(SOAK_ARGS)
 
 # ruff (style, bugs, imports) and pyright (types) over the package.
 lint: $(STAMP)

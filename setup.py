@@ -56,6 +56,7 @@ setup(
             "synthetic_stereo = surg_invnerf_ros.ros.synthetic_source_node:main",
             "bag_player = surg_invnerf_ros.ros.bag_nodes:player_main",
             "track_node = surg_invnerf_ros.ros.track_node:main",
+            "track_lifecycle_node = surg_invnerf_ros.ros.lifecycle_node:main",
         ],
     },
 )

@@ -257,18 +257,42 @@ class OnlineTracker:
         self._pending_grid = self.query_cfg.auto_grid if not self.query_cfg.points_px else 0
         self._model: dict[str, Any] = {"state": "idle" if self.refiner else "off", "fits": 0}
         if isinstance(self.refiner, ProcessRefiner):
-            self._model.update(worker_deaths=0, worker_restarts=0, worker_last_exit="")
+            self._model.update(worker_deaths=0, worker_restarts=0, worker_last_exit="",
+                               **{f"worker_{k}": v for k, v in self.refiner.limits.items()})
         self._deaths_s: deque[float] = deque()  # monotonic times of recent refine process deaths
         self._gave_up = False  # the refine process died too often: no more fits
         self._stop = False
+        self._paused = True  # no new fits: until `start`, and in a managed node's inactive state
         self._busy = False
         self._running_generation = -1
         self._worker: threading.Thread | None = None
         if self.query_cfg.points_px:
             self.add_queries(np.asarray(self.query_cfg.points_px, np.float64).reshape(-1, 2))
-        if self.refiner is not None and start_worker:
+        if start_worker:
+            self.start()
+
+    def start(self) -> None:
+        """Start refinement, or resume it after `pause`: the worker takes the next window once one is ready."""
+        with self._wake:
+            self._paused = False
+            self._wake.notify_all()
+        if self.refiner is not None and self._worker is None and not self._stop:
             self._worker = threading.Thread(target=self._run, name="invnerf-refine", daemon=True)
             self._worker.start()
+
+    def pause(self) -> None:
+        """Start no new fit until `start`; a running fit finishes and its result waits for `poll`.
+
+        Queries, tracks, keyframes and the warm-start model are kept; frames may still be pushed.
+        """
+        with self._wake:
+            self._paused = True
+
+    @property
+    def paused(self) -> bool:
+        """True before the first `start` and between `pause` and `start`."""
+        with self._lock:
+            return self._paused
 
     # ------------------------------------------------------------------ queries
 
@@ -622,7 +646,7 @@ class OnlineTracker:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stop and not self._ready() and self._child_exit() is None:
+                while not self._stop and (self._paused or not self._ready()) and self._child_exit() is None:
                     self._wake.wait(timeout=0.5)
                 if self._stop:
                     return
@@ -632,7 +656,7 @@ class OnlineTracker:
                     return
                 continue
             with self._wake:
-                if self._stop or not self._ready():
+                if self._stop or self._paused or not self._ready():
                     continue
                 kfs, ids, first_t, uv = self._job_inputs()
                 self._kf_since_fit = 0

@@ -104,7 +104,9 @@ class InvNeRFRefiner:
 
         self.fit_cfg = load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
         self.fit_cfg = replace(self.fit_cfg, device=resolve_device(device))
-        self.frontend_cfg = frontend_cfg
+        # the fit's own front end (flow bank, chains, stereo) on refine.worker_threads threads
+        self.frontend_cfg = (replace(frontend_cfg, workers=refine_cfg.worker_threads)
+                             if refine_cfg.worker_threads > 0 else frontend_cfg)
         self.render_cloud = refine_cfg.render_cloud
         self.progress: Callable[..., None] | None = None
 
@@ -140,6 +142,22 @@ class InvNeRFRefiner:
 _AUTHKEY_ENV = "SURG_INVNERF_REFINE_AUTHKEY"
 
 
+def limit_process(refine_cfg: RefineConfig) -> dict[str, int]:
+    """Lower this (refine) process's priority and bound its threads; the limits now in force.
+
+    `refine.worker_nice` is added to the niceness (a process can only lower its own priority);
+    `refine.worker_threads` > 0 bounds torch's and OpenCV's thread pools.
+    """
+    import cv2
+    import torch
+
+    nice = os.nice(refine_cfg.worker_nice) if refine_cfg.worker_nice > 0 else os.nice(0)
+    if refine_cfg.worker_threads > 0:
+        torch.set_num_threads(refine_cfg.worker_threads)
+        cv2.setNumThreads(refine_cfg.worker_threads)
+    return {"nice": nice, "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
+
+
 def _refine_process_main(conn: Any) -> None:
     """Child side of `ProcessRefiner`: owns torch, the model and the warm-start state.
 
@@ -155,7 +173,7 @@ def _refine_process_main(conn: Any) -> None:
     except ConfigError as err:
         conn.send(("config_error", str(err)))
         return
-    conn.send(("ready", refiner.fit_cfg.device))
+    conn.send(("ready", refiner.fit_cfg.device, limit_process(refine_cfg)))
     jobs: queue.Queue[Any] = queue.Queue()
     stop, abort = threading.Event(), threading.Event()
 
@@ -234,6 +252,7 @@ class ProcessRefiner:
         self._closed = False
         self._conn: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self.limits: dict[str, int] = {}  # the child's niceness and thread pools (`limit_process`)
         self.device = self._start(restarting=False)
 
     def _start(self, restarting: bool) -> str:
@@ -289,6 +308,7 @@ class ProcessRefiner:
             kind, rest = "config_error", ["refine.worker: the refinement process died while starting"]
         if kind != "ready":
             raise failed(rest[0])
+        self.limits = dict(rest[1])
         return rest[0]
 
     @property

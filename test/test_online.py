@@ -274,6 +274,31 @@ class TestRefinement:
         assert wait_for(trk.poll)
         trk.close()
 
+    def test_start_and_pause_gate_the_fits_and_keep_the_state(self):
+        ref = TruthRefiner(stamp_to_frame)
+        trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=ref, start_worker=False)
+        try:
+            trk.add_queries(np.array([[10.0, 20.0]]))
+            for i in range(4):
+                trk.push_frame(frame(i))
+            time.sleep(0.7)  # longer than the worker's wake-up period
+            assert trk.paused and ref.calls == 0, "no fit before start"
+            trk.start()
+            assert wait_for(lambda: ref.calls >= 1) and not trk.paused
+            assert wait_for(trk.poll)
+            trk.pause()
+            calls = ref.calls
+            for i in range(4, 8):
+                trk.push_frame(frame(i))  # windows become ready while paused
+            time.sleep(0.7)
+            assert ref.calls == calls and trk.paused, "a paused tracker started a fit"
+            assert trk.query_ids.tolist() == [0] and trk.stats()["keyframes"] == 4
+            trk.start()  # resumes from the kept state
+            assert wait_for(lambda: ref.calls > calls)
+            assert ref.init_states[-1] == {"fit": calls}, "the resumed fit warm-starts from the last one"
+        finally:
+            trk.close()
+
     def test_memory_is_bounded(self):
         trk = OnlineTracker(refine_cfg=self.cfg(window_frames=4, history_frames=10, min_keyframes=4),
                             frontend=FakeFrontEnd(), refiner=lambda job: (_ for _ in ()).throw(RuntimeError("x")),

@@ -1,5 +1,6 @@
 """refiner.py: the InvNeRF refinement backends (in-thread and in a child process)."""
 
+import os
 import cv2
 import numpy as np
 import pytest
@@ -46,6 +47,24 @@ class TestProcessRefiner:
         seq = Sequence(left, right, calib, np.arange(T, dtype=np.int64) * 33_000_000,
                        Queries(np.array([7, 9]), np.array([[0, 30.0, 20.0], [0, 40.0, 30.0]])))
         return RefineJob(seq=seq, init_state="warm" if warm else None, generation=0)
+
+    @pytest.mark.parametrize("nice,threads", [(10, 1), (0, 2)])
+    def test_priority_and_thread_limits_are_applied_in_the_child(self, nice, threads):
+        cfg = RefineConfig(worker_nice=nice, worker_threads=threads)
+        ref = ProcessRefiner(cfg, FrontendConfig(), device="cpu")
+        try:
+            mine = os.getpriority(os.PRIO_PROCESS, 0)
+            assert ref.limits == {"nice": mine + nice, "torch_threads": threads, "opencv_threads": threads}
+            # seen from outside, too: the kernel's niceness of the child
+            assert os.getpriority(os.PRIO_PROCESS, ref._proc.pid) == mine + nice
+        finally:
+            ref.close()
+
+    def test_the_fit_front_end_runs_on_worker_threads(self):
+        from surg_invnerf_ros.refiner import InvNeRFRefiner
+
+        assert InvNeRFRefiner(RefineConfig(worker_threads=1), FrontendConfig()).frontend_cfg.workers == 1
+        assert InvNeRFRefiner(RefineConfig(worker_threads=0), FrontendConfig(workers=3)).frontend_cfg.workers == 3
 
     def test_fits_in_a_child_and_warm_starts(self):
         cfg = RefineConfig(fit_overrides=("max_steps=2", "time_budget_s=5.0", "num_threads=1", "log_every=1"),

@@ -12,14 +12,14 @@ import json
 import logging
 import sys
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from typing import Sequence as Seq
 
 from tqdm import tqdm
 
-from ..config import FitConfig, FrontendConfig, KinematicsConfig, SynthConfig, field_meta, load_fit_and_frontend
+from ..config import FitConfig, FrontendConfig, KinematicsConfig, SoakConfig, SynthConfig, field_meta, load_fit_and_frontend
 from ..errors import ConfigError, InputError
 from ..eval.metrics import evaluate_files
 from ..eval.report import format_table, json_safe, metrics_row
@@ -221,6 +221,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from .soak import run_soak
+
+    cfg = SoakConfig(**{f.name: getattr(args, f.name) for f in fields(SoakConfig) if hasattr(args, f.name)})
+    with _bar("soak", total=int(cfg.duration_s), unit="s") as bar:
+        done = [0]
+
+        def progress(elapsed_s: float, total_s: float) -> None:
+            bar(int(elapsed_s) - done[0])
+            done[0] = int(elapsed_s)
+
+        result = run_soak(cfg, args.out, progress=progress)
+    print((Path(args.out) / "soak.md").read_text())
+    if not result["verdict"]["passed"]:
+        failed = [k for k, c in result["verdict"]["checks"].items() if not c["ok"]]
+        print(f"soak: over the limit: {', '.join(failed)} (see {Path(args.out) / 'soak.md'})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from ..ros.bag_nodes import record  # optional: needs the ROS 2 wheels
 
@@ -326,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also copy each Markdown result under its published name into this folder (e.g. docs/bench)")
     fit_args(b)
     b.set_defaults(func=cmd_bench)
+
+    so = sub.add_parser("soak", help="run the node for a long time (default 30 min) and check memory, error and drops")
+    so.add_argument("--out", type=Path, default=Path("out/soak"))
+    for f in fields(SoakConfig):
+        config_option(so, "--" + f.name.replace("_", "-"), SoakConfig, f.name)
+    so.set_defaults(func=cmd_soak)
 
     rec = sub.add_parser("record", help="record ROS 2 topics to a bag or a sequence folder")
     rec.add_argument("out", type=Path)

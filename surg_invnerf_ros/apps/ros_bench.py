@@ -158,6 +158,19 @@ def rss_summary(samples: Sequence[tuple[float, int, int]], t0: float, t1: float)
     return out
 
 
+def error_series(t_s: Sequence[float], err_px: Sequence[float], bucket_s: float = 60.0) -> list[list[float]]:
+    """Live error over time: [bucket start (s), median error (px), mean error (px), point-frames] per bucket."""
+    if not len(err_px):
+        return []
+    t, e = np.asarray(t_s, np.float64), np.asarray(err_px, np.float64)
+    b = np.floor(t / bucket_s).astype(np.int64)
+    out = []
+    for k in np.unique(b):
+        sel = e[b == k]
+        out.append([float(k * bucket_s), float(np.median(sel)), float(sel.mean()), int(len(sel))])
+    return out
+
+
 def percentiles_ms(values_s: Sequence[float]) -> dict[str, float]:
     """p50/p95/p99/mean/max in milliseconds (NaN when empty)."""
     if not len(values_s):
@@ -329,7 +342,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
     for recv_ns, m in got["gt"][:n_gt]:
         gt[convert.stamp_ns(m.header.stamp)] = convert.tracked_points_from_msg(m)
         gt_recv_ns.setdefault(convert.stamp_ns(m.header.stamp), recv_ns)
-    latency_s, live, refined_msgs, in_window = [], {}, 0, 0
+    latency_s, live, live_recv_ns, refined_msgs, in_window = [], {}, {}, 0, 0
     refined_stamps: set[int] = set()
     for recv_ns, m in got["points"]:
         stamp = convert.stamp_ns(m.header.stamp)
@@ -339,7 +352,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
             refined_stamps.add(stamp)
             continue
         if stamp not in live:
-            live[stamp] = pts
+            live[stamp], live_recv_ns[stamp] = pts, recv_ns
             # From the moment the source published the frame (its ground truth, sent with the
             # images, arrived here) to the tracked points' arrival: independent of how the source
             # spaces its stamps, which can run ahead of wall time when its timer catches up.
@@ -347,13 +360,15 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
                 latency_s.append((recv_ns - gt_recv_ns[stamp]) * 1e-9)
             in_window += window_wall_ns[0] <= recv_ns <= window_wall_ns[1]
     dropped = sorted(set(gt) - set(live))
-    err = []
+    err, err_t_s = [], []  # live 2D errors, and when (s after the measurement start) their frame arrived
     for stamp, g in gt.items():
         p = live.get(stamp)
         if p is None or len(p) != len(g):
             continue
         vis = (p["visible"] == 1) & (g["visible"] == 1) & (p["id"] == g["id"])
-        err += np.hypot(p["u"] - g["u"], p["v"] - g["v"])[vis].tolist()
+        e = np.hypot(p["u"] - g["u"], p["v"] - g["v"])[vis]
+        err += e.tolist()
+        err_t_s += [(live_recv_ns[stamp] - window_wall_ns[0]) * 1e-9] * len(e)
 
     diag = diagnostics_to_dict(got["diag"][-1]) if got["diag"] else {}
     d_in, d_tr, d_mod = (diag.get(f"{NODE}: {k}", {}) for k in ("input", "tracking", "model"))
@@ -381,7 +396,8 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
                     "frames_covered": len(refined_stamps),
                     "fraction_covered": len(refined_stamps) / len(live) if live else float("nan"),
                     "fits": fits, "fits_per_min": fits / minutes, "model_state": d_mod.get("_message", "")},
-        "accuracy": {"err_2d_px_median": float(np.median(err)) if err else float("nan"), "point_frames": len(err)},
+        "accuracy": {"err_2d_px_median": float(np.median(err)) if err else float("nan"), "point_frames": len(err),
+                     "series": error_series(err_t_s, err)},
         "rss": rss_summary(sampler.samples, t0, t1),
         "machine": dict(machine),
         "logs": dict(logs),

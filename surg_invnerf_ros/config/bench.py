@@ -44,3 +44,35 @@ class BenchConfig:
         check_fields(self, "bench.")
         if self.frames == 1:
             raise ConfigError("bench.frames: expected 0 (preset) or >= 2, got 1")
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    """The long-run check of the node (`surg-invnerf soak`, `make soak`): synthetic_stereo → track_node
+    with refinement on, measured from outside for `duration_s`, then judged against its limits."""
+
+    duration_s: float = option(1800.0, "Measured run time after the first tracked points (s).", lo=10.0)
+    width: int = option(256, "Image width of the synthetic stream (px).", lo=32)
+    height: int = option(192, "Image height of the synthetic stream (px).", lo=32)
+    rate_hz: float = option(30.0, "Stream rate (Hz).", lo=1.0, hi=200.0)
+    num_queries: int = option(64, "Tracked points.", lo=1)
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "The tracker's model device.")
+    warmup_s: float = option(300.0, "Start-up span left out of the error-stability comparison (s).", lo=0.0)
+    window_s: float = option(300.0, "Length of the first (after warm-up) and last error windows compared (s).",
+                             lo=60.0)
+    rss_span_s: float = option(1200.0, "Final span over which RSS growth is measured (s).", lo=60.0)
+    max_rss_growth_mb: float = option(20.0, "Limit on RSS growth (tracker + refiner) over the final span (MB).",
+                                      lo=0.0)
+    max_error_ratio: float = option(1.2, "Limit on last-window / first-window median live error.", lo=1.0)
+    max_dropped_fraction: float = option(0.01, "Limit on the share of source frames without tracked points.",
+                                         lo=0.0, hi=1.0)
+    max_latency_p95_ms: float = option(33.0, "Limit on the p95 latency publication → ~/tracked_points (ms).",
+                                       lo=1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "soak.")
+        if self.warmup_s + 2 * self.window_s > self.duration_s:
+            raise ConfigError(f"soak.duration_s: expected >= warmup_s + 2 × window_s "
+                              f"({self.warmup_s + 2 * self.window_s:g} s), got {self.duration_s:g}")
+        if self.rss_span_s > self.duration_s:
+            raise ConfigError(f"soak.rss_span_s: expected <= duration_s ({self.duration_s:g}), got {self.rss_span_s:g}")

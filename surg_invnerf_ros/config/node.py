@@ -98,6 +98,12 @@ class RefineConfig:
         "memory) is restarted after 1 s, 2 s, 4 s, up to 30 s, and fits the current window anew; at this many "
         "deaths within 60 s refinement stops and /diagnostics reports the model in error (1: never restart).",
         lo=1, hi=1000)
+    worker_nice: int = option(
+        10, "Niceness of the refine process (worker: process; 0 to 19): when the fit and the per-frame front "
+        "end compete for the CPU, the fit yields.", lo=0, hi=19)
+    worker_threads: int = option(
+        1, "CPU threads of the refinement: its flow and stereo front end, OpenCV and torch in the refine "
+        "process (0: every core). One leaves the other cores to the per-frame path.", lo=0, hi=256)
 
     def __post_init__(self) -> None:
         check_fields(self, "refine.")
@@ -113,6 +119,9 @@ class PublishConfig:
     overlay: bool = option(True, "Publish ~/overlay (left image with the tracks drawn).")
     tf: bool = option(True, "Broadcast track_<id> frames on /tf and the stereo frame on /tf_static.")
     markers: bool = option(True, "Publish ~/markers (spheres, id labels, trails).")
+    markers_rate_hz: float = option(
+        10.0, "~/markers publish rate (0: every frame). Building the markers costs milliseconds a frame; the "
+        "trails still take every frame.", lo=0.0, hi=1000.0)
     trail_frames: int = option(10, "Trail length in ~/markers, frames.", lo=0, hi=1000)
     marker_diameter_m: float = option(0.002, "Sphere diameter in ~/markers, metres.", lo=0.0)
     cloud_rate_hz: float = option(2.0, "~/cloud publish rate (0: off).", lo=0.0, hi=1000.0)

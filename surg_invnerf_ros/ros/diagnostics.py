@@ -137,8 +137,13 @@ def kinematics_status(kin: Mapping[str, Any], node_name: str = "surg_invnerf_tra
 
 def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: Mapping[str, Any],
                      stamp_ns: int, node_name: str = "surg_invnerf_tracker",
-                     idle_warn_s: float = 2.0, kinematics: Mapping[str, Any] | None = None) -> DiagnosticArray:
-    """One DiagnosticArray with an `input`, a `tracking` and a `model` status, plus `kinematics` if given."""
+                     idle_warn_s: float = 2.0, kinematics: Mapping[str, Any] | None = None,
+                     node_state: str = "active") -> DiagnosticArray:
+    """One DiagnosticArray with an `input`, a `tracking` and a `model` status, plus `kinematics` if given.
+
+    `node_state` is the lifecycle state ("active" for the plain node); an inactive node takes no
+    images, so its missing input is reported as that, not as a warning.
+    """
     hw = f"{node_name}"
     # input
     values = [_kv(f"rate_hz.{t}", r) for t, r in sorted(snap["rates_hz"].items())]
@@ -148,6 +153,8 @@ def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: 
     if snap["new_drops"]:
         level, text = DiagnosticStatus.WARN, "dropped: " + ", ".join(
             f"{k} ×{v}" for k, v in sorted(snap["new_drops"].items()))
+    elif node_state != "active":
+        level, text = DiagnosticStatus.OK, f"node {node_state}: no image subscriptions"
     elif snap["idle_s"] > idle_warn_s:
         level, text = DiagnosticStatus.WARN, "no input"
     else:
@@ -155,9 +162,10 @@ def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: 
     inputs = DiagnosticStatus(level=level, name=f"{node_name}: input", message=text, hardware_id=hw, values=values)
     # tracking
     tvals = [_kv("frames_processed", snap["frames_processed"]), _kv("latency_p50_s", snap["latency_p50_s"]),
-             _kv("latency_p95_s", snap["latency_p95_s"]), _kv("rss_bytes", rss_bytes())]
+             _kv("latency_p95_s", snap["latency_p95_s"]), _kv("rss_bytes", rss_bytes()), _kv("node_state", node_state)]
     tracking = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{node_name}: tracking",
-                                message=f"{snap['frames_processed']} frames", hardware_id=hw, values=tvals)
+                                message=f"{snap['frames_processed']} frames ({node_state})", hardware_id=hw,
+                                values=tvals)
     # model
     mvals = [_kv("refined_updates", snap["refined_updates"])] + [_kv(k, v) for k, v in sorted(model.items())]
     mstate = str(model.get("state", "off"))

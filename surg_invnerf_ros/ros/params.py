@@ -66,6 +66,9 @@ def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
 def declare_config(node: Node, cfg_type: type[C], prefix: str = "") -> C:
     """Declare one read-only parameter per leaf field of `cfg_type`; return the validated config.
 
+    A parameter already declared (a managed node configured again after a cleanup) is read, not
+    declared twice.
+
     Raises:
         ConfigError: a value out of range, of the wrong type or not among the choices; the message
             starts with the parameter name.
@@ -80,7 +83,10 @@ def declare_config(node: Node, cfg_type: type[C], prefix: str = "") -> C:
             ros_default: Any = list(default) if default else None  # dynamic typing: any array type
         else:
             ros_default = default
-        value = node.declare_parameter(name, ros_default, desc).value
+        if node.has_parameter(name):
+            value = node.get_parameter(name).value
+        else:
+            value = node.declare_parameter(name, ros_default, desc).value
         if value is None:  # an empty list default that nobody set
             continue
         if isinstance(value, (list, tuple)) or type(value).__name__ == "array":

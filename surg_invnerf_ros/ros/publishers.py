@@ -80,6 +80,7 @@ class TrackPublishers:
         self.overlay = node.create_publisher(Image, "~/overlay", qos) if cfg.overlay else None
         self._trails: dict[int, deque[np.ndarray]] = {}
         self._last_cloud_s = -np.inf
+        self._last_markers_s = -np.inf
         self._lock = threading.Lock()
 
     def clear_trails(self) -> None:
@@ -87,7 +88,7 @@ class TrackPublishers:
             self._trails.clear()
 
     def tracks(self, ft: FrameTracks, hdr: Header, live: bool = True) -> None:
-        """~/tracked_points, and for live (newest) frames ~/markers with trails."""
+        """~/tracked_points, and for live (newest) frames ~/markers with trails (at most `markers_rate_hz`)."""
         self.points.publish(convert.tracked_points_msg(ft.ids, ft.uv_px, ft.xyz_cam_m, ft.visible, ft.confidence,
                                                        ft.refined, hdr))
         if not live or self.markers is None:
@@ -100,6 +101,11 @@ class TrackPublishers:
                 trail = self._trails.setdefault(int(qid), deque(maxlen=max(self.cfg.trail_frames, 1)))
                 if ft.visible[i] and np.isfinite(ft.xyz_cam_m[i]).all():
                     trail.append(ft.xyz_cam_m[i].astype(np.float64))
+            now_s = time.monotonic()
+            rate = self.cfg.markers_rate_hz
+            if rate > 0 and now_s - self._last_markers_s < 1.0 / rate:
+                return
+            self._last_markers_s = now_s
             trails = {k: np.asarray(v) for k, v in self._trails.items() if len(v) >= 2} if self.cfg.trail_frames else {}
         self.markers.publish(convert.markers_msg(ft.ids, ft.xyz_cam_m, ft.visible, ft.refined, trails, hdr,
                                                  self.cfg.marker_diameter_m))

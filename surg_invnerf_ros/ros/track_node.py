@@ -114,7 +114,13 @@ def query_point_refusals(uv_px: np.ndarray, image_size: tuple[int, int] | None,
 
 
 class TrackerNode(Node):
-    """Stereo images in; tracked points, markers, cloud, overlay, TF and diagnostics out."""
+    """Stereo images in; tracked points, markers, cloud, overlay, TF and diagnostics out.
+
+    Built in two steps that the managed variant (`lifecycle_node.ManagedTrackerNode`) runs as lifecycle
+    transitions: `_configure` (parameters, outputs, services, query inputs, the tracker and its refine
+    process) and `_activate` (image and pose subscriptions, the front end, refinement). This node runs
+    both at construction.
+    """
 
     def __init__(self, *, context: Any = None, parameter_overrides: list | None = None,
                  cli_args: list[str] | None = None, frontend: Any = None, refiner: Any = None) -> None:
@@ -124,38 +130,111 @@ class TrackerNode(Node):
         Raises:
             ConfigError: a bad or unknown parameter, or an unusable device. The node is destroyed first.
         """
-        super().__init__(NODE_NAME, context=context, cli_args=cli_args,
-                         parameter_overrides=parameter_overrides or [],
-                         automatically_declare_parameters_from_overrides=False)
+        self._create(context, parameter_overrides, cli_args, frontend, refiner)
+        try:
+            self._configure()
+            self._activate()
+        except ConfigError:
+            self.close()
+            self.destroy_node()
+            raise
+
+    def _create(self, context: Any, parameter_overrides: list | None, cli_args: list[str] | None,
+                frontend: Any, refiner: Any) -> None:
+        """The bare node (the next class in the MRO: rclpy's Node, or LifecycleNode for the managed one)."""
+        super(TrackerNode, self).__init__(NODE_NAME, context=context, cli_args=cli_args,
+                                          parameter_overrides=parameter_overrides or [],
+                                          automatically_declare_parameters_from_overrides=False)
         self.tracker: OnlineTracker | None = None
+        self._backends_given = (frontend, refiner)
+        self._configured_entities: list[Any] = []
+        self._active_entities: list[Any] = []
+        self.node_state = "unconfigured"
+
+    @property
+    def _tracker(self) -> OnlineTracker:
+        """The OnlineTracker; built by `_configure`, before any callback that uses it can run."""
+        assert self.tracker is not None, "callbacks run only once the node is configured"
+        return self.tracker
+
+    def _entities(self) -> list[Any]:
+        return [*self.publishers, *self.subscriptions, *self.timers, *self.services, *self.guards]
+
+    def _release(self, entities: list[Any]) -> None:
+        """Destroy the publishers, subscriptions, timers, services and guard conditions in `entities`."""
+        destroy = {"Publisher": self.destroy_publisher, "Subscription": self.destroy_subscription,
+                   "Timer": self.destroy_timer, "Service": self.destroy_service,
+                   "GuardCondition": self.destroy_guard_condition}
+        for e in reversed(entities):
+            kind = next((k for k in destroy if any(c.__name__ == k for c in type(e).__mro__)), None)
+            if kind is not None:
+                destroy[kind](e)
+        entities.clear()
+
+    def _configure(self) -> None:
+        """Parameters, publishers, services, the query inputs, /diagnostics and the tracker.
+
+        Raises:
+            ConfigError: a bad or unknown parameter, a QoS override rclpy refuses, an unusable device.
+        """
+        before = {id(e) for e in self._entities()}
         try:
             self.cfg: NodeConfig = params.declare_config(self, NodeConfig)
             params.check_no_unknown(self, NodeConfig)
             self.backends = compat.choose_backends(self.cfg.sync.backend)
-            self._setup()
+            self._setup_outputs()
             # last: the refinement process starts here, and a bad device is refused here
+            frontend, refiner = self._backends_given
             self.tracker = OnlineTracker(self.cfg.frontend, self.cfg.refine, self.cfg.queries,
                                          online_cfg=self.cfg.online, frontend=frontend, refiner=refiner,
-                                         device=self.cfg.device)
-        except ConfigError:
-            self.destroy_node()
-            raise
-        if not len(self.tracker.query_ids) and not self.cfg.queries.auto_grid:
-            self.get_logger().info(f"no start queries: waiting for queries on {self.resolve_topic_name('~/queries')} "
-                                   "(PolygonStamped, pixels) or clicked_point")
+                                         device=self.cfg.device, start_worker=False)
+        finally:
+            self._configured_entities = [e for e in self._entities() if id(e) not in before]
+        self.node_state = "inactive"
 
-    @property
-    def _tracker(self) -> OnlineTracker:
-        """The OnlineTracker; set at the end of __init__, before any callback can run."""
-        assert self.tracker is not None, "callbacks run only once __init__ has built the tracker"
-        return self.tracker
-
-    def _setup(self) -> None:
-        """Publishers, subscriptions, services and timers (callbacks only run once the executor spins).
+    def _activate(self) -> None:
+        """Image and pose subscriptions, the front end and its timers, refinement.
 
         Raises:
             ConfigError: a QoS override that rclpy refuses, named by its topic.
         """
+        before = {id(e) for e in self._entities()}
+        try:
+            self._setup_inputs()
+        finally:
+            self._active_entities = [e for e in self._entities() if id(e) not in before]
+        self._tracker.start()
+        self.node_state = "active"
+        if not len(self._tracker.query_ids) and not self.cfg.queries.auto_grid:
+            self.get_logger().info(f"no start queries: waiting for queries on {self.resolve_topic_name('~/queries')} "
+                                   "(PolygonStamped, pixels) or clicked_point")
+
+    def _deactivate(self) -> None:
+        """Stop taking images and poses and starting fits; queries, tracks and the model are kept."""
+        if self._kin_sub is not None and self._kin_sub not in self._active_entities:  # subscribed later, by the timer
+            self._active_entities.append(self._kin_sub)
+        self._release(self._active_entities)
+        self._kin_sub = self._kin_timer = None
+        if self.tracker is not None:
+            self.tracker.pause()
+        with self._frames_lock:
+            waiting, self._frames = len(self._frames), deque()
+        if waiting:
+            self.stats.count_drop("node_deactivated", waiting)
+        self.node_state = "inactive"
+
+    def _cleanup(self) -> None:
+        """Back to unconfigured: the tracker (and its refine process) and every entity are released."""
+        if self.node_state == "active":
+            self._deactivate()
+        self.close()
+        self.tracker = None
+        self._release(self._active_entities)
+        self._release(self._configured_entities)
+        self.node_state = "unconfigured"
+
+    def _setup_outputs(self) -> None:
+        """Publishers, services, the query subscriptions and the diagnostics timer."""
         log = self.get_logger()
         log.info(f"backends: {self.backends.describe()}")
         if self.backends.tf == "none":
@@ -183,8 +262,29 @@ class TrackerNode(Node):
         self.tf_dynamic, self.tf_static = (compat.make_tf_broadcasters(self, self.backends.tf)
                                            if self.cfg.publish.tf else (None, None))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
-
         self.sync = StereoSync(self.cfg.sync)
+        # queries are state: taken whenever the node is configured (a transient-local subscription
+        # made again on each activation would receive the same polygons again)
+        self._queries_sub = self.create_subscription(
+            PolygonStamped, "~/queries", self._on_queries, queries_qos(), callback_group=self._cb_inputs,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_queries_incompatible_qos))
+        self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,
+                                 callback_group=self._cb_inputs)
+        self.create_subscription(UInt32MultiArray, "~/remove_queries", self._on_remove_queries, 10,
+                                 callback_group=self._cb_inputs)
+        self.create_service(Trigger, "~/clear", self._on_clear, callback_group=self._cb_services)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._cb_services)
+        self.create_timer(1.0 / self.cfg.publish.diagnostics_rate_hz, self._publish_diagnostics,
+                          callback_group=self._cb_timers, clock=self._steady)
+        self._setup_kinematics()
+
+    def _setup_inputs(self) -> None:
+        """The four stereo subscriptions (or message_filters), the front-end wake-up, poll and flush timers,
+        and the pose subscription.
+
+        Raises:
+            ConfigError: a QoS override that rclpy refuses, named by its topic.
+        """
         overrides = QoSOverridingOptions.with_default_policies()
         self._input_subs: list[Any] = []
         if self.backends.sync == "message_filters":
@@ -201,27 +301,15 @@ class TrackerNode(Node):
                         callback_group=self._cb_inputs, qos_overriding_options=overrides))
                 except (RuntimeError, ValueError, TypeError) as err:  # rclpy's QoS override checks
                     raise ConfigError(f"qos_overrides.{self.resolve_topic_name(topic)}.subscription: {err}") from None
-        self._queries_sub = self.create_subscription(
-            PolygonStamped, "~/queries", self._on_queries, queries_qos(), callback_group=self._cb_inputs,
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_queries_incompatible_qos))
-        self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,
-                                 callback_group=self._cb_inputs)
-        self.create_subscription(UInt32MultiArray, "~/remove_queries", self._on_remove_queries, 10,
-                                 callback_group=self._cb_inputs)
-        self.create_service(Trigger, "~/clear", self._on_clear, callback_group=self._cb_services)
-        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._cb_services)
-
         self._wake_frontend = self.create_guard_condition(self._drain_frames, callback_group=self._cb_frontend)
         self._refine_busy = False
         self.create_timer(1.0 / self.cfg.publish.poll_rate_hz, self._poll_refined, callback_group=self._cb_frontend,
                           clock=self._steady)
-        self.create_timer(1.0 / self.cfg.publish.diagnostics_rate_hz, self._publish_diagnostics,
-                          callback_group=self._cb_timers, clock=self._steady)
         self.create_timer(0.1, self._flush_sync, callback_group=self._cb_inputs, clock=self._steady)
-        self._setup_kinematics()
+        self._start_kinematics()
 
     def _setup_kinematics(self) -> None:
-        """The pose buffer and the `ecm/measured_cp` subscription (now, or once the topic appears)."""
+        """The pose buffer and its counters (the subscription comes with `_start_kinematics`)."""
         kc = self.cfg.kinematics
         self.kin: KinematicsBuffer | None = KinematicsBuffer(kc) if kc.enabled else None
         self._kin_sub: Any = None
@@ -234,6 +322,10 @@ class TrackerNode(Node):
         self._kin_reported = {"without_pose": 0, "drops": 0}
         if self.kin is None:
             self.get_logger().info("kinematics: off (kinematics.enabled false)")
+
+    def _start_kinematics(self) -> None:
+        """Subscribe `ecm/measured_cp` now, or once the topic appears."""
+        if self.kin is None:
             return
         if not self._subscribe_kinematics():
             self.get_logger().info(f"kinematics: waiting for {self.resolve_topic_name(KINEMATICS_TOPIC)} "
@@ -575,11 +667,11 @@ class TrackerNode(Node):
         queues["keyframes"] = int(model.pop("keyframes", 0))
         model["device"] = self.cfg.device if "device" not in model else model["device"]
         msg = diagnostic_array(snap, queues, model, self.get_clock().now().nanoseconds, self.get_name(),
-                               kinematics=kin)
+                               kinematics=kin, node_state=self.node_state)
         self._diag_pub.publish(msg)
 
     def close(self) -> None:
-        """Stop the refinement worker (call before destroy_node)."""
+        """Stop the refinement worker and its process (call before destroy_node)."""
         if self.tracker is not None:
             self.tracker.close()
 

@@ -31,7 +31,7 @@ def launch_nodes() -> list[dict[str, object]]:
     tree = ast.parse(LAUNCH.read_text())
     out = []
     for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) in ("Node", "LifecycleNode"):
             kw = {k.arg: k.value for k in call.keywords}
             out.append({k: (v.value if isinstance(v, ast.Constant) else (v.id if isinstance(v, ast.Name) else v))
                         for k, v in kw.items()})
@@ -53,13 +53,13 @@ def console_scripts() -> dict[str, str]:
 class TestLaunchFile:
     def test_arguments(self):
         text = LAUNCH.read_text()
-        for arg in ("source", "bag", "rviz", "device", "use_sim_time"):
+        for arg in ("source", "bag", "rviz", "device", "use_sim_time", "lifecycle", "autostart"):
             assert f'("{arg}",' in text, f"launch argument {arg} missing"
         assert "synthetic | bag | live" in text
 
     def test_executables_are_console_scripts_of_the_package(self):
         ours = {n["executable"] for n in launch_nodes() if n.get("package") == "PACKAGE"}
-        assert ours == {"track_node", "synthetic_stereo", "bag_player"}
+        assert ours == {"track_node", "track_lifecycle_node", "synthetic_stereo", "bag_player"}
         scripts = console_scripts()
         for exe in sorted(ours):
             assert exe in scripts, f"setup.py: console_scripts lacks {exe}"
@@ -67,8 +67,9 @@ class TestLaunchFile:
             assert callable(getattr(importlib.import_module(module), func)), scripts[exe]
 
     def test_tracker_node_name(self):
-        tracker = [n for n in launch_nodes() if n.get("executable") == "track_node"][0]
-        assert tracker["name"] == "surg_invnerf_tracker"
+        for exe in ("track_node", "track_lifecycle_node"):
+            tracker = [n for n in launch_nodes() if n.get("executable") == exe][0]
+            assert tracker["name"] == "surg_invnerf_tracker"
 
     def test_files_it_loads_exist_and_are_installed(self):
         text = LAUNCH.read_text()
@@ -118,9 +119,9 @@ def load_launch_with_stubs(monkeypatch) -> tuple[object, list[str]]:
     names = {"launch": ["LaunchDescription"],
              "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "RegisterEventHandler",
                                 "SetEnvironmentVariable", "Shutdown"],
-             "launch.conditions": ["IfCondition"], "launch.event_handlers": ["OnProcessExit"],
+             "launch.conditions": ["IfCondition", "UnlessCondition"], "launch.event_handlers": ["OnProcessExit"],
              "launch.substitutions": ["PathJoinSubstitution", "PythonExpression"],
-             "launch.logging": [], "launch_ros": [], "launch_ros.actions": ["Node"],
+             "launch.logging": [], "launch_ros": [], "launch_ros.actions": ["Node", "LifecycleNode"],
              "launch_ros.parameter_descriptions": ["ParameterValue"],
              "launch_ros.substitutions": ["FindPackageShare"]}
     for mod_name, classes in names.items():
@@ -144,7 +145,8 @@ class TestRvizOptional:
         mod, warnings = load_launch_with_stubs(monkeypatch)
         monkeypatch.setattr(mod.shutil, "which", lambda name: rviz2_path if name == "rviz2" else None)
         entities = mod.generate_launch_description().args[0]
-        opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+        opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"
+                  and e.kwargs["function"].__name__ == "_rviz"]
         assert len(opaque) == 1, "RViz must be decided at launch time by one OpaqueFunction"
         nodes = [e for e in entities if type(e).__name__ == "Node"]
         assert "track_node" in {n.kwargs["executable"] for n in nodes}, "the tracker must not depend on RViz"
@@ -165,6 +167,32 @@ class TestRvizOptional:
     def test_rviz_false_starts_nothing_silently(self, monkeypatch):
         started, warnings = self._run_rviz_action(monkeypatch, "false", None)
         assert started == [] and warnings == []
+
+
+class TestLifecycleChoice:
+    """lifecycle:=true starts the managed tracker instead of the plain one, with the same parameters."""
+
+    def _entities(self, monkeypatch):
+        mod, _ = load_launch_with_stubs(monkeypatch)
+        entities = mod.generate_launch_description().args[0]
+        plain = [e for e in entities if type(e).__name__ == "Node" and e.kwargs["executable"] == "track_node"][0]
+        managed = [e for e in entities if type(e).__name__ == "OpaqueFunction"
+                   and e.kwargs["function"].__name__ == "_managed_tracker"][0]
+        return plain, managed
+
+    @pytest.mark.parametrize("autostart,args", [("false", []), ("true", ["--autostart"])])
+    def test_lifecycle_true(self, monkeypatch, autostart, args):
+        plain, managed = self._entities(monkeypatch)
+        assert type(plain.kwargs["condition"]).__name__ == "UnlessCondition"  # off when lifecycle:=true
+        started = managed.kwargs["function"]({"lifecycle": "true", "autostart": autostart}, *managed.kwargs["args"])
+        node, handler = started
+        assert type(node).__name__ == "LifecycleNode" and node.kwargs["executable"] == "track_lifecycle_node"
+        assert node.kwargs["parameters"] is plain.kwargs["parameters"] and node.kwargs["arguments"] == args
+        assert handler.args[0].kwargs["target_action"] is node  # its error exit shuts the launch down too
+
+    def test_lifecycle_false_starts_no_managed_node(self, monkeypatch):
+        _, managed = self._entities(monkeypatch)
+        assert managed.kwargs["function"]({"lifecycle": "false", "autostart": "true"}, *managed.kwargs["args"]) == []
 
 
 class TestShutdownOnTrackerError:

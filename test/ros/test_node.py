@@ -128,6 +128,25 @@ class TestServices:
             h.close()
 
 
+class TestMarkerRate:
+    @pytest.mark.parametrize("rate_hz", [0.0, 0.5])
+    def test_markers_are_rate_limited_and_trails_keep_every_frame(self, ctx, rate_hz):
+        h = Harness(ctx, {"queries.points_px": [20.0, 20.0], "publish.markers_rate_hz": rate_hz})
+        try:
+            for i in range(6):
+                h.send(i)
+                assert h.spin_until(lambda i=i: len(h.got["points"]) > i, 3.0)
+            h.spin_for(0.3)
+            if rate_hz == 0:
+                assert len(h.got["markers"]) == 6, "rate 0: markers with every frame"
+            else:  # 6 frames in well under 2 s: the first frame's markers only
+                assert len(h.got["markers"]) == 1
+            # the trail grows with every frame, published or not
+            assert len(h.node.pubs._trails[0]) == 6
+        finally:
+            h.close()
+
+
 class TestRefinement:
     def test_refined_points_are_published(self, ctx):
         class Refiner:

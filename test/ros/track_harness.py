@@ -56,12 +56,14 @@ def stereo_pair(i: int, step_px: int = 1) -> tuple[np.ndarray, np.ndarray]:
 class Harness:
     """A TrackerNode plus a test node that feeds it and records its outputs."""
 
-    def __init__(self, ctx: Any, overrides: dict[str, Any] | None = None, **node_kwargs: Any) -> None:
+    def __init__(self, ctx: Any, overrides: dict[str, Any] | None = None, node_cls: type = TrackerNode,
+                 **node_kwargs: Any) -> None:
+        """`node_cls`: TrackerNode, or the managed variant (then unconfigured until the test moves it)."""
         self.ctx = ctx
         base = {"refine.enabled": False, "publish.diagnostics_rate_hz": 10.0, "publish.cloud_rate_hz": 100.0}
         base.update(overrides or {})
-        self.node = TrackerNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in base.items()],
-                                **node_kwargs)
+        self.node = node_cls(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in base.items()],
+                             **node_kwargs)
         self.io = rclpy.create_node("track_test_io", context=ctx)
         rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = {
@@ -91,8 +93,16 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=ctx)
         self.executor.add_node(self.node)
         self.executor.add_node(self.io)
-        self.spin_until(lambda: all(p.get_subscription_count() > 0 for k, p in self.pub.items()
-                                    if k in ("left", "right", "info_left", "info_right")), 3.0)
+        if self.node.node_state == "active":
+            self.wait_inputs()
+
+    def inputs_matched(self) -> bool:
+        """Every stereo publisher of the test node is matched by the tracker's subscription."""
+        return all(p.get_subscription_count() > 0 for k, p in self.pub.items()
+                   if k in ("left", "right", "info_left", "info_right"))
+
+    def wait_inputs(self, timeout_s: float = 3.0) -> bool:
+        return bool(self.spin_until(self.inputs_matched, timeout_s))
 
     def infos(self, stamp_ns: int, calib: StereoCalib = CALIB) -> tuple[CameraInfo, CameraInfo]:
         return convert.calib_to_camera_info(calib, stamp_ns, LEFT_FRAME, RIGHT_FRAME)
