@@ -1,6 +1,7 @@
 """refiner.py: the InvNeRF refinement backends (in-thread and in a child process)."""
 
 import os
+
 import cv2
 import numpy as np
 import pytest
