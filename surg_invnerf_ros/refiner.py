@@ -301,15 +301,16 @@ class ProcessRefiner:
             raise failed("refine.worker: the refinement process did not start")
         with self._lock:
             self._conn = accepted[0]
+        rest: list[Any]
         try:
             self._conn.send(("init", refine_cfg, frontend_cfg, device))
             kind, *rest = self._conn.recv()
         except (EOFError, OSError):
             kind, rest = "config_error", ["refine.worker: the refinement process died while starting"]
         if kind != "ready":
-            raise failed(rest[0])
-        self.limits = dict(rest[1])
-        return rest[0]
+            raise failed(str(rest[0]))
+        self.limits = {str(k): int(v) for k, v in rest[1].items()}
+        return str(rest[0])
 
     @property
     def exit_code(self) -> int | None:
