@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Listener
 from typing import Any, Callable
 
+import cv2
+
 from .config import FitConfig, FrontendConfig, RefineConfig, load_config
 from .device import resolve_device
 from .errors import ConfigError
@@ -148,7 +150,6 @@ def limit_process(refine_cfg: RefineConfig) -> dict[str, int]:
     `refine.worker_nice` is added to the niceness (a process can only lower its own priority);
     `refine.worker_threads` > 0 bounds torch's and OpenCV's thread pools.
     """
-    import cv2
     import torch
 
     nice = os.nice(refine_cfg.worker_nice) if refine_cfg.worker_nice > 0 else os.nice(0)

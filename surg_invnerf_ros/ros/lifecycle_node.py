@@ -119,7 +119,7 @@ def main(args: list[str] | None = None) -> int:
                 raise
         return node
 
-    return run_node(build, argv, threads=4, close=lambda node: node.close(),
+    return run_node(build, argv, threads=1, close=lambda node: node.close(),
                     error_prefix=f"{NODE_NAME}: refusing to start", user_errors=(ConfigError,))
 
 

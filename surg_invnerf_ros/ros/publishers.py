@@ -121,6 +121,10 @@ class TrackPublishers:
         """True when the next ~/cloud may go out (so the front end computes a dense depth map)."""
         return self.cloud is not None and time.monotonic() - self._last_cloud_s >= 1.0 / self.cfg.cloud_rate_hz
 
+    def claim_cloud(self) -> None:
+        """The next ~/cloud is being made elsewhere: `cloud_due` is false for 1/cloud_rate_hz from now."""
+        self._last_cloud_s = time.monotonic()
+
     def cloud_from_depth(self, depth_m: np.ndarray | None, left_rgb_u8: np.ndarray, K: np.ndarray,
                          hdr: Header, force: bool = False) -> bool:
         """~/cloud from a depth map, at most `cloud_rate_hz` unless forced (a model render); True if sent."""

@@ -2,11 +2,12 @@
 
 DESIGN §5 lists its topics. The node is thin (STYLE §6):
 - input callbacks (one MutuallyExclusive group) only stamp a message, push it into the stereo
-  synchroniser and, for a complete set, into a bounded frame queue; a guard condition wakes
-- the front-end callback (its own group), which converts, runs `OnlineTracker.push_frame`
-  (milliseconds) and publishes tracked points, markers, TF, overlay and cloud for that frame;
-- a timer in the same group polls the refinement worker and publishes refined tracks: they go out
-  again on ~/tracked_points (and /tf) with their frame's original stamp and refined = 1;
+  synchroniser and, for a complete set, into a bounded frame queue, and wake
+- the front-end thread (outside the executor, so the executor's overhead never delays a frame),
+  which converts, runs `OnlineTracker.push_frame` (milliseconds) and publishes tracked points,
+  markers, TF, overlay and cloud for that frame; between frames, every 1/publish.poll_rate_hz, it
+  polls the refinement worker and publishes refined tracks: they go out again on ~/tracked_points
+  (and /tf) with their frame's original stamp and refined = 1;
 - a timer in the input group times out unpaired images; one in a third group publishes /diagnostics;
 - services ~/clear and ~/reset sit in a fourth group;
 - `~/queries` (PolygonStamped, reliable and transient local, depth 100: a polygon published before the
@@ -113,6 +114,48 @@ def query_point_refusals(uv_px: np.ndarray, image_size: tuple[int, int] | None,
     return keep, {k: n for k, n in refused.items() if n}
 
 
+class LatestItemThread:
+    """A thread that runs `fn(item)` on the newest item handed to `submit`; an item still waiting when
+    a newer one comes is replaced (counted in `replaced`). For work that must not hold up the frame
+    that asked for it (the dense depth of ~/cloud)."""
+
+    def __init__(self, fn: Callable[[Any], None], name: str, on_error: Callable[[Exception], None]) -> None:
+        self._fn, self._on_error = fn, on_error
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._stop = False
+        self.replaced = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.replaced += 1
+            self._item = item
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._item is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                item, self._item = self._item, None
+            try:
+                self._fn(item)
+            except Exception as err:  # a failed cloud must not end the thread
+                self._on_error(err)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout_s)
+
+
 class TrackerNode(Node):
     """Stereo images in; tracked points, markers, cloud, overlay, TF and diagnostics out.
 
@@ -215,6 +258,7 @@ class TrackerNode(Node):
             self._active_entities.append(self._kin_sub)
         self._release(self._active_entities)
         self._kin_sub = self._kin_timer = None
+        self._stop_frontend()
         if self.tracker is not None:
             self.tracker.pause()
         with self._frames_lock:
@@ -245,6 +289,12 @@ class TrackerNode(Node):
         self._decode: Callable[[Image], np.ndarray] = compat.image_decoder(self.backends.image)
         self._frames: deque[StereoSet] = deque()
         self._frames_lock = threading.Lock()
+        self._frames_ready = threading.Condition(self._frames_lock)
+        self._frontend_lock = threading.Lock()  # held by the front-end thread while it handles a frame or a poll
+        self._frontend_thread: threading.Thread | None = None
+        self._cloud_thread: LatestItemThread | None = None
+        self._frontend_stop = threading.Event()
+        self._refine_busy = False
         self._last_enqueued_ns: int | None = None
         self._calib_key: tuple | None = None
         self._calib: StereoCalib | None = None
@@ -254,7 +304,6 @@ class TrackerNode(Node):
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
 
         self._cb_inputs = MutuallyExclusiveCallbackGroup()
-        self._cb_frontend = MutuallyExclusiveCallbackGroup()
         self._cb_timers = MutuallyExclusiveCallbackGroup()
         self._cb_services = MutuallyExclusiveCallbackGroup()
 
@@ -279,8 +328,8 @@ class TrackerNode(Node):
         self._setup_kinematics()
 
     def _setup_inputs(self) -> None:
-        """The four stereo subscriptions (or message_filters), the front-end wake-up, poll and flush timers,
-        and the pose subscription.
+        """The four stereo subscriptions (or message_filters), the sync flush timer, the pose subscription
+        and the front-end thread.
 
         Raises:
             ConfigError: a QoS override that rclpy refuses, named by its topic.
@@ -301,12 +350,12 @@ class TrackerNode(Node):
                         callback_group=self._cb_inputs, qos_overriding_options=overrides))
                 except (RuntimeError, ValueError, TypeError) as err:  # rclpy's QoS override checks
                     raise ConfigError(f"qos_overrides.{self.resolve_topic_name(topic)}.subscription: {err}") from None
-        self._wake_frontend = self.create_guard_condition(self._drain_frames, callback_group=self._cb_frontend)
-        self._refine_busy = False
-        self.create_timer(1.0 / self.cfg.publish.poll_rate_hz, self._poll_refined, callback_group=self._cb_frontend,
-                          clock=self._steady)
         self.create_timer(0.1, self._flush_sync, callback_group=self._cb_inputs, clock=self._steady)
         self._start_kinematics()
+        self._frontend_stop.clear()
+        self._cloud_thread = LatestItemThread(self._publish_dense_cloud, "cloud", self._on_cloud_error)
+        self._frontend_thread = threading.Thread(target=self._frontend_loop, name="frontend", daemon=True)
+        self._frontend_thread.start()
 
     def _setup_kinematics(self) -> None:
         """The pose buffer and its counters (the subscription comes with `_start_kinematics`)."""
@@ -391,7 +440,7 @@ class TrackerNode(Node):
             if len(self._frames) > self.cfg.sync.frame_queue_size:
                 self._frames.popleft()
                 self.stats.count_drop("frontend_busy")
-        self._wake_frontend.trigger()
+            self._frames_ready.notify()
 
     def _subscribe_kinematics(self) -> bool:
         """Subscribe `ecm/measured_cp` with its advertised (or the configured) type; False: not yet."""
@@ -523,21 +572,60 @@ class TrackerNode(Node):
 
     # ------------------------------------------------------------------ front end
 
-    def _drain_frames(self) -> None:
-        while True:
-            with self._frames_lock:
+    def _frontend_loop(self) -> None:
+        """The front-end thread: every queued frame in order, and the refined results every
+        1/publish.poll_rate_hz, one at a time (a refined result re-anchors the front end). It runs
+        outside the executor, so the executor's own overhead never delays a frame."""
+        period_s = 1.0 / self.cfg.publish.poll_rate_hz
+        next_poll = time.monotonic() + period_s
+        stop = self._frontend_stop
+        while not stop.is_set():
+            with self._frames_ready:
                 if not self._frames:
-                    return
-                s = self._frames.popleft()
-            try:
-                self._process(s)
-            except InputError as err:
-                self.stats.count_drop(err.reason)
-                self._warn(f"stereo frame {s.stamp_ns}: dropped: {err}")
-            except Exception as err:  # e.g. an OpenCV error on odd data: count it, keep running
-                self.stats.count_drop("internal_error")
-                self.get_logger().error(f"stereo frame {s.stamp_ns}: {type(err).__name__}: {err}",
-                                        throttle_duration_sec=WARN_THROTTLE_S)
+                    self._frames_ready.wait(timeout=max(0.0, next_poll - time.monotonic()))
+            if stop.is_set():
+                return
+            with self._frontend_lock:
+                self._process_next()
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + period_s
+                    try:
+                        self._poll_refined()
+                    except Exception as err:  # publishing refined results must not end the front end
+                        self.stats.count_drop("internal_error")
+                        self.get_logger().error(f"refined results: {type(err).__name__}: {err}",
+                                                throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _stop_frontend(self, timeout_s: float = 5.0) -> None:
+        """End the front-end thread (after the frame it is on) and the cloud thread."""
+        if self._cloud_thread is not None:
+            self._cloud_thread.stop(timeout_s)
+            self._cloud_thread = None
+        thread = self._frontend_thread
+        if thread is None:
+            return
+        self._frontend_stop.set()
+        with self._frames_ready:
+            self._frames_ready.notify_all()
+        if thread is not threading.current_thread():
+            thread.join(timeout=timeout_s)
+        self._frontend_thread = None
+
+    def _process_next(self) -> None:
+        """Track and publish the oldest queued frame, if any; a bad one is dropped and counted."""
+        with self._frames_lock:
+            if not self._frames:
+                return
+            s = self._frames.popleft()
+        try:
+            self._process(s)
+        except InputError as err:
+            self.stats.count_drop(err.reason)
+            self._warn(f"stereo frame {s.stamp_ns}: dropped: {err}")
+        except Exception as err:  # e.g. an OpenCV error on odd data: count it, keep running
+            self.stats.count_drop("internal_error")
+            self.get_logger().error(f"stereo frame {s.stamp_ns}: {type(err).__name__}: {err}",
+                                    throttle_duration_sec=WARN_THROTTLE_S)
 
     def _calib_for(self, info_l: CameraInfo, info_r: CameraInfo) -> StereoCalib:
         # every field the codec checks, so a camera_info it would refuse never reuses the cached calibration
@@ -560,22 +648,35 @@ class TrackerNode(Node):
         self._frame_ids = (left_frame, right_frame)
         self._publish_static(calib, left_frame, right_frame, s.stamp_ns)
         T_world_cam = self._pose_at(s.stamp_ns)
-        ft = self._tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam),
-                                      dense_depth=self.pubs.cloud_due())
+        ft = self._tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam))
         hdr = convert.header(s.stamp_ns, left_frame)
         self.pubs.tracks(ft, hdr)
         self._send_tf(ft, left_frame, T_world_cam)
         self.pubs.overlay_image(left, ft, hdr)
-        self.pubs.cloud_from_depth(ft.depth_m, left, calib.K, hdr)
+        if ft.depth_m is not None:  # computed anyway this frame (a new query's disparity, or sgbm point depth)
+            self.pubs.cloud_from_depth(ft.depth_m, left, calib.K, hdr)
+        elif self.pubs.cloud_due() and self._cloud_thread is not None:
+            self.pubs.claim_cloud()
+            self._cloud_thread.submit((left, right, calib, hdr))  # dense stereo off the per-frame path
         latency_s = (self.get_clock().now().nanoseconds - s.stamp_ns) * 1e-9
         self.stats.record_frame(latency_s, s.skew_ns * 1e-9)
+
+    def _publish_dense_cloud(self, item: tuple[np.ndarray, np.ndarray, StereoCalib, Any]) -> None:
+        """Cloud thread: the front end's dense stereo depth of one frame → ~/cloud (with that frame's stamp)."""
+        left, right, calib, hdr = item
+        depth_m = np.asarray(self._tracker.frontend.depth_m(left, right, calib), np.float32)
+        self.pubs.cloud_from_depth(depth_m, left, calib.K, hdr, force=True)
+
+    def _on_cloud_error(self, err: Exception) -> None:
+        self.stats.count_drop("cloud_error")
+        self.get_logger().error(f"~/cloud: {type(err).__name__}: {err}", throttle_duration_sec=WARN_THROTTLE_S)
 
     def _pose_at(self, stamp_ns: int) -> np.ndarray | None:
         """T_world_cam (4, 4) at an image stamp, or None: the frame then runs without kinematics.
 
         The buffer never extrapolates, so when poses are flowing but the newest is still older than
         the frame, the frame is held up to `kinematics.wait_s` for the next one (the pose callback
-        runs in another group). Missing and stale lookups are counted by the buffer.
+        runs in the executor, not in this thread). Missing and stale lookups are counted by the buffer.
         """
         kin, kc = self.kin, self.cfg.kinematics
         if kin is None:
@@ -671,14 +772,16 @@ class TrackerNode(Node):
         self._diag_pub.publish(msg)
 
     def close(self) -> None:
-        """Stop the refinement worker and its process (call before destroy_node)."""
+        """Stop the front-end thread, then the refinement worker and its process (call before destroy_node)."""
+        if getattr(self, "_frontend_thread", None) is not None:
+            self._stop_frontend()
         if self.tracker is not None:
             self.tracker.close()
 
 
 def main(args: list[str] | None = None) -> int:
     """Console script `track_node`: spin the tracker until Ctrl-C or SIGTERM; 2 on a bad parameter."""
-    return run_node(TrackerNode, args, threads=4, close=lambda node: node.close(),
+    return run_node(TrackerNode, args, threads=1, close=lambda node: node.close(),
                     error_prefix=f"{NODE_NAME}: refusing to start", user_errors=(ConfigError,))
 
 

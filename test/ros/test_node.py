@@ -207,11 +207,12 @@ class TestQueues:
 
         h = Harness(ctx, {"sync.frame_queue_size": 2})
         try:
-            for k in range(5):  # nobody drains between these: the front end is "busy"
-                h.node._enqueue(StereoSet(T0_NS + k, None, None, None, None, 0))
-            assert len(h.node._frames) == 2 and [s.stamp_ns for s in h.node._frames] == [T0_NS + 3, T0_NS + 4]
-            assert h.node.stats.drops["frontend_busy"] == 3
-            h.node._frames.clear()
+            with h.node._frontend_lock:  # the front-end thread is "busy" on a frame: nobody drains
+                for k in range(5):
+                    h.node._enqueue(StereoSet(T0_NS + k, None, None, None, None, 0))
+                assert len(h.node._frames) == 2 and [s.stamp_ns for s in h.node._frames] == [T0_NS + 3, T0_NS + 4]
+                assert h.node.stats.drops["frontend_busy"] == 3
+                h.node._frames.clear()
         finally:
             h.close()
 

@@ -60,7 +60,9 @@ class Harness:
                  **node_kwargs: Any) -> None:
         """`node_cls`: TrackerNode, or the managed variant (then unconfigured until the test moves it)."""
         self.ctx = ctx
-        base = {"refine.enabled": False, "publish.diagnostics_rate_hz": 10.0, "publish.cloud_rate_hz": 100.0}
+        # tests publish in bursts, faster than the front end: a deeper frame queue than the default keeps every frame
+        base = {"refine.enabled": False, "publish.diagnostics_rate_hz": 10.0, "publish.cloud_rate_hz": 100.0,
+                "sync.frame_queue_size": 10}
         base.update(overrides or {})
         self.node = node_cls(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in base.items()],
                              **node_kwargs)
