@@ -15,7 +15,7 @@ $(STAMP): setup.py setup.cfg package.xml Makefile interfaces/tf2_msgs_pywheels/p
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[pywheels,test]"
+	$(PY) -m pip install -q -e ".[pywheels,test,ray]"
 	$(PY) -m pip install -q ./interfaces/tf2_msgs_pywheels || echo "WARN: tf2_msgs not built; /tf and /tf_static disabled"
 	@touch $(STAMP)
 
@@ -34,9 +34,9 @@ fuzz: $(STAMP)
 	FUZZ_MESSAGES=$${FUZZ_MESSAGES:-100000} $(PY) -m pytest -q -s --timeout 3600 test/ros/test_fuzz.py
 
 # The node for 30 minutes at 30 Hz with refinement on: RSS growth, live-error stability, drops, latency
-# (out/soak/soak.md and soak.png; SOAK_ARGS passes options, e.g. SOAK_ARGS="--duration-s 600").
+# (out/soak/soak.md and soak.png, copied to docs/bench; SOAK_ARGS passes options, e.g. SOAK_ARGS="--duration-s 600").
 soak: $(STAMP)
-	$(VENV)/bin/surg-invnerf soak --out out/soak $(SOAK_ARGS)
+	$(VENV)/bin/surg-invnerf soak --out out/soak --docs docs/bench $(SOAK_ARGS)
 
 # ruff (style, bugs, imports) and pyright (types) over the package.
 lint: $(STAMP)

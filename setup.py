@@ -44,6 +44,8 @@ setup(
     extras_require={
         "pywheels": PYWHEELS,
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "pyright[nodejs]", "beartype"],
+        # batches of clips on a Ray cluster (stir-bench --backend ray)
+        "ray": ["ray>=2.9"],
     },
     zip_safe=True,
     maintainer="surg_invnerf_ros developers",

@@ -250,6 +250,7 @@ class OnlineTracker:
         self._last_calib: StereoCalib | None = None
         self._keyframes: deque[_KeyFrame] = deque(maxlen=self.refine_cfg.window_frames)
         self._kf_since_fit = 0
+        self._keyframes_total = 0  # keyframes ever taken (the denominator of refined coverage)
         self._history: OrderedDict[int, FrameTracks] = OrderedDict()
         self._results: deque[tuple[int, RefineJob, RefineOutput]] = deque(maxlen=4)
         self._generation = 0
@@ -513,6 +514,7 @@ class OnlineTracker:
             if self.refiner is not None and self._frame_index % self.refine_cfg.keyframe_every == 0:
                 self._keyframes.append(_KeyFrame(self._frame_index, frame, self._ids.copy(), self._uv.copy(),
                                                  self._visible.copy()))
+                self._keyframes_total += 1
                 self._kf_since_fit += 1
                 self._wake.notify()
             return result
@@ -695,6 +697,9 @@ class OnlineTracker:
                     self._model["fits"] = int(self._model.get("fits", 0)) + 1
                     self._model.update({k: v for k, v in res.stats.items()}, state="idle", error="",
                                        window_frames=int(job.seq.num_frames))
+                    steps, fit_s = res.stats.get("steps"), res.stats.get("fit_s")
+                    if isinstance(steps, (int, float)) and isinstance(fit_s, (int, float)) and fit_s > 0:
+                        self._model["steps_per_s"] = float(steps) / float(fit_s)
 
     def _recover(self, err: WorkerDied) -> bool:
         """The refine process died: count it, wait the back-off, restart it. False: closing or given up.
@@ -773,8 +778,8 @@ class OnlineTracker:
         """Model state and buffer depths, for /diagnostics."""
         with self._lock:
             out = dict(self._model)
-            out.update(keyframes=len(self._keyframes), history=len(self._history), queries=len(self._ids),
-                       results_waiting=len(self._results))
+            out.update(keyframes=len(self._keyframes), keyframes_total=self._keyframes_total,
+                       history=len(self._history), queries=len(self._ids), results_waiting=len(self._results))
             return out
 
     @property

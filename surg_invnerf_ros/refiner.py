@@ -14,6 +14,7 @@ fresh child (the warm-start state is lost).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -144,6 +145,17 @@ class InvNeRFRefiner:
 _AUTHKEY_ENV = "SURG_INVNERF_REFINE_AUTHKEY"
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc `malloc_trim`; nothing elsewhere).
+
+    A fit allocates and frees hundreds of megabytes in blocks of varying size; glibc keeps the freed
+    ones, fragmented: without it the refine process sat 200 MB higher and crept up over a soak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def limit_process(refine_cfg: RefineConfig) -> dict[str, int]:
     """Lower this (refine) process's priority and bound its threads; the limits now in force.
 
@@ -226,6 +238,7 @@ def _refine_process_main(conn: Any) -> None:
             return
         state = out.state
         conn.send(("result", out.tracks, out.stats, out.depth_m))
+        release_free_memory()
 
 
 class ProcessRefiner:

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..batch import Task, run_batch
 from ..config import BenchConfig, FrontendConfig, SynthConfig, to_dict
 from ..config.synth import Difficulty
 from ..errors import ConfigError
@@ -269,20 +270,19 @@ def run_bench(
         gt = read_tracks(seq_dir / "gt" / "tracks.npz")
         query_frames = query_frames_from(gt, seq.queries)
         tracks_by_method: dict[str, Tracks] = {}
-        for method in methods:
-            t0 = time.perf_counter()
-            try:
-                tracks = table[method](seq)
-            except Exception as err:  # one broken method must not hide the others' results
-                if not cfg.keep_going:
-                    raise
-                log.exception("%s on %s failed", method, spec.name)
-                errors[f"{spec.name}/{method}"] = f"{type(err).__name__}: {err}"
-                rows.append(metrics_row(method, {}, sequence=spec.name, error=type(err).__name__))
+        # one batch job per method; a broken method must not hide the others' results
+        tasks = [Task(f"{spec.name}/{m}", table[m], (seq,)) for m in methods]
+        for method, res in zip(methods, run_batch(tasks, "local")):
+            if not res.ok:
+                if not cfg.keep_going and res.exception is not None:
+                    raise res.exception
+                log.error("%s on %s failed:\n%s", method, spec.name, res.detail)
+                errors[res.name] = res.error
+                rows.append(metrics_row(method, {}, sequence=spec.name, error=res.error.split(":")[0]))
                 if progress is not None:
                     progress(1)
                 continue
-            elapsed_s = time.perf_counter() - t0
+            tracks, elapsed_s = res.value, res.seconds
             timings[method][spec.name] = elapsed_s
             metrics = compute_metrics(tracks, gt, query_frames)
             rows.append(metrics_row(method, metrics, sequence=spec.name, time_s=elapsed_s,

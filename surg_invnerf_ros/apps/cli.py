@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -19,14 +20,25 @@ from typing import Sequence as Seq
 
 from tqdm import tqdm
 
-from ..config import FitConfig, FrontendConfig, KinematicsConfig, SoakConfig, SynthConfig, field_meta, load_fit_and_frontend
+from ..config import (
+    FitConfig,
+    FrontendConfig,
+    KinematicsConfig,
+    SoakConfig,
+    StirBenchConfig,
+    SynthConfig,
+    TapVidConfig,
+    field_meta,
+    load_fit_and_frontend,
+)
 from ..errors import ConfigError, InputError
-from ..eval.metrics import evaluate_files
-from ..eval.report import format_table, json_safe, metrics_row
+from ..eval.evaluate import evaluate_files
+from ..eval.report import format_stir_scores, format_table, json_safe, metrics_row
+from ..eval.stir import read_stir_end
 from ..io.kinematics import read_hand_eye
 from ..io.scared import scared_to_sequence
 from ..io.sequence import read_sequence
-from ..io.stir import stir_clip_to_sequence
+from ..io.stir import GT_END_FILE, stir_clip_to_sequence
 from ..io.trackfile import export_csv, export_stir_json, write_tracks
 from ..ros.kinematics import camera_poses_at
 from ..structs import Sequence
@@ -171,17 +183,28 @@ def cmd_track(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({tracks.num_points} points x {tracks.num_frames} frames, method {args.method})")
     if args.csv:
         print(f"wrote {export_csv(tracks, args.csv)}")
-    if args.stir_json:
-        print(f"wrote {export_stir_json(tracks, args.stir_json, clip=seq.name)}")
+    if args.stir_json:  # keyed as the clip's STIR labels are, when it was imported with them
+        labels = Path(args.seq) / GT_END_FILE
+        clip = read_stir_end(labels).clip if labels.is_file() else seq.name
+        print(f"wrote {export_stir_json(tracks, args.stir_json, clip=clip)}")
     return 0
 
 
+def tapvid_config(args: argparse.Namespace) -> TapVidConfig:
+    """The TAP-Vid options of `eval` (`--tapvid-size`, `--never-visible`, ...) as a TapVidConfig."""
+    return TapVidConfig(**{f.name: getattr(args, f"tapvid_{f.name}") for f in fields(TapVidConfig)
+                           if hasattr(args, f"tapvid_{f.name}")})
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    metrics = evaluate_files(args.seq, args.pred)
+    metrics = evaluate_files(args.seq, args.pred, tapvid_config(args))
     if args.json:
         print(json.dumps(json_safe(metrics), sort_keys=True))
-    else:
+        return 0
+    if "num_points" in metrics:  # dense ground truth
         print(format_table([metrics_row(Path(args.pred).stem, metrics)]))
+    if "stir_points_2d" in metrics:  # STIR labels
+        print(format_stir_scores(metrics))
     return 0
 
 
@@ -234,6 +257,11 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
         result = run_soak(cfg, args.out, progress=progress)
     print((Path(args.out) / "soak.md").read_text())
+    if args.docs is not None:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        for name in ("soak.md", "soak.png"):
+            shutil.copyfile(Path(args.out) / name, args.docs / name)
+        print(f"copied soak.md and soak.png to {args.docs}")
     if not result["verdict"]["passed"]:
         failed = [k for k, c in result["verdict"]["checks"].items() if not c["ok"]]
         print(f"soak: over the limit: {', '.join(failed)} (see {Path(args.out) / 'soak.md'})", file=sys.stderr)
@@ -249,11 +277,31 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stir_bench(args: argparse.Namespace) -> int:
+    from .stir_bench import run_stir_bench
+
+    fit_cfg, frontend_cfg = load_run_configs(args)
+    values = {f.name: getattr(args, f"sb_{f.name}") for f in fields(StirBenchConfig) if hasattr(args, f"sb_{f.name}")}
+    if "methods" in values:
+        values["methods"] = tuple(values["methods"])
+    cfg = StirBenchConfig(**values)
+    with _bar("stir-bench", unit="clip") as update:
+        def progress(res: Any) -> None:
+            update(1)
+            if not res.ok:
+                print(f"stir-bench: {res.name}: failed: {res.error}", file=sys.stderr)
+
+        result = run_stir_bench(args.clips_dir, args.out, cfg, fit_cfg, frontend_cfg, progress=progress)
+    print((Path(args.out) / "stir_bench.md").read_text())
+    return 1 if result["failures"] else 0
+
+
 def cmd_stir_import(args: argparse.Namespace) -> int:
     with _bar("stir-import", unit="frame") as update:
         out = stir_clip_to_sequence(args.clip_dir, args.out, max_frames=args.max_frames, progress=update,
                                     start_json=args.start_json, end_json=args.end_json,
-                                    end_json_3d=args.end_json_3d, clip=args.clip)
+                                    end_json_3d=args.end_json_3d, start_json_3d=args.start_json_3d, clip=args.clip,
+                                    seq=args.seq)
     print(f"wrote {out}")
     return 0
 
@@ -318,10 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit_args(t)
     t.set_defaults(func=cmd_track)
 
-    e = sub.add_parser("eval", help="score a track file against SEQ/gt/tracks.npz")
+    e = sub.add_parser("eval", help="score a track file against SEQ/gt/tracks.npz and/or STIR labels (gt/stir_end.json)")
     e.add_argument("seq", type=Path)
     e.add_argument("--pred", type=Path, required=True)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    for f in fields(TapVidConfig):
+        flag = "--tapvid-size" if f.name == "size" else "--" + f.name.replace("_", "-")
+        config_option(e, flag, TapVidConfig, f.name, dest=f"tapvid_{f.name}")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("recon", help="fit the model and export depth maps and coloured point clouds (PLY)")
@@ -349,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     so = sub.add_parser("soak", help="run the node for a long time (default 30 min) and check memory, error and drops")
     so.add_argument("--out", type=Path, default=Path("out/soak"))
+    so.add_argument("--docs", type=Path, default=None, help="also copy soak.md and soak.png into this folder")
     for f in fields(SoakConfig):
         config_option(so, "--" + f.name.replace("_", "-"), SoakConfig, f.name)
     so.set_defaults(func=cmd_soak)
@@ -368,8 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--start-json", type=Path, help="2D start labels (IR tattoo centres) → queries")
     si.add_argument("--end-json", type=Path, help="2D end labels → gt/stir_end.json for scoring")
     si.add_argument("--end-json-3d", type=Path, help="3D end labels (mm) → gt/stir_end.json")
+    si.add_argument("--start-json-3d", type=Path, help="3D start labels (mm) → the 3D zero-motion control")
     si.add_argument("--clip", help="label key to use when the JSON holds several clips")
+    si.add_argument("--seq", help="sequence sub-folder (e.g. seq01) when left/ holds several")
     si.set_defaults(func=cmd_stir_import)
+
+    sb = sub.add_parser("stir-bench", help="import, track and score every STIR clip of a folder (pooled as STIR does)")
+    sb.add_argument("clips_dir", type=Path)
+    sb.add_argument("--out", type=Path, required=True)
+    for f in fields(StirBenchConfig):
+        kwargs: dict[str, Any] = {"nargs": "+"} if f.name == "methods" else {}
+        config_option(sb, "--" + f.name.replace("_", "-"), StirBenchConfig, f.name, dest=f"sb_{f.name}", **kwargs)
+    fit_args(sb)
+    sb.set_defaults(func=cmd_stir_bench)
 
     sc = sub.add_parser("scared-import", help="turn a SCARED keyframe (stacked rgb.mp4 + frame_data/) into a sequence")
     sc.add_argument("data_dir", type=Path)

@@ -128,6 +128,7 @@ def plot_soak(result: Mapping[str, Any], path: str | Path) -> Path:
     ax1.legend(loc="center right", fontsize=8)
     ax1.set_title(f"Soak {run['width']}×{run['height']} @ {run['rate_hz']:.0f} Hz, refinement "
                   f"{'on' if run['refine'] else 'off'}")
+    err = err[(err[:, 0] >= 0) & (err[:, 0] + 60.0 <= run["duration_s"] + 1.0)]  # whole minutes of the run only
     if len(err):
         ax2.plot((err[:, 0] + 30.0) / 60.0, err[:, 1], marker="o", ms=3, color="tab:green", label="median per minute")
     ax2.axvspan(cfg["warmup_s"] / 60.0, (cfg["warmup_s"] + cfg["window_s"]) / 60.0, color="0.9", zorder=0)

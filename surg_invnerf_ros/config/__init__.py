@@ -18,7 +18,8 @@ from .base import (
     read_yaml_mapping,
     to_dict,
 )
-from .bench import BenchConfig, SoakConfig
+from .bench import BenchConfig, SoakConfig, StirBenchConfig
+from .evaluation import TapVidConfig
 from .fit import FitConfig, LossConfig, OptimConfig, SamplerConfig, load_fit_and_frontend
 from .frontend import FlowConfig, FrontendConfig, LKConfig, MaskConfig, StereoConfig
 from .kinematics import KinematicsConfig
@@ -30,8 +31,8 @@ from .synth import SynthConfig
 __all__ = [
     "BagPlayerConfig", "BenchConfig", "CanonicalConfig", "CouplingConfig", "FieldMeta", "FitConfig", "FlowConfig",
     "FrontendConfig", "HexPlaneConfig", "KinematicsConfig", "LKConfig", "LossConfig", "MaskConfig", "NodeConfig",
-    "OnlineConfig", "OptimConfig", "PublishConfig", "QueryConfig", "RefineConfig", "RenderConfig", "SamplerConfig", "SoakConfig",
-    "StereoConfig", "SyncConfig", "SynthConfig", "SyntheticSourceConfig", "apply_overrides", "check_fields",
-    "field_docs", "field_meta", "from_dict", "load_config", "load_fit_and_frontend", "nested", "option",
-    "read_yaml_mapping", "to_dict",
+    "OnlineConfig", "OptimConfig", "PublishConfig", "QueryConfig", "RefineConfig", "RenderConfig", "SamplerConfig",
+    "SoakConfig", "StereoConfig", "StirBenchConfig", "SyncConfig", "SynthConfig", "SyntheticSourceConfig",
+    "TapVidConfig", "apply_overrides", "check_fields", "field_docs", "field_meta", "from_dict", "load_config",
+    "load_fit_and_frontend", "nested", "option", "read_yaml_mapping", "to_dict",
 ]

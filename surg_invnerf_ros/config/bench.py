@@ -76,3 +76,29 @@ class SoakConfig:
                               f"({self.warmup_s + 2 * self.window_s:g} s), got {self.duration_s:g}")
         if self.rss_span_s > self.duration_s:
             raise ConfigError(f"soak.rss_span_s: expected <= duration_s ({self.duration_s:g}), got {self.rss_span_s:g}")
+
+
+@dataclass(frozen=True)
+class StirBenchConfig:
+    """`surg-invnerf stir-bench`: every STIR clip of a folder imported, tracked by each method, scored
+    per clip and pooled over clips (as STIRMetrics pools), as a batch on this machine or on Ray."""
+
+    methods: tuple[str, ...] = option(("invnerf", "lk"), "Methods to run on every clip.")
+    backend: Literal["local", "ray"] = option(
+        "local", "local: one clip after the other in this process; ray: one Ray task per clip.")
+    ray_address: str = option("", "Ray cluster to join (e.g. auto, or ray://head:10001); empty starts a local Ray.")
+    ray_num_cpus: int = option(0, "CPUs of the local Ray (0: all of this machine's).", lo=0)
+    cpus_per_clip: float = option(1.0, "CPUs each clip's Ray task asks for.", lo=0.0)
+    gpus_per_clip: float = option(0.0, "GPUs each clip's Ray task asks for (e.g. 1 with device cuda).", lo=0.0)
+    start_json: str = option("", "2D start labels of all clips; empty: CLIPS_DIR/start.json if present, else "
+                             "each clip's segmentation/icgstartseg.png.")
+    end_json: str = option("", "2D end labels; empty: CLIPS_DIR/end.json if present, else icgendseg.png.")
+    start_json_3d: str = option("", "3D start labels (mm); empty: CLIPS_DIR/start_3d.json if present.")
+    end_json_3d: str = option("", "3D end labels (mm); empty: CLIPS_DIR/end_3d.json if present.")
+    max_frames: int = option(0, "Keep only the first frames of each clip (0: all; end labels then do not apply).",
+                             lo=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "stir_bench.")
+        if not self.methods:
+            raise ConfigError("stir_bench.methods: expected at least one method")

@@ -12,6 +12,10 @@ Conventions:
   ground truth (a false "visible" there is a false positive).
 - TAP-Vid thresholds {1, 2, 4, 8, 16} px count a point as within when its error is strictly
   below the threshold, as TAP-Vid's own evaluation does.
+- `TapVidConfig` picks the rest, by default as TAP-Vid's evaluation: the query frame is the first
+  visible one, a never-visible track is dropped, a NaN position predicted visible is a wrong visible
+  prediction; δ, OA and AJ at the native resolution unless `size` (TAP-Vid publishes at 256×256).
+  The other choices (`keep`, `queries`, `occluded`) were this project's earlier behaviour.
 - STIR (STIRMetrics): at the end frame only, each *predicted* point is scored against the
   *nearest* ground-truth end point, whatever its id, with thresholds inclusive (error <= thr):
   2D {4, 8, 16, 32, 64} px, 3D {2, 4, 8, 16, 32} mm. That is how STIR's labels work (end-frame
@@ -25,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import KDTree
 
+from ..config import TapVidConfig
 from ..errors import InputError
 from ..io.csvtable import read_csv_table
-from ..io.trackfile import read_tracks
 from ..structs import Queries, Tracks
 
 TAPVID_THRESHOLDS_PX = (1, 2, 4, 8, 16)
@@ -148,14 +152,18 @@ def _frame_metrics(err_px: np.ndarray, pred_vis: np.ndarray, gt_vis: np.ndarray,
     return out
 
 
-def compute_metrics(pred: Tracks, gt: Tracks, query_frames: np.ndarray | None = None) -> dict[str, float]:
+def compute_metrics(pred: Tracks, gt: Tracks, query_frames: np.ndarray | None = None,
+                    tapvid: TapVidConfig | None = None, image_size: tuple[int, int] | None = None) -> dict[str, float]:
     """All DESIGN §4 metrics of `pred` against ground truth `gt`, at all frames and at the end frame.
 
     Args:
         pred: predicted tracks; matched to `gt` by id, extra ids are ignored. Same frame count.
         gt: ground truth; `uv` px, `visible`, `xyz` metres (left optical frame of frame t).
-        query_frames: (N,) query frame of each ground-truth point in `gt.ids` order; None takes the
-            first frame where the ground truth is visible. Frames up to and including it are skipped.
+        query_frames: (N,) query frame of each ground-truth point in `gt.ids` order, used with
+            `tapvid.query_frame = queries`; None (or the default `first_visible`) takes the first
+            frame where the ground truth is visible. Frames up to and including it are skipped.
+        tapvid: TAP-Vid semantics (default `TapVidConfig()`: TAP-Vid's own).
+        image_size: (W, H) of the sequence; needed for `tapvid.size`.
 
     Returns:
         Floats (NaN where nothing could be evaluated):
@@ -167,26 +175,38 @@ def compute_metrics(pred: Tracks, gt: Tracks, query_frames: np.ndarray | None = 
         `stir_delta2d`, `stir_delta3d` and per threshold `stir_delta2d_4` … `stir_delta3d_32`.
         `num_points`, `num_frames`.
     """
+    tapvid = tapvid or TapVidConfig()
     T, N = gt.visible.shape
     uv, pred_vis, xyz = match_by_id(pred, gt)
     gt_vis = gt.visible.astype(bool)
 
     err_px = np.linalg.norm(uv - gt.uv.astype(np.float64), axis=-1)  # (T, N)
     err_px = np.where(np.isfinite(err_px), err_px, np.inf)  # missing id or NaN: a failure
-    pred_vis = pred_vis & np.isfinite(uv).all(axis=-1)
+    if tapvid.nan_visible == "occluded":
+        pred_vis = pred_vis & np.isfinite(uv).all(axis=-1)
+    err_tapvid = err_px
+    if tapvid.size:
+        if image_size is None:
+            raise InputError("tapvid.size: needs the sequence's image size", "bad_argument")
+        scale = np.array([tapvid.size / image_size[0], tapvid.size / image_size[1]])
+        err_tapvid = np.linalg.norm((uv - gt.uv.astype(np.float64)) * scale, axis=-1)
+        err_tapvid = np.where(np.isfinite(err_tapvid), err_tapvid, np.inf)
 
-    if query_frames is None:
-        query_frames = query_frames_from(gt)
-    query_frames = np.asarray(query_frames, dtype=np.int64).reshape(-1)
-    if query_frames.shape[0] != N:
-        raise InputError(f"query_frames: expected {N} entries (one per ground-truth id), got {query_frames.shape[0]}",
+    given = query_frames_from(gt) if query_frames is None else np.asarray(query_frames, dtype=np.int64).reshape(-1)
+    if given.shape[0] != N:
+        raise InputError(f"query_frames: expected {N} entries (one per ground-truth id), got {given.shape[0]}",
                          "bad_queries")
+    query_frames = query_frames_from(gt) if tapvid.query_frame == "first_visible" else given
     evaluated = np.arange(T)[:, None] > query_frames[None, :]  # (T, N) query-first
+    if tapvid.never_visible == "drop":
+        evaluated &= np.asarray(gt_vis.any(axis=0))[None, :]
     vis_eval = gt_vis & evaluated
 
     out: dict[str, float] = {"num_points": float(N), "num_frames": float(T)}
-    out.update(_frame_metrics(err_px, pred_vis, gt_vis, evaluated, ""))
-    out.update(_frame_metrics(err_px[-1:], pred_vis[-1:], gt_vis[-1:], evaluated[-1:], "_end"))
+    out.update(_frame_metrics(err_tapvid, pred_vis, gt_vis, evaluated, ""))
+    out.update(_frame_metrics(err_tapvid[-1:], pred_vis[-1:], gt_vis[-1:], evaluated[-1:], "_end"))
+    out["epe_px"] = _masked_mean(err_px, vis_eval)  # native pixels, whatever tapvid.size
+    out["epe_end_px"] = _masked_mean(err_px[-1:], vis_eval[-1:])
     finite = np.isfinite(err_px)
     out["epe_finite_px"] = _masked_mean(err_px, vis_eval & finite)
     out["fail_frac"] = _ratio((vis_eval & ~finite).sum(), vis_eval.sum())
@@ -202,16 +222,19 @@ def compute_metrics(pred: Tracks, gt: Tracks, query_frames: np.ndarray | None = 
     out["err3d_finite_mm"] = _masked_mean(err_mm, vis3d & finite3d)
     out["fail3d_frac"] = _ratio((vis3d & ~finite3d).sum(), vis3d.sum())
 
-    # STIR: every predicted end point against the nearest visible ground-truth end point.
+    # STIR: the end point of every point tracked from the start frame against the nearest visible
+    # ground-truth end point.
     end_vis = gt_vis[-1]
-    acc2d = stir_accuracies(nearest_distances(uv[-1], gt.uv[-1][end_vis]), STIR_THRESHOLDS_2D_PX)
-    acc3d = stir_accuracies(nearest_distances(xyz_mm[-1], gt_xyz_mm[-1][end_vis]), STIR_THRESHOLDS_3D_MM)
-    out["stir_delta2d"] = float(np.mean(list(acc2d.values()))) if end_vis.any() else float("nan")
-    out["stir_delta3d"] = float(np.mean(list(acc3d.values()))) if end_vis.any() else float("nan")
+    start = given == 0
+    acc2d = stir_accuracies(nearest_distances(uv[-1][start], gt.uv[-1][end_vis]), STIR_THRESHOLDS_2D_PX)
+    acc3d = stir_accuracies(nearest_distances(xyz_mm[-1][start], gt_xyz_mm[-1][end_vis]), STIR_THRESHOLDS_3D_MM)
+    scored = end_vis.any() and start.any()
+    out["stir_delta2d"] = float(np.mean(list(acc2d.values()))) if scored else float("nan")
+    out["stir_delta3d"] = float(np.mean(list(acc3d.values()))) if scored else float("nan")
     for thr, acc in acc2d.items():
-        out[f"stir_delta2d_{thr}"] = acc if end_vis.any() else float("nan")
+        out[f"stir_delta2d_{thr}"] = acc if scored else float("nan")
     for thr, acc in acc3d.items():
-        out[f"stir_delta3d_{thr}"] = acc if end_vis.any() else float("nan")
+        out[f"stir_delta3d_{thr}"] = acc if scored else float("nan")
     return out
 
 
@@ -226,21 +249,3 @@ def read_query_frames(path: str | Path, gt: Tracks) -> np.ndarray:
         return query_frames_from(gt)
     queries = Queries(ids=table["id"], query_tuv=np.stack([table["frame"], table["u"], table["v"]], -1).astype(float))
     return query_frames_from(gt, queries)
-
-
-def evaluate_files(seq_dir: str | Path, pred_path: str | Path) -> dict[str, float]:
-    """Metrics of a track file against a sequence folder's ground truth (`SEQ/gt/tracks.npz`).
-
-    Query frames come from `SEQ/queries.csv`. Errors name the missing or bad file.
-    """
-    seq_dir = Path(seq_dir)
-    gt_path = seq_dir / "gt" / "tracks.npz"
-    if not gt_path.is_file():
-        raise InputError(f"{gt_path}: ground truth not found (only synthetic sequences carry gt/tracks.npz)",
-                         "missing_file")
-    gt = read_tracks(gt_path)
-    pred = read_tracks(pred_path)
-    try:
-        return compute_metrics(pred, gt, read_query_frames(seq_dir / "queries.csv", gt))
-    except InputError as err:
-        raise InputError(f"{pred_path}: {str(err).removeprefix('pred: ')}", err.reason) from None

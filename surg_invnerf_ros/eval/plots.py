@@ -17,7 +17,7 @@ import numpy as np
 
 from ..io.trackfile import atomic_write
 from ..structs import Sequence, Tracks
-from .metrics import TAPVID_THRESHOLDS_PX, match_by_id
+from .metrics import STIR_THRESHOLDS_2D_PX, STIR_THRESHOLDS_3D_MM, TAPVID_THRESHOLDS_PX, match_by_id
 
 GT_COLOUR_RGB = (0, 255, 0)
 METHOD_COLOURS_RGB = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (255, 0, 255), (0, 255, 255),
@@ -63,6 +63,42 @@ def plot_accuracy_vs_threshold(rows: Seq[Mapping[str, Any]], path: str | Path,
     ax.grid(True, alpha=0.3)
     if methods:
         ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+
+
+def plot_stir_accuracy(pooled: Mapping[str, Mapping[str, float]], path: str | Path,
+                       size_px: tuple[int, int] = (900, 380)) -> Path:
+    """STIR accuracy against the threshold, 2D (px) and 3D (mm) side by side: one line per method
+    and a dashed one for the zero-motion control (keys of `stir.pooled_stir_scores`, per method)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    fig = Figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    for k, (dim, unit, thresholds) in enumerate((("2d", "px", STIR_THRESHOLDS_2D_PX),
+                                                 ("3d", "mm", STIR_THRESHOLDS_3D_MM))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        control = None
+        for i, (method, scores) in enumerate(pooled.items()):
+            ys = [float(scores.get(f"stir_delta{dim}_{t}", np.nan)) for t in thresholds]
+            colour = np.array(METHOD_COLOURS_RGB[i % len(METHOD_COLOURS_RGB)]) / 255.0 * 0.85
+            ax.plot(thresholds, ys, marker="o", label=f"{method} (δ {scores.get(f'stir_delta{dim}', np.nan):.3f})",
+                    color=colour)
+            if control is None and f"stir_control_delta{dim}_{thresholds[0]}" in scores:
+                control = [float(scores[f"stir_control_delta{dim}_{t}"]) for t in thresholds]
+        if control is not None:
+            ax.plot(thresholds, control, "--", color="0.4", label="zero motion")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(thresholds))
+        ax.set_xticklabels([str(t) for t in thresholds])
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel(f"threshold ({unit})")
+        ax.set_ylabel("share of end points within threshold")
+        ax.set_title(f"STIR {dim.upper()}, pooled over clips")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from .metrics import STIR_THRESHOLDS_2D_PX, STIR_THRESHOLDS_3D_MM
+
 DEFAULT_COLUMNS = (
     "sequence", "method", "epe_px", "epe_end_px", "delta_avg", "delta_avg_end", "oa", "aj",
     "err3d_mm", "err3d_end_mm", "stir_delta2d", "stir_delta3d", "fail_frac", "time_s", "frame_time_ms",
@@ -103,3 +105,23 @@ def json_safe(obj: Any) -> Any:
         if math.isinf(obj):
             return "inf" if obj > 0 else "-inf"
     return obj
+
+
+def format_stir_scores(scores: Mapping[str, Any], title: str = "") -> str:
+    """Markdown: STIR accuracy per threshold and δ, model and zero-motion control, 2D and 3D where present
+    (the keys of `stir.pooled_stir_scores`)."""
+    lines = [title, ""] if title else []
+    for dim, unit, thresholds in (("2d", "px", STIR_THRESHOLDS_2D_PX), ("3d", "mm", STIR_THRESHOLDS_3D_MM)):
+        if f"stir_delta{dim}" not in scores or f"stir_delta{dim}_{thresholds[0]}" not in scores:
+            continue
+        points = scores.get(f"stir_points_{dim}")
+        lines += [f"STIR {dim.upper()} ({int(points) if points is not None else '?'} points, nearest end label):", "",
+                  "| | " + " | ".join(f"≤ {t} {unit}" for t in thresholds) + " | δ |",
+                  "|---|" + "---:|" * (len(thresholds) + 1)]
+        for name, prefix in (("model", f"stir_delta{dim}"), ("zero motion", f"stir_control_delta{dim}")):
+            if prefix not in scores:
+                continue
+            cells = [format_value("delta", scores.get(f"{prefix}_{t}")) for t in thresholds]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {format_value('delta', scores[prefix])} |")
+        lines.append("")
+    return "\n".join(lines)

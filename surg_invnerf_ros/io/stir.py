@@ -53,6 +53,7 @@ def stir_clip_to_sequence(
     start_json: str | Path | None = None,
     end_json: str | Path | None = None,
     end_json_3d: str | Path | None = None,
+    start_json_3d: str | Path | None = None,
     clip: str | None = None,
     seq: str | None = None,
 ) -> Path:
@@ -69,6 +70,7 @@ def stir_clip_to_sequence(
             centres of `segmentation/icgstartseg.png` next to the left video's `frames/`.
         end_json: 2D end labels (same forms); default: `segmentation/icgendseg.png` if present.
         end_json_3d: 3D end labels in millimetres (`{clip: [[X, Y, Z], …]}` or a list).
+        start_json_3d: 3D start labels in millimetres, one per start label (the 3D zero-motion control).
         clip: the key of this clip in the label JSONs; default: the key whose path ends with
             `<clip_dir name>/left/<seq>`.
         seq: the sequence sub-folder (e.g. "seq01") when `left/` holds several.
@@ -101,6 +103,10 @@ def stir_clip_to_sequence(
     _check_inside(start_uv, W, H, start_json or "icgstartseg.png")
     end_key, end_uv = _labels_or_segmentation(end_json, seq_dir / "segmentation" / "icgendseg.png", names, 2)
     end_xyz_mm = read_stir_labels(end_json_3d, names, 3)[1] if end_json_3d is not None else None
+    start_xyz_mm = read_stir_labels(start_json_3d, names, 3)[1] if start_json_3d is not None else None
+    if start_xyz_mm is not None and len(start_xyz_mm) != len(start_uv):
+        raise InputError(f"{start_json_3d}: expected {len(start_uv)} points (one per start label), got "
+                         f"{len(start_xyz_mm)}", "bad_labels")
     clip_name = key or end_key or names[0]
 
     queries = Queries(ids=np.arange(len(start_uv), dtype=np.int64),
@@ -125,6 +131,8 @@ def stir_clip_to_sequence(
                 gt["end_uv_px"] = end_uv.tolist()
             if end_xyz_mm is not None:
                 gt["end_xyz_mm"] = end_xyz_mm.tolist()
+            if start_xyz_mm is not None:
+                gt["start_xyz_mm"] = start_xyz_mm.tolist()
             atomic_write(out / GT_END_FILE, lambda tmp: tmp.write_text(json.dumps(gt)))
     log.info("%s → %s: %d frames, %d queries", clip_dir, out, num_frames, len(queries))
     return out

@@ -84,8 +84,12 @@ class BagPlayer:
                 node.get_logger().warning(f"{cfg.bag}: {topic}: {err}; not played")
                 continue
             latched = topic.endswith("/tf_static") or topic == "/tf_static"
+            # query polygons: the tracker's ~/queries takes transient local only (a tracker that joins late
+            # still gets them); a transient-local publisher matches volatile subscribers too
+            queries = msgtype.endswith("PolygonStamped")
             qos = QoSProfile(depth=1 if latched else cfg.qos_depth, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL if latched or queries
+                             else DurabilityPolicy.VOLATILE)
             self.publishers[topic] = node.create_publisher(cls, topic, qos)
             self.topics[topic] = msgtype
         if wanted is not None and wanted - set(available):

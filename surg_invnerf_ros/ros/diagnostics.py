@@ -45,6 +45,10 @@ class NodeStats:
         self._drops_reported: Counter[str] = Counter()
         self.frames_processed = 0
         self.refined_updates = 0
+        self._refined_seen: set[int] = set()  # stamps of frames refined at least once (bounded below)
+        self._refined_order: deque[int] = deque()
+        self.refined_frames = 0
+        self._refine_lag_s: deque[float] = deque(maxlen=latency_window)
         self._last_input_ns: int | None = None
 
     def count_input(self, topic: str, now_ns: int) -> None:
@@ -75,9 +79,25 @@ class NodeStats:
             self._latency_s.append(float(latency_s))
             self._skew_s.append(float(skew_s))
 
-    def record_refined(self) -> None:
+    def record_refined(self, stamps_ns: Any = (), now_ns: int | None = None,
+                       arrival_ns: Mapping[int, int] | None = None, keep: int = 100_000) -> None:
+        """One refined result was published, covering the frames `stamps_ns`; a frame refined for the
+        first time adds its lag: from its arrival (`arrival_ns[stamp]`, the clock of `now_ns`; the
+        stamp itself without it) to this publication at `now_ns`."""
         with self._lock:
             self.refined_updates += 1
+            for stamp in stamps_ns:
+                stamp = int(stamp)
+                if stamp in self._refined_seen:
+                    continue
+                self._refined_seen.add(stamp)
+                self._refined_order.append(stamp)
+                if len(self._refined_order) > keep:
+                    self._refined_seen.discard(self._refined_order.popleft())
+                self.refined_frames += 1
+                if now_ns is not None:
+                    since = arrival_ns.get(stamp, stamp) if arrival_ns is not None else stamp
+                    self._refine_lag_s.append((now_ns - since) / _NS)
 
     def rates_hz(self, now_ns: int) -> dict[str, float]:
         """Messages per second per input topic over the rate window."""
@@ -101,13 +121,16 @@ class NodeStats:
         rates = self.rates_hz(now_ns)
         p50, p95 = self.latency_percentiles_s()
         with self._lock:
+            lag = np.asarray(self._refine_lag_s) if self._refine_lag_s else np.full(1, np.nan)
+            lag50, lag95 = (float(v) for v in np.percentile(lag, [50, 95]))
             new = {k: v - self._drops_reported[k] for k, v in self.drops.items() if v > self._drops_reported[k]}
             self._drops_reported = Counter(self.drops)
             skew = max(self._skew_s) if self._skew_s else float("nan")
             idle_s = (now_ns - self._last_input_ns) / _NS if self._last_input_ns is not None else float("inf")
             return {"rates_hz": rates, "latency_p50_s": p50, "latency_p95_s": p95, "stereo_skew_max_s": skew,
                     "drops": dict(self.drops), "new_drops": new, "frames_processed": self.frames_processed,
-                    "refined_updates": self.refined_updates, "idle_s": idle_s}
+                    "refined_updates": self.refined_updates, "refined_frames": self.refined_frames,
+                    "refine_lag_p50_s": lag50, "refine_lag_p95_s": lag95, "idle_s": idle_s}
 
 
 def _kv(key: str, value: Any) -> KeyValue:
@@ -167,7 +190,12 @@ def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: 
                                 message=f"{snap['frames_processed']} frames ({node_state})", hardware_id=hw,
                                 values=tvals)
     # model
-    mvals = [_kv("refined_updates", snap["refined_updates"])] + [_kv(k, v) for k, v in sorted(model.items())]
+    kf_total = model.get("keyframes_total", 0)
+    coverage = snap.get("refined_frames", 0) / kf_total if kf_total else float("nan")
+    mvals = [_kv("refined_updates", snap["refined_updates"]), _kv("refined_frames", snap.get("refined_frames", 0)),
+             _kv("refined_coverage", coverage), _kv("refine_lag_p50_s", snap.get("refine_lag_p50_s", float("nan"))),
+             _kv("refine_lag_p95_s", snap.get("refine_lag_p95_s", float("nan")))]
+    mvals += [_kv(k, v) for k, v in sorted(model.items())]
     mstate = str(model.get("state", "off"))
     if model.get("error") or mstate == "error":
         mlevel, mtext = DiagnosticStatus.ERROR, str(model.get("error") or mstate)

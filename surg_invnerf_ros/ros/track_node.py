@@ -39,7 +39,7 @@ import functools
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 import numpy as np
@@ -293,6 +293,7 @@ class TrackerNode(Node):
         self._frontend_lock = threading.Lock()  # held by the front-end thread while it handles a frame or a poll
         self._frontend_thread: threading.Thread | None = None
         self._cloud_thread: LatestItemThread | None = None
+        self._arrival_ns: OrderedDict[int, int] = OrderedDict()  # frame stamp → monotonic arrival, recent frames
         self._frontend_stop = threading.Event()
         self._refine_busy = False
         self._last_enqueued_ns: int | None = None
@@ -638,6 +639,9 @@ class TrackerNode(Node):
         return self._calib_cached
 
     def _process(self, s: StereoSet) -> None:
+        self._arrival_ns[s.stamp_ns] = time.monotonic_ns()  # for the refinement lag in /diagnostics
+        while len(self._arrival_ns) > self.cfg.refine.history_frames:
+            self._arrival_ns.popitem(last=False)
         calib = self._calib_for(s.info_left, s.info_right)
         left = self._decode(s.left)
         right = self._decode(s.right)
@@ -731,7 +735,7 @@ class TrackerNode(Node):
             self._send_tf(ft, frame)
             if ft.depth_m is not None and ft.left_rgb_u8 is not None and self._calib is not None:
                 self.pubs.cloud_from_depth(ft.depth_m, ft.left_rgb_u8, self._calib.K, hdr, force=True)
-        self.stats.record_refined()
+        self.stats.record_refined([ft.stamp_ns for ft in refined], time.monotonic_ns(), self._arrival_ns)
 
     # ------------------------------------------------------------------ diagnostics
 

@@ -60,6 +60,13 @@ class TestSummaries:
         assert p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
         assert math.isnan(rbm.percentiles_ms([])["p50"])
 
+    def test_stir_latency_skips_warm_up_and_averages_p99_p95_mean(self):
+        warm_up = [10.0] * 15  # 10 s each: left out
+        lat = warm_up + [0.001 * i for i in range(1, 101)]  # 1 … 100 ms
+        # numpy's linear percentiles of 1..100: p95 = 95.05, p99 = 99.01; mean 50.5
+        assert rbm.stir_latency_ms(lat) == pytest.approx((99.01 + 95.05 + 50.5) / 3)
+        assert math.isnan(rbm.stir_latency_ms(warm_up))
+
 
 def test_tiny_run(tmp_path):
     r = rbm.run_ros_bench(64, 48, rate_hz=20.0, duration_s=4.0, device="cpu", refine=False, num_queries=6,

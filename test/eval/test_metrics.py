@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from surg_invnerf_ros.config import TapVidConfig
 from surg_invnerf_ros.errors import InputError
+from surg_invnerf_ros.eval.evaluate import evaluate_files
 from surg_invnerf_ros.eval.metrics import (
     compute_metrics,
-    evaluate_files,
     nearest_distances,
     query_frames_from,
     stir_delta_2d,
@@ -81,9 +82,10 @@ class TestComputeMetrics:
         gt = make_gt(T=6, N=2)
         pred = copy_tracks(gt)
         pred.uv[:3, 0, 0] += 100.0  # wrong at frames 0..2, which are at or before point 0's query frame
-        m = compute_metrics(pred, gt, query_frames=np.array([2, 0]))
+        given = TapVidConfig(query_frame="queries")
+        m = compute_metrics(pred, gt, query_frames=np.array([2, 0]), tapvid=given)
         assert m["epe_px"] == 0.0
-        m_all = compute_metrics(pred, gt, query_frames=np.array([0, 0]))
+        m_all = compute_metrics(pred, gt, query_frames=np.array([0, 0]), tapvid=given)
         # frames 1, 2 of point 0 are wrong by 100 px among 5 + 5 evaluated entries.
         assert m_all["epe_px"] == pytest.approx(200.0 / 10, abs=1e-3)
 
@@ -94,7 +96,7 @@ class TestComputeMetrics:
         pred = Tracks(ids=pred.ids[keep], uv=pred.uv[:, keep], visible=pred.visible[:, keep],
                       xyz=pred.xyz[:, keep])
         pred.uv[:, 1] = np.nan  # id 11 lost, though it claims visible
-        m = compute_metrics(pred, gt, query_frames=np.zeros(4, int))
+        m = compute_metrics(pred, gt, query_frames=np.zeros(4, int), tapvid=TapVidConfig(nan_visible="occluded"))
         assert math.isinf(m["epe_px"]) and math.isinf(m["err3d_mm"])
         assert m["epe_finite_px"] == 0.0
         assert m["fail_frac"] == pytest.approx(0.5)
@@ -103,6 +105,11 @@ class TestComputeMetrics:
         assert m["oa"] == pytest.approx(0.5)
         assert m["aj"] == pytest.approx(0.5)
         assert m["stir_delta2d"] == pytest.approx(0.5)
+        # TAP-Vid's default: the lost point still claims visible, a wrong visible prediction: OA 3/4
+        # (the missing id is predicted occluded); AJ = 2 / (4 visible + 1 false positive).
+        tv = compute_metrics(pred, gt, query_frames=np.zeros(4, int))
+        assert tv["oa"] == pytest.approx(0.75) and tv["aj"] == pytest.approx(0.4)
+        assert tv["delta_avg"] == pytest.approx(0.5)
 
     def test_visible_false_positive_lowers_aj_not_delta(self):
         gt = make_gt(T=3, N=2)
@@ -194,3 +201,52 @@ class TestEvaluateFiles:
         (tmp_path / "seq" / "queries.csv").write_text("id,frame,u,v\n10,zero,1,1\n")
         with pytest.raises(InputError, match=r"queries.csv"):
             evaluate_files(tmp_path / "seq", tmp_path / "pred.npz")
+
+
+class TestTapVidOptions:
+    """Each TAP-Vid choice on a case small enough to score by hand."""
+
+    def case(self):
+        # A: visible in all 3 frames at (100, 100); B: never visible. Predicted: A off by (8, 0) px at
+        # frame 1 and (0, 4) px at frame 2; B predicted visible throughout.
+        uv = np.full((3, 2, 2), 100.0, np.float32)
+        gt = Tracks(ids=np.array([0, 1]), uv=uv, visible=np.array([[1, 0]] * 3, bool), xyz=np.zeros((3, 2, 3), np.float32))
+        pred_uv = uv.copy()
+        pred_uv[1, 0] += [8.0, 0.0]
+        pred_uv[2, 0] += [0.0, 4.0]
+        pred = Tracks(ids=gt.ids, uv=pred_uv, visible=np.ones((3, 2), bool), xyz=gt.xyz.copy())
+        return gt, pred
+
+    def test_tapvid_size_rescales_delta_not_epe(self):
+        gt, pred = self.case()
+        native = compute_metrics(pred, gt, image_size=(512, 256))
+        # native errors 8 and 4 px: strictly within 16 (both) and 8 (the 4 px one): (0+0+0+0.5+1)/5
+        assert native["delta_avg"] == pytest.approx(0.3)
+        small = compute_metrics(pred, gt, tapvid=TapVidConfig(size=256), image_size=(512, 256))
+        # at 256×256, x shrinks by 2: both errors are 4 px, within 8 and 16: (0+0+0+1+1)/5
+        assert small["delta_avg"] == pytest.approx(0.4)
+        assert small["delta_8"] == 1.0 and small["delta_4"] == 0.0
+        assert small["epe_px"] == native["epe_px"] == pytest.approx(6.0)  # EPE stays native
+        with pytest.raises(InputError, match="tapvid.size"):
+            compute_metrics(pred, gt, tapvid=TapVidConfig(size=256))
+
+    def test_never_visible_track_dropped_or_kept(self):
+        gt, pred = self.case()
+        assert compute_metrics(pred, gt)["oa"] == 1.0  # B is not scored (TAP-Vid)
+        # kept: B's frames 1 and 2 (after its fallback query frame 0) are false visibles: 2 of 4 right
+        assert compute_metrics(pred, gt, tapvid=TapVidConfig(never_visible="keep"))["oa"] == pytest.approx(0.5)
+
+    def test_query_frame_first_visible_or_from_queries(self):
+        gt, pred = self.case()
+        q = np.array([1, 0])  # queries.csv says A was queried at frame 1
+        assert compute_metrics(pred, gt, q)["epe_px"] == pytest.approx(6.0)  # frames 1, 2 (first visible: 0)
+        assert compute_metrics(pred, gt, q, TapVidConfig(query_frame="queries"))["epe_px"] == pytest.approx(4.0)
+
+    def test_nan_marked_visible_is_a_wrong_visible_prediction(self):
+        gt, pred = self.case()
+        pred.uv[1:, 0] = np.nan  # lost, yet reported visible
+        wrong = compute_metrics(pred, gt)
+        assert wrong["oa"] == 1.0 and wrong["delta_avg"] == 0.0  # visible == visible; never within
+        assert wrong["aj"] == 0.0
+        occ = compute_metrics(pred, gt, tapvid=TapVidConfig(nan_visible="occluded"))
+        assert occ["oa"] == 0.0 and occ["aj"] == 0.0

@@ -229,3 +229,32 @@ class TestPlayer:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         assert res.returncode == 2
         assert "not a ROS 2 bag" in res.stdout + res.stderr
+
+
+class TestPlayerQoS:
+    def test_query_polygons_are_replayed_transient_local(self, tmp_path, scene_frames):
+        """The tracker's ~/queries takes transient local only: replayed polygons must match it."""
+        from rclpy.qos import DurabilityPolicy
+
+        from surg_invnerf_ros.config import BagPlayerConfig
+        from surg_invnerf_ros.ros.bag_nodes import BagPlayer
+        from surg_invnerf_ros.structs import Sequence
+
+        scene, frames = scene_frames
+        seq = Sequence(np.stack([f.left_rgb_u8 for f in frames[:2]]), np.stack([f.right_rgb_u8 for f in frames[:2]]),
+                       scene.calib, np.array([f.stamp_ns for f in frames[:2]]), scene.queries)
+        bag = rb.sequence_to_bag(seq, tmp_path / "bag")
+        kinds = rb.bag_topics(bag)
+        polygon_topics = [t for t, k in kinds.items() if k == rb.POLYGON_STAMPED]
+        assert polygon_topics, kinds
+        ctx = Context()
+        rclpy.init(context=ctx)
+        try:
+            node = rclpy.create_node("player_qos", context=ctx)
+            player = BagPlayer(node, BagPlayerConfig(bag=str(bag)))
+            for topic in kinds:
+                want = DurabilityPolicy.TRANSIENT_LOCAL if topic in polygon_topics else DurabilityPolicy.VOLATILE
+                assert player.publishers[topic].qos_profile.durability == want, topic
+            node.destroy_node()
+        finally:
+            rclpy.shutdown(context=ctx)

@@ -41,6 +41,22 @@ class TestNodeStats:
     def test_rss(self):
         assert rss_bytes() > 10_000_000
 
+    def test_refined_coverage_and_lag(self):
+        st = NodeStats()
+        assert math.isnan(st.snapshot(0)["refine_lag_p50_s"])
+        st.record_refined([10 * S, 11 * S], now_ns=12 * S)  # lags 2 s and 1 s
+        st.record_refined([11 * S, 12 * S], now_ns=15 * S)  # 11 s again: not counted twice; 12 s: lag 3 s
+        snap = st.snapshot(15 * S)
+        assert snap["refined_frames"] == 3 and snap["refined_updates"] == 2
+        assert snap["refine_lag_p50_s"] == 2.0
+        d = diagnostics_to_dict(diagnostic_array(snap, {}, {"state": "idle", "keyframes_total": 4}, 15 * S, NAME))
+        model = d[f"{NAME}: model"]
+        assert float(model["refined_coverage"]) == 0.75 and float(model["refine_lag_p95_s"]) > 2.0
+        # with arrival times (monotonic, as the node passes them) the lag runs from the frame's arrival
+        st2 = NodeStats()
+        st2.record_refined([20 * S], now_ns=7 * S, arrival_ns={20 * S: 6 * S})
+        assert st2.snapshot(7 * S)["refine_lag_p50_s"] == 1.0
+
 
 class TestDiagnosticArray:
     def snap(self, **kw):

@@ -184,6 +184,11 @@ class TestRefinement:
             assert max(model_cloud_stamps()) == max(refined_stamps())
             fits = lambda: h.diag().get("surg_invnerf_tracker: model", {}).get("fits")  # noqa: E731
             assert h.spin_until(lambda: fits() not in (None, "0"), 3.0)
+            # refined coverage (frames refined / keyframes taken) and lag (frame stamp → refined publication)
+            model = lambda: h.diag()["surg_invnerf_tracker: model"]  # noqa: E731
+            assert h.spin_until(lambda: int(model()["refined_frames"]) >= 3, 3.0), model()
+            assert 0.0 < float(model()["refined_coverage"]) <= 1.0
+            assert 0.0 < float(model()["refine_lag_p50_s"]) < 60.0
         finally:
             h.close()
 
