@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..io.stir import label_points
 from ..structs import Tracks
 from .metrics import STIR_THRESHOLDS_2D_PX, STIR_THRESHOLDS_3D_MM, nearest_distances, stir_accuracies
 
@@ -54,16 +55,7 @@ def _points(data: Mapping[str, Any], key: str, dims: int, path: Path, required: 
         if required:
             raise InputError(f"{path}: {key}: missing", "bad_labels")
         return None
-    try:
-        pts = np.asarray(data[key], dtype=np.float64)
-    except (TypeError, ValueError):
-        pts = np.zeros((0, 0))
-    if pts.size == 0 and pts.ndim == 1:
-        pts = pts.reshape(0, dims)
-    if pts.ndim != 2 or pts.shape[1] != dims or not np.isfinite(pts).all():
-        raise InputError(f"{path}: {key}: expected a list of [{', '.join('xyz'[:dims] if dims == 3 else 'uv')}] "
-                         f"finite numbers, got shape {list(np.shape(data[key]))}", "bad_labels")
-    return pts
+    return label_points(data[key], dims, f"{path}: {key}")
 
 
 def read_stir_end(path: str | Path) -> StirLabels:

@@ -203,16 +203,25 @@ def read_stir_labels(
     if isinstance(data, Mapping):
         key = _match_clip(data, clip_names, path)
         data = data[key]
+    return key, label_points(data, dims, str(path))
+
+
+def label_points(data: Any, dims: int, where: str) -> np.ndarray:
+    """A list of [x, y] (dims 2) or [X, Y, Z] (dims 3) finite numbers → (N, dims) float64.
+
+    Raises:
+        InputError: `<where>: expected …`, one line.
+    """
     try:
         pts = np.asarray(data, dtype=np.float64)
     except (ValueError, TypeError):
         what = "x, y" if dims == 2 else "X, Y, Z"
-        raise InputError(f"{path}: expected a list of [{what}] points", "bad_labels") from None
+        raise InputError(f"{where}: expected a list of [{what}] points", "bad_labels") from None
     if pts.size == 0:
         pts = pts.reshape(0, dims)
     if pts.ndim != 2 or pts.shape[1] != dims or not np.isfinite(pts).all():
-        raise InputError(f"{path}: expected N x {dims} finite numbers, got shape {list(pts.shape)}", "bad_labels")
-    return key, pts
+        raise InputError(f"{where}: expected N x {dims} finite numbers, got shape {list(pts.shape)}", "bad_labels")
+    return pts
 
 
 def centres_from_segmentation(path: str | Path) -> np.ndarray:
