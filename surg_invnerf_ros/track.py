@@ -33,12 +33,9 @@ from .device import resolve_device
 from .errors import ConfigError, InputError
 from .fit.optimiser import FitData, Fitter, to_device_data
 from .frontend.baselines import BASELINES, run_baseline
-from .frontend.chains import build_correspondences
-from .frontend.flow import compute_flow_bank
-from .frontend.masks import specular_mask
 from .frontend.memory import check_frontend_memory
-from .frontend.stereo import stereo_depth_sequence_m
-from .geometry import transform_points, unproject_m
+from .frontend.store import CorrespondenceStore, build_store
+from .geometry import unproject_m
 from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified, transform_m
 from .model.render import InvNeRF, RenderOutput, volume_weights
 from .model.workspace import Workspace
@@ -93,49 +90,39 @@ def _relative_poses(seq: Sequence) -> np.ndarray | None:
     return np.linalg.inv(T[0])[None] @ T
 
 
-@dataclass(frozen=True)
-class FrontendResult:
-    """What the weight-free front end measures on a sequence of T frames of H×W pixels (`run_frontend`)."""
-
-    depth_m: Float[np.ndarray, "T H W"]  # float32 stereo depth of the left image, metres, NaN invalid
-    mask: Bool[np.ndarray, "T H W"]  # specular mask, True = excluded from supervision
-    pairs: Int[np.ndarray, "Q 2"]  # correspondence pairs, rows [i, j]
-    flow_px: Float[np.ndarray, "Q H W 2"]  # pixel (u, v) of frame i maps to (u, v) + flow in frame j
-    confidence: Float[np.ndarray, "Q H W"]  # in [0, 1]; 0 = no correspondence
-
-
-def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float]) -> FrontendResult:
-    """Stereo depth, masks and dense correspondences of a sequence (numpy), with stage timings."""
-    check_frontend_memory(seq.name, seq.num_frames, seq.calib.height, seq.calib.width, frontend_cfg.flow,
+def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float],
+                 fit_cfg: FitConfig | None = None, progress: Callable[[int], object] | None = None
+                 ) -> CorrespondenceStore:
+    """The correspondence store of a sequence: stereo depth, masks and checked correspondences, built
+    frame by frame (`frontend.store`), with its time in `timings`."""
+    fit_cfg = fit_cfg or FitConfig()
+    check_frontend_memory(seq.name, seq.num_frames, seq.calib.height, seq.calib.width, frontend_cfg,
                           frontend_cfg.max_memory_share)
     t0 = time.perf_counter()
-    depth = stereo_depth_sequence_m(seq.left_rgb_u8, seq.right_rgb_u8, seq.calib, frontend_cfg.stereo,
-                                    workers=frontend_cfg.workers)
-    t1 = time.perf_counter()
-    mask = specular_mask(seq.left_rgb_u8, frontend_cfg.masks)
-    bank = compute_flow_bank(seq.left_rgb_u8, frontend_cfg.flow, mask=mask, workers=frontend_cfg.workers)
-    t2 = time.perf_counter()
-    corr = build_correspondences(bank, seq.num_frames, frontend_cfg.flow, workers=frontend_cfg.workers)
-    t3 = time.perf_counter()
-    timings.update(stereo_s=t1 - t0, flow_s=t2 - t1, chains_s=t3 - t2)
-    return FrontendResult(depth_m=depth.astype(np.float32), mask=mask, pairs=corr.pairs, flow_px=corr.flow_px,
-                          confidence=corr.confidence)
+    store = build_store(seq.left_rgb_u8, seq.right_rgb_u8, seq.calib, frontend_cfg, cell_px=fit_cfg.sampler.cell_px,
+                        subpixel=fit_cfg.render.subpixel_lookup, with_right_colour=fit_cfg.render.right_ray_share > 0,
+                        seed=fit_cfg.seed, progress=progress, name=seq.name)
+    timings["frontend_s"] = time.perf_counter() - t0
+    timings.update(store.timings_s)
+    log.info("%s: %d samples, %d correspondences (%.0f MB) in %.1f s", seq.name, store.uv_px.shape[0],
+             store.num_records, store.nbytes() / 1e6, timings["frontend_s"])
+    return store
 
 
-def stereo_points_world_m(depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None, step: int = 2) -> np.ndarray:
-    """(P, 3) world points of every `step`-th pixel with valid stereo depth."""
-    T, H, W = depth_m.shape
-    vs, us = np.mgrid[0:H:step, 0:W:step]
-    uv = np.stack([us, vs], -1).reshape(-1, 2).astype(np.float64)
-    pts = []
-    for t in range(T):
-        d = depth_m[t, vs, us].reshape(-1)
-        ok = np.isfinite(d) & (d > 0)
-        xyz = unproject_m(uv[ok], d[ok], K)
-        if T_world_cam is not None:
-            xyz = transform_points(T_world_cam[t], xyz)
-        pts.append(xyz)
-    return np.concatenate(pts) if pts else np.zeros((0, 3))
+def stereo_points_world_m(store: CorrespondenceStore, K: np.ndarray, T_world_cam: np.ndarray | None,
+                          max_points: int = 2_000_000) -> np.ndarray:
+    """(P, 3) world points of the stored samples with valid stereo depth (at most about `max_points`)."""
+    S = store.samples_per_frame
+    step = max(1, store.uv_px.shape[0] // max_points)
+    idx = np.arange(0, store.uv_px.shape[0], step)
+    d = store.depth_m[idx].astype(np.float64)
+    ok = np.isfinite(d) & (d > 0)
+    idx, d = idx[ok], d[ok]
+    xyz = unproject_m(store.uv_px[idx].astype(np.float64), d, K)
+    if T_world_cam is not None:
+        T = np.asarray(T_world_cam, np.float64)[idx // S]  # (P, 4, 4)
+        xyz = np.einsum("pij,pj->pi", T[:, :3, :3], xyz) + T[:, :3, 3]
+    return xyz
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,7 +149,7 @@ def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace | Non
 
 def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None,
                 progress: Callable[[dict], None] | None = None, init_state: dict | None = None,
-                frontend: FrontendResult | None = None) -> FitResult:
+                frontend: CorrespondenceStore | None = None) -> FitResult:
     """Fit the InvNeRF model to one sequence: front end, then test-time optimisation.
 
     Args:
@@ -171,7 +158,7 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
         progress: called with {"step", "max_steps", "loss", "converged", ...} every `log_every` steps.
         init_state: a previous `FitResult.state_dict()` to warm-start from; it may hold fewer frames
             (the time planes are extended by repeating the last frame).
-        frontend: precomputed `run_frontend` output (benchmarks reuse it across ablations).
+        frontend: a precomputed `run_frontend` store (benchmarks reuse it across ablations).
     """
     fit_cfg = fit_cfg or FitConfig()
     frontend_cfg = frontend_cfg or FrontendConfig()
@@ -187,23 +174,25 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
 
 def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device: torch.device,
          progress: Callable[[dict], None] | None, init_state: dict | None,
-         frontend: FrontendResult | None) -> FitResult:
+         frontend: CorrespondenceStore | None) -> FitResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if seq.num_frames < 1:
         raise InputError(f"{seq.name}: no frames to fit", reason="empty")
-    fe = frontend if frontend is not None else run_frontend(seq, frontend_cfg, timings)
+    fe = frontend if frontend is not None else run_frontend(seq, frontend_cfg, timings, fit_cfg)
+    if fe.num_frames != seq.num_frames:
+        raise InputError(f"{seq.name}: the correspondence store holds {fe.num_frames} frames, the sequence "
+                         f"{seq.num_frames}", reason="frame_count")
+    if fit_cfg.render.right_ray_share > 0 and fe.right_rgb_u8 is None:
+        raise ConfigError("render.right_ray_share: the correspondence store was built without right colours")
     poses = _relative_poses(seq) if fit_cfg.use_kinematics else None
     K = np.asarray(seq.calib.K, np.float64)
     t0 = time.perf_counter()
-    data = to_device_data(seq.left_rgb_u8, fe.depth_m, ~fe.mask, fe.pairs, fe.flow_px, fe.confidence,
-                          K, seq.calib.baseline_m, poses, device,
-                          right_rgb_u8=seq.right_rgb_u8 if fit_cfg.render.right_ray_share > 0 else None,
-                          subpixel_lookup=fit_cfg.render.subpixel_lookup)
+    data = to_device_data(fe, K, seq.calib.baseline_m, poses, device)
     if init_state is None:
-        workspace = Workspace.from_points(stereo_points_world_m(fe.depth_m, K, poses), fit_cfg.render)
+        workspace = Workspace.from_points(stereo_points_world_m(fe, K, poses), fit_cfg.render)
     else:
         workspace = None
     torch.manual_seed(fit_cfg.seed)
@@ -221,7 +210,10 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
     meta = {"method": "invnerf", "config": {"fit": to_dict(fit_cfg), "frontend": to_dict(frontend_cfg)},
             "steps": stats.steps, "stop_reason": stats.stop_reason, "time_s": timings["total_fit_s"],
             "final_losses": stats.losses, "converged_fraction": stats.converged_share,
-            "timings_s": timings, "device": str(device), "num_pairs": int(fe.pairs.shape[0])}
+            "timings_s": timings, "device": str(device), "num_pairs": int(fe.pairs.shape[0]),
+            "store": {"samples_per_frame": fe.samples_per_frame, "stride_px": fe.stride_px,
+                      "records": fe.num_records, "mb": round(fe.nbytes() / 1e6, 1),
+                      "depth_maps_on_disk": fe.depth.on_disk}}
     if device.type == "cuda":
         meta["peak_gpu_memory_mb"] = peak_gpu_memory_mb(device)
     if data.pose_correction is not None:
@@ -297,7 +289,7 @@ def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: 
     canonical point, F_t⁻¹ for every t, projection, and the visibility tests at every t.
     """
     model, data, cfg = result.model, result.data, result.cfg
-    dev = data.rgb.device
+    dev = data.device
     T = data.num_frames
     H, W = data.hw
     q = torch.as_tensor(np.asarray(query_tuv, np.float64), dtype=torch.float32, device=dev).reshape(-1, 3)
@@ -403,8 +395,8 @@ def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None,
     infer_s = time.perf_counter() - t0
     meta = json.loads(json.dumps(result.meta, default=float))
     meta.setdefault("timings_s", {})["inference_s"] = infer_s
-    if result.data.rgb.device.type == "cuda":  # the fit's peak, or inference's if that was higher
-        meta["peak_gpu_memory_mb"] = peak_gpu_memory_mb(result.data.rgb.device)
+    if result.data.device.type == "cuda":  # the fit's peak, or inference's if that was higher
+        meta["peak_gpu_memory_mb"] = peak_gpu_memory_mb(result.data.device)
     return Tracks(ids=np.asarray(queries.ids, np.int64), uv=uv.astype(np.float32), visible=vis.astype(bool),
                   xyz=xyz.astype(np.float32), meta=meta)
 
@@ -431,13 +423,13 @@ def track_sequence(seq: Sequence, method: str = "invnerf", fit_cfg: FitConfig | 
 
 def profile_fit(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None
                 ) -> dict[str, float]:
-    """Seconds spent in each stage of one fit + inference: front end (stereo, flow, chains),
-    forward, backward, dense refresh, inference, and per-step averages."""
+    """Seconds spent in each stage of one fit + inference: front end (stereo and flow summed over its
+    threads, chains, records), forward, backward, dense refresh, inference, and per-step averages."""
     result = fit_invnerf(seq, fit_cfg, frontend_cfg)
     tracks = infer_tracks(result, seq, seq.queries)
     out = dict(tracks.meta["timings_s"])
     out["steps"] = float(result.meta["steps"])
-    out["correspondence_s"] = out.get("flow_s", 0.0) + out.get("chains_s", 0.0)
+    out["correspondence_s"] = out.get("flow_s", 0.0) + out.get("chains_s", 0.0) + out.get("records_s", 0.0)
     return out
 
 
@@ -451,7 +443,7 @@ def render_frame(result: FitResult, frame: int, chunk: int = 8192) -> tuple[np.n
     """Rendered (H, W) depth in metres (NaN where the ray is not opaque) and (H, W, 3) colour of a frame."""
     model, data, cfg = result.model, result.data, result.cfg
     H, W = data.hw
-    dev = data.rgb.device
+    dev = data.device
     vs, us = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
     uv = torch.stack([us.reshape(-1), vs.reshape(-1)], -1).float()
     depth, rgb = [], []

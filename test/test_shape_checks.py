@@ -35,8 +35,11 @@ def test_fit_function_rejects_a_wrong_shape():
 
 def test_fit_batch_rejects_mismatched_fields():
     with pytest.raises(TypeCheckError):
-        CorrespondenceBatch(frame_j=torch.zeros(3, dtype=torch.long), uv_i_px=torch.zeros(3, 2),
-                            uv_j_px=torch.zeros(4, 2), conf=torch.ones(3))
+        n = torch.zeros(3, dtype=torch.long)
+        CorrespondenceBatch(frame_i=n, uv_i_px=torch.zeros(3, 2), depth_i_m=torch.zeros(3), rgb_i=torch.zeros(3, 3),
+                            sup_i=torch.ones(3, dtype=torch.bool), frame_j=n, uv_j_px=torch.zeros(4, 2),
+                            depth_j_m=torch.zeros(3), rgb_j=torch.zeros(3, 3), sup_j=torch.ones(3, dtype=torch.bool),
+                            conf=torch.ones(3))
 
 
 def test_track_result_rejects_mismatched_fields():

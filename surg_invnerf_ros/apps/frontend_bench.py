@@ -1,8 +1,8 @@
 """Front-end throughput on random texture (DESIGN §3.4 style: speed only, says nothing of accuracy).
 
 `frontend_fps` times, on a drifting random texture with a constant stereo disparity: LK tracking of
-64 points (chained and from the query frame), the DIS flow bank, the dense chains, and SGBM depth
-with its left-right check. `make bench` calls it at 256×192 and 640×512.
+64 points (chained and from the query frame), the DIS flow bank, the correspondence store (stereo,
+flows and chains in one streaming pass), and SGBM depth with its left-right check. `make bench` calls it at 256×192 and 640×512.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from ..config import FrontendConfig
-from ..frontend.chains import build_correspondences
 from ..frontend.flow import compute_flow_bank
+from ..frontend.store import build_store
 from ..frontend.lk import track_lk
 from ..frontend.stereo import stereo_depth_sequence_m
 from ..structs import Queries, StereoCalib
@@ -48,7 +48,7 @@ def frontend_fps(width: int, height: int, frames: int = 24, cfg: FrontendConfig 
 
     Returns:
         {"width", "height", "frames", "cv2_threads", "lk_64pts_fps", "lk_query_64pts_fps",
-         "dis_bank_fps", "chains_fps", "sgbm_fps"}: frames processed per wall-clock second.
+         "dis_bank_fps", "store_fps", "sgbm_fps"}: frames processed per wall-clock second.
     """
     cfg = cfg or FrontendConfig()
     left, right, calib = random_stereo_video(width, height, frames)
@@ -67,7 +67,7 @@ def frontend_fps(width: int, height: int, frames: int = 24, cfg: FrontendConfig 
     out["lk_query_64pts_fps"] = fps(lambda: track_lk(left, queries, cfg.lk, "from_query"))
     holder = {}
     out["dis_bank_fps"] = fps(lambda: holder.setdefault("bank", compute_flow_bank(left, cfg.flow, workers=cfg.workers)))
-    out["chains_fps"] = fps(lambda: build_correspondences(holder["bank"], frames, cfg.flow, workers=cfg.workers))
+    out["store_fps"] = fps(lambda: build_store(left, right, calib, cfg))
     holder.clear()
     out["sgbm_fps"] = fps(lambda: stereo_depth_sequence_m(left, right, calib, cfg.stereo, workers=cfg.workers))
     return out

@@ -21,7 +21,7 @@ from .base import (
 from .bench import BenchConfig, SoakConfig, StirBenchConfig
 from .evaluation import TapVidConfig
 from .fit import FitConfig, LossConfig, OptimConfig, SamplerConfig, load_fit_and_frontend
-from .frontend import FlowConfig, FrontendConfig, LKConfig, MaskConfig, StereoConfig
+from .frontend import FlowConfig, FrontendConfig, LKConfig, MaskConfig, StereoConfig, StoreConfig
 from .kinematics import KinematicsConfig
 from .model import CanonicalConfig, CouplingConfig, HexPlaneConfig, RenderConfig
 from .node import NodeConfig, OnlineConfig, PublishConfig, QueryConfig, RefineConfig, SyncConfig
@@ -32,7 +32,7 @@ __all__ = [
     "BagPlayerConfig", "BenchConfig", "CanonicalConfig", "CouplingConfig", "FieldMeta", "FitConfig", "FlowConfig",
     "FrontendConfig", "HexPlaneConfig", "KinematicsConfig", "LKConfig", "LossConfig", "MaskConfig", "NodeConfig",
     "OnlineConfig", "OptimConfig", "PublishConfig", "QueryConfig", "RefineConfig", "RenderConfig", "SamplerConfig",
-    "SoakConfig", "StereoConfig", "StirBenchConfig", "SyncConfig", "SynthConfig", "SyntheticSourceConfig",
+    "SoakConfig", "StereoConfig", "StirBenchConfig", "StoreConfig", "SyncConfig", "SynthConfig", "SyntheticSourceConfig",
     "TapVidConfig", "apply_overrides", "check_fields", "field_docs", "field_meta", "from_dict", "load_config",
     "load_fit_and_frontend", "nested", "option", "read_yaml_mapping", "to_dict",
 ]

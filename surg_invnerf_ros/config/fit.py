@@ -66,6 +66,9 @@ class SamplerConfig:
     converged_share: float = option(0.95, "γ: stop once this share of every frame converged.", lo=0.0, hi=1.0)
     refresh_every: int = option(300, "Dense refresh of the error maps every this many steps (0: never).", lo=0)
     refresh_chunk: int = option(4096, "Rays per batch during a dense refresh.", lo=1)
+    refresh_max_rays: int = option(
+        65536, "A dense refresh measures every cell up to this many; beyond, this many random cells (0: every cell).",
+        lo=0)
     error_ema: float = option(0.5, "Weight of a new error sample in its cell.", lo=0.0, hi=1.0)
     stall_steps: int = option(1500, "Stop when the loss EMA has not improved by stall_rel for this many steps (0: never).", lo=0)
     stall_rel: float = option(0.005, "Relative improvement that counts as progress.", lo=0.0)

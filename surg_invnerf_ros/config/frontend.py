@@ -125,6 +125,23 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The correspondence store the fit reads: its sample density and memory."""
+
+    sample_stride_px: int = option(
+        0, "One source pixel per stride × stride block of every frame is kept with its correspondences (1 = every "
+        "pixel; 0 = the densest stride whose store fits budget_gib).", lo=0, hi=256)
+    budget_gib: float = option(
+        2.0, "RAM for the stored samples and correspondences when sample_stride_px is 0.", lo=0.01)
+    depth_in_ram_gib: float = option(
+        1.0, "Per-frame stereo depth maps (read at query pixels by inference) stay in RAM up to this size; "
+        "beyond, they go to a memory-mapped temporary file.", lo=0.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "frontend.store.")
+
+
+@dataclass(frozen=True)
 class FrontendConfig:
     """The weight-free front end: flow chains, LK tracks, stereo depth, masks (DESIGN §3.1)."""
 
@@ -132,11 +149,12 @@ class FrontendConfig:
     lk: LKConfig = nested(LKConfig, "Pyramidal LK point tracker.")
     stereo: StereoConfig = nested(StereoConfig, "SGBM stereo depth.")
     masks: MaskConfig = nested(MaskConfig, "Supervision masks.")
+    store: StoreConfig = nested(StoreConfig, "Correspondence store (samples kept per frame, memory).")
     workers: int = option(
         0, "Threads for the per-frame stereo, the flow bank and the keyframe chains (0 = every CPU core); "
         "results do not depend on it.", lo=0, hi=1024)
     max_memory_share: float = option(
-        0.9, "Refuse a fit whose front end (flow bank + dense correspondences) would need more than this "
+        0.9, "Refuse a fit whose front end (correspondence store, depth maps and streaming window) would need more than this "
         "share of the available RAM, with a one-line error, instead of being killed mid-run (0 = never refuse).",
         lo=0.0, hi=100.0)
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..config import FitConfig
+from ..frontend.store import CorrespondenceStore, DepthMaps
 from ..model.pose_correction import PoseCorrection, invert_rigid
 from ..model.rays import pixel_rays, project_px, sample_depths
 from ..model.render import InvNeRF, RenderOutput
@@ -43,47 +44,54 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitData:
-    """Everything a fit reads, as device tensors (T frames of H×W pixels, Q correspondence pairs)."""
+    """Everything a fit reads: the correspondence store as device tensors (S samples, R records), the
+    camera, and the per-frame stereo depth maps for inference (host memory or a memory-mapped file).
 
-    rgb: Float[Tensor, "T H W 3"]  # left colour in [0, 1]
-    depth_m: Float[Tensor, "T H W"]  # stereo depth, NaN invalid
-    supervise: Bool[Tensor, "T H W"]  # False where masked (specular)
-    pairs: Int[Tensor, "Q 2"]
-    flow_px: Tensor  # (Q, H, W, 2) float32 or float16
-    confidence: Tensor  # (Q, H, W) float32 or float16
+    No whole images are held: colour, depth and supervision are what the store kept at each sample
+    and at each match (`frontend.store`).
+    """
+
+    num_frames: int
+    image_hw: tuple[int, int]
+    cell_px: int  # the store's (and sampler's) cell side
+    per_cell: int  # samples per cell
+    uv_px: Int[Tensor, "S 2"]  # int16 sample pixels
+    rgb: Tensor  # (S, 3) uint8 left colour
+    depth_m: Float[Tensor, " S"]  # stereo depth, NaN invalid
+    supervise: Bool[Tensor, " S"]  # False where masked (specular)
+    rec_start: Int[Tensor, " S1"]  # records of sample s: rec_start[s]:rec_start[s + 1]
+    rec_frame: Int[Tensor, " R"]
+    rec_uv_px: Float[Tensor, "R 2"]
+    rec_conf: Tensor  # (R,) float16 or float32
+    rec_depth_m: Float[Tensor, " R"]
+    rec_rgb: Tensor  # (R, 3) uint8
+    rec_supervise: Bool[Tensor, " R"]
     K: Float[Tensor, "3 3"]
     baseline_m: float
+    depth_maps: DepthMaps
     T_world_cam: Float[Tensor, "T 4 4"] | None = None
-    right_rgb: Float[Tensor, "T H W 3"] | None = None
-    subpixel_lookup: bool = False  # bilinear depth and colour lookups at fractional pixels (`render.subpixel_lookup`)
-    by_src: Int[Tensor, "T D"] = field(init=False)
-    degree: Int[Tensor, " T"] = field(init=False)
+    right_rgb: Tensor | None = None  # (S, 3) uint8 right colour at the sample pixels
+    subpixel_lookup: bool = False  # bilinear depth lookups at fractional pixels (`render.subpixel_lookup`)
+    num_pairs: int = 0
     T_cam_world: Float[Tensor, "T 4 4"] | None = field(init=False)
     pose_correction: PoseCorrection | None = field(default=None, init=False)  # set by `enable_pose_refine`
 
     def __post_init__(self) -> None:
-        T = self.num_frames
-        dev = self.rgb.device
-        src = self.pairs[:, 0]
-        degree = torch.bincount(src, minlength=T)[:T]
-        D = max(int(degree.max()) if degree.numel() else 0, 1)
-        by_src = torch.zeros(T, D, dtype=torch.long, device=dev)
-        if self.pairs.shape[0]:
-            order = torch.argsort(src, stable=True)
-            start = torch.cumsum(degree, 0) - degree
-            rank = torch.arange(order.numel(), device=dev) - start[src[order]]
-            by_src[src[order], rank] = order
-        self.by_src, self.degree = by_src, degree.to(dev)
         self.T_cam_world = torch.linalg.inv(self.T_world_cam) if self.T_world_cam is not None else None
         self._fx_b = float(self.K[0, 0]) * self.baseline_m  # a Python float: no device sync per use
+        self.rec_count = self.rec_start[1:] - self.rec_start[:-1]
 
     @property
-    def num_frames(self) -> int:
-        return int(self.rgb.shape[0])
+    def device(self) -> torch.device:
+        return self.uv_px.device
 
     @property
     def hw(self) -> tuple[int, int]:
-        return int(self.rgb.shape[1]), int(self.rgb.shape[2])
+        return self.image_hw
+
+    @property
+    def samples_per_frame(self) -> int:
+        return int(self.uv_px.shape[0]) // max(self.num_frames, 1)
 
     @property
     def fx_b(self) -> float:
@@ -116,76 +124,56 @@ class FitData:
         return None if T is None else T[frame]
 
     def depth_at(self, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Float[Tensor, " R"]:
-        """Stereo depth at sub-pixel `uv_px`: bilinear where all four neighbours are valid, else the
-        nearest pixel's (NaN outside the image or where invalid). Matched pixels are fractional, and a
-        rounded lookup misplaces depth by up to half a pixel of surface slope."""
-        H, W = self.hw
-        u = uv_px[:, 0].round().long()
-        v = uv_px[:, 1].round().long()
-        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        d = self.depth_m[frame, v.clamp(0, H - 1), u.clamp(0, W - 1)]
-        if self.subpixel_lookup:
-            d_bil = bilinear_at(self.depth_m, frame, uv_px)
-            d = torch.where(torch.isfinite(d_bil), d_bil, d)
-        return torch.where(inside, d, torch.full_like(d, float("nan")))
+        """Stereo depth at any pixel of any frame, from the depth maps (inference; a host read): the nearest
+        pixel's, or with `subpixel_lookup` bilinear where all four neighbours are valid; NaN outside the
+        image or where invalid."""
+        d = self.depth_maps.at(frame.cpu().numpy(), uv_px.detach().cpu().double().numpy(), self.subpixel_lookup)
+        return torch.from_numpy(d).to(uv_px.device)
 
 
 @dataclass(frozen=True)
 class CorrespondenceBatch:
-    """P source pixels of frames i, each paired with its match in a frame j (`correspondence_batch`)."""
+    """P stored samples (frames i), each paired with one of its stored matches in a frame j (`correspondence_batch`)."""
 
-    frame_j: Int[Tensor, " P"]  # target frame of each pair
-    uv_i_px: Float[Tensor, "P 2"]  # source pixel (integer-valued) in frame i
-    uv_j_px: Float[Tensor, "P 2"]  # matched (fractional) pixel in frame j; 0 where the flow is not finite
-    conf: Float[Tensor, " P"]  # correspondence confidence in [0, 1]; 0 = unusable
-
-
-def correspondence_batch(data: FitData, frame: Int[Tensor, " P"], u: Int[Tensor, " P"], v: Int[Tensor, " P"],
-                         generator: torch.Generator | None) -> CorrespondenceBatch:
-    """Pair each source pixel with a random correspondence pair leaving its frame."""
-    H, W = data.hw
-    P = frame.shape[0]
-    deg = data.degree[frame]
-    k = (torch.rand(P, device=frame.device, generator=generator) * deg.clamp_min(1)).long()
-    q = data.by_src[frame, k.clamp(max=data.by_src.shape[1] - 1)]  # (P,)
-    fl = data.flow_px[q, v, u].float()  # (P, 2)
-    conf = data.confidence[q, v, u].float() * (deg > 0).float()
-    j = data.pairs[q, 1]
-    uv_i = torch.stack([u, v], dim=-1).float()
-    uv_j = uv_i + fl
-    uj, vj = uv_j[:, 0].round().long(), uv_j[:, 1].round().long()
-    inside = (uj >= 0) & (uj < W) & (vj >= 0) & (vj < H)
-    ok = inside & data.supervise[frame, v, u] & data.supervise[j, vj.clamp(0, H - 1), uj.clamp(0, W - 1)]
-    conf = torch.where(ok & torch.isfinite(fl).all(-1), conf, torch.zeros_like(conf))
-    uv_j = torch.nan_to_num(uv_j)
-    return CorrespondenceBatch(frame_j=j, uv_i_px=uv_i, uv_j_px=uv_j, conf=conf)
+    frame_i: Int[Tensor, " P"]
+    uv_i_px: Float[Tensor, "P 2"]  # sample pixel (integer valued)
+    depth_i_m: Float[Tensor, " P"]  # stereo depth at the sample, NaN invalid
+    rgb_i: Float[Tensor, "P 3"]
+    sup_i: Bool[Tensor, " P"]
+    frame_j: Int[Tensor, " P"]  # target frame (the sample's own frame where it has no match)
+    uv_j_px: Float[Tensor, "P 2"]  # matched (fractional) pixel in frame j
+    depth_j_m: Float[Tensor, " P"]
+    rgb_j: Float[Tensor, "P 3"]
+    sup_j: Bool[Tensor, " P"]
+    conf: Float[Tensor, " P"]  # correspondence confidence in [0, 1]; 0 = no match
 
 
-def bilinear_at(images: Tensor, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"]) -> Tensor:
-    """Bilinear lookup of (T, H, W) or (T, H, W, C) `images` at (frame, uv_px), clamped to the image;
-    NaN propagates, so a value next to an invalid pixel comes out NaN."""
-    H, W = images.shape[1:3]
-    u = uv_px[:, 0].clamp(0, W - 1)
-    v = uv_px[:, 1].clamp(0, H - 1)
-    u0 = u.floor().long().clamp(max=max(W - 2, 0))
-    v0 = v.floor().long().clamp(max=max(H - 2, 0))
-    du, dv = (u - u0).clamp(0, 1), (v - v0).clamp(0, 1)
-    if images.dim() == 4:
-        du, dv = du[:, None], dv[:, None]
-    u1, v1 = (u0 + 1).clamp(max=W - 1), (v0 + 1).clamp(max=H - 1)
-    return ((1 - du) * (1 - dv) * images[frame, v0, u0] + du * (1 - dv) * images[frame, v0, u1]
-            + (1 - du) * dv * images[frame, v1, u0] + du * dv * images[frame, v1, u1])
-
-
-def colour_at(rgb: Float[Tensor, "T H W 3"], frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"],
-              subpixel: bool = False) -> Float[Tensor, "R 3"]:
-    """Colour at `uv_px`: bilinear with `subpixel`, else the nearest pixel's."""
-    if subpixel:
-        return bilinear_at(rgb, frame, uv_px)
-    H, W = rgb.shape[1:3]
-    u = uv_px[:, 0].round().long().clamp(0, W - 1)
-    v = uv_px[:, 1].round().long().clamp(0, H - 1)
-    return rgb[frame, v, u]
+def correspondence_batch(data: FitData, sample: Int[Tensor, " P"], generator: torch.Generator | None
+                         ) -> CorrespondenceBatch:
+    """Pair each stored sample with one of its records, drawn uniformly (conf 0 where it has none)."""
+    deg = data.rec_count[sample]
+    k = (torch.rand(sample.shape[0], device=sample.device, generator=generator) * deg.clamp_min(1)).long()
+    has = deg > 0
+    r = (data.rec_start[sample] + k.clamp(max=(deg - 1).clamp_min(0))).clamp(max=max(int(data.rec_frame.shape[0]) - 1, 0))
+    frame_i = sample // data.samples_per_frame
+    uv_i = data.uv_px[sample].float()
+    rgb_i = data.rgb[sample].float() / 255.0
+    if data.rec_frame.shape[0] == 0:  # no correspondence at all: the photometric and stereo terms still train
+        zeros = torch.zeros_like(frame_i, dtype=torch.float32)
+        return CorrespondenceBatch(frame_i=frame_i, uv_i_px=uv_i, depth_i_m=data.depth_m[sample], rgb_i=rgb_i,
+                                   sup_i=data.supervise[sample], frame_j=frame_i, uv_j_px=uv_i,
+                                   depth_j_m=data.depth_m[sample], rgb_j=rgb_i, sup_j=data.supervise[sample],
+                                   conf=zeros)
+    conf = torch.where(has, data.rec_conf[r].float(), torch.zeros((), device=sample.device))
+    return CorrespondenceBatch(
+        frame_i=frame_i, uv_i_px=uv_i, depth_i_m=data.depth_m[sample], rgb_i=rgb_i,
+        sup_i=data.supervise[sample],
+        frame_j=torch.where(has, data.rec_frame[r].long(), frame_i),
+        uv_j_px=torch.where(has[:, None], data.rec_uv_px[r], uv_i),
+        depth_j_m=torch.where(has, data.rec_depth_m[r], data.depth_m[sample]),
+        rgb_j=torch.where(has[:, None], data.rec_rgb[r].float() / 255.0, rgb_i),
+        sup_j=torch.where(has, data.rec_supervise[r], data.supervise[sample]),
+        conf=conf)
 
 
 @dataclass(frozen=True)
@@ -202,11 +190,11 @@ class MappedRender:
 
 
 def render_mapped(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"],
-                  target: Int[Tensor, " R"], jitter: bool, generator: torch.Generator | None,
-                  with_colour: bool = True) -> MappedRender:
-    """Render left-camera rays of `frame` at `uv_px` and project their mapped points into `target`."""
+                  target: Int[Tensor, " R"], depth_st: Float[Tensor, " R"], jitter: bool,
+                  generator: torch.Generator | None, with_colour: bool = True) -> MappedRender:
+    """Render left-camera rays of `frame` at `uv_px` (stereo depth `depth_st` there, NaN unknown) and project
+    their mapped points into `target`."""
     origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
-    depth_st = data.depth_at(frame, uv_px)
     z, valid = sample_depths(origins, dirs, depth_st, model.workspace, cfg.render, data.fx_b, jitter, generator)
     out = model.render(origins, dirs, z, frame, target, with_colour=with_colour, mapped_point=cfg.render.mapped_point,
                        detach_weights_for_target=cfg.loss.corr_detach_weights)
@@ -263,7 +251,8 @@ class Fitter:
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
         self.gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
         H, W = data.hw
-        self.sampler = PixelSampler(cfg.sampler, data.num_frames, H, W, device=device, generator=self.gen)
+        self.sampler = PixelSampler(cfg.sampler, data.num_frames, H, W, device=device, generator=self.gen,
+                                    cell_px=data.cell_px, per_cell=data.per_cell)
         self.opt = make_optimiser(model, cfg, data.pose_correction)
         self.stats = FitStats()
 
@@ -296,31 +285,33 @@ class Fitter:
         cfg, data, lc = self.cfg, self.data, self.cfg.loss
         t0 = time.perf_counter()
         n = self.sampler.budget(recompute=step % self.cfg.log_every == 0)
-        f_i, u, v = self.sampler.draw(n)
-        cb = correspondence_batch(data, f_i, u, v, self.gen)
+        sample = self.sampler.draw(n)
+        cb = correspondence_batch(data, sample, self.gen)
+        f_i = cb.frame_i
         if lc.bidirectional:
             frame = torch.cat([f_i, cb.frame_j])
             uv = torch.cat([cb.uv_i_px, cb.uv_j_px])
             target = torch.cat([cb.frame_j, f_i])
             uv_tgt = torch.cat([cb.uv_j_px, cb.uv_i_px])
             conf = torch.cat([cb.conf, cb.conf])
+            depth_src, depth_tgt = torch.cat([cb.depth_i_m, cb.depth_j_m]), torch.cat([cb.depth_j_m, cb.depth_i_m])
+            rgb_src, sup_src = torch.cat([cb.rgb_i, cb.rgb_j]), torch.cat([cb.sup_i, cb.sup_j])
         else:
             frame, uv, target, uv_tgt, conf = f_i, cb.uv_i_px, cb.frame_j, cb.uv_j_px, cb.conf
+            depth_src, depth_tgt, rgb_src, sup_src = cb.depth_i_m, cb.depth_j_m, cb.rgb_i, cb.sup_i
         t0 = _add(timings, "sample_s", t0)
-        out = render_mapped(self.model, data, cfg, frame, uv, target, jitter=True, generator=self.gen)
+        out = render_mapped(self.model, data, cfg, frame, uv, target, depth_src, jitter=True, generator=self.gen)
         rend = out.render
         terms: dict[str, Tensor] = {}
         terms["corr"] = losses.reprojection_loss_px(out.uv_pred_px, uv_tgt, conf, lc.charbonnier_eps_px)
-        sup = (data.supervise[frame, uv[:, 1].round().long().clamp(0, data.hw[0] - 1),
-                              uv[:, 0].round().long().clamp(0, data.hw[1] - 1)]).float()
+        sup = sup_src.float()
         if lc.photo_weight > 0:
-            terms["photo"] = losses.photometric_loss(rend.colour(), colour_at(data.rgb, frame, uv, data.subpixel_lookup),
-                                                     sup)
+            terms["photo"] = losses.photometric_loss(rend.colour(), rgb_src, sup)
         sv = out.stereo_valid.float() * sup
         sscale = self._stereo_scale(share)
         # scene flow: the matched pixel's stereo depth is the mapped point's depth in the target frame
         if lc.anchor_weight > 0 or lc.corr_depth_weight > 0:
-            d_tgt = data.depth_at(target, uv_tgt)
+            d_tgt = depth_tgt
             if lc.anchor_weight > 0:
                 terms["anchor"] = self._anchor_loss(out, frame, target, uv_tgt, d_tgt, conf)
             if lc.corr_depth_weight > 0:
@@ -335,7 +326,7 @@ class Fitter:
         if lc.distortion_weight > 0:
             terms["dist"] = losses.distortion_loss(rend.weights, rend.z_m)
         if cfg.render.right_ray_share > 0 and data.right_rgb is not None and lc.photo_weight > 0:
-            terms["photo_right"] = self._right_photometric(data.right_rgb, f_i, u, v)
+            terms["photo_right"] = self._right_photometric(data.right_rgb, sample, cb)
         if step % lc.reg_every == 0 and (lc.tv_weight > 0 or lc.time_smooth_weight > 0):
             tv, ts = self.model.plane_regularisers()
             terms["tv"], terms["time_smooth"] = tv, ts
@@ -373,34 +364,34 @@ class Fitter:
         ok = torch.isfinite(d_tgt).float() * w
         return loss + losses.stereo_depth_loss_px(z_pred, d_tgt, ok, data.fx_b)
 
-    def _right_photometric(self, right_rgb: Float[Tensor, "T H W 3"], f_i: Int[Tensor, " P"], u: Int[Tensor, " P"],
-                           v: Int[Tensor, " P"]) -> Float[Tensor, ""]:
-        """Photometric term on right-camera rays (stereo supervision of the colour field)."""
+    def _right_photometric(self, right_rgb: Tensor, sample: Int[Tensor, " P"],
+                           cb: CorrespondenceBatch) -> Float[Tensor, ""]:
+        """Photometric term on right-camera rays at the samples' pixels (stereo supervision of the colour field)."""
         data, cfg = self.data, self.cfg
-        n = max(1, int(round(cfg.render.right_ray_share * f_i.shape[0])))
-        f, uv = f_i[:n], torch.stack([u[:n], v[:n]], -1).float()
+        n = max(1, int(round(cfg.render.right_ray_share * sample.shape[0])))
+        f, uv = cb.frame_i[:n], cb.uv_i_px[:n]
         offset = torch.tensor([data.baseline_m, 0.0, 0.0], device=uv.device)
         origins, dirs = pixel_rays(uv, data.K, data.poses(f), cam_offset_m=offset)
         nan = torch.full((n,), float("nan"), device=uv.device)
         z, _ = sample_depths(origins, dirs, nan, self.model.workspace, cfg.render, data.fx_b, True, self.gen)
         out = self.model.render(origins, dirs, z, f)
-        sup = data.supervise[f, v[:n], u[:n]].float()  # left mask as a proxy at the same pixel
-        return losses.photometric_loss(out.colour(), colour_at(right_rgb, f, uv), sup)
+        sup = cb.sup_i[:n].float()  # left mask as a proxy at the same pixel
+        return losses.photometric_loss(out.colour(), right_rgb[sample[:n]].float() / 255.0, sup)
 
     @torch.no_grad()
     def dense_refresh(self) -> None:
-        """Reprojection error of one pixel per cell of every frame (one pair each), in chunks."""
-        f, u, v = self.sampler.dense_pixels()
+        """Reprojection error of one stored sample per cell (one record each), in chunks; at most
+        `sampler.refresh_max_rays` cells, drawn at random, per refresh."""
+        sample = self.sampler.refresh_samples()
         errs, valids = [], []
         chunk = self.cfg.sampler.refresh_chunk
-        for s in range(0, f.shape[0], chunk):
-            fs, us, vs = f[s:s + chunk], u[s:s + chunk], v[s:s + chunk]
-            cb = correspondence_batch(self.data, fs, us, vs, self.gen)
-            out = render_mapped(self.model, self.data, self.cfg, fs, cb.uv_i_px, cb.frame_j, jitter=False,
-                                generator=self.gen, with_colour=False)
+        for s in range(0, sample.shape[0], chunk):
+            cb = correspondence_batch(self.data, sample[s:s + chunk], self.gen)
+            out = render_mapped(self.model, self.data, self.cfg, cb.frame_i, cb.uv_i_px, cb.frame_j, cb.depth_i_m,
+                                jitter=False, generator=self.gen, with_colour=False)
             errs.append((out.uv_pred_px - cb.uv_j_px).norm(dim=-1))
             valids.append(cb.conf > 0)
-        self.sampler.refresh(f, u.float(), v.float(), torch.cat(errs), torch.cat(valids))
+        self.sampler.refresh(sample, torch.cat(errs), torch.cat(valids))
 
     # ------------------------------------------------------------------------------------------
     def run(self, progress: Callable[[dict], None] | None = None) -> FitStats:
@@ -468,19 +459,23 @@ class Fitter:
         return self.stats
 
 
-def to_device_data(rgb_u8: np.ndarray, depth_m: np.ndarray, supervise: np.ndarray, pairs: np.ndarray,
-                   flow_px: np.ndarray, confidence: np.ndarray, K: np.ndarray, baseline_m: float,
-                   T_world_cam: np.ndarray | None, device: torch.device, right_rgb_u8: np.ndarray | None = None,
-                   subpixel_lookup: bool = False) -> FitData:
-    """numpy front-end outputs → `FitData` on `device` (CPU tensors share the numpy memory)."""
+def to_device_data(store: CorrespondenceStore, K: np.ndarray, baseline_m: float, T_world_cam: np.ndarray | None,
+                   device: torch.device) -> FitData:
+    """The correspondence store → `FitData` on `device` (colours to [0, 1] floats; CPU tensors of the
+    store's other arrays share its memory)."""
     def t(a, dtype=None):
         x = torch.from_numpy(np.ascontiguousarray(a))
         return x.to(device=device, dtype=dtype) if (dtype is not None or device.type != "cpu") else x
 
-    rgb = t(rgb_u8).to(torch.float32) / 255.0
-    right = t(right_rgb_u8).to(torch.float32) / 255.0 if right_rgb_u8 is not None else None
-    return FitData(rgb=rgb, depth_m=t(depth_m.astype(np.float32)), supervise=t(supervise.astype(bool)),
-                   pairs=t(pairs.astype(np.int64)), flow_px=t(flow_px), confidence=t(confidence),
-                   K=t(np.asarray(K, np.float32)), baseline_m=float(baseline_m),
+    def colour(a):  # uint8 stays uint8 (a quarter of float32's memory); batches convert
+        return t(a)
+
+    return FitData(num_frames=store.num_frames, image_hw=store.image_hw, cell_px=store.cell_px, per_cell=store.per_cell,
+                   uv_px=t(store.uv_px), rgb=colour(store.rgb_u8), depth_m=t(store.depth_m),
+                   supervise=t(store.supervise), rec_start=t(store.rec_start), rec_frame=t(store.rec_frame),
+                   rec_uv_px=t(store.rec_uv_px), rec_conf=t(store.rec_conf), rec_depth_m=t(store.rec_depth_m),
+                   rec_rgb=colour(store.rec_rgb_u8), rec_supervise=t(store.rec_supervise),
+                   K=t(np.asarray(K, np.float32)), baseline_m=float(baseline_m), depth_maps=store.depth,
                    T_world_cam=None if T_world_cam is None else t(np.asarray(T_world_cam, np.float32)),
-                   right_rgb=right, subpixel_lookup=subpixel_lookup)
+                   right_rgb=None if store.right_rgb_u8 is None else colour(store.right_rgb_u8),
+                   subpixel_lookup=store.subpixel, num_pairs=int(store.pairs.shape[0]))

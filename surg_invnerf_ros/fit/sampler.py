@@ -34,10 +34,12 @@ class PixelSampler:
     """Sampling state of one fit: error maps (T, Hc, Wc), draws, updates and the stopping rule."""
 
     def __init__(self, cfg: SamplerConfig, num_frames: int, height: int, width: int,
-                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> None:
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                 cell_px: int = 0, per_cell: int = 1) -> None:
         self.cfg = cfg
         self.T, self.H, self.W = int(num_frames), int(height), int(width)
-        self.cell = int(cfg.cell_px)
+        self.cell = int(cell_px or cfg.cell_px)  # the correspondence store's cell
+        self.per_cell = int(per_cell)  # stored samples per cell: sample = cell · per_cell + m
         self.Hc = math.ceil(self.H / self.cell)
         self.Wc = math.ceil(self.W / self.cell)
         self.device = torch.device(device)
@@ -87,8 +89,13 @@ class PixelSampler:
         return max(1, int(round(self.cfg.rays_per_step * share)))
 
     # -- draws ---------------------------------------------------------------------------------
-    def draw(self, n: int) -> tuple[Int[Tensor, " P"], Int[Tensor, " P"], Int[Tensor, " P"]]:
-        """`n` pixels as (frame, u_px, v_px) integer tensors."""
+    def _in_cell(self, cells: Int[Tensor, " P"]) -> Int[Tensor, " P"]:
+        """A random stored sample of each cell."""
+        m = torch.randint(0, self.per_cell, cells.shape, device=self.device, generator=self.gen)
+        return cells * self.per_cell + m
+
+    def draw(self, n: int) -> Int[Tensor, " P"]:
+        """`n` stored samples (indices into the correspondence store)."""
         flat = self.err.flatten()
         if self.cfg.strategy == "uniform":
             cells = torch.randint(0, flat.numel(), (n,), device=self.device, generator=self.gen)
@@ -107,25 +114,18 @@ class PixelSampler:
                 pool = open_f if self.cfg.uniform_from == "unconverged" else torch.ones_like(flat)
                 parts.append(torch.multinomial(pool, n_uni, replacement=True, generator=self.gen))
             cells = torch.cat(parts)
-        frame = cells // (self.Hc * self.Wc)
-        rem = cells % (self.Hc * self.Wc)
-        cv, cu = rem // self.Wc, rem % self.Wc
-        du = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
-        dv = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
-        u = (cu * self.cell + du).clamp(max=self.W - 1)
-        v = (cv * self.cell + dv).clamp(max=self.H - 1)
-        return frame, u, v
+        return self._in_cell(cells)
 
-    def dense_pixels(self) -> tuple[Int[Tensor, " P"], Int[Tensor, " P"], Int[Tensor, " P"]]:
-        """One random pixel in every cell of every frame, for a dense refresh (frame-major order)."""
-        f, cv, cu = torch.meshgrid(torch.arange(self.T, device=self.device), torch.arange(self.Hc, device=self.device),
-                                   torch.arange(self.Wc, device=self.device), indexing="ij")
-        n = f.numel()
-        du = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
-        dv = torch.randint(0, self.cell, (n,), device=self.device, generator=self.gen)
-        u = (cu.reshape(-1) * self.cell + du).clamp(max=self.W - 1)
-        v = (cv.reshape(-1) * self.cell + dv).clamp(max=self.H - 1)
-        return f.reshape(-1), u, v
+    def refresh_samples(self) -> Int[Tensor, " P"]:
+        """One random stored sample in every cell of every frame for a dense refresh (frame-major order),
+        or in `refresh_max_rays` random cells when there are more cells than that."""
+        n = self.num_cells
+        cap = self.cfg.refresh_max_rays
+        if cap > 0 and n > cap:
+            cells = torch.randperm(n, device=self.device, generator=self.gen)[:cap].sort().values
+        else:
+            cells = torch.arange(n, device=self.device)
+        return self._in_cell(cells)
 
     # -- updates -------------------------------------------------------------------------------
     def update(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor, err_px: Float[Tensor, " P"],
@@ -143,12 +143,12 @@ class PixelSampler:
         new = torch.where(torch.isfinite(old), (1 - a) * old + a * mean, mean)
         self.err = torch.where(hit, new, old).view(self.T, self.Hc, self.Wc)
 
-    def refresh(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor, err_px: Float[Tensor, " P"],
-                valid: Bool[Tensor, " P"]) -> None:
-        """Dense refresh: cells with a valid measurement take it; the others become unknown."""
-        idx = self.cell_index(frame, u_px, v_px)
-        new = torch.full((self.num_cells,), float("nan"), device=self.device)
-        new[idx[valid]] = err_px[valid].detach().float()
+    def refresh(self, sample: Int[Tensor, " P"], err_px: Float[Tensor, " P"], valid: Bool[Tensor, " P"]) -> None:
+        """Dense refresh of the cells of `sample` (from `refresh_samples`): a valid measurement is the cell's
+        error, an invalid one makes it unknown; cells not measured keep their value."""
+        idx = sample // self.per_cell
+        new = self.err.reshape(-1).clone()
+        new[idx] = torch.where(valid, err_px.detach().float(), torch.full_like(err_px, float("nan")))
         self.err = new.view(self.T, self.Hc, self.Wc)
         self.refreshes += 1
 

@@ -1,262 +1,39 @@
-"""Multi-gap flow chains: long-range dense correspondences with confidence (DESIGN §3.1).
+"""Multi-gap flow chains for query points: the "dis" classical baseline (DESIGN §3.1).
 
-MFT's idea, rebuilt on the weight-free `FlowBank`: the flow from a frame r to a far frame t is
-reached through several candidate paths, one per gap g, each the already-known chain to t − g
-composed with the bank flow (t − g → t). Every pixel keeps the path with the lowest score,
-
-    score = Σ cycle error of its links  +  link_cost_px · number of links,
-
-so an occlusion at one intermediate frame is jumped over by a longer gap, and ties go to the
-shorter chain. A chain is valid only if every link is (cycle closed, inside the image, unmasked).
-
-    confidence = valid · exp(−Σ cycle error / conf_scale_px) · link_decay^(links − 1)
-
-Composition is whole-image: F_rt(x) = F_rs(x) + F_st(x + F_rs(x)), one `cv2.remap` per candidate.
-
-Pairs returned by `build_correspondences`:
-- every bank pair (i, i ± g), g in `cfg.gaps` (one link);
-- long-range pairs from keyframes r = 0, S, 2S, … (S = `keyframe_stride`): (r, t) and (t, r) for
-  every t at distance d ≤ `max_chain_frames`, d a multiple of `long_range_step`. Where d is also a
-  gap, the direct pair keeps, per pixel, the more confident of its flow and the chain (a long direct
-  flow bridges occlusions; the chain holds where a large displacement defeats DIS).
-  (t, r) chains are target-fixed: F_tr(x) = F_ts(x) + F_sr(x + F_ts(x)), s one gap closer to r.
-
-Memory: each pair is 12 bytes a pixel (float32 flow and confidence). The long-range count is about
-(T / S) · 2 · 2 · max_chain_frames / long_range_step; raise `keyframe_stride` or `long_range_step`
-(the pair budget) for big images. At 256×192, T = 48 and the defaults: 424 pairs (354 of them
-direct), 250 MB.
+MFT's idea on the weight-free flow bank: a point reaches frame t through several candidate paths, one
+per gap g (its position at t − g moved by the checked flow t − g → t); it keeps the path with the
+lowest cost (Σ cycle error + `link_cost_px` per link, `invalid_link_cost_px` for an invalid link), so
+an occlusion at one intermediate frame is jumped over by a longer gap. The fit's correspondences use
+the same rule on stored samples (`store.py`).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from dataclasses import dataclass
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from ..config import FlowConfig
 from ..errors import InputError
 from ..structs import Queries
 from .bulk_motion import median_shift
-from .flow import FlowBank, checked_flow_pair, make_dis, pixel_grid, prepare_video
-from .workers import thread_map
+from .flow import FlowBank, checked_flow_pair, make_dis, prepare_video
 
 _ERR_CAP_PX = 1e4  # stands in for +inf where values are interpolated (0 · inf would give NaN)
 _VALID_MIN = 0.99  # a bilinear look-up counts as valid only if (nearly) all its neighbours are
-
-
-@dataclass
-class DenseCorrespondences:
-    """Dense pixel correspondences between frame pairs, the fit's supervision.
-
-    Attributes:
-        pairs: (Q, 2) int64 rows [i, j], direct gap pairs first, then long-range ones.
-        flow_px: (Q, H, W, 2) float32; pixel (u, v) of frame i maps to (u, v) + flow in frame j.
-        confidence: (Q, H, W) float32 in [0, 1]; 0 = no correspondence (occluded, failed, masked).
-    """
-
-    pairs: np.ndarray
-    flow_px: np.ndarray
-    confidence: np.ndarray
-
-
-def _link_stack(bank: FlowBank, q: int) -> np.ndarray:
-    """(H, W, 4) float32 [fu, fv, cycle error (capped), valid] of bank row q, for one remap."""
-    return np.concatenate([
-        bank.flow_px[q],
-        np.minimum(bank.cycle_err_px[q], _ERR_CAP_PX)[..., None],
-        bank.valid[q][..., None].astype(np.float32),
-    ], axis=-1)
-
-
-def _sample(
-    stack: np.ndarray, flow_px: np.ndarray, grid: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """`stack` (H, W, C) looked up at x + flow(x); plus (H, W) bool: the look-up lies in the image."""
-    H, W = flow_px.shape[:2]
-    map_u = grid[0] + flow_px[..., 0]
-    map_v = grid[1] + flow_px[..., 1]
-    inside = (map_u >= 0) & (map_v >= 0) & (map_u <= W - 1) & (map_v <= H - 1)
-    return cv2.remap(stack, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), inside
-
-
-class _ChainState:
-    """One dense chain: flow, accumulated cycle error, link count and validity, each (H, W)."""
-
-    __slots__ = ("flow", "err", "links", "valid", "_stack")
-
-    def __init__(self, flow: np.ndarray, err: np.ndarray, links: np.ndarray, valid: np.ndarray) -> None:
-        self.flow, self.err, self.links, self.valid = flow, err, links, valid
-        self._stack: np.ndarray | None = None
-
-    @classmethod
-    def identity(cls, H: int, W: int) -> "_ChainState":
-        return cls(np.zeros((H, W, 2), np.float32), np.zeros((H, W), np.float32),
-                   np.zeros((H, W), np.float32), np.ones((H, W), bool))
-
-    def stack(self) -> np.ndarray:
-        """(H, W, 5) float32 for one remap of the whole state (built once: up to len(gaps) uses)."""
-        if self._stack is None:
-            self._stack = np.concatenate([
-                self.flow, np.minimum(self.err, _ERR_CAP_PX)[..., None], self.links[..., None],
-                self.valid[..., None].astype(np.float32)], axis=-1)
-        return self._stack
-
-    def confidence(self, cfg: FlowConfig) -> np.ndarray:
-        conf = np.exp(-self.err / cfg.conf_scale_px) * cfg.link_decay ** np.maximum(self.links - 1.0, 0.0)
-        return np.where(self.valid, conf, 0.0).astype(np.float32)
-
-
-def _compose_source_fixed(prev: _ChainState, link: np.ndarray, grid) -> _ChainState:
-    """Chain r→s then bank link s→t (sampled where the chain lands): the chain r→t."""
-    got, inside = _sample(link, prev.flow, grid)  # (H, W, 4)
-    return _ChainState(prev.flow + got[..., :2], prev.err + got[..., 2], prev.links + 1.0,
-                       prev.valid & inside & (got[..., 3] >= _VALID_MIN))
-
-
-def _compose_target_fixed(link: np.ndarray, nxt: _ChainState, grid) -> _ChainState:
-    """Bank link t→s at the grid then chain s→r (sampled where the link lands): the chain t→r."""
-    flow = link[..., :2]
-    got, inside = _sample(nxt.stack(), flow, grid)  # (H, W, 5)
-    return _ChainState(flow + got[..., :2], link[..., 2] + got[..., 2], np.rint(got[..., 3]) + 1.0,
-                       (link[..., 3] >= _VALID_MIN) & inside & (got[..., 4] >= _VALID_MIN))
-
-
-def _best(cands: list[_ChainState], link_cost_px: float) -> _ChainState:
-    """Per pixel, the candidate with the lowest score (invalid candidates score +inf); ties keep
-    the earlier (shorter-gap) candidate."""
-    best = cands[0]
-    if len(cands) == 1:
-        return best
-    best = _ChainState(best.flow.copy(), best.err.copy(), best.links.copy(), best.valid.copy())
-    score = np.where(best.valid, best.err + link_cost_px * best.links, np.inf)
-    for c in cands[1:]:
-        cand = np.where(c.valid, c.err + link_cost_px * c.links, np.inf)
-        better = cand < score
-        np.copyto(score, cand, where=better)
-        np.copyto(best.flow, c.flow, where=better[..., None])
-        np.copyto(best.err, c.err, where=better)
-        np.copyto(best.links, c.links, where=better)
-        np.copyto(best.valid, c.valid, where=better)
-    return best
-
-
-def _chain_from(bank: FlowBank, index: dict, r: int, direction: int, num_frames: int, cfg: FlowConfig,
-                keep: set[int], target_fixed: bool, grid) -> dict[int, _ChainState]:
-    """Chains between keyframe r and t = r + direction·d, d = 1 … max_chain_frames.
-
-    Source-fixed chains map frame r to t; target-fixed ones map t to r. Returns the states at the
-    distances in `keep`; only the last max(gaps) states are held while stepping.
-    """
-    H, W = bank.image_hw
-    gaps = sorted(set(cfg.gaps))
-    states: dict[int, _ChainState] = {0: _ChainState.identity(H, W)}
-    out: dict[int, _ChainState] = {}
-    for d in range(1, max(keep, default=0) + 1):
-        t = r + direction * d
-        if not 0 <= t < num_frames:
-            break
-        cands = []
-        for g in gaps:
-            if g > d:
-                break
-            s = t - direction * g  # one gap closer to r
-            key = (t, s) if target_fixed else (s, t)
-            q = index.get(key)
-            if q is None or (d - g) not in states:
-                continue
-            link = _link_stack(bank, q)  # each bank row is used once per chain: no cache
-            if target_fixed:
-                cands.append(_compose_target_fixed(link, states[d - g], grid))
-            else:
-                cands.append(_compose_source_fixed(states[d - g], link, grid))
-        if not cands:  # the bank has no gap reaching this far: stop the chain here
-            break
-        states[d] = _best(cands, cfg.link_cost_px)
-        if d in keep:
-            out[d] = states[d]
-        states.pop(d - gaps[-1], None)  # no gap reaches back further than the largest one
-    return out
-
-
-def _check_bank(bank: FlowBank, num_frames: int) -> None:
-    if bank.pairs.size and (bank.pairs.min() < 0 or bank.pairs.max() >= num_frames):
-        raise InputError(f"flow bank: pairs: frame index outside 0..{num_frames - 1}", reason="bad_bank")
-
-
-def build_correspondences(
-    bank: FlowBank,
-    num_frames: int,
-    cfg: FlowConfig,
-    progress: Callable[[int], object] | None = None,
-    workers: int = 0,
-) -> DenseCorrespondences:
-    """Direct gap pairs plus keyframe-anchored long-range chains, each with a confidence map.
-
-    Args:
-        bank: DIS flows of every gap pair (`flow.compute_flow_bank`).
-        num_frames: T, the sequence length the bank was computed on.
-        cfg: gaps, chain length, keyframe stride, long-range step and confidence constants.
-        progress: called with 1 after each keyframe, from the worker threads.
-        workers: threads (0 = every CPU core); the output does not depend on it.
-    """
-    _check_bank(bank, num_frames)
-    H, W = bank.image_hw
-    grid = pixel_grid(H, W)
-    index = bank.index()
-    keep = {d for d in range(cfg.long_range_step, cfg.max_chain_frames + 1, cfg.long_range_step) if d > 1}
-
-    pairs = [bank.pairs]
-    flows = [bank.flow_px]
-    # Direct pairs are one link: confidence = exp(-cycle error / scale) where valid.
-    direct_conf = np.zeros(bank.valid.shape, np.float32)
-    np.exp(-np.where(bank.valid, bank.cycle_err_px, 0) / np.float32(cfg.conf_scale_px), out=direct_conf,
-           where=bank.valid)
-    confs = [direct_conf]
-    seen = set(index)
-    merges: list[tuple[int, np.ndarray, np.ndarray]] = []  # (direct pair, chained flow, its confidence)
-
-    def keyframe(r: int) -> list[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
-        """(pair, flow, confidence) of every chain to and from keyframe r, in a fixed order."""
-        got = []
-        for direction in (1, -1):
-            for target_fixed in (False, True):
-                states = _chain_from(bank, index, r, direction, num_frames, cfg, keep, target_fixed, grid)
-                for d, st in sorted(states.items()):
-                    t = r + direction * d
-                    got.append(((t, r) if target_fixed else (r, t), st.flow, st.confidence(cfg)))
-        if progress is not None:
-            progress(1)
-        return got
-
-    for chained in thread_map(keyframe, range(0, num_frames, cfg.keyframe_stride), workers):
-        for pair, flow, conf in chained:
-            if pair in index:  # a long direct gap: the chain fills in where the direct flow failed
-                merges.append((index[pair], flow, conf))
-                continue
-            if pair in seen:  # two keyframes d apart reach each other both ways: keep one
-                continue
-            seen.add(pair)
-            pairs.append(np.asarray([pair], np.int64))
-            flows.append(flow[None])
-            confs.append(conf[None])
-    out = DenseCorrespondences(pairs=np.concatenate(pairs).reshape(-1, 2),
-                               flow_px=np.concatenate(flows).astype(np.float32, copy=False),
-                               confidence=np.concatenate(confs))
-    for q, flow, conf in merges:  # per pixel, the more confident of the direct flow and the chain
-        better = conf > out.confidence[q]
-        out.flow_px[q][better] = flow[better]
-        out.confidence[q][better] = conf[better]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
 # Sparse chaining for query points (the "dis" baseline)
 # ------------------------------------------------------------------------------------------------
 
+
+
+def _check_bank(bank: FlowBank, num_frames: int) -> None:
+    if bank.pairs.size and (bank.pairs.min() < 0 or bank.pairs.max() >= num_frames):
+        raise InputError(f"flow bank: pairs: frame index outside 0..{num_frames - 1}", reason="bad_bank")
 
 
 Link = tuple[np.ndarray, np.ndarray, np.ndarray]  # flow (H, W, 2), valid (H, W), cycle error (H, W)

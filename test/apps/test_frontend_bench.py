@@ -15,6 +15,6 @@ def test_random_stereo_video():
 
 def test_frontend_fps_keys():
     out = frontend_fps(64, 48, frames=3)
-    for key in ("lk_64pts_fps", "lk_query_64pts_fps", "dis_bank_fps", "chains_fps", "sgbm_fps"):
+    for key in ("lk_64pts_fps", "lk_query_64pts_fps", "dis_bank_fps", "store_fps", "sgbm_fps"):
         assert out[key] > 0, key
     assert (out["width"], out["height"], out["frames"]) == (64, 48, 3)

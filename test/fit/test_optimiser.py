@@ -1,45 +1,71 @@
-"""Fit-loop helpers: sub-pixel lookups of stereo depth and colour."""
+"""Fit-loop helpers: depth look-ups at fractional pixels, and correspondence batches from the store."""
 
 import math
 
 import numpy as np
 import torch
 
-from surg_invnerf_ros.fit.optimiser import bilinear_at, colour_at, to_device_data
+from surg_invnerf_ros.config import FrontendConfig, MaskConfig, StoreConfig
+from surg_invnerf_ros.fit.optimiser import correspondence_batch, to_device_data
+from surg_invnerf_ros.frontend.store import DepthMaps, build_store, depth_lookup
+from surg_invnerf_ros.structs import StereoCalib
+
+from ..frontend.synthetic import translated_video
 
 
-def _data(depth_m: np.ndarray, subpixel: bool):
-    T, H, W = depth_m.shape
-    rgb = np.zeros((T, H, W, 3), np.uint8)
-    return to_device_data(rgb, depth_m, np.ones((T, H, W), bool), np.zeros((0, 2), np.int64),
-                          np.zeros((0, H, W, 2), np.float32), np.zeros((0, H, W), np.float32),
-                          np.eye(3), 0.005, None, torch.device("cpu"), subpixel_lookup=subpixel)
-
-
-class TestSubpixelLookup:
-    def test_bilinear_values_and_nan(self):
-        img = torch.arange(12.0).reshape(1, 3, 4)  # value = 4 v + u
-        uv = torch.tensor([[1.5, 0.5], [3.0, 2.0], [0.25, 1.75]])
-        out = bilinear_at(img, torch.zeros(3, dtype=torch.long), uv)
-        torch.testing.assert_close(out, 4 * uv[:, 1] + uv[:, 0])  # exact on a linear ramp
-        img[0, 1, 1] = float("nan")
-        assert math.isnan(float(bilinear_at(img, torch.tensor([0]), torch.tensor([[1.5, 0.5]]))[0]))
-
-    def test_colour_is_bilinear_only_when_asked(self):
-        rgb = torch.zeros(1, 2, 2, 3)
-        rgb[0, :, 1] = 1.0  # right column white
-        uv = torch.tensor([[0.4, 0.0]])
-        assert float(colour_at(rgb, torch.tensor([0]), uv)[0, 0]) == 0.0  # nearest: left column
-        assert abs(float(colour_at(rgb, torch.tensor([0]), uv, subpixel=True)[0, 0]) - 0.4) < 1e-6
-
+class TestDepthLookup:
     def test_depth_falls_back_to_nearest_next_to_invalid(self):
         u = np.arange(6, dtype=np.float32)
         depth = np.broadcast_to(0.05 + 0.001 * u, (1, 4, 6)).copy()  # a slope along u
         depth[0, :, 5] = np.nan
-        uv = torch.tensor([[2.3, 1.0], [4.4, 1.0], [7.0, 1.0]])
-        f = torch.zeros(3, dtype=torch.long)
-        sub = _data(depth, True).depth_at(f, uv)
-        near = _data(depth, False).depth_at(f, uv)
+        uv = np.array([[2.3, 1.0], [4.4, 1.0], [7.0, 1.0]])
+        f = np.zeros(3, np.intp)
+        sub = depth_lookup(depth, f, uv, True)
+        near = depth_lookup(depth, f, uv, False)
         assert abs(float(sub[0]) - 0.0523) < 1e-6 and abs(float(near[0]) - 0.052) < 1e-6
         assert abs(float(sub[1]) - 0.054) < 1e-6  # a neighbour is invalid: nearest pixel's depth
         assert math.isnan(float(sub[2])) and math.isnan(float(near[2]))  # outside the image
+
+    def test_memory_mapped_maps_give_the_same_values_in_half_precision(self):
+        ram = DepthMaps.allocate(2, 4, 6, ram_limit_bytes=1e9)
+        disk = DepthMaps.allocate(2, 4, 6, ram_limit_bytes=0)
+        assert not ram.on_disk and disk.on_disk and disk.maps.dtype == np.float16
+        vals = np.linspace(0.04, 0.09, 48, dtype=np.float32).reshape(2, 4, 6)
+        ram.maps[:] = vals
+        disk.maps[:] = vals
+        f, uv = np.array([0, 1, 1]), np.array([[1.0, 2.0], [5.0, 3.0], [2.4, 0.6]])
+        np.testing.assert_allclose(disk.at(f, uv, True), ram.at(f, uv, True), rtol=1e-3)
+
+
+def _store():
+    video = translated_video(9, (0.7, 0.3))
+    H, W = video.shape[1:3]
+    calib = StereoCalib(K=np.array([[80.0, 0, W / 2], [0, 80.0, H / 2], [0, 0, 1]]), baseline_m=0.005,
+                        image_size=(W, H))
+    cfg = FrontendConfig(store=StoreConfig(sample_stride_px=2), masks=MaskConfig(specular_min_value=255, dilate_px=0))
+    return build_store(video, video, calib, cfg, cell_px=4)
+
+
+class TestCorrespondenceBatch:
+    def test_batch_reads_a_stored_record_of_each_sample(self):
+        store = _store()
+        data = to_device_data(store, np.eye(3), 0.005, None, torch.device("cpu"))
+        sample = torch.arange(0, store.uv_px.shape[0], 7)
+        cb = correspondence_batch(data, sample, torch.Generator().manual_seed(0))
+        s = sample.numpy()
+        np.testing.assert_array_equal(cb.frame_i.numpy(), store.sample_frame(s))
+        np.testing.assert_array_equal(cb.uv_i_px.numpy(), store.uv_px[s].astype(np.float32))
+        has = store.rec_start[s + 1] > store.rec_start[s]
+        assert has.mean() > 0.5
+        assert bool((cb.conf.numpy()[~has] == 0).all()) and bool((cb.conf.numpy()[has] > 0).all())
+        for k in np.flatnonzero(has)[:50]:  # the drawn record is one of the sample's own
+            lo, hi = store.rec_start[s[k]], store.rec_start[s[k] + 1]
+            rows = np.flatnonzero((store.rec_frame[lo:hi] == int(cb.frame_j[k]))
+                                  & (np.abs(store.rec_uv_px[lo:hi] - cb.uv_j_px[k].numpy()).max(1) == 0))
+            assert rows.size == 1
+            assert abs(float(cb.depth_j_m[k]) - float(store.rec_depth_m[lo + rows[0]])) < 1e-6 or (
+                math.isnan(float(cb.depth_j_m[k])) and math.isnan(float(store.rec_depth_m[lo + rows[0]])))
+        # a translation by (0.7, 0.3) per frame: every match agrees with it
+        dt = (cb.frame_j - cb.frame_i).numpy()[has]
+        flow = (cb.uv_j_px - cb.uv_i_px).numpy()[has]
+        np.testing.assert_allclose(flow, dt[:, None] * np.array([0.7, 0.3]), atol=0.35)
