@@ -97,10 +97,11 @@ class Queries:
 
 @dataclass
 class Sequence:
-    """A loaded, rectified stereo sequence held in memory.
+    """A loaded, rectified stereo sequence.
 
     Attributes:
-        left_rgb_u8, right_rgb_u8: (T, H, W, 3) uint8 rectified images, RGB order.
+        left_rgb_u8, right_rgb_u8: (T, H, W, 3) uint8 rectified images, RGB order: arrays, or
+            `io.sequence.FrameStack`s that decode frames when indexed (`read_sequence(lazy=True)`).
         calib: the rectified stereo calibration.
         stamps_ns: (T,) int64 image timestamps.
         queries: query points in *rectified* left pixels.

@@ -181,7 +181,18 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
         torch.cuda.reset_peak_memory_stats(device)
     if seq.num_frames < 1:
         raise InputError(f"{seq.name}: no frames to fit", reason="empty")
-    fe = frontend if frontend is not None else run_frontend(seq, frontend_cfg, timings, fit_cfg)
+    if frontend is None:
+        T = seq.num_frames
+        done = [0]
+
+        def frame_done(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress({"stage": "frontend", "frame": done[0], "frames": T})
+
+        fe = run_frontend(seq, frontend_cfg, timings, fit_cfg, progress=frame_done)
+    else:
+        fe = frontend
     if fe.num_frames != seq.num_frames:
         raise InputError(f"{seq.name}: the correspondence store holds {fe.num_frames} frames, the sequence "
                          f"{seq.num_frames}", reason="frame_count")

@@ -96,11 +96,22 @@ def _fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
     bar = tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, unit="step", delay=0.5)
 
     def update(info: dict) -> None:
-        if "max_steps" in info and bar.total != info["max_steps"]:
-            bar.total = info["max_steps"]
+        if "frames" in info:  # the front end: frames streamed into the correspondence store
+            if bar.total != info["frames"]:
+                bar.reset(total=info["frames"])
+                bar.unit = "frame"
+            bar.n = int(info["frame"])
+            bar.set_postfix({"stage": "front end"}, refresh=False)
+            bar.refresh()
+            return
+        if "max_steps" in info and (bar.total != info["max_steps"] or bar.unit != "step"):
+            bar.reset(total=info["max_steps"])
+            bar.unit = "step"
         if "step" in info:
             bar.n = int(info["step"])
         post = {k: f"{info[k]:.3g}" for k in ("loss", "converged") if isinstance(info.get(k), (int, float))}
+        if isinstance(info.get("eta_s"), (int, float)):
+            post["eta"] = f"{info['eta_s']:.0f}s"
         if "stage" in info:
             post["stage"] = info["stage"]
         bar.set_postfix(post, refresh=False)
@@ -133,7 +144,7 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
     if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
     if getattr(args, "time_budget_s", None) is not None:
-        overrides.append(f"time_budget_s={args.time_budget_s}")
+        overrides += [f"time_budget_s={args.time_budget_s}", "time_budget_per_frame_s=0"]  # exactly this budget
     if getattr(args, "seed", None) is not None:
         overrides.append(f"seed={args.seed}")
     if getattr(args, "kinematics", None) is not None:
@@ -172,8 +183,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise UsageError(f"--method: unknown method {args.method!r} (expected one of {', '.join(METHODS)})")
     fit_cfg, frontend_cfg = load_run_configs(args)
-    with _bar("read", unit="frame") as update:
-        seq = read_sequence(args.seq, progress=update)
+    with _bar("read", unit="frame") as update:  # InvNeRF's front end decodes each frame when it needs it
+        seq = read_sequence(args.seq, progress=update, lazy=args.method == "invnerf")
     seq = apply_kinematics_options(seq, args.hand_eye, args.kinematics_offset_s)
     with _fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)

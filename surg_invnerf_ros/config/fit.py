@@ -98,7 +98,12 @@ class FitConfig:
 
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto uses CUDA when present.")
     seed: int = option(0, "Seed of parameters and sampling.", lo=0)
-    time_budget_s: float = option(200.0, "Wall-clock budget of the optimisation loop.", lo=0.0)
+    time_budget_s: float = option(
+        3600.0, "Wall-clock budget of the optimisation loop, seconds (0: no time limit); with "
+        "time_budget_per_frame_s, the most it may grow to.", lo=0.0)
+    time_budget_per_frame_s: float = option(
+        4.17, "The loop's budget scales with the clip: this many seconds per frame, at most time_budget_s "
+        "(0: time_budget_s alone). 48 frames get 200 s.", lo=0.0)
     max_steps: int = option(6000, "Step budget.", lo=0)
     num_threads: int = option(1, "torch CPU threads for the fit (process-wide; 0 leaves torch's default). One "
         "thread is as fast on small batches and robust on a shared machine.", lo=0)

@@ -238,6 +238,14 @@ class FitStats:
     history: list[dict] = field(default_factory=list)
 
 
+def fit_time_budget_s(cfg: FitConfig, num_frames: int) -> float:
+    """The loop's wall-clock budget: `time_budget_per_frame_s` × frames, at most `time_budget_s`;
+    `time_budget_s` alone when the per-frame budget is 0; 0 (no limit) when `time_budget_s` is 0."""
+    if cfg.time_budget_per_frame_s <= 0 or cfg.time_budget_s <= 0:
+        return cfg.time_budget_s
+    return min(cfg.time_budget_per_frame_s * num_frames, cfg.time_budget_s)
+
+
 def _add(timings: dict[str, float], key: str, t0: float) -> float:
     now = time.perf_counter()
     timings[key] = timings.get(key, 0.0) + now - t0
@@ -255,14 +263,15 @@ class Fitter:
                                     cell_px=data.cell_px, per_cell=data.per_cell)
         self.opt = make_optimiser(model, cfg, data.pose_correction)
         self.stats = FitStats()
+        self.budget_s = fit_time_budget_s(cfg, data.num_frames)
 
     # ------------------------------------------------------------------------------------------
     def progress_share(self, step: int, elapsed_s: float) -> float:
         parts = []
         if self.cfg.max_steps > 0:
             parts.append(step / self.cfg.max_steps)
-        if self.cfg.time_budget_s > 0:
-            parts.append(elapsed_s / self.cfg.time_budget_s)
+        if self.budget_s > 0:
+            parts.append(elapsed_s / self.budget_s)
         return min(1.0, max(parts) if parts else 0.0)
 
     def _set_lr(self, step: int, share: float) -> None:
@@ -407,10 +416,10 @@ class Fitter:
             if cfg.max_steps > 0 and step >= cfg.max_steps:
                 stop = "max_steps"
                 break
-            if cfg.time_budget_s > 0 and elapsed >= cfg.time_budget_s:
+            if self.budget_s > 0 and elapsed >= self.budget_s:
                 stop = "time_budget"
                 break
-            if cfg.max_steps == 0 and cfg.time_budget_s == 0:
+            if cfg.max_steps == 0 and self.budget_s == 0:
                 stop = "no_budget"
                 break
             share = self.progress_share(step, elapsed)
@@ -439,8 +448,11 @@ class Fitter:
                 if self.sampler.is_converged():
                     stop = "converged"
             if step % cfg.log_every == 0 or stop:
+                elapsed = time.perf_counter() - t_start
+                share = self.progress_share(step, elapsed)
                 rec = {"step": step, "max_steps": cfg.max_steps, "loss": float(total.detach()),
-                       "converged": self.sampler.converged_share(), "elapsed_s": time.perf_counter() - t_start,
+                       "converged": self.sampler.converged_share(), "elapsed_s": elapsed,
+                       "eta_s": elapsed * (1.0 - share) / max(share, 1e-6),
                        **{f"loss_{k}": float(val) for k, val in terms.items()}}
                 self.stats.history.append(rec)
                 if progress is not None:

@@ -171,10 +171,13 @@ class Rectifier:
             if img.shape[:2] != (H, W):
                 raise InputError(f"rectify_pair: {name} image: expected {W}x{H}, got "
                                  f"{img.shape[1]}x{img.shape[0]}", "bad_image")
+        return self.rectify_image(left_rgb_u8, "left"), self.rectify_image(right_rgb_u8, "right")
+
+    def rectify_image(self, rgb_u8: np.ndarray, side: str) -> np.ndarray:
+        """Rectify one raw (H, W, 3) image of the `side` ("left" or "right") camera (bilinear)."""
         m1l, m2l, m1r, m2r = self._ensure_maps()
-        left = cv2.remap(left_rgb_u8, m1l, m2l, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        right = cv2.remap(right_rgb_u8, m1r, m2r, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        return left, right
+        m1, m2 = (m1l, m2l) if side == "left" else (m1r, m2r)
+        return cv2.remap(rgb_u8, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
     def raw_to_rect_px(self, uv_raw_px: np.ndarray) -> np.ndarray:
         """(N, 2) raw left pixels → (N, 2) rectified left pixels (NaN rows stay NaN)."""

@@ -114,10 +114,52 @@ def _write_folder(tmp: Path, left_rgb_u8, right_rgb_u8, calib, queries, stamps_n
         write_kinematics(tmp / "kinematics.csv", T_world_cam)
 
 
+class FrameStack:
+    """(T, H, W, 3) uint8 RGB frames of one camera, decoded (and rectified) when indexed, so a long clip
+    never sits in memory whole. `stack[t]` is one frame; slices, index arrays and `np.asarray(stack)`
+    decode the frames they cover."""
+
+    def __init__(self, files: list[Path], width: int, height: int, rectifier: Rectifier | None, side: str) -> None:
+        self.files, self.width, self.height = list(files), int(width), int(height)
+        self.rectifier, self.side = rectifier, side
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), self.height, self.width, 3)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def frame(self, t: int) -> np.ndarray:
+        img = _read_rgb(self.files[t], self.width, self.height)
+        return img if self.rectifier is None else self.rectifier.rectify_image(img, self.side)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self.frame(int(index) % len(self.files) if index < 0 else int(index))
+        idx = np.arange(len(self.files))[index]
+        return np.stack([self.frame(int(t)) for t in np.atleast_1d(idx)]) if np.ndim(idx) else self.frame(int(idx))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, np.uint8)
+        for t in range(len(self.files)):
+            out[t] = self.frame(t)
+        return out if dtype is None else out.astype(dtype)
+
+
 def read_sequence(
     path: str | Path,
     load_images: bool = True,
     progress: Callable[[int], object] | None = None,
+    lazy: bool = False,
 ) -> Sequence:
     """Read and validate a sequence folder (DESIGN §2.1).
 
@@ -131,6 +173,8 @@ def read_sequence(
         load_images: if False, only the PNG headers are checked and `left_rgb_u8`/`right_rgb_u8`
             are (T, 0, 0, 3) placeholders (cheap validation, calibration and queries only).
         progress: called with 1 after each stereo frame is loaded.
+        lazy: images are `FrameStack`s, decoded when read (long clips; the fit's front end reads each
+            frame once), instead of arrays loaded here.
 
     Returns:
         A `Sequence` with (T, H, W, 3) uint8 RGB rectified images, (T,) int64 `stamps_ns` (from
@@ -161,7 +205,10 @@ def read_sequence(
 
     for f in (*left_files, *right_files):  # cheap: a truncated or foreign file fails before decoding
         _check_png_header(f, W, H)
-    if load_images:
+    if load_images and lazy:
+        left = FrameStack(left_files, W, H, rectifier, "left")
+        right = FrameStack(right_files, W, H, rectifier, "right")
+    elif load_images:
         left = np.empty((num_frames, H, W, 3), np.uint8)
         right = np.empty((num_frames, H, W, 3), np.uint8)
         for i, (fl, fr) in enumerate(zip(left_files, right_files)):

@@ -69,3 +69,15 @@ class TestCorrespondenceBatch:
         dt = (cb.frame_j - cb.frame_i).numpy()[has]
         flow = (cb.uv_j_px - cb.uv_i_px).numpy()[has]
         np.testing.assert_allclose(flow, dt[:, None] * np.array([0.7, 0.3]), atol=0.35)
+
+
+class TestTimeBudget:
+    def test_scales_with_frames_up_to_the_cap(self):
+        from surg_invnerf_ros.config import FitConfig
+        from surg_invnerf_ros.fit.optimiser import fit_time_budget_s
+
+        cfg = FitConfig()
+        assert abs(fit_time_budget_s(cfg, 48) - 200.2) < 0.1
+        assert fit_time_budget_s(cfg, 1000) == cfg.time_budget_s == 3600.0
+        assert fit_time_budget_s(FitConfig(time_budget_s=90.0, time_budget_per_frame_s=0.0), 1000) == 90.0
+        assert fit_time_budget_s(FitConfig(time_budget_s=0.0), 48) == 0.0  # no time limit
