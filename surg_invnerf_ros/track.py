@@ -296,8 +296,9 @@ class InferredPoints:
 def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: int = 8192) -> InferredPoints:
     """All queries (rows frame, u, v) × all frames: pixels, visibility and camera-frame points.
 
-    One batched pass (chunked only to bound memory): surface sample at the query frame, its
-    canonical point, F_t⁻¹ for every t, projection, and the visibility tests at every t.
+    Surface sample at the query frame and its canonical point, then F_t⁻¹ for every t, projection and
+    the visibility tests, in chunks of about `chunk` points (frames × queries), so memory stays bounded
+    for any number of queries × frames; the result does not depend on `chunk`.
     """
     model, data, cfg = result.model, result.data, result.cfg
     dev = data.device
@@ -306,36 +307,42 @@ def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: 
     q = torch.as_tensor(np.asarray(query_tuv, np.float64), dtype=torch.float32, device=dev).reshape(-1, 3)
     N = q.shape[0]
     f_q = q[:, 0].round().long().clamp(0, T - 1)
-    x_surf, _ = surface_points_world_m(model, data, cfg, f_q, q[:, 1:3])
-    u_canon = model.to_canonical(x_surf, f_q)  # (N, 3)
-    frames = torch.arange(T, device=dev)[:, None].expand(T, N)  # (T, N)
-    X = model.from_canonical(u_canon[None].expand(T, N, 3), frames)  # (T, N, 3) world
+    u_canon = torch.cat([model.to_canonical(surface_points_world_m(model, data, cfg, f_q[s:s + chunk],
+                                                                   q[s:s + chunk, 1:3])[0], f_q[s:s + chunk])
+                         for s in range(0, N, chunk)]) if N else torch.zeros(0, 3, device=dev)
     Tcw_all = data.all_inv_poses()  # corrected when pose refinement is on
-    xyz_cam = transform_m(None if Tcw_all is None else Tcw_all[:, None], X)  # (T, N, 3)
-    uv, z = project_px(xyz_cam, data.K)  # (T, N, 2), (T, N)
-    flat_f, flat_uv, flat_z = frames.reshape(-1), uv.reshape(-1, 2), z.reshape(-1)
-    inside = (uv[..., 0] >= -0.5) & (uv[..., 0] <= W - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= H - 0.5) & (z > 0)
-    visible = inside
-    if cfg.render.visibility_transmittance > 0:  # the rendered test costs a ray per point and frame: only when on
-        trans = torch.cat([transmittance_at(model, data, cfg, flat_f[s:s + chunk], flat_uv[s:s + chunk],
-                                            flat_z[s:s + chunk])
-                           for s in range(0, flat_f.shape[0], chunk)]).reshape(T, N)
-        visible = visible & (trans > cfg.render.visibility_transmittance)
-    d_st = data.depth_at(flat_f, flat_uv).reshape(T, N)  # stereo depth at every tracked pixel
-    disp_gap = data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)  # > 0: the stereo surface is in front
-    if cfg.render.stereo_visibility_check:
-        occluded = torch.isfinite(d_st) & (disp_gap > cfg.render.stereo_occlusion_gap_px)
-        visible = visible & ~occluded
-    visible[f_q, torch.arange(N, device=dev)] = True  # a query is visible in its own frame by definition
-    if cfg.render.stereo_depth_fusion_px > 0:
-        # SGBM is the better depth sensor where it agrees with the model: keep the model's pixel, take its depth
-        agree = torch.isfinite(d_st) & (disp_gap.abs() <= cfg.render.stereo_depth_fusion_px) & visible
-        fused = xyz_cam * (torch.nan_to_num(d_st) / z.clamp_min(1e-6))[..., None]  # same ray, stereo depth
-        xyz_cam = torch.where(agree[..., None], fused, xyz_cam)
-    if cfg.render.depth_consensus == "median":
-        xyz_cam = consensus_depth_m(model, data, xyz_cam, visible, chunk)
-    return InferredPoints(uv_px=uv.float().cpu().numpy(), visible=visible.cpu().numpy(),
-                          xyz_cam_m=xyz_cam.float().cpu().numpy())
+    uv_out = torch.empty(T, N, 2, device=dev)
+    vis_out = torch.empty(T, N, dtype=torch.bool, device=dev)
+    xyz_out = torch.empty(T, N, 3, device=dev)
+    per = max(1, chunk // max(N, 1))  # frames per chunk
+    for t0 in range(0, T, per):
+        C = min(per, T - t0)
+        frames = torch.arange(t0, t0 + C, device=dev)[:, None].expand(C, N)
+        X = model.from_canonical(u_canon[None].expand(C, N, 3), frames)  # (C, N, 3) world
+        xyz_cam = transform_m(None if Tcw_all is None else Tcw_all[t0:t0 + C, None], X)
+        uv, z = project_px(xyz_cam, data.K)  # (C, N, 2), (C, N)
+        flat_f, flat_uv, flat_z = frames.reshape(-1), uv.reshape(-1, 2), z.reshape(-1)
+        visible = (uv[..., 0] >= -0.5) & (uv[..., 0] <= W - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= H - 0.5) & (z > 0)
+        if cfg.render.visibility_transmittance > 0:  # the rendered test costs a ray per point and frame: only when on
+            trans = transmittance_at(model, data, cfg, flat_f, flat_uv, flat_z).reshape(C, N)
+            visible = visible & (trans > cfg.render.visibility_transmittance)
+        d_st = data.depth_at(flat_f, flat_uv).reshape(C, N)  # stereo depth at every tracked pixel
+        disp_gap = data.fx_b / d_st - data.fx_b / z.clamp_min(1e-6)  # > 0: the stereo surface is in front
+        if cfg.render.stereo_visibility_check:
+            occluded = torch.isfinite(d_st) & (disp_gap > cfg.render.stereo_occlusion_gap_px)
+            visible = visible & ~occluded
+        own = (f_q[None] == frames)  # a query is visible in its own frame by definition
+        visible = visible | own
+        if cfg.render.stereo_depth_fusion_px > 0:
+            # SGBM is the better depth sensor where it agrees with the model: keep the model's pixel, take its depth
+            agree = torch.isfinite(d_st) & (disp_gap.abs() <= cfg.render.stereo_depth_fusion_px) & visible
+            fused = xyz_cam * (torch.nan_to_num(d_st) / z.clamp_min(1e-6))[..., None]  # same ray, stereo depth
+            xyz_cam = torch.where(agree[..., None], fused, xyz_cam)
+        uv_out[t0:t0 + C], vis_out[t0:t0 + C], xyz_out[t0:t0 + C] = uv, visible, xyz_cam
+    if cfg.render.depth_consensus == "median" and N:
+        xyz_out = consensus_depth_m(model, data, xyz_out, vis_out, chunk, cfg.render.consensus_window_frames)
+    return InferredPoints(uv_px=uv_out.float().cpu().numpy(), visible=vis_out.cpu().numpy(),
+                          xyz_cam_m=xyz_out.float().cpu().numpy())
 
 
 @runtime_checkable
@@ -357,28 +364,34 @@ class FramePoses(Protocol):
 
 
 def consensus_depth_m(model: FrameCanonicalMap, data: FramePoses, xyz_cam_m: Float[Tensor, "T N 3"],
-                      visible: Bool[Tensor, "T N"], chunk: int = 8192) -> Float[Tensor, "T N 3"]:
-    """Each point's depth at frame t := the median depth of its 3D points of all visible frames s
-    carried to t by the map (x_t = F_t⁻¹(F_s(x_s))), on the same camera ray (2D unchanged).
+                      visible: Bool[Tensor, "T N"], chunk: int = 8192, window: int = 0) -> Float[Tensor, "T N 3"]:
+    """Each point's depth at frame t := the median depth of its 3D points of the visible frames s within
+    `window` frames of t (0: all) carried to t by the map (x_t = F_t⁻¹(F_s(x_s))), on the same camera
+    ray (2D unchanged).
 
     One stereo measurement's error follows the texture under the point; the map ties the point's
     measurements from every frame together, so their median is the multi-frame estimate. Chunked
-    over target frames: T·N points per source frame, T²·N in all.
+    over target frames; the work is T · (2·window + 1) · N map evaluations (T² · N without a window).
     """
     T, N, _ = xyz_cam_m.shape
     dev = xyz_cam_m.device
+    W = window if window > 0 else T
     T_wc, T_cw = data.all_poses(), data.all_inv_poses()
     frames = torch.arange(T, device=dev)
     x_world = transform_m(None if T_wc is None else T_wc[:, None], xyz_cam_m)
     u_canon = model.to_canonical(x_world, frames[:, None].expand(T, N))  # (T_s, N, 3)
     z_med = torch.empty(T, N, device=dev, dtype=xyz_cam_m.dtype)
-    per_step = max(1, chunk // max(1, T * N))
+    per_step = max(1, chunk // max(1, min(T, 2 * W + 1) * N))
     for t0 in range(0, T, per_step):
         t_idx = frames[t0:t0 + per_step]
         C = t_idx.shape[0]
-        x_t = model.from_canonical(u_canon[None].expand(C, T, N, 3), t_idx[:, None, None].expand(C, T, N))
+        s0, s1 = max(0, t0 - W), min(T, t0 + C + W)
+        S = s1 - s0
+        x_t = model.from_canonical(u_canon[None, s0:s1].expand(C, S, N, 3), t_idx[:, None, None].expand(C, S, N))
         z_t = transform_m(None if T_cw is None else T_cw[t_idx, None, None], x_t)[..., 2]
-        z_med[t0:t0 + C] = torch.where(visible[None], z_t, torch.nan).nanmedian(dim=1).values  # over source frames
+        near = (frames[s0:s1][None] - t_idx[:, None]).abs() <= W  # (C, S)
+        use = visible[None, s0:s1] & near[..., None]
+        z_med[t0:t0 + C] = torch.where(use, z_t, torch.nan).nanmedian(dim=1).values  # over source frames
     z_own = xyz_cam_m[..., 2]
     ok = torch.isfinite(z_med) & (z_med > 0) & (z_own > 0)
     return torch.where(ok[..., None], xyz_cam_m * (z_med / torch.where(ok, z_own, 1.0))[..., None], xyz_cam_m)

@@ -36,6 +36,16 @@ def _epe(tr, gt):
 
 
 class TestTrackSequence:
+    def test_chunked_inference_equals_unchunked(self, tiny):
+        seq, _, fe = tiny
+        res = track.fit_invnerf(seq, load_config(FitConfig, None, TINY + ["max_steps=12"]), frontend=fe)
+        qt = np.asarray(seq.queries.query_tuv, np.float64)
+        whole = track.infer_points(res, qt, chunk=10**6)
+        parts = track.infer_points(res, qt, chunk=7)  # a query chunk and frame chunks of one frame
+        np.testing.assert_allclose(parts.uv_px, whole.uv_px, atol=1e-5)
+        np.testing.assert_array_equal(parts.visible, whole.visible)
+        np.testing.assert_allclose(parts.xyz_cam_m, whole.xyz_cam_m, atol=1e-7, equal_nan=True)
+
     def test_fit_falls_and_beats_zero_motion(self, tiny):
         seq, gt, fe = tiny
         cfg = load_config(FitConfig, None, TINY + ["max_steps=160", "log_every=1"])
@@ -185,21 +195,21 @@ class TestConsensusDepth:
         depth_noise = 1 + 0.02 * torch.randn(T, N, generator=g, dtype=torch.float64)
         return _ShiftMap(shift), _Poses(Twc), xyz_true, xyz_true * depth_noise[..., None]
 
-    @pytest.mark.parametrize("with_poses", [False, True])
-    def test_median_of_carried_depths(self, with_poses):
+    @pytest.mark.parametrize("with_poses,window", [(False, 0), (True, 0), (True, 4)])
+    def test_median_of_carried_depths(self, with_poses, window):
         model, data, xyz_true, xyz_meas = self._scene(with_poses)
         T, N, _ = xyz_meas.shape
         visible = torch.ones(T, N, dtype=torch.bool)
         visible[3, :] = False
         xyz_meas[3] *= 3.0  # an outlier in a frame where the point is hidden: must not count
-        out = track.consensus_depth_m(model, data, xyz_meas, visible, chunk=40)  # several target chunks
+        out = track.consensus_depth_m(model, data, xyz_meas, visible, chunk=40, window=window)  # several chunks
         # Brute force: carry frame s's measurement to t, take its depth, median over visible s.
         Twc, Tcw = data.all_poses(), data.all_inv_poses()
         want = np.empty((T, N))
         for t in range(T):
             zs = []
             for s in range(T):
-                if not visible[s, 0]:
+                if not visible[s, 0] or (window and abs(s - t) > window):
                     continue
                 x = xyz_meas[s] if Twc is None else xyz_meas[s] @ Twc[s, :3, :3].T + Twc[s, :3, 3]
                 x = x - model.shift_m[s] + model.shift_m[t]
@@ -211,4 +221,4 @@ class TestConsensusDepth:
         ray = lambda x: (x[..., :2] / x[..., 2:]).numpy()
         np.testing.assert_allclose(ray(out), ray(xyz_meas), rtol=1e-9)
         err = lambda x: (x - xyz_true)[..., 2].abs()[visible].mean()
-        assert err(out) < 0.5 * err(xyz_meas)
+        assert err(out) < (0.5 if not window else 0.7) * err(xyz_meas)
