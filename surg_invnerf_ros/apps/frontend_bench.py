@@ -14,9 +14,9 @@ import numpy as np
 
 from ..config import FrontendConfig
 from ..frontend.flow import compute_flow_bank
-from ..frontend.store import build_store
 from ..frontend.lk import track_lk
 from ..frontend.stereo import stereo_depth_sequence_m
+from ..frontend.store import build_store
 from ..structs import Queries, StereoCalib
 
 
