@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -58,11 +58,11 @@ RECORD_BYTES = 24  # sample int32, frame int32, uv float32 ×2, conf float16, de
 
 
 class StereoFrames(Protocol):
-    """What the store reads: rectified frames by index (a `Sequence`'s image stacks qualify)."""
+    """What the store reads: rectified frames by index (arrays and `io.sequence.FrameStack`s qualify)."""
 
     def __len__(self) -> int: ...
 
-    def __getitem__(self, t: int) -> np.ndarray: ...
+    def __getitem__(self, t: Any, /) -> Any: ...
 
 
 @dataclass
@@ -334,7 +334,11 @@ def _gather(stack: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _remap_points(stack, uv), inside
 
 
-def _best_candidate(ch: _Chain, d: int, gaps: list[int], stacks: dict[int, np.ndarray], link_cost_px: float):
+ChainState = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # uv (N, 2), Σ cycle error, links, valid
+
+
+def _best_candidate(ch: _Chain, d: int, gaps: list[int], stacks: dict[int, np.ndarray],
+                    link_cost_px: float) -> ChainState | None:
     """The chain state at distance d: per point, the best of "state at d − g, moved by the gap-g link into t"."""
     best = score = None
     for g in gaps:
@@ -342,14 +346,17 @@ def _best_candidate(ch: _Chain, d: int, gaps: list[int], stacks: dict[int, np.nd
             continue
         p_uv, p_err, p_links, p_valid = ch.states[d - g]
         got, inside = _gather(stacks[g], p_uv)
-        cand = (p_uv + got[:, :2], p_err + got[:, 2], p_links + 1.0, p_valid & inside & (got[:, 3] >= _VALID_MIN))
+        cand: ChainState = (p_uv + got[:, :2], p_err + got[:, 2], p_links + 1.0,
+                            p_valid & inside & (got[:, 3] >= _VALID_MIN))
         c_score = np.where(cand[3], cand[1] + link_cost_px * cand[2], np.inf)
         if best is None or score is None:
             best, score = cand, c_score
             continue
         better = c_score < score  # ties keep the shorter gap
         score = np.where(better, c_score, score)
-        best = tuple(np.where(better[:, None] if a.ndim == 2 else better, c, a) for a, c in zip(best, cand))
+        b_uv, b_err, b_links, b_valid = best
+        best = (np.where(better[:, None], cand[0], b_uv), np.where(better, cand[1], b_err),
+                np.where(better, cand[2], b_links), np.where(better, cand[3], b_valid))
     return best
 
 
@@ -439,7 +446,7 @@ def build_store(
 
     def emit(i: int, j: int, uv_j: np.ndarray, conf: np.ndarray, tgt: _Frame) -> None:
         """Records i → j of frame i's samples: the fit's usability rules applied, target look-ups stored."""
-        finite = np.isfinite(uv_j).all(1)
+        finite = np.asarray(np.isfinite(uv_j).all(1))
         uv_j = np.where(finite[:, None], uv_j, 0.0)
         ur, vr = np.rint(uv_j[:, 0]), np.rint(uv_j[:, 1])
         inside = (ur >= 0) & (ur < W) & (vr >= 0) & (vr < H)
@@ -470,7 +477,7 @@ def build_store(
         link_gaps = [g for g in gaps if t - g in window]
         jobs = [("stereo", lt, rt)] + [("flow", window[t - g], cur) for g in link_gaps]
         got = thread_map(task, jobs, cfg.workers)
-        cur.depth = got[0]
+        cur.depth = np.asarray(got[0])
         depth.maps[t] = cur.depth
         links = dict(zip(link_gaps, got[1:]))  # g → (fwd (t−g → t), bwd (t → t−g))
         window[t] = cur

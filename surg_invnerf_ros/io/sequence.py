@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, cast
 
 import cv2
 import numpy as np
@@ -205,9 +205,9 @@ def read_sequence(
 
     for f in (*left_files, *right_files):  # cheap: a truncated or foreign file fails before decoding
         _check_png_header(f, W, H)
-    if load_images and lazy:
-        left = FrameStack(left_files, W, H, rectifier, "left")
-        right = FrameStack(right_files, W, H, rectifier, "right")
+    if load_images and lazy:  # array-like: shape, dtype, indexing, np.asarray
+        left = cast(np.ndarray, FrameStack(left_files, W, H, rectifier, "left"))
+        right = cast(np.ndarray, FrameStack(right_files, W, H, rectifier, "right"))
     elif load_images:
         left = np.empty((num_frames, H, W, 3), np.uint8)
         right = np.empty((num_frames, H, W, 3), np.uint8)
