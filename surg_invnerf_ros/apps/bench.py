@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,9 @@ PRESETS: dict[str, Preset] = {
     "hard": Preset(conditions=(_HARD_BOTH,), seeds=(0, 1, 2), frames=48, width=256, height=192, num_queries=64),
     "quick": Preset(conditions=(_EASY_STATIC, _HARD_BOTH), seeds=(0,), frames=16, width=128, height=96,
                     num_queries=24),
+    # Long and full-size clips: the correspondence store's memory bound and the fit's scaling.
+    "long": Preset(conditions=(_HARD_BOTH,), seeds=(0,), frames=300, width=640, height=512, num_queries=64),
+    "real_size": Preset(conditions=(_HARD_BOTH,), seeds=(0,), frames=1000, width=1280, height=1024, num_queries=64),
 }
 
 
@@ -155,7 +159,7 @@ def _generate(seq_dir: Path, spec: SeqSpec, **synth_extra: Any) -> None:
 
 
 def _read(seq_dir: Path) -> Sequence:
-    return read_sequence(seq_dir)
+    return read_sequence(seq_dir, lazy=True)  # frames decoded when read: long clips never sit in RAM whole
 
 
 def is_cached(seq_dir: Path) -> bool:
@@ -286,7 +290,8 @@ def run_bench(
             timings[method][spec.name] = elapsed_s
             metrics = compute_metrics(tracks, gt, query_frames)
             rows.append(metrics_row(method, metrics, sequence=spec.name, time_s=elapsed_s,
-                                    frame_time_ms=1000.0 * elapsed_s / max(seq.num_frames, 1)))
+                                    frame_time_ms=1000.0 * elapsed_s / max(seq.num_frames, 1),
+                                    peak_rss_mb=peak_rss_mb()))
             tracks_by_method[method] = tracks
             if "steps" in tracks.meta:
                 fits.append(fit_row(method, spec.name, tracks.meta))
@@ -307,6 +312,11 @@ def run_bench(
     result.md_path = _write_markdown(out / "bench.md", cfg, specs, result, info)
     result.json_path = _write_json(out / "bench.json", cfg, specs, methods, result, info)
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB): after the first method of a run, that method's peak."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def fit_row(method: str, sequence: str, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -337,13 +347,14 @@ def _write_markdown(path: Path, cfg: BenchConfig, specs: list[SeqSpec], result: 
         "",
         "EPE and δ (TAP-Vid, px) over visible ground truth after each query frame; `inf` means a point "
         "was lost (missing or NaN). STIR δ uses the nearest ground-truth end point. `time_s` is the "
-        "method's wall time per sequence.",
+        "method's wall time per sequence; `peak_rss_mb` the process's peak resident memory after the method "
+        "(the method's own for the first one).",
         "",
         "## Mean over sequences",
         "",
         format_table(result.summary, [c for c in ("method", "epe_px", "epe_end_px", "delta_avg", "delta_avg_end",
                                                   "oa", "aj", "err3d_mm", "err3d_finite_mm", "stir_delta2d",
-                                                  "stir_delta3d", "fail_frac", "time_s", "frame_time_ms")]),
+                                                  "stir_delta3d", "fail_frac", "time_s", "frame_time_ms", "peak_rss_mb")]),
         "## Per sequence",
         "",
         format_table(result.rows, _columns(result.rows)),

@@ -240,13 +240,15 @@ def run_full_bench(out: Path, opts: SuiteOptions, fit_cfg: FitConfig, frontend_c
     unknown = [m for m in methods if m not in all_methods]
     if unknown:
         raise ConfigError(f"--methods: unknown method {unknown[0]!r} (expected some of {', '.join(all_methods)})")
-    presets: list[BenchPreset] = [opts.preset] if opts.preset != "default" else ["default", "hard"]
+    presets: list[BenchPreset] = [opts.preset] if opts.preset != "default" else ["default", "hard", "long"]
     if not opts.accuracy:
         presets = []
     summary: dict[str, Any] = {}
     for preset in presets:
         # The default set runs the baselines and InvNeRF; ablations run on the hard set only.
         m = [x for x in methods if preset == "hard" or x not in ABLATIONS]
+        if preset in ("long", "real_size"):  # InvNeRF first: the process's peak RSS after it is its own
+            m = sorted(m, key=lambda x: x != "invnerf")
         rows = _run_set(out / preset, opts.set_config(preset), m, fit_cfg, frontend_cfg)
         if "invnerf" in m:
             check = baseline_check(rows)

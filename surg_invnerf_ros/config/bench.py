@@ -11,7 +11,7 @@ from .base import (
     option,
 )
 
-BenchPreset = Literal["default", "hard", "quick"]  # a named benchmark set (BenchConfig.preset)
+BenchPreset = Literal["default", "hard", "long", "real_size", "quick"]  # a named benchmark set (BenchConfig.preset)
 
 
 @dataclass(frozen=True)
@@ -19,8 +19,9 @@ class BenchConfig:
     """The synthetic benchmark set (DESIGN §4): a named preset of sequences, optionally resized.
 
     Presets (`apps/bench.py` lists them): "default" (2 seeds × 4 conditions, from easy and static to
-    hard with an instrument and camera motion), "hard" (hard, instrument + camera motion, 3 seeds) and
-    "quick" (a small smoke run). Zero or empty fields take the preset's value, so `bench.frames=96`
+    hard with an instrument and camera motion), "hard" (hard, instrument + camera motion, 3 seeds),
+    "long" (the hard condition, 300 frames of 640×512), "real_size" (1,000 frames of 1280×1024, a
+    native da Vinci size) and "quick" (a small smoke run). Zero or empty fields take the preset's value, so `bench.frames=96`
     resizes a preset without redefining it.
     """
 
