@@ -32,13 +32,14 @@ def test_stride_grows_until_the_store_fits_the_budget():
     assert choose_stride(1000, 1024, 1280, FrontendConfig(store=StoreConfig(sample_stride_px=3))) == 3
 
 
-def test_a_clip_the_whole_image_design_refused_now_fits_24_gib():
-    """1,000 frames at 1280×1024 needed about 409 GiB as whole-image pairs; the store stays within 8 GiB."""
+def test_a_clip_the_whole_image_design_refused_now_fits_24_gib(monkeypatch):
+    """1,000 frames at 1280×1024 needed about 409 GiB as whole-image pairs; the store passes the check."""
     cfg = FrontendConfig()
-    need = memory.frontend_peak_bytes(1000, 1024, 1280, cfg)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 24 * 2**30)
+    need = memory.check_frontend_memory("long", 1000, 1024, 1280, cfg, max_share=cfg.max_memory_share)
     assert need < 8 * 2**30
     whole_image_pairs = 1000 * 2 * len(cfg.flow.gaps) * 1024 * 1280 * 25  # bank + dense pairs, 25 B/px
-    assert whole_image_pairs > 24 * 2**30
+    assert whole_image_pairs > cfg.max_memory_share * 24 * 2**30
 
 
 def test_refused_only_over_the_share(monkeypatch):

@@ -52,6 +52,16 @@ class TestReadSequence:
         np.testing.assert_array_equal(seq.stamps_ns, [0, 40_000_000, 80_000_000, 120_000_000])
         np.testing.assert_array_equal(stamps_from_fps(3, 30.0), [0, 33_333_333, 66_666_667])
 
+    def test_lazy_frames_equal_loaded_frames(self, tmp_path):
+        path = make_seq(tmp_path)
+        eager, lazy = read_sequence(path), read_sequence(path, lazy=True)
+        assert not isinstance(lazy.left_rgb_u8, np.ndarray) and lazy.num_frames == T
+        assert lazy.left_rgb_u8.shape == eager.left_rgb_u8.shape and len(lazy.right_rgb_u8) == T
+        np.testing.assert_array_equal(lazy.left_rgb_u8[2], eager.left_rgb_u8[2])
+        np.testing.assert_array_equal(lazy.right_rgb_u8[-1], eager.right_rgb_u8[-1])
+        np.testing.assert_array_equal(lazy.left_rgb_u8[1:3], eager.left_rgb_u8[1:3])
+        np.testing.assert_array_equal(np.asarray(lazy.right_rgb_u8), eager.right_rgb_u8)
+
     def test_without_images_and_progress(self, tmp_path):
         path = make_seq(tmp_path)
         light = read_sequence(path, load_images=False)
@@ -68,6 +78,9 @@ class TestReadSequence:
         seq = read_sequence(path)
         assert isinstance(seq.rectify, Rectifier)
         assert seq.left_rgb_u8.shape == (T, H, W, 3)
+        lazy = read_sequence(path, lazy=True)  # rectified frame by frame when read: the same images
+        np.testing.assert_array_equal(np.asarray(lazy.left_rgb_u8), seq.left_rgb_u8)
+        np.testing.assert_array_equal(lazy.right_rgb_u8[1], seq.right_rgb_u8[1])
         assert seq.calib.baseline_m == pytest.approx(seq.rectify.calib_rect.baseline_m)
         assert seq.calib.baseline_m == pytest.approx(np.linalg.norm(raw.T), rel=1e-6)
         uv_rect = seq.queries.uv_px
