@@ -73,6 +73,7 @@ class FitData:
     right_rgb: Tensor | None = None  # (S, 3) uint8 right colour at the sample pixels
     subpixel_lookup: bool = False  # bilinear depth lookups at fractional pixels (`render.subpixel_lookup`)
     num_pairs: int = 0
+    frame_pairs: Int[Tensor, " T"] | None = None  # frame pairs leaving each frame (None: each sample's own records)
     T_cam_world: Float[Tensor, "T 4 4"] | None = field(init=False)
     pose_correction: PoseCorrection | None = field(default=None, init=False)  # set by `enable_pose_refine`
 
@@ -150,12 +151,17 @@ class CorrespondenceBatch:
 
 def correspondence_batch(data: FitData, sample: Int[Tensor, " P"], generator: torch.Generator | None
                          ) -> CorrespondenceBatch:
-    """Pair each stored sample with one of its records, drawn uniformly (conf 0 where it has none)."""
+    """Pair each stored sample with one of the frame pairs leaving its frame, drawn uniformly: where the
+    sample has no checked correspondence in that pair (occluded, failed checks) its confidence is 0, so a
+    pixel weighs in proportion to how many of its frame's pairs it has (as with whole-image pairs). The
+    sample's records stand for the pairs it has, in any order. Without `frame_pairs`, one of the sample's
+    own records, uniformly."""
     deg = data.rec_count[sample]
-    k = (torch.rand(sample.shape[0], device=sample.device, generator=generator) * deg.clamp_min(1)).long()
-    has = deg > 0
-    r = (data.rec_start[sample] + k.clamp(max=(deg - 1).clamp_min(0))).clamp(max=max(int(data.rec_frame.shape[0]) - 1, 0))
     frame_i = sample // data.samples_per_frame
+    slots = deg if data.frame_pairs is None else torch.maximum(data.frame_pairs[frame_i], deg)
+    k = (torch.rand(sample.shape[0], device=sample.device, generator=generator) * slots.clamp_min(1)).long()
+    has = k < deg
+    r = (data.rec_start[sample] + k.clamp(max=(deg - 1).clamp_min(0))).clamp(max=max(int(data.rec_frame.shape[0]) - 1, 0))
     uv_i = data.uv_px[sample].float()
     rgb_i = data.rgb[sample].float() / 255.0
     if data.rec_frame.shape[0] == 0:  # no correspondence at all: the photometric and stereo terms still train
@@ -490,4 +496,5 @@ def to_device_data(store: CorrespondenceStore, K: np.ndarray, baseline_m: float,
                    K=t(np.asarray(K, np.float32)), baseline_m=float(baseline_m), depth_maps=store.depth,
                    T_world_cam=None if T_world_cam is None else t(np.asarray(T_world_cam, np.float32)),
                    right_rgb=None if store.right_rgb_u8 is None else colour(store.right_rgb_u8),
-                   subpixel_lookup=store.subpixel, num_pairs=int(store.pairs.shape[0]))
+                   subpixel_lookup=store.subpixel, num_pairs=int(store.pairs.shape[0]),
+                   frame_pairs=t(np.bincount(store.pairs[:, 0], minlength=store.num_frames)[:store.num_frames]))

@@ -55,9 +55,16 @@ class TestCorrespondenceBatch:
         s = sample.numpy()
         np.testing.assert_array_equal(cb.frame_i.numpy(), store.sample_frame(s))
         np.testing.assert_array_equal(cb.uv_i_px.numpy(), store.uv_px[s].astype(np.float32))
-        has = store.rec_start[s + 1] > store.rec_start[s]
+        deg = store.rec_start[s + 1] - store.rec_start[s]
+        has = deg > 0
         assert has.mean() > 0.5
-        assert bool((cb.conf.numpy()[~has] == 0).all()) and bool((cb.conf.numpy()[has] > 0).all())
+        conf = cb.conf.numpy()
+        assert bool((conf[~has] == 0).all())
+        # a pair of the frame is drawn: the sample has a correspondence in it with probability deg / pairs
+        pairs = np.bincount(store.pairs[:, 0], minlength=store.num_frames)[store.sample_frame(s)]
+        expect = (deg / np.maximum(pairs, deg)).mean()
+        assert abs((conf > 0).mean() - expect) < 0.05
+        has = conf > 0
         for k in np.flatnonzero(has)[:50]:  # the drawn record is one of the sample's own
             lo, hi = store.rec_start[s[k]], store.rec_start[s[k] + 1]
             rows = np.flatnonzero((store.rec_frame[lo:hi] == int(cb.frame_j[k]))
