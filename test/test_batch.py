@@ -52,3 +52,57 @@ class TestRay:
         assert [(r.name, r.ok, r.value, r.error) for r in on_ray] == [(r.name, r.ok, r.value, r.error) for r in local]
         pids = run_batch([Task(f"p{i}", worker_pid, (i,)) for i in range(2)], "ray", num_cpus=2)
         assert all(r.ok and r.value != os.getpid() for r in pids), "ray tasks must run in worker processes"
+
+
+class _FakeRay:
+    """Records what run_batch asks of Ray: the cluster address and each task's CPU/GPU request."""
+
+    def __init__(self):
+        self.init_kwargs, self.requests, self.shut = None, [], False
+        self._init = False
+
+    def is_initialized(self):
+        return self._init
+
+    def init(self, **kw):
+        self.init_kwargs, self._init = kw, True
+
+    def remote(self, fn):
+        fake = self
+
+        class _Remote:
+            def options(self, **opts):
+                fake.requests.append(opts)
+                return self
+
+            def remote(self, f, args):
+                return (fn, f, args)
+
+        return _Remote()
+
+    def wait(self, pending, num_returns=1):
+        return pending[:1], pending[1:]
+
+    def get(self, ref):
+        fn, f, args = ref
+        return fn(f, args)
+
+    def shutdown(self):
+        self.shut = True
+
+
+class TestRayWiring:
+    def test_joins_the_given_cluster_with_each_tasks_request(self, monkeypatch):
+        fake = _FakeRay()
+        monkeypatch.setitem(sys.modules, "ray", fake)
+        tasks = [Task("gpu", square, (3,), num_cpus=2, num_gpus=1.0), Task("cpu", square, (4,), num_cpus=1)]
+        res = run_batch(tasks, "ray", ray_address="ray://head:10001")
+        assert fake.init_kwargs["address"] == "ray://head:10001" and "num_cpus" not in fake.init_kwargs
+        assert [(r["num_cpus"], r["num_gpus"]) for r in fake.requests] == [(2, 1.0), (1, 0.0)]
+        assert [(r.name, r.value) for r in res] == [("gpu", 9), ("cpu", 16)] and fake.shut
+
+    def test_without_an_address_starts_a_local_ray_of_the_given_size(self, monkeypatch):
+        fake = _FakeRay()
+        monkeypatch.setitem(sys.modules, "ray", fake)
+        run_batch([Task("a", square, (2,))], "ray", num_cpus=2)
+        assert fake.init_kwargs["num_cpus"] == 2 and "address" not in fake.init_kwargs
