@@ -14,7 +14,6 @@ fresh child (the warm-start state is lost).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
@@ -34,6 +33,7 @@ import cv2
 from .config import FitConfig, FrontendConfig, RefineConfig, load_config
 from .device import resolve_device
 from .errors import ConfigError
+from .heap import release_free_memory
 from .structs import Sequence, Tracks
 
 log = logging.getLogger(__name__)
@@ -143,17 +143,6 @@ class InvNeRFRefiner:
 
 
 _AUTHKEY_ENV = "SURG_INVNERF_REFINE_AUTHKEY"
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc `malloc_trim`; nothing elsewhere).
-
-    A fit allocates and frees hundreds of megabytes in blocks of varying size; glibc keeps the freed
-    ones, fragmented: without it the refine process sat 200 MB higher and crept up over a soak."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def limit_process(refine_cfg: RefineConfig) -> dict[str, int]:

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..config import FrontendConfig
 from ..errors import InputError
+from ..heap import map_large_blocks, release_free_memory
 from ..structs import StereoCalib
 from .flow import checked_flow_pair, make_dis, pixel_grid, to_grey
 from .masks import specular_mask
@@ -391,6 +392,7 @@ def build_store(
         raise InputError(f"{name}: right: expected {T} frames, got {len(right)}", reason="frame_count")
     H, W = int(calib.height), int(calib.width)
     fcfg = cfg.flow
+    map_large_blocks()  # the per-frame arrays are freed at once: keep them off the fragmenting heap
     stride = choose_stride(T, H, W, cfg)
     cell, per_cell = cell_layout(stride, cell_px)
     rng = np.random.default_rng(seed)
@@ -540,6 +542,7 @@ def build_store(
         if progress is not None:
             progress(1)
 
+    release_free_memory()
     t0 = time.perf_counter()
     cols = records.finish(n_samples)
     timings["records_s"] += time.perf_counter() - t0
