@@ -13,12 +13,13 @@ reduces them to what the fit needs:
   supervision). Direct gap pairs give records both ways (s → t and t → s). Long-range records come
   from source-fixed chains: the samples of each keyframe r are carried forward through the gap
   flows, each point taking the best path (lowest Σ cycle error + `link_cost_px` · links, as in
-  `chains`), for up to `max_chain_frames`; a record is kept every `long_range_step` frames. Where
+  `chains`), for up to `max_chain_frames`, with a record every `long_range_step` frames; the samples
+  of any other frame are carried likewise to the keyframes ahead at those distances. Where
   the distance is also a gap, the more confident of the direct flow and the chain wins. Records
-  with zero confidence (occluded, masked, failed checks) are not stored.
+  with no confidence (occluded, masked, failed checks; below `MIN_CONFIDENCE`) are not stored.
 
 What is held while streaming is the last max(gaps) frames (grey, colour, depth, mask) and, per
-active keyframe, the last max(gaps) chain states of its samples; what is kept grows with frames ×
+active chain, the last max(gaps) states of its samples; what is kept grows with frames ×
 samples, not frames × pixels × gaps. Per-frame depth maps (for inference at query pixels) stay in
 RAM up to `store.depth_in_ram_gib`, else in a memory-mapped temporary file.
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 _ERR_CAP_PX = 1e4  # stands in for +inf where values are interpolated
 _VALID_MIN = 0.99  # a bilinear look-up is valid only if (nearly) all its neighbours are
+MIN_CONFIDENCE = 1e-3  # weaker correspondences are not stored (they weigh nothing in the fit; float16 keeps 1e-3)
 SAMPLE_BYTES = 18  # uv int16 ×2, rgb ×3, right rgb ×3, depth float32, supervise, record offset int64 (amortised)
 RECORD_BYTES = 24  # sample int32, frame int32, uv float32 ×2, conf float16, depth float32, rgb ×3, supervise
 
@@ -196,12 +198,11 @@ def long_range_distances(cfg) -> list[int]:
 
 
 def records_per_sample(num_frames: int, cfg) -> float:
-    """Upper bound of the mean record count per sample: direct gaps both ways plus keyframe chains."""
+    """Upper bound of the mean record count per sample: direct gaps both ways plus long-range chains."""
     gaps = sorted({g for g in cfg.gaps if g < num_frames})
     direct = sum(2 * (num_frames - g) for g in gaps) / max(num_frames, 1)
-    longs = [d for d in long_range_distances(cfg) if d not in gaps and d < num_frames]
-    keyframes = math.ceil(num_frames / cfg.keyframe_stride)
-    return direct + keyframes * len(longs) / max(num_frames, 1)
+    longs = sum(1 for t in range(num_frames) for d in chain_distances(t, cfg) if d not in gaps and t + d < num_frames)
+    return direct + longs / max(num_frames, 1)
 
 
 def store_bytes(num_frames: int, height: int, width: int, stride_px: int, cfg: FrontendConfig) -> int:
@@ -246,10 +247,21 @@ class _Frame:
 
 @dataclass
 class _Chain:
-    """Source-fixed chain states of one keyframe's samples: distance → (uv, err, links, valid)."""
+    """Source-fixed chain states of one frame's samples: distance → (uv, err, links, valid); records are
+    kept at the distances in `emit_at`, and the chain ends at the largest."""
 
     r: int
     states: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    emit_at: frozenset[int]
+
+
+def chain_distances(t: int, cfg) -> frozenset[int]:
+    """Distances at which frame t's samples get long-range records: every kept distance from a keyframe,
+    and from any frame the kept distances that land on a keyframe ahead."""
+    keep = long_range_distances(cfg)
+    if t % cfg.keyframe_stride == 0:
+        return frozenset(keep)
+    return frozenset(d for d in keep if (t + d) % cfg.keyframe_stride == 0)
 
 
 class _Records:
@@ -407,7 +419,6 @@ def build_store(
     sup_all = np.zeros(n_samples, bool)
     gaps = sorted({g for g in fcfg.gaps if g >= 1})
     max_gap = gaps[-1]
-    keep = set(long_range_distances(fcfg))
     grid = pixel_grid(H, W)
     num_disp = num_disparities_for(calib, cfg.stereo)
     records = _Records()
@@ -454,7 +465,7 @@ def build_store(
         inside = (ur >= 0) & (ur < W) & (vr >= 0) & (vr < H)
         sup_j = ~tgt.mask[np.clip(vr, 0, H - 1).astype(np.intp), np.clip(ur, 0, W - 1).astype(np.intp)]
         conf = np.where(finite & inside & sup_all[i * S:(i + 1) * S] & sup_j, conf, 0.0)
-        ok = conf > 0
+        ok = conf >= MIN_CONFIDENCE
         if not ok.any():
             return
         d_j = depth_lookup(tgt.depth, np.zeros(int(ok.sum()), np.intp), uv_j[ok], subpixel)
@@ -505,10 +516,12 @@ def build_store(
 
         t1 = time.perf_counter()
         timings["records_s"] += t1 - t0
-        # keyframe chains, forward: every active keyframe's samples carried into t
-        if t % fcfg.keyframe_stride == 0 and keep:
+        # long-range chains, forward: the samples of keyframes, and of frames with a keyframe at a kept
+        # distance ahead, carried into t
+        emit_at = chain_distances(t, fcfg)
+        if emit_at:
             chains.append(_Chain(r=t, states={0: (uv.astype(np.float32), np.zeros(S, np.float32),
-                                                  np.zeros(S, np.float32), np.ones(S, bool))}))
+                                                  np.zeros(S, np.float32), np.ones(S, bool))}, emit_at=emit_at))
         stacks = {g: np.concatenate([fwd[0], np.minimum(fwd[2], _ERR_CAP_PX)[..., None],
                                      fwd[1][..., None].astype(np.float32)], axis=-1) for g, (fwd, _) in links.items()}
         alive = []
@@ -522,7 +535,7 @@ def build_store(
                 continue  # no gap reaches: the chain ends
             ch.states[d] = best
             ch.states.pop(d - max_gap, None)
-            if d in keep:
+            if d in ch.emit_at:
                 c_uv, c_conf = best[0], chain_conf(best[1], best[2], best[3])
                 if d in direct:  # a long direct gap: per sample, the more confident of the flow and the chain
                     d_uv, d_conf = direct[d]
@@ -530,7 +543,7 @@ def build_store(
                     direct[d] = (np.where(take[:, None], d_uv, c_uv), np.where(take, d_conf, c_conf))
                 else:
                     emit(ch.r, t, c_uv, c_conf, cur)
-            if d < fcfg.max_chain_frames:
+            if d < max(ch.emit_at):
                 alive.append(ch)
         chains[:] = alive
         t2 = time.perf_counter()

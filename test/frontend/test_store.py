@@ -10,7 +10,7 @@ import pytest
 from surg_invnerf_ros.config import FlowConfig, FrontendConfig, MaskConfig, StoreConfig
 from surg_invnerf_ros.errors import InputError
 from surg_invnerf_ros.frontend.flow import compute_flow_bank, pixel_grid
-from surg_invnerf_ros.frontend.store import build_store, long_range_distances, store_bytes
+from surg_invnerf_ros.frontend.store import MIN_CONFIDENCE, build_store, long_range_distances, store_bytes
 from surg_invnerf_ros.structs import StereoCalib
 
 from .synthetic import translated_video
@@ -89,12 +89,13 @@ class TestAgainstTheDenseComputation:
             uv = store.uv_px[smp].astype(int)
             want_conf = np.where(bank.valid[q], np.exp(-bank.cycle_err_px[q] / FLOW.conf_scale_px), 0)
             kept = want_conf[uv[:, 1], uv[:, 0]]
+            assert (kept >= MIN_CONFIDENCE).all()
             np.testing.assert_allclose(uv_j - uv, bank.flow_px[q][uv[:, 1], uv[:, 0]], atol=1e-5)
             np.testing.assert_allclose(conf, kept, rtol=2e-3, atol=1e-4)  # float16 confidence
             # every pixel with a usable correspondence (inside the image) is stored
             tgt = np.rint(np.stack([np.arange(W)[None].repeat(H, 0), np.arange(H)[:, None].repeat(W, 1)], -1)
                           + bank.flow_px[q])
-            usable = (want_conf > 0) & (tgt[..., 0] >= 0) & (tgt[..., 0] < W) & (tgt[..., 1] >= 0) & (tgt[..., 1] < H)
+            usable = (want_conf >= MIN_CONFIDENCE) & (tgt[..., 0] >= 0) & (tgt[..., 0] < W) & (tgt[..., 1] >= 0) & (tgt[..., 1] < H)
             assert len(np.unique(smp)) == int(usable.sum())
             checked += 1
         assert checked > 40
@@ -106,12 +107,24 @@ class TestAgainstTheDenseComputation:
             smp, uv_j, conf = store.records_of(0, d)
             uv = store.uv_px[smp].astype(int)
             flow, dconf = oracle[d]
-            assert len(smp) == int((dconf > 0).sum()) - int(
-                (~_inside(uv_dense(flow), flow.shape[:2]) & (dconf > 0)).sum())
+            strong = dconf >= MIN_CONFIDENCE
+            assert len(smp) == int(strong.sum()) - int((~_inside(uv_dense(flow), flow.shape[:2]) & strong).sum())
             np.testing.assert_allclose(uv_j - uv, flow[uv[:, 1], uv[:, 0]], atol=1e-3)
             np.testing.assert_allclose(conf, dconf[uv[:, 1], uv[:, 0]], rtol=2e-3, atol=1e-4)
             err = np.abs(uv_j - uv - d * np.asarray(VEL))
             assert np.median(err) < 0.2, d
+
+    def test_frames_reach_the_keyframes_ahead(self, video, store):
+        # keyframes 0, 8, 16; kept distances 4, 8, 12, 16: frame 4 gets (4, 16), frame 1 no long-range pair
+        bank = compute_flow_bank(video, FLOW)
+        flow, dconf = dense_chain_oracle(bank, 4, 12, FLOW)[12]
+        smp, uv_j, conf = store.records_of(4, 16)
+        uv = store.uv_px[smp].astype(int)
+        assert len(smp) > 0.5 * 48 * 64
+        np.testing.assert_allclose(uv_j - uv, flow[uv[:, 1], uv[:, 0]], atol=1e-3)
+        np.testing.assert_allclose(conf, dconf[uv[:, 1], uv[:, 0]], rtol=2e-3, atol=1e-4)
+        longest = {int(j) - int(i) for i, j in store.pairs if i == 1 and j > i}
+        assert max(longest) <= max(FLOW.gaps)
 
     def test_long_direct_gap_keeps_the_more_confident_of_flow_and_chain(self, video, store):
         bank = compute_flow_bank(video, FLOW)
