@@ -133,6 +133,9 @@ class StoreConfig:
         "pixel; 0 = the densest stride whose store fits budget_gib).", lo=0, hi=256)
     budget_gib: float = option(
         2.0, "RAM for the stored samples and correspondences when sample_stride_px is 0.", lo=0.01)
+    backward_chains_gib: float = option(
+        1.0, "Long-range chains also run back in time (from keyframes, and from frames to the keyframes "
+        "behind) when the last max_chain_frames frames' backward flows fit in this much RAM (0: never).", lo=0.0)
     depth_in_ram_gib: float = option(
         1.0, "Per-frame stereo depth maps (read at query pixels by inference) stay in RAM up to this size; "
         "beyond, they go to a memory-mapped temporary file.", lo=0.0)

@@ -197,11 +197,14 @@ def long_range_distances(cfg) -> list[int]:
     return [d for d in range(cfg.long_range_step, cfg.max_chain_frames + 1, cfg.long_range_step) if d > 1]
 
 
-def records_per_sample(num_frames: int, cfg) -> float:
-    """Upper bound of the mean record count per sample: direct gaps both ways plus long-range chains."""
+def records_per_sample(num_frames: int, cfg, backward: bool = True) -> float:
+    """Upper bound of the mean record count per sample: direct gaps both ways plus long-range chains
+    (forward, and backward with `backward`)."""
     gaps = sorted({g for g in cfg.gaps if g < num_frames})
     direct = sum(2 * (num_frames - g) for g in gaps) / max(num_frames, 1)
     longs = sum(1 for t in range(num_frames) for d in chain_distances(t, cfg) if d not in gaps and t + d < num_frames)
+    if backward:
+        longs += sum(1 for t in range(num_frames) for d in backward_distances(t, cfg) if d not in gaps)
     return direct + longs / max(num_frames, 1)
 
 
@@ -209,7 +212,8 @@ def store_bytes(num_frames: int, height: int, width: int, stride_px: int, cfg: F
     """Upper bound of the store's size (every record valid)."""
     per_frame = math.ceil(height / stride_px) * math.ceil(width / stride_px)
     samples = num_frames * per_frame
-    return int(samples * (SAMPLE_BYTES + RECORD_BYTES * records_per_sample(num_frames, cfg.flow)))
+    backward = lookback_bytes(height, width, cfg) <= cfg.store.backward_chains_gib * 2**30
+    return int(samples * (SAMPLE_BYTES + RECORD_BYTES * records_per_sample(num_frames, cfg.flow, backward)))
 
 
 def choose_stride(num_frames: int, height: int, width: int, cfg: FrontendConfig) -> int:
@@ -224,11 +228,13 @@ def choose_stride(num_frames: int, height: int, width: int, cfg: FrontendConfig)
 
 
 def streaming_bytes(height: int, width: int, cfg: FrontendConfig) -> int:
-    """RAM the streaming pass holds besides the store: the last max(gaps) frames and one frame's flows."""
+    """RAM the streaming pass holds besides the store: the last max(gaps) frames, one frame's flows, and the
+    backward chains' held flows where they run."""
     px = height * width
     window = (max(cfg.flow.gaps) + 1) * px * 10  # grey, rgb, depth float32, mask, padding
     flows = len(cfg.flow.gaps) * px * 2 * 40  # two flows with their checks per gap, and temporaries
-    return window + flows
+    held = lookback_bytes(height, width, cfg)
+    return window + flows + (held if held <= cfg.store.backward_chains_gib * 2**30 else 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,6 +259,21 @@ class _Chain:
     r: int
     states: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     emit_at: frozenset[int]
+
+
+def backward_distances(t: int, cfg) -> frozenset[int]:
+    """Distances back in time at which frame t's samples get long-range records: every kept distance from
+    a keyframe, and from any frame the kept distances that land on a keyframe behind."""
+    keep = long_range_distances(cfg)
+    if t % cfg.keyframe_stride == 0:
+        return frozenset(d for d in keep if d <= t)
+    return frozenset(d for d in keep if d <= t and (t - d) % cfg.keyframe_stride == 0)
+
+
+def lookback_bytes(height: int, width: int, cfg: FrontendConfig) -> int:
+    """What backward chains hold: each of the last `max_chain_frames` frames' backward gap flows (with their
+    checks) and its colour and mask."""
+    return cfg.flow.max_chain_frames * height * width * (16 * len(cfg.flow.gaps) + 4)
 
 
 def chain_distances(t: int, cfg) -> frozenset[int]:
@@ -350,6 +371,12 @@ def _gather(stack: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 ChainState = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # uv (N, 2), Σ cycle error, links, valid
 
 
+def _stack(link: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """(H, W, 4) float32 [flow u, flow v, cycle error (capped), valid] of one checked flow, for one look-up."""
+    flow, valid, cycle = link
+    return np.concatenate([flow, np.minimum(cycle, _ERR_CAP_PX)[..., None], valid[..., None].astype(np.float32)], -1)
+
+
 def _best_candidate(ch: _Chain, d: int, gaps: list[int], stacks: dict[int, np.ndarray],
                     link_cost_px: float) -> ChainState | None:
     """The chain state at distance d: per point, the best of "state at d − g, moved by the gap-g link into t"."""
@@ -423,6 +450,17 @@ def build_store(
     num_disp = num_disparities_for(calib, cfg.stereo)
     records = _Records()
     window: dict[int, _Frame] = {}
+    # backward chains hold the last max_chain_frames frames' backward flows: only where that fits the budget
+    backward = lookback_bytes(H, W, cfg) <= cfg.store.backward_chains_gib * 2**30
+    if not backward:
+        log.info("%s: no backward chains (%.1f GiB of held flows > frontend.store.backward_chains_gib)", name,
+                 lookback_bytes(H, W, cfg) / 2**30)
+    lookback: dict[int, tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]] = {}
+
+    def _past_frame(u: int) -> _Frame:
+        rgb, msk, _ = lookback[u]
+        return _Frame(grey=rgb[..., 0], rgb=rgb, depth=np.asarray(depth.maps[u], np.float32), mask=msk,
+                      sample_uv=uv_all[:0])
     chains: list[_Chain] = []
     log.info("%s: correspondence store with one sample per %d px block (%d per frame), %d frames", name, stride ** 2,
              S, T)
@@ -509,9 +547,36 @@ def build_store(
         t0 = time.perf_counter()
         # direct pairs: t → t−g now; t−g → t after the chains (a chain may improve it)
         direct: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # g → (uv in t, conf) of frame t−g's samples
+        direct_back: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # g → (uv in t − g, conf) of t's samples
         for g, (fwd, bwd) in links.items():
             direct[g] = direct_conf(fwd, window[t - g].sample_uv)
-            uv_ts, conf_ts = direct_conf(bwd, uv)
+            direct_back[g] = direct_conf(bwd, uv)
+        if backward:
+            t_b = time.perf_counter()
+            lookback[t] = (lt, mask, {g: _stack(bwd) for g, (_, bwd) in links.items()})
+            back_at = backward_distances(t, fcfg)
+            if back_at:  # t's samples carried back through the held backward flows
+                states = {0: (uv.astype(np.float32), np.zeros(S, np.float32), np.zeros(S, np.float32), np.ones(S, bool))}
+                for d in range(1, max(back_at) + 1):
+                    stacks_d = {g: lookback[t - d + g][2][g] for g in gaps if g <= d and t - d + g in lookback
+                                and g in lookback[t - d + g][2]}
+                    best = _best_candidate(_Chain(r=t, states=states, emit_at=back_at), d, gaps, stacks_d,
+                                           fcfg.link_cost_px)
+                    if best is None:
+                        break
+                    states[d] = best
+                    states.pop(d - max_gap, None)
+                    if d in back_at:
+                        c_uv, c_conf = best[0], chain_conf(best[1], best[2], best[3])
+                        if d in direct_back:
+                            d_uv, d_conf = direct_back[d]
+                            take = d_conf >= c_conf
+                            direct_back[d] = (np.where(take[:, None], d_uv, c_uv), np.where(take, d_conf, c_conf))
+                        else:
+                            emit(t, t - d, c_uv, c_conf, _past_frame(t - d))
+            lookback.pop(t - fcfg.max_chain_frames, None)
+            timings["chains_s"] += time.perf_counter() - t_b
+        for g, (uv_ts, conf_ts) in direct_back.items():
             emit(t, t - g, uv_ts, conf_ts, window[t - g])
 
         t1 = time.perf_counter()
@@ -522,8 +587,7 @@ def build_store(
         if emit_at:
             chains.append(_Chain(r=t, states={0: (uv.astype(np.float32), np.zeros(S, np.float32),
                                                   np.zeros(S, np.float32), np.ones(S, bool))}, emit_at=emit_at))
-        stacks = {g: np.concatenate([fwd[0], np.minimum(fwd[2], _ERR_CAP_PX)[..., None],
-                                     fwd[1][..., None].astype(np.float32)], axis=-1) for g, (fwd, _) in links.items()}
+        stacks = {g: _stack(fwd) for g, (fwd, _) in links.items()}
         alive = []
         for ch in chains:
             d = t - ch.r

@@ -10,7 +10,13 @@ import pytest
 from surg_invnerf_ros.config import FlowConfig, FrontendConfig, MaskConfig, StoreConfig
 from surg_invnerf_ros.errors import InputError
 from surg_invnerf_ros.frontend.flow import compute_flow_bank, pixel_grid
-from surg_invnerf_ros.frontend.store import MIN_CONFIDENCE, build_store, long_range_distances, store_bytes
+from surg_invnerf_ros.frontend.store import (
+    MIN_CONFIDENCE,
+    backward_distances,
+    build_store,
+    chain_distances,
+    store_bytes,
+)
 from surg_invnerf_ros.structs import StereoCalib
 
 from .synthetic import translated_video
@@ -31,9 +37,9 @@ def store_of(video, flow=FLOW, stride=1, workers=0, **kw):
     return build_store(video, video, calib_for(video), cfg, cell_px=8, **kw)
 
 
-def dense_chain_oracle(bank, r, d_max, cfg):
-    """Whole-image source-fixed chains from frame r (the rule the store applies per sample), written
-    independently: {d: (flow (H, W, 2), confidence (H, W))}."""
+def dense_chain_oracle(bank, r, d_max, cfg, direction=1):
+    """Whole-image source-fixed chains from frame r to r + direction·d (the rule the store applies per
+    sample), written independently: {d: (flow (H, W, 2), confidence (H, W))}."""
     H, W = bank.image_hw
     gu, gv = pixel_grid(H, W)
     idx = bank.index()
@@ -41,10 +47,10 @@ def dense_chain_oracle(bank, r, d_max, cfg):
                   np.ones((H, W), bool))}
     out = {}
     for d in range(1, d_max + 1):
-        t = r + d
+        t = r + direction * d
         best = None
         for g in sorted(cfg.gaps):
-            q = idx.get((t - g, t))
+            q = idx.get((t - direction * g, t))
             if g > d or q is None or (d - g) not in states:
                 continue
             flow, err, links, valid = states[d - g]
@@ -83,8 +89,8 @@ class TestAgainstTheDenseComputation:
         assert store.stride_px == 1 and store.samples_per_frame >= H * W
         checked = 0
         for q, (i, j) in enumerate(bank.pairs):
-            if (j - i) in long_range_distances(FLOW) and i % FLOW.keyframe_stride == 0:
-                continue  # a long direct gap from a keyframe is merged with its chain (below)
+            if (j - i) in chain_distances(int(i), FLOW) or (i - j) in backward_distances(int(i), FLOW):
+                continue  # a long direct gap merged with a chain (below)
             smp, uv_j, conf = store.records_of(int(i), int(j))
             uv = store.uv_px[smp].astype(int)
             want_conf = np.where(bank.valid[q], np.exp(-bank.cycle_err_px[q] / FLOW.conf_scale_px), 0)
@@ -125,6 +131,23 @@ class TestAgainstTheDenseComputation:
         np.testing.assert_allclose(conf, dconf[uv[:, 1], uv[:, 0]], rtol=2e-3, atol=1e-4)
         longest = {int(j) - int(i) for i, j in store.pairs if i == 1 and j > i}
         assert max(longest) <= max(FLOW.gaps)
+
+    @pytest.mark.parametrize("r,d", [(16, 12), (12, 12), (16, 16)])  # keyframe back; a frame to the keyframe behind
+    def test_backward_chains_match_whole_image_chains(self, video, store, r, d):
+        bank = compute_flow_bank(video, FLOW)
+        flow, dconf = dense_chain_oracle(bank, r, d, FLOW, direction=-1)[d]
+        smp, uv_j, conf = store.records_of(r, r - d)
+        uv = store.uv_px[smp].astype(int)
+        assert len(smp) > 0.5 * 48 * 64
+        np.testing.assert_allclose(uv_j - uv, flow[uv[:, 1], uv[:, 0]], atol=1e-3)
+        np.testing.assert_allclose(conf, dconf[uv[:, 1], uv[:, 0]], rtol=2e-3, atol=1e-4)
+        assert np.median(np.abs(uv_j - uv + d * np.asarray(VEL))) < 0.2
+
+    def test_no_backward_chains_beyond_their_budget(self, video):
+        cfg = FrontendConfig(flow=FLOW, store=StoreConfig(sample_stride_px=2, backward_chains_gib=0.0), masks=NO_MASK)
+        st = build_store(video, video, calib_for(video), cfg, cell_px=8)
+        assert not any(int(i) - int(j) > max(FLOW.gaps) for i, j in st.pairs)
+        assert any(int(j) - int(i) > max(FLOW.gaps) for i, j in st.pairs)
 
     def test_long_direct_gap_keeps_the_more_confident_of_flow_and_chain(self, video, store):
         bank = compute_flow_bank(video, FLOW)
