@@ -119,7 +119,9 @@ def main(args: list[str] | None = None) -> int:
                 raise
         return node
 
+    # the shutdown transition ends the process (exit 0), as SIGINT/SIGTERM do
     return run_node(build, argv, threads=1, close=lambda node: node.close(),
+                    done=lambda node: node.node_state == "finalized",
                     error_prefix=f"{NODE_NAME}: refusing to start", user_errors=(ConfigError,))
 
 

@@ -195,6 +195,37 @@ class TestConsoleScript:
         assert proc.returncode == 0, out
         assert "Traceback" not in out
 
+    def test_shutdown_transition_ends_the_process(self):
+        """`ros2 lifecycle set /surg_invnerf_tracker shutdown` from unconfigured: the process exits 0 by itself."""
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(lifecycle_cmd("--ros-args", "-p", "refine.enabled:=false"),
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            with ros_context() as c:
+                io = rclpy.create_node("lifecycle_shutdown_probe", context=c)
+                change = io.create_client(ChangeState, f"{NS}/change_state")
+                ex = SingleThreadedExecutor(context=c)
+                ex.add_node(io)
+                assert change.wait_for_service(timeout_sec=30.0), "no ~/change_state"
+                fut = change.call_async(ChangeState.Request(
+                    transition=Transition(id=Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)))
+                t0 = time.monotonic()
+                while not fut.done() and time.monotonic() - t0 < 10:
+                    ex.spin_once(timeout_sec=0.1)
+                assert fut.done() and fut.result().success
+                ex.shutdown()
+                io.destroy_node()
+            out, _ = proc.communicate(timeout=20)  # no signal sent: the transition ends it
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, out
+        assert "Traceback" not in out
+
     @pytest.mark.parametrize("args,line", [
         (("--autostart", "--ros-args", "-p", "device:=gpu"), "device: expected one of auto|cpu|cuda"),
         (("--bogus",), "unknown argument '--bogus'"),
