@@ -286,8 +286,8 @@ def chain_distances(t: int, cfg) -> frozenset[int]:
 
 
 class _Records:
-    """Record columns as they are found; concatenated and sorted by sample at the end, one column at a
-    time (the peak is the records once plus one column)."""
+    """Record columns as they are found (from the front end's threads, under a lock); concatenated and sorted
+    by sample and target frame at the end, one column at a time (the peak is the records once plus one column)."""
 
     _DTYPES = (np.int32, np.int32, np.float32, np.float16, np.float32, np.uint8, bool)
     _WIDTHS = (0, 0, 2, 0, 0, 3, 0)
@@ -311,7 +311,8 @@ class _Records:
             shape = (0, width) if width else (0,)
             cols.append(np.concatenate(col) if col else np.zeros(shape, dtype))
             col.clear()
-        order = np.argsort(cols[0], kind="stable")
+        # by sample, then target frame: the order does not depend on which thread added a record first
+        order = np.argsort(cols[0].astype(np.int64) * (int(cols[1].max(initial=0)) + 1) + cols[1])
         for k in range(len(cols)):
             cols[k] = cols[k][order]
         del order
@@ -388,7 +389,7 @@ def _best_candidate(ch: _Chain, d: int, gaps: list[int], stacks: dict[int, np.nd
         got, inside = _gather(stacks[g], p_uv)
         cand: ChainState = (p_uv + got[:, :2], p_err + got[:, 2], p_links + 1.0,
                             p_valid & inside & (got[:, 3] >= _VALID_MIN))
-        c_score = np.where(cand[3], cand[1] + link_cost_px * cand[2], np.inf)
+        c_score = np.where(cand[3], cand[1] + np.float32(link_cost_px) * cand[2], np.float32(np.inf))
         if best is None or score is None:
             best, score = cand, c_score
             continue
@@ -498,7 +499,7 @@ def build_store(
     def emit(i: int, j: int, uv_j: np.ndarray, conf: np.ndarray, tgt: _Frame) -> None:
         """Records i → j of frame i's samples: the fit's usability rules applied, target look-ups stored."""
         finite = np.asarray(np.isfinite(uv_j).all(1))
-        uv_j = np.where(finite[:, None], uv_j, 0.0)
+        uv_j = np.where(finite[:, None], uv_j, np.float32(0)).astype(np.float32, copy=False)
         ur, vr = np.rint(uv_j[:, 0]), np.rint(uv_j[:, 1])
         inside = (ur >= 0) & (ur < W) & (vr >= 0) & (vr < H)
         sup_j = ~tgt.mask[np.clip(vr, 0, H - 1).astype(np.intp), np.clip(ur, 0, W - 1).astype(np.intp)]
@@ -508,7 +509,8 @@ def build_store(
             return
         d_j = depth_lookup(tgt.depth, np.zeros(int(ok.sum()), np.intp), uv_j[ok], subpixel)
         rgb_j = _lookup_rgb(tgt.rgb, uv_j[ok], subpixel)
-        records.add(i * S + np.flatnonzero(ok), j, uv_j[ok], conf[ok], d_j, rgb_j, sup_j[ok], i)
+        with lock:
+            records.add(i * S + np.flatnonzero(ok), j, uv_j[ok], conf[ok], d_j, rgb_j, sup_j[ok], i)
 
     def chain_conf(err: np.ndarray, links: np.ndarray, valid: np.ndarray) -> np.ndarray:
         conf = np.exp(-err / fcfg.conf_scale_px) * fcfg.link_decay ** np.maximum(links - 1.0, 0.0)
@@ -552,32 +554,7 @@ def build_store(
             direct[g] = direct_conf(fwd, window[t - g].sample_uv)
             direct_back[g] = direct_conf(bwd, uv)
         if backward:
-            t_b = time.perf_counter()
             lookback[t] = (lt, mask, {g: _stack(bwd) for g, (_, bwd) in links.items()})
-            back_at = backward_distances(t, fcfg)
-            if back_at:  # t's samples carried back through the held backward flows
-                states = {0: (uv.astype(np.float32), np.zeros(S, np.float32), np.zeros(S, np.float32), np.ones(S, bool))}
-                for d in range(1, max(back_at) + 1):
-                    stacks_d = {g: lookback[t - d + g][2][g] for g in gaps if g <= d and t - d + g in lookback
-                                and g in lookback[t - d + g][2]}
-                    best = _best_candidate(_Chain(r=t, states=states, emit_at=back_at), d, gaps, stacks_d,
-                                           fcfg.link_cost_px)
-                    if best is None:
-                        break
-                    states[d] = best
-                    states.pop(d - max_gap, None)
-                    if d in back_at:
-                        c_uv, c_conf = best[0], chain_conf(best[1], best[2], best[3])
-                        if d in direct_back:
-                            d_uv, d_conf = direct_back[d]
-                            take = d_conf >= c_conf
-                            direct_back[d] = (np.where(take[:, None], d_uv, c_uv), np.where(take, d_conf, c_conf))
-                        else:
-                            emit(t, t - d, c_uv, c_conf, _past_frame(t - d))
-            lookback.pop(t - fcfg.max_chain_frames, None)
-            timings["chains_s"] += time.perf_counter() - t_b
-        for g, (uv_ts, conf_ts) in direct_back.items():
-            emit(t, t - g, uv_ts, conf_ts, window[t - g])
 
         t1 = time.perf_counter()
         timings["records_s"] += t1 - t0
@@ -588,15 +565,15 @@ def build_store(
             chains.append(_Chain(r=t, states={0: (uv.astype(np.float32), np.zeros(S, np.float32),
                                                   np.zeros(S, np.float32), np.ones(S, bool))}, emit_at=emit_at))
         stacks = {g: _stack(fwd) for g, (fwd, _) in links.items()}
-        alive = []
-        for ch in chains:
+        def advance(ch: _Chain, t: int = t, stacks: dict = stacks, direct: dict = direct,
+                    cur: _Frame = cur) -> _Chain | None:
+            """One chain carried into t (records where it is kept); the chain, or None once it has ended."""
             d = t - ch.r
             if d == 0:
-                alive.append(ch)
-                continue
+                return ch
             best = _best_candidate(ch, d, gaps, stacks, fcfg.link_cost_px)
             if best is None:
-                continue  # no gap reaches: the chain ends
+                return None  # no gap reaches: the chain ends
             ch.states[d] = best
             ch.states.pop(d - max_gap, None)
             if d in ch.emit_at:
@@ -607,13 +584,44 @@ def build_store(
                     direct[d] = (np.where(take[:, None], d_uv, c_uv), np.where(take, d_conf, c_conf))
                 else:
                     emit(ch.r, t, c_uv, c_conf, cur)
-            if d < max(ch.emit_at):
-                alive.append(ch)
+            return ch if d < max(ch.emit_at) else None
+
+        def trace_back(t: int = t, uv: np.ndarray = uv, direct_back: dict = direct_back) -> None:
+            """t's samples carried back through the held backward flows, to the distances of `backward_distances`."""
+            back_at = backward_distances(t, fcfg)
+            if not back_at:
+                return
+            states = {0: (uv.astype(np.float32), np.zeros(S, np.float32), np.zeros(S, np.float32), np.ones(S, bool))}
+            for d in range(1, max(back_at) + 1):
+                stacks_d = {g: lookback[t - d + g][2][g] for g in gaps if g <= d and t - d + g in lookback
+                            and g in lookback[t - d + g][2]}
+                best = _best_candidate(_Chain(r=t, states=states, emit_at=back_at), d, gaps, stacks_d,
+                                       fcfg.link_cost_px)
+                if best is None:
+                    return
+                states[d] = best
+                states.pop(d - max_gap, None)
+                if d in back_at:
+                    c_uv, c_conf = best[0], chain_conf(best[1], best[2], best[3])
+                    if d in direct_back:
+                        d_uv, d_conf = direct_back[d]
+                        take = d_conf >= c_conf
+                        direct_back[d] = (np.where(take[:, None], d_uv, c_uv), np.where(take, d_conf, c_conf))
+                    else:
+                        emit(t, t - d, c_uv, c_conf, _past_frame(t - d))
+
+        # chains are independent (each writes only its own distance's records): on the front end's threads
+        jobs_c: list = list(chains) + (["back"] if backward else [])
+        done_c = thread_map(lambda job: trace_back() if job == "back" else advance(job), jobs_c, cfg.workers)
+        alive = [c for c in done_c if isinstance(c, _Chain)]
+        if backward:
+            lookback.pop(t - fcfg.max_chain_frames, None)
         chains[:] = alive
         t2 = time.perf_counter()
         timings["chains_s"] += t2 - t1
-        for g, (uv_st, conf_st) in direct.items():
-            emit(t - g, t, uv_st, conf_st, cur)
+        emits = [(t - g, t, uv_st, conf_st, cur) for g, (uv_st, conf_st) in direct.items()]
+        emits += [(t, t - g, uv_ts, conf_ts, window[t - g]) for g, (uv_ts, conf_ts) in direct_back.items()]
+        thread_map(lambda job: emit(*job), emits, cfg.workers)
         timings["records_s"] += time.perf_counter() - t2
         window.pop(t - max_gap, None)
         if progress is not None:
