@@ -24,7 +24,7 @@ DOCS = REPO / "docs"
 ROS = REPO / "surg_invnerf_ros" / "ros"
 #: docs/bench holds one file per benchmark, under the name the benchmark is known by.
 BENCH_FILES = {"bench.md", "bench_default.md", "vs_baseline.md", "ablations.md", "kinematics.md", "ros.md",
-               "speed.md", "gpu.md", "soak.md"}
+               "speed.md", "gpu.md", "soak.md", "long.md"}
 README_MAX_BYTES = 15 * 1024
 
 # Words that speak of the repository's own history: work sessions, targets by their tracker name,

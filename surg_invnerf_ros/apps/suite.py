@@ -152,6 +152,7 @@ DOCS_NAMES: dict[str, str] = {
     "hard/bench.md": "bench.md",
     "default/bench.md": "bench_default.md",
     "hard/vs_baseline.md": "vs_baseline.md",
+    "long/bench.md": "long.md",
     "kinematics/kinematics.md": "kinematics.md",
     "ros.md": "ros.md",
     "speed.md": "speed.md",

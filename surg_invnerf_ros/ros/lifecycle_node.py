@@ -23,6 +23,7 @@ start-up; a failed autostart exits with code 2 like a plain node refusing to sta
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -31,6 +32,8 @@ from rclpy.utilities import remove_ros_args
 from ..errors import ConfigError
 from .run import run_node
 from .track_node import NODE_NAME, TrackerNode
+
+FINAL_LINGER_S = 1.0  # spinning on after the shutdown transition, so its service answer is delivered
 
 
 class ManagedTrackerNode(TrackerNode, LifecycleNode):
@@ -82,6 +85,7 @@ class ManagedTrackerNode(TrackerNode, LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._cleanup()
         self.node_state = "finalized"
+        self.finalized_at = time.monotonic()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -119,9 +123,13 @@ def main(args: list[str] | None = None) -> int:
                 raise
         return node
 
-    # the shutdown transition ends the process (exit 0), as SIGINT/SIGTERM do
-    return run_node(build, argv, threads=1, close=lambda node: node.close(),
-                    done=lambda node: node.node_state == "finalized",
+    # the shutdown transition ends the process (exit 0), as SIGINT/SIGTERM do, after a moment in which the
+    # transition's answer reaches its caller (`ros2 lifecycle set` would report a lost one as a failure)
+    def finalized(node: ManagedTrackerNode) -> bool:
+        at = getattr(node, "finalized_at", None)
+        return at is not None and time.monotonic() - at > FINAL_LINGER_S
+
+    return run_node(build, argv, threads=1, close=lambda node: node.close(), done=finalized,
                     error_prefix=f"{NODE_NAME}: refusing to start", user_errors=(ConfigError,))
 
 

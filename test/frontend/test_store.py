@@ -101,7 +101,8 @@ class TestAgainstTheDenseComputation:
             # every pixel with a usable correspondence (inside the image) is stored
             tgt = np.rint(np.stack([np.arange(W)[None].repeat(H, 0), np.arange(H)[:, None].repeat(W, 1)], -1)
                           + bank.flow_px[q])
-            usable = (want_conf >= MIN_CONFIDENCE) & (tgt[..., 0] >= 0) & (tgt[..., 0] < W) & (tgt[..., 1] >= 0) & (tgt[..., 1] < H)
+            inside = (tgt[..., 0] >= 0) & (tgt[..., 0] < W) & (tgt[..., 1] >= 0) & (tgt[..., 1] < H)
+            usable = (want_conf >= MIN_CONFIDENCE) & inside
             assert len(np.unique(smp)) == int(usable.sum())
             checked += 1
         assert checked > 40

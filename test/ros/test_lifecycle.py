@@ -207,13 +207,25 @@ class TestConsoleScript:
             with ros_context() as c:
                 io = rclpy.create_node("lifecycle_shutdown_probe", context=c)
                 change = io.create_client(ChangeState, f"{NS}/change_state")
+                get = io.create_client(GetState, f"{NS}/get_state")
                 ex = SingleThreadedExecutor(context=c)
                 ex.add_node(io)
                 assert change.wait_for_service(timeout_sec=30.0), "no ~/change_state"
+                # The graph may still list the services of a node that has just exited (an earlier test's):
+                # ask for the state until this process answers, so its servers are matched before the
+                # transition is requested (a request sent to no matched server is lost).
+                answered, t0 = False, time.monotonic()
+                while not answered and time.monotonic() - t0 < 60:
+                    probe = get.call_async(GetState.Request())
+                    t1 = time.monotonic()
+                    while not probe.done() and time.monotonic() - t1 < 2.0:
+                        ex.spin_once(timeout_sec=0.1)
+                    answered = probe.done() and probe.result().current_state.label == "unconfigured"
+                assert answered, "the node never answered ~/get_state"
                 fut = change.call_async(ChangeState.Request(
                     transition=Transition(id=Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)))
                 t0 = time.monotonic()
-                while not fut.done() and time.monotonic() - t0 < 10:
+                while not fut.done() and time.monotonic() - t0 < 60:  # a loaded machine answers late
                     ex.spin_once(timeout_sec=0.1)
                 assert fut.done() and fut.result().success
                 ex.shutdown()
