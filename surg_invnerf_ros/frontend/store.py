@@ -249,6 +249,13 @@ class _Frame:
     depth: np.ndarray
     mask: np.ndarray
     sample_uv: np.ndarray  # (S, 2) int
+    _look: np.ndarray | None = None
+
+    def look(self) -> np.ndarray:
+        """(H, W, 4) float32 [r, g, b, depth]: colour and depth at matches in one bilinear look-up."""
+        if self._look is None:
+            self._look = np.concatenate([self.rgb.astype(np.float32), self.depth[..., None]], -1)
+        return self._look
 
 
 @dataclass
@@ -347,16 +354,6 @@ def _remap_points(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     m = m.reshape(rows, cols, 2)
     got = cv2.remap(image, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return got.reshape(rows * cols, -1)[:n]
-
-
-def _lookup_rgb(rgb: np.ndarray, uv: np.ndarray, subpixel: bool) -> np.ndarray:
-    H, W = rgb.shape[:2]
-    if subpixel:
-        got = _remap_points(rgb.astype(np.float32), uv)
-        return np.clip(np.rint(got), 0, 255).astype(np.uint8)
-    u = np.clip(np.rint(np.nan_to_num(uv[:, 0])), 0, W - 1).astype(np.intp)
-    v = np.clip(np.rint(np.nan_to_num(uv[:, 1])), 0, H - 1).astype(np.intp)
-    return rgb[v, u]
 
 
 def _gather(stack: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -507,10 +504,17 @@ def build_store(
         ok = conf >= MIN_CONFIDENCE
         if not ok.any():
             return
-        d_j = depth_lookup(tgt.depth, np.zeros(int(ok.sum()), np.intp), uv_j[ok], subpixel)
-        rgb_j = _lookup_rgb(tgt.rgb, uv_j[ok], subpixel)
+        uv_ok = uv_j[ok]
+        ui, vi = ur[ok].astype(np.intp), vr[ok].astype(np.intp)  # inside the image: rounded pixels
+        d_j = tgt.depth[vi, ui].astype(np.float32)  # the nearest pixel's, as `depth_lookup`
+        if subpixel:  # bilinear where all four neighbours are valid (NaN spreads), else the nearest pixel's
+            got = _remap_points(tgt.look(), uv_ok)
+            rgb_j = np.clip(np.rint(got[:, :3]), 0, 255).astype(np.uint8)
+            d_j = np.where(np.isfinite(got[:, 3]), got[:, 3], d_j)
+        else:
+            rgb_j = tgt.rgb[vi, ui]
         with lock:
-            records.add(i * S + np.flatnonzero(ok), j, uv_j[ok], conf[ok], d_j, rgb_j, sup_j[ok], i)
+            records.add(i * S + np.flatnonzero(ok), j, uv_ok, conf[ok], d_j, rgb_j, sup_j[ok], i)
 
     def chain_conf(err: np.ndarray, links: np.ndarray, valid: np.ndarray) -> np.ndarray:
         conf = np.exp(-err / fcfg.conf_scale_px) * fcfg.link_decay ** np.maximum(links - 1.0, 0.0)

@@ -15,6 +15,7 @@ from surg_invnerf_ros.frontend.store import (
     backward_distances,
     build_store,
     chain_distances,
+    depth_lookup,
     store_bytes,
 )
 from surg_invnerf_ros.structs import StereoCalib
@@ -211,6 +212,20 @@ class TestStore:
         box = (22, 30, 18, 26)  # frame-0 pixels under the patch at frame 6
         assert kept(short, box) == 0  # every gap-1/2 path crosses frames 5..7
         assert kept(longer, box) >= 40  # 0 → 4 → 8 → 12 jumps over them
+
+    def test_matches_carry_the_targets_depth_and_colour(self, video):
+        right = np.roll(video, -6, axis=2)  # a constant 6 px disparity: valid stereo depth
+        cfg = FrontendConfig(flow=FLOW, store=StoreConfig(sample_stride_px=2), masks=NO_MASK)
+        st = build_store(video, right, calib_for(video), cfg, cell_px=8, subpixel=True)
+        r = np.arange(0, st.num_records, 97)
+        j = st.rec_frame[r]
+        want_d = depth_lookup(st.depth.maps, j, st.rec_uv_px[r].astype(np.float64), True)
+        ok = np.isfinite(want_d)
+        assert ok.mean() > 0.5
+        np.testing.assert_allclose(st.rec_depth_m[r][ok], want_d[ok], rtol=2e-3)  # remap: 1/32 px positions
+        u = np.clip(np.rint(st.rec_uv_px[r, 0]), 0, 63).astype(int)
+        v = np.clip(np.rint(st.rec_uv_px[r, 1]), 0, 47).astype(int)
+        assert np.abs(st.rec_rgb_u8[r].astype(int) - video[j, v, u].astype(int)).mean() < 12  # bilinear vs nearest
 
     def test_bad_input(self, video):
         with pytest.raises(InputError, match="right: expected 17 frames"):
