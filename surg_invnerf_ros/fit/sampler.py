@@ -44,7 +44,7 @@ class PixelSampler:
         self.Wc = math.ceil(self.W / self.cell)
         self.device = torch.device(device)
         self.gen = generator
-        self.err = torch.full((self.T, self.Hc, self.Wc), float("nan"), device=self.device)  # (T, Hc, Wc) px
+        self._set_err(torch.full((self.T, self.Hc, self.Wc), float("nan"), device=self.device))
         self.refreshes = 0
         self.best_loss = float("inf")
         self.best_step = 0
@@ -53,6 +53,14 @@ class PixelSampler:
         self._share: float | None = None
 
     # -- state ---------------------------------------------------------------------------------
+    def _set_err(self, err: Tensor) -> None:
+        """`err` (T, Hc, Wc) px becomes the error maps: a view of a flat buffer with one spare slot at the end,
+        where `update` sends the samples without a measurement."""
+        self._buf = torch.cat([err.reshape(-1).float(), err.new_full((1,), float("nan"))])
+        self.err = self._buf[:-1].view(self.T, self.Hc, self.Wc)
+        self._sum = torch.zeros_like(self._buf)  # scratch of `update`
+        self._count = torch.zeros_like(self._buf)
+
     @property
     def num_cells(self) -> int:
         return self.T * self.Hc * self.Wc
@@ -131,25 +139,25 @@ class PixelSampler:
     def update(self, frame: Int[Tensor, " P"], u_px: Tensor, v_px: Tensor, err_px: Float[Tensor, " P"],
                valid: Bool[Tensor, " P"]) -> None:
         """Blend the errors of supervised pixels into their cells (mean per cell, then EMA)."""
-        idx = self.cell_index(frame, u_px, v_px)
-        m = valid.float()
-        e = torch.nan_to_num(err_px.detach().float()) * m
-        s = torch.zeros(self.num_cells, device=self.device).index_add_(0, idx, e)
-        c = torch.zeros(self.num_cells, device=self.device).index_add_(0, idx, m)
-        hit = c > 0
-        mean = s / c.clamp_min(1.0)
-        old = self.err.view(-1)
+        # Touches only the cells hit, so a step costs the same for any clip length: per-cell sums and counts
+        # in persistent buffers, zeroed at the hit cells first (the spare slot takes the invalid samples).
+        idx = torch.where(valid, self.cell_index(frame, u_px, v_px), torch.full_like(frame, self.num_cells).long())
+        e = torch.nan_to_num(err_px.detach().float())
+        self._sum[idx] = 0.0
+        self._count[idx] = 0.0
+        self._sum.index_add_(0, idx, e)
+        self._count.index_add_(0, idx, torch.ones_like(e))
+        mean = self._sum[idx] / self._count[idx]
+        old = self._buf[idx]
         a = self.cfg.error_ema
-        new = torch.where(torch.isfinite(old), (1 - a) * old + a * mean, mean)
-        self.err = torch.where(hit, new, old).view(self.T, self.Hc, self.Wc)
+        self._buf[idx] = torch.where(torch.isfinite(old), (1 - a) * old + a * mean, mean)
+        self._buf[-1] = float("nan")
 
     def refresh(self, sample: Int[Tensor, " P"], err_px: Float[Tensor, " P"], valid: Bool[Tensor, " P"]) -> None:
         """Dense refresh of the cells of `sample` (from `refresh_samples`): a valid measurement is the cell's
         error, an invalid one makes it unknown; cells not measured keep their value."""
         idx = sample // self.per_cell
-        new = self.err.reshape(-1).clone()
-        new[idx] = torch.where(valid, err_px.detach().float(), torch.full_like(err_px, float("nan")))
-        self.err = new.view(self.T, self.Hc, self.Wc)
+        self._buf[idx] = torch.where(valid, err_px.detach().float(), torch.full_like(err_px, float("nan")))
         self.refreshes += 1
 
     # -- stopping ------------------------------------------------------------------------------
@@ -171,7 +179,8 @@ class PixelSampler:
         """Online use: new frames start unknown."""
         if num_frames > self.T:
             pad = torch.full((num_frames - self.T, self.Hc, self.Wc), float("nan"), device=self.device)
-            self.err = torch.cat([self.err, pad])
+            err = torch.cat([self.err, pad])
         else:
-            self.err = self.err[:num_frames]
+            err = self.err[:num_frames]
         self.T = int(num_frames)
+        self._set_err(err)

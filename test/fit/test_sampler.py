@@ -81,6 +81,24 @@ class TestPixelSampler:
         s.refresh(s.refresh_samples(), errs, valid)
         assert torch.isnan(s.err[2, 2, 3]) and s.is_converged()
 
+    def test_update_equals_the_whole_map_rule(self):
+        """Touching only the hit cells gives what a per-cell mean over the whole map gives."""
+        s = make(error_ema=0.3)
+        g = torch.Generator().manual_seed(1)
+        s.err[0] = torch.rand(3, 4, generator=g)  # frame 0 known, the others unknown
+        for _ in range(5):
+            f = torch.randint(0, 3, (40,), generator=g)
+            u, v = torch.rand(40, generator=g) * 15, torch.rand(40, generator=g) * 11
+            e, ok = torch.rand(40, generator=g) * 4, torch.rand(40, generator=g) > 0.3
+            idx = s.cell_index(f, u, v)
+            old = s.err.reshape(-1).clone()
+            sums = torch.zeros(36).index_add_(0, idx[ok], e[ok])
+            counts = torch.zeros(36).index_add_(0, idx[ok], torch.ones(int(ok.sum())))
+            mean = sums / counts.clamp_min(1)
+            want = torch.where(counts > 0, torch.where(torch.isfinite(old), 0.7 * old + 0.3 * mean, mean), old)
+            s.update(f, u, v, e, ok)
+            torch.testing.assert_close(s.err.reshape(-1), want, equal_nan=True)
+
     def test_samples_of_a_cell_are_drawn_within_it(self):
         s = make(error_share=1.0, per_cell=4)
         s.refresh(s.refresh_samples(), torch.full((36,), 0.1), torch.ones(36, dtype=torch.bool))
