@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -256,6 +258,25 @@ class SyntheticScene:
             stamp_ns=self.stamp_ns(t), T_world_cam_true=T_wl, instrument_mask=left.instrument_mask)
 
 
+def tee_pairs(pairs):
+    """(left iterator, right iterator) over an iterator of (left, right) pairs, holding at most one pair
+    (`zip(left, right)` takes them alternately)."""
+    held: list = []
+
+    def lefts():
+        for pair in pairs:
+            held.append(pair[1])
+            yield pair[0]
+
+    def rights():
+        while True:
+            if not held:
+                return
+            yield held.pop(0)
+
+    return lefts(), rights()
+
+
 def generate_sequence(out_dir: str | Path, cfg: SynthConfig,
                       progress: Callable[[int], object] | None = None) -> Path:
     """Render `cfg.frames` frames and write a sequence folder with ground truth under `gt/`.
@@ -271,37 +292,60 @@ def generate_sequence(out_dir: str | Path, cfg: SynthConfig,
     scene = SyntheticScene(cfg)
     T, N = cfg.frames, len(scene.queries)
     H, W = cfg.height, cfg.width
-    left = np.empty((T, H, W, 3), np.uint8)
-    right = np.empty((T, H, W, 3), np.uint8)
-    depth = np.empty((T, H, W), np.float32)
-    inst = np.zeros((T, H, W), bool)
     uv = np.empty((T, N, 2), np.float32)
     xyz = np.empty((T, N, 3), np.float32)
     vis = np.empty((T, N), bool)
     poses = np.empty((T, 4, 4))
     poses_true = np.empty((T, 4, 4))
     stamps = np.empty(T, np.int64)
-    t0 = time.perf_counter()
-    for t in range(T):
-        f = scene.frame(t)
-        left[t], right[t], depth[t], inst[t] = f.left_rgb_u8, f.right_rgb_u8, f.depth_m, f.instrument_mask
-        uv[t], xyz[t], vis[t] = f.gt_uv_px, f.gt_xyz_cam_m, f.gt_visible
-        poses[t], poses_true[t], stamps[t] = f.T_world_cam, f.T_world_cam_true, f.stamp_ns
-        if progress is not None:
-            progress(1)
-    render_s = time.perf_counter() - t0
-    # A still, noise-free endoscope writes no kinematics.csv (readers then take T = I, the same poses).
-    has_kinematics = cfg.camera_motion or cfg.pose_noise_m > 0 or cfg.pose_noise_deg > 0
-    out = write_sequence(out_dir, left, right, scene.calib, scene.queries, stamps_ns=stamps,
-                         T_world_cam=poses if has_kinematics else None)
-    meta = {"method": "ground_truth", "synth": to_dict(cfg), "timings": {"render_s": render_s}}
-    write_tracks(out / "gt" / "tracks.npz", Tracks(ids=scene.queries.ids, uv=uv, visible=vis, xyz=xyz, meta=meta))
+    render_s = 0.0
+    with tempfile.TemporaryDirectory(prefix="surg_invnerf_synth_") as tmp:
+        # Frames are rendered, written and dropped one at a time: a long clip never sits in memory. The
+        # ground-truth depth and instrument masks go to .npy files frame by frame, zipped into depth.npz.
+        fields = {"depth_m": (np.float32, Path(tmp) / "depth_m.npy"),
+                  "instrument_mask": (np.bool_, Path(tmp) / "instrument_mask.npy")}
+        files = {k: open(path, "wb") for k, (_, path) in fields.items()}
+        try:
+            for k, (dtype, _) in fields.items():
+                np.lib.format.write_array_header_1_0(files[k], {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                                "fortran_order": False, "shape": (T, H, W)})
+
+            def frames():
+                nonlocal render_s
+                for t in range(T):
+                    t0 = time.perf_counter()
+                    f = scene.frame(t)
+                    render_s += time.perf_counter() - t0
+                    uv[t], xyz[t], vis[t] = f.gt_uv_px, f.gt_xyz_cam_m, f.gt_visible
+                    poses[t], poses_true[t], stamps[t] = f.T_world_cam, f.T_world_cam_true, f.stamp_ns
+                    files["depth_m"].write(np.ascontiguousarray(f.depth_m, np.float32).tobytes())
+                    files["instrument_mask"].write(np.ascontiguousarray(f.instrument_mask, np.bool_).tobytes())
+                    if progress is not None:
+                        progress(1)
+                    yield f.left_rgb_u8, f.right_rgb_u8
+
+            left, right = tee_pairs(frames())
+            # A still, noise-free endoscope writes no kinematics.csv (readers then take T = I, the same poses).
+            has_kinematics = cfg.camera_motion or cfg.pose_noise_m > 0 or cfg.pose_noise_deg > 0
+            # stamps and poses are filled while the images are written, before write_sequence reads them
+            out = write_sequence(out_dir, left, right, scene.calib, scene.queries, stamps_ns=stamps,
+                                 T_world_cam=poses if has_kinematics else None)
+        finally:
+            for fh in files.values():
+                fh.close()
+        meta = {"method": "ground_truth", "synth": to_dict(cfg), "timings": {"render_s": render_s}}
+        write_tracks(out / "gt" / "tracks.npz", Tracks(ids=scene.queries.ids, uv=uv, visible=vis, xyz=xyz, meta=meta))
+
+        def zip_npy(tmp_zip: Path) -> None:  # an .npz is a zip of .npy files: stream them from disk
+            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for k, (_, path) in fields.items():
+                    zf.write(path, arcname=f"{k}.npy")
+
+        atomic_write(out / "gt" / "depth.npz", zip_npy)
 
     def save(path: Path, **arrays: np.ndarray) -> None:
-        # Uncompressed: zlib saves only ~1/3 on float depth and costs ~3 s at 640x512x48.
         atomic_write(path, lambda tmp: np.savez(tmp, **arrays))  # pyright: ignore[reportArgumentType]  (no key is allow_pickle)
 
-    save(out / "gt" / "depth.npz", depth_m=depth, instrument_mask=inst)
     save(out / "gt" / "poses.npz", T_world_cam=poses_true)
     log.info("synthetic sequence %s: %d frames %dx%d, %d queries, rendered in %.1f s", out, T, W, H, N, render_s)
     return out

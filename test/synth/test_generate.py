@@ -231,3 +231,20 @@ class TestGenerateSequence:
     def test_still_camera_writes_no_kinematics(self, tmp_path):
         out = generate_sequence(tmp_path / "still", SynthConfig(width=32, height=24, frames=2, num_queries=4))
         assert not (out / "kinematics.csv").exists() and (out / "gt" / "poses.npz").is_file()
+
+
+def test_generation_memory_does_not_grow_with_frames(tmp_path):
+    """Frames are written as they are rendered: 60 frames hold about what 6 do (not 10×)."""
+    import tracemalloc
+
+    def peak(frames):
+        cfg = SynthConfig(frames=frames, width=96, height=72, seed=0, num_queries=4, instrument=True)
+        tracemalloc.start()
+        generate_sequence(tmp_path / f"s{frames}", cfg)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(6), peak(60)
+    whole_clip = 60 * 96 * 72 * (3 + 3 + 4 + 1)  # left, right, depth and mask of every frame
+    assert large - small < 0.25 * whole_clip
