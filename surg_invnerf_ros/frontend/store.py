@@ -377,24 +377,31 @@ def _stack(link: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
 
 def _best_candidate(ch: _Chain, d: int, gaps: list[int], stacks: dict[int, np.ndarray],
                     link_cost_px: float) -> ChainState | None:
-    """The chain state at distance d: per point, the best of "state at d − g, moved by the gap-g link into t"."""
-    best = score = None
+    """The chain state at distance d: per point, the best of "state at d − g, moved by the gap-g link into t"
+    (ties keep the shorter gap). The first candidate's fresh arrays take the better ones in place."""
+    best: ChainState | None = None
+    score = None
+    cost = np.float32(link_cost_px)
     for g in gaps:
         if g > d or g not in stacks or (d - g) not in ch.states:
             continue
         p_uv, p_err, p_links, p_valid = ch.states[d - g]
         got, inside = _gather(stacks[g], p_uv)
-        cand: ChainState = (p_uv + got[:, :2], p_err + got[:, 2], p_links + 1.0,
-                            p_valid & inside & (got[:, 3] >= _VALID_MIN))
-        c_score = np.where(cand[3], cand[1] + np.float32(link_cost_px) * cand[2], np.float32(np.inf))
+        c_uv = p_uv + got[:, :2]
+        c_err = p_err + got[:, 2]
+        c_links = p_links + np.float32(1.0)
+        c_valid = p_valid & inside & (got[:, 3] >= _VALID_MIN)
+        c_score = c_err + cost * c_links
+        c_score[~c_valid] = np.inf
         if best is None or score is None:
-            best, score = cand, c_score
+            best, score = (c_uv, c_err, c_links, c_valid), c_score
             continue
-        better = c_score < score  # ties keep the shorter gap
-        score = np.where(better, c_score, score)
-        b_uv, b_err, b_links, b_valid = best
-        best = (np.where(better[:, None], cand[0], b_uv), np.where(better, cand[1], b_err),
-                np.where(better, cand[2], b_links), np.where(better, cand[3], b_valid))
+        better = c_score < score
+        np.copyto(score, c_score, where=better)
+        np.copyto(best[0], c_uv, where=better[:, None])
+        np.copyto(best[1], c_err, where=better)
+        np.copyto(best[2], c_links, where=better)
+        np.copyto(best[3], c_valid, where=better)
     return best
 
 
