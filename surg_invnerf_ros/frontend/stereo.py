@@ -149,6 +149,13 @@ def _depth_m(disp_px: np.ndarray, calib: StereoCalib, cfg: StereoConfig) -> np.n
     return depth.astype(np.float32)
 
 
+def depth_with_matchers_m(left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib, cfg: StereoConfig,
+                          sgbm: cv2.StereoSGBM, refiner: cv2.DISOpticalFlow | None) -> np.ndarray:
+    """`stereo_depth_m` of one pair with matchers made once per thread (`make_sgbm`, `make_refiner`)."""
+    disp = _disparity_checked_px(to_grey(left_rgb_u8), to_grey(right_rgb_u8), sgbm, cfg, refiner)
+    return _depth_m(disp, calib, cfg)
+
+
 def stereo_depth_m(left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib,
                    cfg: StereoConfig) -> np.ndarray:
     """Depth z of every left pixel, (H, W) float32 metres, NaN where invalid.
@@ -189,8 +196,7 @@ def stereo_depth_sequence_m(
     def frame(t: int) -> None:
         if not hasattr(per_thread, "sgbm"):
             per_thread.sgbm, per_thread.dis = make_sgbm(num, cfg), make_refiner(cfg)
-        disp = _disparity_checked_px(to_grey(left[t]), to_grey(right[t]), per_thread.sgbm, cfg, per_thread.dis)
-        out[t] = _depth_m(disp, calib, cfg)
+        out[t] = depth_with_matchers_m(left[t], right[t], calib, cfg, per_thread.sgbm, per_thread.dis)
         if progress is not None:
             progress(1)
 

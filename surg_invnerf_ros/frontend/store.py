@@ -48,7 +48,7 @@ from ..heap import map_large_blocks, release_free_memory
 from ..structs import StereoCalib
 from .flow import checked_flow_pair, make_dis, pixel_grid, to_grey
 from .masks import specular_mask
-from .stereo import _depth_m, _disparity_checked_px, make_refiner, make_sgbm, num_disparities_for
+from .stereo import depth_with_matchers_m, make_refiner, make_sgbm, num_disparities_for
 from .workers import thread_map
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def store_bytes(num_frames: int, height: int, width: int, stride_px: int, cfg: F
     """Upper bound of the store's size (every record valid)."""
     per_frame = math.ceil(height / stride_px) * math.ceil(width / stride_px)
     samples = num_frames * per_frame
-    backward = lookback_bytes(height, width, cfg) <= cfg.store.backward_chains_gib * 2**30
+    backward = backward_chains_run(height, width, cfg)
     return int(samples * (SAMPLE_BYTES + RECORD_BYTES * records_per_sample(num_frames, cfg.flow, backward)))
 
 
@@ -234,7 +234,7 @@ def streaming_bytes(height: int, width: int, cfg: FrontendConfig) -> int:
     window = (max(cfg.flow.gaps) + 1) * px * 10  # grey, rgb, depth float32, mask, padding
     flows = len(cfg.flow.gaps) * px * 2 * 40  # two flows with their checks per gap, and temporaries
     held = lookback_bytes(height, width, cfg)
-    return window + flows + (held if held <= cfg.store.backward_chains_gib * 2**30 else 0)
+    return window + flows + (held if backward_chains_run(height, width, cfg) else 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,6 +275,11 @@ def backward_distances(t: int, cfg) -> frozenset[int]:
     if t % cfg.keyframe_stride == 0:
         return frozenset(d for d in keep if d <= t)
     return frozenset(d for d in keep if d <= t and (t - d) % cfg.keyframe_stride == 0)
+
+
+def backward_chains_run(height: int, width: int, cfg: FrontendConfig) -> bool:
+    """Whether the held backward flows of `lookback_bytes` fit `store.backward_chains_gib`."""
+    return lookback_bytes(height, width, cfg) <= cfg.store.backward_chains_gib * 2**30
 
 
 def lookback_bytes(height: int, width: int, cfg: FrontendConfig) -> int:
@@ -375,6 +380,13 @@ def _stack(link: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     return np.concatenate([flow, np.minimum(cycle, _ERR_CAP_PX)[..., None], valid[..., None].astype(np.float32)], -1)
 
 
+def _more_confident(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the (matched uv, confidence) of `a` or `b` with the higher confidence (ties: `a`)."""
+    take = a[1] >= b[1]
+    return np.where(take[:, None], a[0], b[0]), np.where(take, a[1], b[1])
+
+
 def _best_candidate(ch: _Chain, d: int, gaps: list[int], stacks: dict[int, np.ndarray],
                     link_cost_px: float) -> ChainState | None:
     """The chain state at distance d: per point, the best of "state at d − g, moved by the gap-g link into t"
@@ -456,7 +468,7 @@ def build_store(
     records = _Records()
     window: dict[int, _Frame] = {}
     # backward chains hold the last max_chain_frames frames' backward flows: only where that fits the budget
-    backward = lookback_bytes(H, W, cfg) <= cfg.store.backward_chains_gib * 2**30
+    backward = backward_chains_run(H, W, cfg)
     if not backward:
         log.info("%s: no backward chains (%.1f GiB of held flows > frontend.store.backward_chains_gib)", name,
                  lookback_bytes(H, W, cfg) / 2**30)
@@ -486,8 +498,7 @@ def build_store(
         t0 = time.perf_counter()
         if kind == "stereo":
             tl = tools()
-            disp = _disparity_checked_px(to_grey(a), to_grey(b), tl.sgbm, cfg.stereo, tl.refiner)
-            out = _depth_m(disp, calib, cfg.stereo)
+            out = depth_with_matchers_m(a, b, calib, cfg.stereo, tl.sgbm, tl.refiner)
         else:
             out = checked_flow_pair(tools().dis, a.grey, b.grey, grid, fcfg, a.mask, b.mask)
         with lock:
@@ -590,9 +601,7 @@ def build_store(
             if d in ch.emit_at:
                 c_uv, c_conf = best[0], chain_conf(best[1], best[2], best[3])
                 if d in direct:  # a long direct gap: per sample, the more confident of the flow and the chain
-                    d_uv, d_conf = direct[d]
-                    take = d_conf >= c_conf
-                    direct[d] = (np.where(take[:, None], d_uv, c_uv), np.where(take, d_conf, c_conf))
+                    direct[d] = _more_confident(direct[d], (c_uv, c_conf))
                 else:
                     emit(ch.r, t, c_uv, c_conf, cur)
             return ch if d < max(ch.emit_at) else None
@@ -615,9 +624,7 @@ def build_store(
                 if d in back_at:
                     c_uv, c_conf = best[0], chain_conf(best[1], best[2], best[3])
                     if d in direct_back:
-                        d_uv, d_conf = direct_back[d]
-                        take = d_conf >= c_conf
-                        direct_back[d] = (np.where(take[:, None], d_uv, c_uv), np.where(take, d_conf, c_conf))
+                        direct_back[d] = _more_confident(direct_back[d], (c_uv, c_conf))
                     else:
                         emit(t, t - d, c_uv, c_conf, _past_frame(t - d))
 
