@@ -45,6 +45,7 @@ from ..structs import Sequence
 from ..synth.generate import generate_sequence
 from ..track import METHODS, fit_invnerf, reconstruct, track_sequence
 from .demo import run_demo
+from .progress import fit_bar
 from .suite import SuiteOptions, run_full_bench
 
 log = logging.getLogger(__name__)
@@ -88,39 +89,6 @@ def _bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Call
     """A tqdm bar on stderr; yields `update(n)`."""
     with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, delay=0.5) as bar:
         yield bar.update
-
-
-@contextmanager
-def _fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
-    """A tqdm bar driven by the optimiser's progress dicts (step, max_steps, loss, converged)."""
-    bar = tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, unit="step", delay=0.5)
-
-    def update(info: dict) -> None:
-        if "frames" in info:  # the front end: frames streamed into the correspondence store
-            if bar.total != info["frames"]:
-                bar.reset(total=info["frames"])
-                bar.unit = "frame"
-            bar.n = int(info["frame"])
-            bar.set_postfix({"stage": "front end"}, refresh=False)
-            bar.refresh()
-            return
-        if "max_steps" in info and (bar.total != info["max_steps"] or bar.unit != "step"):
-            bar.reset(total=info["max_steps"])
-            bar.unit = "step"
-        if "step" in info:
-            bar.n = int(info["step"])
-        post = {k: f"{info[k]:.3g}" for k in ("loss", "converged") if isinstance(info.get(k), (int, float))}
-        if isinstance(info.get("eta_s"), (int, float)):
-            post["eta"] = f"{info['eta_s']:.0f}s"
-        if "stage" in info:
-            post["stage"] = info["stage"]
-        bar.set_postfix(post, refresh=False)
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        bar.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,7 +154,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     with _bar("read", unit="frame") as update:  # InvNeRF's front end decodes each frame when it needs it
         seq = read_sequence(args.seq, progress=update, lazy=args.method == "invnerf")
     seq = apply_kinematics_options(seq, args.hand_eye, args.kinematics_offset_s)
-    with _fit_bar(f"track[{args.method}]") as update:
+    with fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
     if seq.rectify is not None:
         tracks = seq.rectify.rect_to_raw_tracks(tracks)
@@ -223,7 +191,7 @@ def cmd_recon(args: argparse.Namespace) -> int:
     fit_cfg, frontend_cfg = load_run_configs(args)
     seq = read_sequence(args.seq)
     frames = _parse_frames(args.frames, seq.num_frames)
-    with _fit_bar("fit") as update:
+    with fit_bar("fit") as update:
         result = fit_invnerf(seq, fit_cfg, frontend_cfg, progress=update)
     paths = reconstruct(result, seq, frames, args.out)
     for p in paths:

@@ -24,6 +24,7 @@ from ..io.sequence import read_sequence
 from ..io.trackfile import read_tracks, write_tracks
 from ..synth.generate import generate_sequence
 from ..track import track_sequence
+from .progress import fit_bar
 
 #: The embedded default scene: medium difficulty, an instrument and a moving endoscope.
 DEMO_SCENE = SynthConfig(frames=48, width=256, height=192, seed=7, instrument=True, camera_motion=True,
@@ -44,20 +45,8 @@ def run_offline(out: Path, fit_cfg: FitConfig, methods: tuple[str, ...] | None =
     rows, by_method = [], {}
     for method in methods:
         t0 = time.perf_counter()
-        bar = tqdm(desc=f"track[{method}]", file=sys.stderr, leave=False, unit="step")
-
-        def update(info: dict, bar=bar) -> None:
-            if "max_steps" in info:
-                bar.total = info["max_steps"]
-            if "step" in info:
-                bar.n = int(info["step"])
-            if "loss" in info:
-                bar.set_postfix(loss=f"{info['loss']:.3g}", converged=f"{info.get('converged', 0):.2f}",
-                                refresh=False)
-            bar.refresh()
-
-        tracks = track_sequence(seq, method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
-        bar.close()
+        with fit_bar(f"track[{method}]") as update:
+            tracks = track_sequence(seq, method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
         elapsed_s = time.perf_counter() - t0
         write_tracks(out / "tracks" / f"{method}.npz", tracks)
         by_method[method] = tracks
