@@ -107,7 +107,11 @@ def run_batch(tasks: Sequence[Task], backend: Backend = "local", *, ray_address:
     started_here = not ray.is_initialized()
     if started_here:
         if ray_address:
-            ray.init(address=ray_address, log_to_driver=False)
+            try:
+                ray.init(address=ray_address, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as err:  # no cluster there, or it refused us
+                raise ConfigError(f"--ray-address {ray_address}: cannot join the Ray cluster "
+                                  f"({str(err).splitlines()[0]})") from None
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:

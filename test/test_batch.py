@@ -106,3 +106,15 @@ class TestRayWiring:
         monkeypatch.setitem(sys.modules, "ray", fake)
         run_batch([Task("a", square, (2,))], "ray", num_cpus=2)
         assert fake.init_kwargs["num_cpus"] == 2 and "address" not in fake.init_kwargs
+
+
+def test_a_cluster_that_cannot_be_joined_is_one_line_naming_the_address(monkeypatch):
+    fake = _FakeRay()
+
+    def refuse(**kw):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379")
+
+    fake.init = refuse
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(ConfigError, match=r"--ray-address 10\.0\.0\.9:6379: cannot join the Ray cluster \(Failed"):
+        run_batch([Task("a", square, (2,))], "ray", ray_address="10.0.0.9:6379")
