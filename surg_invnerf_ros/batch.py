@@ -77,6 +77,24 @@ def import_ray() -> Any:
     return ray
 
 
+def _join_error_reason(err: BaseException) -> str:
+    """Why `ray.init(address=...)` failed, in one line; a token-authentication refusal says what to set.
+
+    Ray sends its token to an address given explicitly only when `RAY_AUTH_MODE=token` is set (it
+    does not guess, so a token is never sent to a cluster the user did not mean), and reports the
+    refusal deep in the error chain.
+    """
+    chain, e = [], err
+    while e is not None and len(chain) < 8:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    if "AuthenticationError" in text or "InvalidAuthToken" in text:
+        return ("the cluster requires token authentication: set RAY_AUTH_MODE=token, with its token in "
+                "RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def run_batch(tasks: Sequence[Task], backend: Backend = "local", *, ray_address: str | None = None,
               num_cpus: int | None = None,
               progress: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
@@ -84,8 +102,9 @@ def run_batch(tasks: Sequence[Task], backend: Backend = "local", *, ray_address:
 
     Args:
         backend: "local" (in this process, in order) or "ray".
-        ray_address: an existing Ray cluster to join (e.g. "ray://head:10001" or "auto"); None starts
-            a local Ray on this machine.
+        ray_address: an existing Ray cluster to join ("HOST:PORT" of a `ray start --head`,
+            "ray://head:10001" or "auto"); None starts a local Ray on this machine. A cluster with token
+            authentication (Ray's default) needs `RAY_AUTH_MODE=token` and its token in the environment.
         num_cpus: CPUs of that local Ray (None: all of this machine's).
         progress: called with each result as it finishes.
 
@@ -111,9 +130,10 @@ def run_batch(tasks: Sequence[Task], backend: Backend = "local", *, ray_address:
                 ray.init(address=ray_address, log_to_driver=False)
             except (ConnectionError, RuntimeError) as err:  # no cluster there, or it refused us
                 raise ConfigError(f"--ray-address {ray_address}: cannot join the Ray cluster "
-                                  f"({str(err).splitlines()[0]})") from None
+                                  f"({_join_error_reason(err)})") from None
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            # "local": a new Ray of its own, even where `ray start` runs a cluster on this machine.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(_run_one)
         refs = {remote.options(num_cpus=t.num_cpus, num_gpus=t.num_gpus, name=t.name[:100]).remote(t.fn, t.args): i

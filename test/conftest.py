@@ -57,6 +57,7 @@ SLOW_PREFIXES = (
     "test/apps/test_stir_bench.py::test_killed_with_sigkill",
     "test/apps/test_stir_bench.py::test_stir_bench_local_and_ray",
     "test/test_batch.py::TestRay::test_tasks_run_in_ray_workers",
+    "test/test_batch.py::TestRealCluster",
     "test/ros/test_lifecycle.py::TestConsoleScript",
     "test/ros/test_worker_restart.py::TestNode",
     "test/test_track.py::TestTrackSequence",

@@ -1,7 +1,13 @@
 """batch.py: jobs run locally or on Ray, failures reported per job, Ray absent in one line."""
 
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -105,7 +111,8 @@ class TestRayWiring:
         fake = _FakeRay()
         monkeypatch.setitem(sys.modules, "ray", fake)
         run_batch([Task("a", square, (2,))], "ray", num_cpus=2)
-        assert fake.init_kwargs["num_cpus"] == 2 and "address" not in fake.init_kwargs
+        assert fake.init_kwargs["num_cpus"] == 2
+        assert fake.init_kwargs["address"] == "local", "a `ray start` cluster on this machine must not capture it"
 
 
 def test_a_cluster_that_cannot_be_joined_is_one_line_naming_the_address(monkeypatch):
@@ -118,3 +125,90 @@ def test_a_cluster_that_cannot_be_joined_is_one_line_naming_the_address(monkeypa
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(ConfigError, match=r"--ray-address 10\.0\.0\.9:6379: cannot join the Ray cluster \(Failed"):
         run_batch([Task("a", square, (2,))], "ray", ray_address="10.0.0.9:6379")
+
+
+def test_a_token_refusal_says_what_to_set(monkeypatch):
+    fake = _FakeRay()
+
+    def refuse(**kw):
+        try:
+            raise RuntimeError("Failed to connect to GCS. AuthenticationError: RPC error: InvalidAuthToken")
+        except RuntimeError as inner:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379") from inner
+
+    fake.init = refuse
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(ConfigError, match=r"10\.0\.0\.9:6379: .*token authentication: set RAY_AUTH_MODE=token") as e:
+        run_batch([Task("a", square, (2,))], "ray", ray_address="10.0.0.9:6379")
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="class")
+def ray_head():
+    """A real `ray start --head` of 2 CPUs on a free port, in its own temp dir (so no other Ray on this
+    machine finds it), stopped with its whole process group afterwards. Yields its "HOST:PORT"."""
+    pytest.importorskip("ray")
+    exe = Path(sys.executable).with_name("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray puts unix sockets under it
+    log = open(Path(tmp) / "head.log", "w")
+    proc = subprocess.Popen([str(exe), "start", "--head", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--temp-dir", tmp, "--block", "--disable-usage-stats"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in (Path(tmp) / "head.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (Path(tmp) / "head.log").read_text()[-2000:]
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # it drains for up to 30 s after a refused driver; nothing to keep
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+JOIN = """
+import sys
+from surg_invnerf_ros.batch import Task, run_batch
+from surg_invnerf_ros.errors import ConfigError
+from test.test_batch import fail_on_two
+try:
+    res = run_batch([Task(f"t{i}", fail_on_two, (i,), num_cpus=1) for i in range(4)], "ray", ray_address=sys.argv[1])
+except ConfigError as err:
+    print("ConfigError:", err)
+    sys.exit(2)
+print(repr([(r.name, r.ok, r.value, r.error) for r in res]))
+"""
+
+
+def join_in_a_new_process(address: str, auth_mode: str | None) -> subprocess.CompletedProcess:
+    """run_batch against `address` from a fresh interpreter (Ray reads RAY_AUTH_MODE once per process).
+    A refused join is tried once, not for Ray's default 10 s."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    if auth_mode is not None:
+        env["RAY_AUTH_MODE"] = auth_mode
+    else:
+        env["RAY_gcs_server_port_wait_time_s"] = "1"
+    return subprocess.run([sys.executable, "-c", JOIN, address], env=env, capture_output=True, text=True,
+                          timeout=180, cwd=Path(__file__).resolve().parents[1])
+
+
+class TestRealCluster:
+    def test_ray_address_joins_a_running_head_with_the_same_results(self, ray_head):
+        out = join_in_a_new_process(ray_head, "token")  # `ray start` enables token auth; its token is in ~/.ray
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        local = run_batch([Task(f"t{i}", fail_on_two, (i,), num_cpus=1) for i in range(4)], "local")
+        assert out.stdout.strip().splitlines()[-1] == repr([(r.name, r.ok, r.value, r.error) for r in local])
+
+    def test_without_the_token_mode_the_error_says_what_to_set(self, ray_head):
+        out = join_in_a_new_process(ray_head, None)
+        assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+        assert f"--ray-address {ray_head}: cannot join the Ray cluster (the cluster requires token " \
+               "authentication: set RAY_AUTH_MODE=token" in out.stdout

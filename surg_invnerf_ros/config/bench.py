@@ -87,7 +87,9 @@ class StirBenchConfig:
     methods: tuple[str, ...] = option(("invnerf", "lk"), "Methods to run on every clip.")
     backend: Literal["local", "ray"] = option(
         "local", "local: one clip after the other in this process; ray: one Ray task per clip.")
-    ray_address: str = option("", "Ray cluster to join (e.g. auto, or ray://head:10001); empty starts a local Ray.")
+    ray_address: str = option("", "Ray cluster to join: HOST:PORT of a `ray start --head`, auto, or "
+                              "ray://head:10001 (token authentication, Ray's default, needs RAY_AUTH_MODE=token); "
+                              "empty starts a local Ray.")
     ray_num_cpus: int = option(0, "CPUs of the local Ray (0: all of this machine's).", lo=0)
     cpus_per_clip: float = option(1.0, "CPUs each clip's Ray task asks for.", lo=0.0)
     gpus_per_clip: float = option(0.0, "GPUs each clip's Ray task asks for (e.g. 1 with device cuda).", lo=0.0)
