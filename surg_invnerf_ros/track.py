@@ -58,16 +58,22 @@ class FitResult:
     data: FitData
     cfg: FitConfig
     meta: dict[str, Any] = field(default_factory=dict)
+    stamps_ns: np.ndarray | None = None  # (T,) the fitted frames' stamps (a later window aligns on them)
+    T_world_anchor: np.ndarray | None = None  # (4, 4) the kinematic pose that is the model's world, if poses
 
     @property
     def workspace(self) -> Workspace:
         return self.model.workspace
 
     def state_dict(self) -> dict[str, Any]:
-        """Warm-start state for `fit_invnerf(init_state=...)` (CPU tensors)."""
+        """Warm-start state for `fit_invnerf(init_state=...)` (CPU tensors): the model, its frames' stamps
+        and its world's anchor pose, so a window that slid on keeps its canonical space and the map of
+        the frames it shares."""
         return {"version": STATE_VERSION, "num_frames": self.model.num_frames,
                 "config": to_dict(self.cfg),
-                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "stamps_ns": None if self.stamps_ns is None else np.asarray(self.stamps_ns, np.int64).copy(),
+                "T_world_anchor": None if self.T_world_anchor is None else np.asarray(self.T_world_anchor).copy()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -80,14 +86,31 @@ def peak_gpu_memory_mb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def _relative_poses(seq: Sequence) -> np.ndarray | None:
-    """Camera poses relative to frame 0 (the world is the first left camera), or None."""
+def _relative_poses(seq: Sequence, T_world_anchor: np.ndarray | None = None) -> np.ndarray | None:
+    """Camera poses relative to `T_world_anchor` (default frame 0: the world is the first left camera), or None."""
     if seq.T_world_cam is None:
         return None
     T = np.asarray(seq.T_world_cam, np.float64)
     if not np.isfinite(T).all():
         raise InputError(f"{seq.name}: T_world_cam: non-finite pose", reason="bad_pose")
-    return np.linalg.inv(T[0])[None] @ T
+    anchor = T[0] if T_world_anchor is None else np.asarray(T_world_anchor, np.float64)
+    return np.linalg.inv(anchor)[None] @ T
+
+
+def warm_start_alignment(init_state: dict, stamps_ns: np.ndarray | None) -> int | None:
+    """How far a window slid since the fit that made `init_state`: the number of its first frames that
+    left (0 when it only grew, or when either side has no stamps); None when the two share no frame
+    or disagree on the shared ones (the warm start would be wrong: fit from scratch)."""
+    old = init_state.get("stamps_ns")
+    if old is None or stamps_ns is None or len(stamps_ns) == 0:
+        return 0
+    old, new = np.asarray(old, np.int64), np.asarray(stamps_ns, np.int64)
+    hit = np.flatnonzero(old == new[0])
+    if not len(hit):
+        return None
+    drop = int(hit[0])
+    shared = min(len(old) - drop, len(new))
+    return drop if np.array_equal(old[drop:drop + shared], new[:shared]) else None
 
 
 def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float],
@@ -131,8 +154,9 @@ def stereo_points_world_m(store: CorrespondenceStore, K: np.ndarray, T_world_cam
 
 
 def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace | None, init_state: dict | None,
-                 device: torch.device) -> InvNeRF:
-    """A new model in `workspace`, or one warm-started from `init_state` (whose box it loads: `workspace` is None)."""
+                 device: torch.device, drop_first: int = 0) -> InvNeRF:
+    """A new model in `workspace`, or one warm-started from `init_state` (whose box it loads: `workspace` is None),
+    its first `drop_first` frames left behind."""
     if init_state is None:
         if workspace is None:
             raise ValueError("_build_model: a new model needs a workspace")
@@ -143,7 +167,7 @@ def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace | Non
         model.load_state_dict(init_state["model"])
     except (KeyError, RuntimeError) as err:
         raise ConfigError(f"init_state: does not match this config ({str(err).splitlines()[0]})") from None
-    model.grow_time(num_frames)
+    model.grow_time(num_frames, drop_first)
     return model.to(device)
 
 
@@ -198,7 +222,17 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
                          f"{seq.num_frames}", reason="frame_count")
     if fit_cfg.render.right_ray_share > 0 and fe.right_rgb_u8 is None:
         raise ConfigError("render.right_ray_share: the correspondence store was built without right colours")
-    poses = _relative_poses(seq) if fit_cfg.use_kinematics else None
+    drop_first = warm_start_alignment(init_state, seq.stamps_ns) if init_state is not None else 0
+    if drop_first is None:
+        log.info("%s: the warm start shares no frame with this window; fitting from scratch", seq.name)
+        init_state = None
+        drop_first = 0
+    use_poses = fit_cfg.use_kinematics and seq.T_world_cam is not None
+    anchor = None
+    if use_poses:
+        held = init_state.get("T_world_anchor") if init_state is not None else None
+        anchor = np.asarray(held if held is not None else seq.T_world_cam[0], np.float64)
+    poses = _relative_poses(seq, anchor) if use_poses else None
     K = np.asarray(seq.calib.K, np.float64)
     t0 = time.perf_counter()
     data = to_device_data(fe, K, seq.calib.baseline_m, poses, device)
@@ -207,7 +241,7 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
     else:
         workspace = None
     torch.manual_seed(fit_cfg.seed)
-    model = _build_model(fit_cfg, seq.num_frames, workspace, init_state, device)
+    model = _build_model(fit_cfg, seq.num_frames, workspace, init_state, device, drop_first)
     if fit_cfg.pose_refine and data.enable_pose_refine() is None:
         log.info("%s: pose_refine is on but the sequence has no camera poses; nothing to refine", seq.name)
     timings["setup_s"] = time.perf_counter() - t0
@@ -233,7 +267,9 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
                  meta["pose_correction"]["max_trans_mm"])
     log.info("invnerf fit: %d steps in %.1f s (%s), converged %.2f", stats.steps, timings["total_fit_s"],
              stats.stop_reason, stats.converged_share)
-    return FitResult(model=model, data=data, cfg=fit_cfg, meta=meta)
+    meta["warm_start"] = {"used": init_state is not None, "drop_first": drop_first}
+    return FitResult(model=model, data=data, cfg=fit_cfg, meta=meta,
+                     stamps_ns=None if seq.stamps_ns is None else np.asarray(seq.stamps_ns, np.int64), T_world_anchor=anchor)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -106,6 +106,41 @@ class TestTrackSequence:
         tr = track.infer_tracks(grown, seq, seq.queries)
         assert np.isfinite(tr.uv).all()
 
+    def test_warm_start_of_a_window_that_slid_on(self, tiny):
+        seq, _, _ = tiny
+        cfg = load_config(FitConfig, None, TINY + ["max_steps=10"])
+
+        def window(a, b):
+            poses = np.tile(np.eye(4), (b - a, 1, 1))
+            poses[:, 0, 3] = 0.001 * np.arange(a, b)  # the camera moves 1 mm per frame along x
+            return dataclasses.replace(seq, left_rgb_u8=seq.left_rgb_u8[a:b], right_rgb_u8=seq.right_rgb_u8[a:b],
+                                       stamps_ns=seq.stamps_ns[a:b], T_world_cam=poses,
+                                       queries=Queries(ids=np.array([0]), query_tuv=np.array([[0.0, 20.0, 20.0]])))
+
+        first = track.fit_invnerf(window(0, 6), cfg)
+        state = first.state_dict()
+        np.testing.assert_array_equal(state["stamps_ns"], seq.stamps_ns[:6])
+        np.testing.assert_allclose(state["T_world_anchor"][0, 3], 0.0)
+        slid = track.fit_invnerf(window(2, 8), cfg, init_state=state)
+        assert slid.meta["warm_start"] == {"used": True, "drop_first": 2}
+        # the world stays the first window's: frame 2's pose is 2 mm from it, not the identity
+        np.testing.assert_allclose(slid.data.T_world_cam[0, 0, 3].item(), 0.002, atol=1e-9)
+        np.testing.assert_allclose(slid.T_world_anchor[0, 3], 0.0)
+        apart = track.fit_invnerf(window(6, 8), cfg, init_state=slid.state_dict())
+        assert apart.meta["warm_start"] == {"used": True, "drop_first": 4}
+        fresh = track.fit_invnerf(window(0, 2), cfg, init_state=apart.state_dict())  # no frame in common
+        assert fresh.meta["warm_start"] == {"used": False, "drop_first": 0}
+        np.testing.assert_allclose(fresh.data.T_world_cam[1, 0, 3].item(), 0.001, atol=1e-9)
+
+    def test_warm_start_alignment(self):
+        st = {"stamps_ns": np.array([10, 20, 30, 40])}
+        assert track.warm_start_alignment(st, np.array([10, 20, 30, 40, 50])) == 0
+        assert track.warm_start_alignment(st, np.array([30, 40, 50])) == 2
+        assert track.warm_start_alignment(st, np.array([40])) == 3
+        assert track.warm_start_alignment(st, np.array([50, 60])) is None
+        assert track.warm_start_alignment(st, np.array([20, 25, 30])) is None  # disagrees on the shared frames
+        assert track.warm_start_alignment({}, np.array([1, 2])) == 0
+
     def test_reconstruct_writes_depth_and_ply(self, tiny, tmp_path):
         seq, _, fe = tiny
         res = track.fit_invnerf(seq, load_config(FitConfig, None, TINY + ["max_steps=20"]), frontend=fe)

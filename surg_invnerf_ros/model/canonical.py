@@ -80,10 +80,11 @@ class CanonicalField(nn.Module):
         rgb = torch.sigmoid(self.colour_mlp(geo))  # (P, 3)
         return sigma.reshape(batch), rgb.reshape(*batch, 3)
 
-    def grow_time(self, num_frames: int) -> None:
-        """More frames: new appearance codes repeat the last one."""
-        old = self.appearance.weight.data
-        new = old.new_zeros(max(num_frames, 1), old.shape[1])
+    def grow_time(self, num_frames: int, drop_first: int = 0) -> None:
+        """Resize to `num_frames` frames, of which frame f was the old frame f + `drop_first`; new
+        appearance codes repeat the last one."""
+        old = self.appearance.weight.data[drop_first:]
+        new = self.appearance.weight.data.new_zeros(max(num_frames, 1), old.shape[1])
         n = min(old.shape[0], num_frames)
         new[:n] = old[:n]
         if num_frames > n and n > 0:

@@ -117,9 +117,9 @@ class InvertibleMap(nn.Module):
             y = layer.inverse(y, t)
         return y.reshape(*batch, 3)
 
-    def grow_time(self, num_frames: int) -> None:
+    def grow_time(self, num_frames: int, drop_first: int = 0) -> None:
         for layer in self.couplings:
-            layer.features.grow_time(num_frames)
+            layer.features.grow_time(num_frames, drop_first)
 
     def planes(self) -> list[MultiScaleHexPlane]:
         return [layer.features for layer in self.couplings]

@@ -35,14 +35,15 @@ def t_norm_from_frame(frame_idx: Tensor, num_frames: int) -> Tensor:
     return frame_idx.to(torch.float32) * (2.0 / (num_frames - 1)) - 1.0
 
 
-def resample_time_rows(plane: Tensor, old_frames: int, new_frames: int, new_rows: int) -> Tensor:
-    """Resize a (n, F, rows, res) time-plane stack to a sequence of `new_frames` frames.
+def resample_time_rows(plane: Tensor, old_frames: int, new_frames: int, new_rows: int, drop_first: int = 0) -> Tensor:
+    """Resize a (n, F, rows, res) time-plane stack to a sequence of `new_frames` frames whose frame f was
+    the old frame f + `drop_first` (a window that slid on by `drop_first` frames).
 
     Rows are placed at frame positions; frames past the old end repeat the last row, so the
     warm-started map is unchanged on the frames it was fitted to.
     """
     old_rows = plane.shape[2]
-    f_new = torch.linspace(0, max(new_frames - 1, 0), new_rows, device=plane.device)  # frame of each new row
+    f_new = torch.linspace(0, max(new_frames - 1, 0), new_rows, device=plane.device) + drop_first  # old frame of each new row
     pos = f_new * ((old_rows - 1) / max(old_frames - 1, 1))
     pos = pos.clamp(0, old_rows - 1)
     lo = pos.floor().long().clamp(max=old_rows - 1)
@@ -106,14 +107,15 @@ class MultiScaleHexPlane(nn.Module):
             feat = feat * out[k]
         return feat.transpose(0, 1)  # (P, F)
 
-    def grow_time(self, num_frames: int) -> None:
-        """Extend (or shrink) the time axis to `num_frames`, keeping fitted frames unchanged."""
-        if num_frames == self.num_frames or not self.temporal:
+    def grow_time(self, num_frames: int, drop_first: int = 0) -> None:
+        """Resize the time axis to `num_frames`, keeping fitted frames unchanged; with `drop_first`, the
+        first frames leave and frame f becomes the old frame f + drop_first (a sliding window)."""
+        if (num_frames == self.num_frames and drop_first == 0) or not self.temporal:
             self.num_frames = int(num_frames)
             return
         rows = time_rows(num_frames, self.time_res_per_frame)
         for i, g in enumerate(self.time_grids):
-            new = resample_time_rows(g.data, self.num_frames, num_frames, rows)
+            new = resample_time_rows(g.data, self.num_frames, num_frames, rows, drop_first)
             self.time_grids[i] = nn.Parameter(new.contiguous())
         self.num_frames = int(num_frames)
 

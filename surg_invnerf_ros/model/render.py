@@ -107,10 +107,11 @@ class InvNeRF(nn.Module):
     def t_norm(self, frame_idx: Int[Tensor, "*B"]) -> Float[Tensor, "*B 1"]:
         return t_norm_from_frame(frame_idx, self.num_frames).unsqueeze(-1)
 
-    def grow_time(self, num_frames: int) -> None:
-        """Extend the time axis (online use): fitted frames keep their map."""
-        self.map.grow_time(num_frames)
-        self.field.grow_time(num_frames)
+    def grow_time(self, num_frames: int, drop_first: int = 0) -> None:
+        """Resize the time axis (online use): fitted frames keep their map; with `drop_first` the window
+        slid on, and frame f is the old frame f + drop_first."""
+        self.map.grow_time(num_frames, drop_first)
+        self.field.grow_time(num_frames, drop_first)
         self.num_frames = int(num_frames)
 
     def to_canonical(self, x_world_m: Float[Tensor, "*B 3"], frame_idx: Int[Tensor, "*B"]) -> Float[Tensor, "*B 3"]:

@@ -72,6 +72,14 @@ class TestInvertibleMap:
         x = (x * 0.9).double().requires_grad_(True)
         assert torch.autograd.gradcheck(lambda a: m(a, t.double()), (x,), eps=1e-6, atol=1e-4)
 
+    def test_a_sliding_window_keeps_the_shared_frames(self):
+        m = perturbed(InvertibleMap(CouplingConfig(), HexPlaneConfig(), num_frames=8), seed=4)
+        x, _ = random_points(256, "cpu")
+        frames = torch.arange(3, 8).repeat(52)[:256].float()
+        before = m(x, (frames * 2 / 7 - 1)[:, None])
+        m.grow_time(10, drop_first=3)  # old frames 3..7 are now 0..4 of 10
+        torch.testing.assert_close(m(x, ((frames - 3) * 2 / 9 - 1)[:, None]), before, atol=1e-5, rtol=0)
+
     def test_grow_time_keeps_fitted_frames(self):
         m = perturbed(InvertibleMap(CouplingConfig(), HexPlaneConfig(), num_frames=6), seed=3)
         x, _ = random_points(256, "cpu")

@@ -1,5 +1,6 @@
 """HexPlane features: shapes, time planes start at 1, pixel-exact lookups, time growth."""
 
+import pytest
 import torch
 
 from surg_invnerf_ros.config import HexPlaneConfig
@@ -51,6 +52,31 @@ class TestMultiScaleHexPlane:
         new = last.clone()
         new[:, 3] = 1.0  # frame 6 repeats frame 3
         torch.testing.assert_close(hp(new), before_last)
+
+    def test_a_window_that_slid_keeps_the_map_of_the_frames_it_shares(self):
+        hp = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=6, planes=ALL_PLANES)
+        with torch.no_grad():
+            hp.time_grids[0].copy_(torch.rand(hp.time_grids[0].shape))
+        pts = torch.rand(24, 4) * 2 - 1
+        f_old = torch.tensor([2, 3, 4, 5]).repeat(6)
+        pts[:, 3] = t_norm_from_frame(f_old, 6)
+        before = hp(pts)
+        last = pts.clone()
+        last[:, 3] = 1.0
+        before_last = hp(last)
+        hp.grow_time(6, drop_first=2)  # frames 2..5 become 0..3; 4 and 5 are new
+        pts[:, 3] = t_norm_from_frame(f_old - 2, 6)
+        torch.testing.assert_close(hp(pts), before)
+        torch.testing.assert_close(hp(last), before_last)  # a new frame repeats the last fitted one
+        with pytest.raises(AssertionError):  # without the shift the same frames would change
+            hp2 = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=6)
+            with torch.no_grad():
+                hp2.time_grids[0].copy_(torch.rand(hp2.time_grids[0].shape))
+            pts[:, 3] = t_norm_from_frame(f_old, 6)
+            b2 = hp2(pts)
+            hp2.grow_time(6)
+            pts[:, 3] = t_norm_from_frame(f_old - 2, 6)
+            torch.testing.assert_close(hp2(pts), b2)
 
     def test_regularisers(self):
         hp = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=5)
