@@ -238,6 +238,7 @@ class OnlineTracker:
         self._age = np.zeros(0, np.float64)
         self._disp = np.zeros(0, np.float64)  # last stereo disparity per query (NaN: unknown), an LK start
         self._seeded = np.zeros(0, bool)  # the disparity start was looked up in a dense map once
+        self._model_z = np.zeros(0, np.float64)  # depth the last fit gave each query (NaN: none), where stereo has none
         # Where each query was placed: an origin image (by key) and its pixel there, for re-acquisition.
         self._origin_key = np.zeros(0, np.int64)  # -1: no origin image
         self._origin_uv = np.zeros((0, 2), np.float64)
@@ -331,6 +332,7 @@ class OnlineTracker:
         self._age = np.concatenate([self._age, np.zeros(len(uv))])
         self._disp = np.concatenate([self._disp, np.full(len(uv), np.nan)])
         self._seeded = np.concatenate([self._seeded, np.zeros(len(uv), bool)])
+        self._model_z = np.concatenate([self._model_z, np.full(len(uv), np.nan)])
         key = -1 if origin_rgb_u8 is None else self._origin_key_of(origin_rgb_u8)
         self._origin_key = np.concatenate([self._origin_key, np.full(len(uv), key, np.int64)])
         self._origin_uv = np.concatenate([self._origin_uv, uv if origin_uv is None else origin_uv])
@@ -382,6 +384,8 @@ class OnlineTracker:
             self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
             self._visible[idx[ok]] = True
             self._age[idx[ok]] = 0.0
+            if self.online_cfg.hide_unconfirmed:  # the origin patch is not there: covered, or out of view
+                self._visible[idx[~ok]] = False
 
     def remove_queries(self, ids: np.ndarray) -> None:
         """Forget the given ids (others keep theirs)."""
@@ -416,7 +420,7 @@ class OnlineTracker:
     def _select(self, keep: np.ndarray) -> None:
         self._ids, self._uv = self._ids[keep], self._uv[keep]
         self._visible, self._age = self._visible[keep], self._age[keep]
-        self._disp, self._seeded = self._disp[keep], self._seeded[keep]
+        self._disp, self._seeded, self._model_z = self._disp[keep], self._seeded[keep], self._model_z[keep]
         self._origin_key, self._origin_uv = self._origin_key[keep], self._origin_uv[keep]
         for key in set(self._origins) - set(self._origin_key.tolist()):  # images no query needs
             del self._origins[key]
@@ -520,7 +524,10 @@ class OnlineTracker:
             return result
 
     def _front_result(self, frame: StereoFrame, depth_m: np.ndarray | None, z: np.ndarray) -> FrameTracks:
-        xyz = unproject_m(self._uv, np.asarray(z, np.float64), frame.calib.K)
+        z = np.asarray(z, np.float64)
+        if len(z):  # where stereo has no depth, the last fit's depth of the point
+            z = np.where(np.isfinite(z), z, self._model_z)
+        xyz = unproject_m(self._uv, z, frame.calib.K)
         # a heuristic for chained-LK drift, reported as `confidence` in ~/tracked_points
         conf = np.where(self._visible, 0.5 ** (self._age / self.online_cfg.confidence_half_life_frames), 0.0)
         return FrameTracks(stamp_ns=frame.stamp_ns, ids=self._ids.copy(), uv_px=self._uv.astype(np.float32),
@@ -589,6 +596,10 @@ class OnlineTracker:
 
             moved = shift(self._ids, self._uv)
             self._age[moved] = float(self._frame_index - kf.index)
+            at_now = index_of(self._ids, tr.ids[ok].astype(np.int64))
+            z_ok = tr.xyz[-1][ok, 2].astype(np.float64)
+            self._model_z[at_now[at_now >= 0]] = np.where(np.isfinite(z_ok[at_now >= 0]), z_ok[at_now >= 0],
+                                                          self._model_z[at_now[at_now >= 0]])
             for k in self._keyframes:
                 if k.index > kf.index:
                     shift(k.ids, k.uv_px)

@@ -33,6 +33,7 @@ import cv2
 from .config import FitConfig, FrontendConfig, RefineConfig, load_config
 from .device import resolve_device
 from .errors import ConfigError
+from .frontend.store import FrontendCache
 from .heap import release_free_memory
 from .structs import Sequence, Tracks
 
@@ -111,26 +112,38 @@ class InvNeRFRefiner:
         self.frontend_cfg = (replace(frontend_cfg, workers=refine_cfg.worker_threads)
                              if refine_cfg.worker_threads > 0 else frontend_cfg)
         self.render_cloud = refine_cfg.render_cloud
+        self.cold_fit_s, self.warm_fit_s = refine_cfg.cold_fit_s, refine_cfg.warm_fit_s
+        self.cache = FrontendCache(refine_cfg.cache_gib * 2**30)
         self.progress: Callable[..., None] | None = None
 
     def __call__(self, job: RefineJob) -> RefineOutput:
-        from .track import fit_invnerf, infer_tracks
+        from .track import fit_invnerf, infer_tracks, warm_start_alignment
 
         t0 = time.perf_counter()
+        self.cache.retain(job.seq.stamps_ns)  # frames that left the window leave the cache
+        warm = job.init_state is not None and warm_start_alignment(job.init_state, job.seq.stamps_ns) is not None
+        cfg = replace(self.fit_cfg, time_budget_s=self.warm_fit_s if warm else self.cold_fit_s,
+                      time_budget_per_frame_s=0.0)
+        if warm:  # the model goes on: no learning-rate warm-up or decay within a short fit
+            cfg = replace(cfg, optim=replace(cfg.optim, warmup_steps=0, lr_final_scale=1.0))
         try:
-            result = fit_invnerf(job.seq, self.fit_cfg, self.frontend_cfg, progress=self.progress,
-                                 init_state=job.init_state)
+            result = fit_invnerf(job.seq, cfg, self.frontend_cfg, progress=self.progress,
+                                 init_state=job.init_state if warm else None, frontend_cache=self.cache)
         except FitAborted:
             raise
-        except Exception as err:  # a warm start from a differently shaped window may not load
-            if job.init_state is None:
+        except Exception as err:  # a warm start from a differently configured model may not load
+            if not warm:
                 raise
             log.warning("refine: warm start failed (%s); fitting from scratch", err)
-            result = fit_invnerf(job.seq, self.fit_cfg, self.frontend_cfg, progress=self.progress)
+            cfg = replace(cfg, time_budget_s=self.cold_fit_s)
+            result = fit_invnerf(job.seq, cfg, self.frontend_cfg, progress=self.progress, frontend_cache=self.cache)
         tracks = infer_tracks(result, job.seq, job.seq.queries)
         meta = getattr(result, "meta", {}) or {}
         stats = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
         stats["fit_s"] = time.perf_counter() - t0
+        stats["warm"] = bool(meta.get("warm_start", {}).get("used", False))
+        stats["frontend_s"] = float(meta.get("timings_s", {}).get("frontend_s", 0.0))
+        stats["cache_mb"] = round(self.cache.nbytes / 1e6, 1)
         depth_m = None
         if self.render_cloud:
             from .track import render_frame

@@ -34,7 +34,7 @@ from .errors import ConfigError, InputError
 from .fit.optimiser import FitData, Fitter, to_device_data
 from .frontend.baselines import BASELINES, run_baseline
 from .frontend.memory import check_frontend_memory
-from .frontend.store import CorrespondenceStore, build_store
+from .frontend.store import CorrespondenceStore, FrontendCache, build_store
 from .geometry import unproject_m
 from .model.rays import band_limits_m, pixel_rays, project_px, sample_depths, stratified, transform_m
 from .model.render import InvNeRF, RenderOutput, volume_weights
@@ -99,32 +99,36 @@ def _relative_poses(seq: Sequence, T_world_anchor: np.ndarray | None = None) -> 
 
 def warm_start_alignment(init_state: dict, stamps_ns: np.ndarray | None) -> int | None:
     """How far a window slid since the fit that made `init_state`: the number of its first frames that
-    left (0 when it only grew, or when either side has no stamps); None when the two share no frame
-    or disagree on the shared ones (the warm start would be wrong: fit from scratch)."""
+    left (0 when it only grew, or when either side has no stamps). A window wholly after the old one
+    drops all its frames: the canonical space is kept and every new frame starts from the last fitted
+    one. None when the new window starts before the old one ends without sharing its frames (a reset,
+    time going back: the warm start would be wrong, fit from scratch)."""
     old = init_state.get("stamps_ns")
     if old is None or stamps_ns is None or len(stamps_ns) == 0:
         return 0
     old, new = np.asarray(old, np.int64), np.asarray(stamps_ns, np.int64)
     hit = np.flatnonzero(old == new[0])
     if not len(hit):
-        return None
+        return len(old) if len(old) and new[0] > old[-1] else None
     drop = int(hit[0])
     shared = min(len(old) - drop, len(new))
     return drop if np.array_equal(old[drop:drop + shared], new[:shared]) else None
 
 
 def run_frontend(seq: Sequence, frontend_cfg: FrontendConfig, timings: dict[str, float],
-                 fit_cfg: FitConfig | None = None, progress: Callable[[int], object] | None = None
-                 ) -> CorrespondenceStore:
+                 fit_cfg: FitConfig | None = None, progress: Callable[[int], object] | None = None,
+                 cache: FrontendCache | None = None) -> CorrespondenceStore:
     """The correspondence store of a sequence: stereo depth, masks and checked correspondences, built
-    frame by frame (`frontend.store`), with its time in `timings`."""
+    frame by frame (`frontend.store`), with its time in `timings`. With `cache`, the stereo and flows of
+    frames (by stamp) that an earlier window computed are reused."""
     fit_cfg = fit_cfg or FitConfig()
     check_frontend_memory(seq.name, seq.num_frames, seq.calib.height, seq.calib.width, frontend_cfg,
                           frontend_cfg.max_memory_share)
     t0 = time.perf_counter()
     store = build_store(seq.left_rgb_u8, seq.right_rgb_u8, seq.calib, frontend_cfg, cell_px=fit_cfg.sampler.cell_px,
                         subpixel=fit_cfg.render.subpixel_lookup, with_right_colour=fit_cfg.render.right_ray_share > 0,
-                        seed=fit_cfg.seed, progress=progress, name=seq.name)
+                        seed=fit_cfg.seed, progress=progress, name=seq.name,
+                        frame_keys=seq.stamps_ns if cache is not None else None, cache=cache)
     timings["frontend_s"] = time.perf_counter() - t0
     timings.update(store.timings_s)
     log.info("%s: %d samples, %d correspondences (%.0f MB) in %.1f s", seq.name, store.uv_px.shape[0],
@@ -173,7 +177,7 @@ def _build_model(fit_cfg: FitConfig, num_frames: int, workspace: Workspace | Non
 
 def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None,
                 progress: Callable[[dict], None] | None = None, init_state: dict | None = None,
-                frontend: CorrespondenceStore | None = None) -> FitResult:
+                frontend: CorrespondenceStore | None = None, frontend_cache: FrontendCache | None = None) -> FitResult:
     """Fit the InvNeRF model to one sequence: front end, then test-time optimisation.
 
     Args:
@@ -183,6 +187,7 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
         init_state: a previous `FitResult.state_dict()` to warm-start from; it may hold fewer frames
             (the time planes are extended by repeating the last frame).
         frontend: a precomputed `run_frontend` store (benchmarks reuse it across ablations).
+        frontend_cache: stereo and flows of frames an earlier window computed (`frontend.store.FrontendCache`).
     """
     fit_cfg = fit_cfg or FitConfig()
     frontend_cfg = frontend_cfg or FrontendConfig()
@@ -191,14 +196,14 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
     if fit_cfg.num_threads > 0:
         torch.set_num_threads(fit_cfg.num_threads)
     try:
-        return _fit(seq, fit_cfg, frontend_cfg, device, progress, init_state, frontend)
+        return _fit(seq, fit_cfg, frontend_cfg, device, progress, init_state, frontend, frontend_cache)
     finally:
         torch.set_num_threads(threads)
 
 
 def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device: torch.device,
          progress: Callable[[dict], None] | None, init_state: dict | None,
-         frontend: CorrespondenceStore | None) -> FitResult:
+         frontend: CorrespondenceStore | None, frontend_cache: FrontendCache | None = None) -> FitResult:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     if device.type == "cuda":
@@ -214,7 +219,7 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
             if progress is not None:
                 progress({"stage": "frontend", "frame": done[0], "frames": T})
 
-        fe = run_frontend(seq, frontend_cfg, timings, fit_cfg, progress=frame_done)
+        fe = run_frontend(seq, frontend_cfg, timings, fit_cfg, progress=frame_done, cache=frontend_cache)
     else:
         fe = frontend
     if fe.num_frames != seq.num_frames:

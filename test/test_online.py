@@ -239,6 +239,26 @@ class TestRefinement:
         assert trk.stats()["fits"] >= 1 and trk.stats()["loss"] == 0.5
         trk.close()
 
+    def test_where_stereo_has_no_depth_the_last_fits_depth_is_used(self):
+        class NoDepth(FakeFrontEnd):
+            def depth_m(self, left, right, calib):
+                return np.full((calib.height, calib.width), np.nan, np.float32)
+
+        class DepthRefiner(TruthRefiner):
+            def __call__(self, job):
+                out = super().__call__(job)
+                out.tracks.xyz[..., 2] = 0.07
+                return out
+
+        trk = OnlineTracker(refine_cfg=self.cfg(), frontend=NoDepth(), refiner=DepthRefiner(stamp_to_frame))
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        first = [trk.push_frame(frame(i)) for i in range(3)]
+        assert np.isnan(first[-1].xyz_cam_m[0]).all(), "no stereo and no fit yet: no 3D"
+        assert wait_for(trk.poll)
+        res = trk.push_frame(frame(3))
+        assert res.xyz_cam_m[0, 2] == pytest.approx(0.07)
+        trk.close()
+
     def test_warm_start_passes_last_state(self):
         ref = TruthRefiner(stamp_to_frame)
         trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=ref)

@@ -128,7 +128,7 @@ class TestTrackSequence:
         np.testing.assert_allclose(slid.T_world_anchor[0, 3], 0.0)
         apart = track.fit_invnerf(window(6, 8), cfg, init_state=slid.state_dict())
         assert apart.meta["warm_start"] == {"used": True, "drop_first": 4}
-        fresh = track.fit_invnerf(window(0, 2), cfg, init_state=apart.state_dict())  # no frame in common
+        fresh = track.fit_invnerf(window(0, 2), cfg, init_state=apart.state_dict())  # back in time
         assert fresh.meta["warm_start"] == {"used": False, "drop_first": 0}
         np.testing.assert_allclose(fresh.data.T_world_cam[1, 0, 3].item(), 0.001, atol=1e-9)
 
@@ -137,7 +137,8 @@ class TestTrackSequence:
         assert track.warm_start_alignment(st, np.array([10, 20, 30, 40, 50])) == 0
         assert track.warm_start_alignment(st, np.array([30, 40, 50])) == 2
         assert track.warm_start_alignment(st, np.array([40])) == 3
-        assert track.warm_start_alignment(st, np.array([50, 60])) is None
+        assert track.warm_start_alignment(st, np.array([50, 60])) == 4  # all after: every old frame left
+        assert track.warm_start_alignment(st, np.array([5, 60])) is None  # starts before, shares nothing
         assert track.warm_start_alignment(st, np.array([20, 25, 30])) is None  # disagrees on the shared frames
         assert track.warm_start_alignment({}, np.array([1, 2])) == 0
 

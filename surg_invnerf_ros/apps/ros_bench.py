@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -171,7 +172,52 @@ def error_series(t_s: Sequence[float], err_px: Sequence[float], bucket_s: float 
     return out
 
 
+def point_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """Per point of one frame (tracked_points records, same ids in the same order): 2D error (px) and 3D
+    error (m) where both say visible (NaN elsewhere; 3D NaN also where the prediction has no depth),
+    whether the visibility flags agree, and whether a visible prediction lacks 3D."""
+    both = (pred["visible"] == 1) & (gt["visible"] == 1)
+    e2 = np.where(both, np.hypot(pred["u"] - gt["u"], pred["v"] - gt["v"]), np.nan)
+    d = np.stack([pred[c] - gt[c] for c in ("x", "y", "z")], axis=-1).astype(np.float64)
+    e3 = np.where(both, np.linalg.norm(d, axis=-1), np.nan)
+    no3d = (pred["visible"] == 1) & ~np.isfinite(pred["z"])
+    return {"e2_px": e2, "e3_m": e3, "vis_agree": (pred["visible"] == 1) == (gt["visible"] == 1), "no3d": no3d}
+
+
+def live_accuracy(frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Accuracy over (prediction, ground truth) frames: mean and median 2D EPE (px), mean 3D error (mm),
+    visibility accuracy, and the share of visible predictions without 3D. Frames whose ids differ
+    from the ground truth's are left out (counted in `frames`, not in `point_frames`)."""
+    e2, e3, agree, no3d, shown = [], [], [], [], []
+    for p, g in frames:
+        if len(p) != len(g) or not np.array_equal(p["id"], g["id"]):
+            continue
+        r = point_errors(p, g)
+        e2.append(r["e2_px"])
+        e3.append(r["e3_m"])
+        agree.append(r["vis_agree"])
+        no3d.append(r["no3d"])
+        shown.append(p["visible"] == 1)
+    if not e2:
+        nan = float("nan")
+        return {"epe_px": nan, "epe_px_median": nan, "err_3d_mm": nan, "visibility_accuracy": nan,
+                "no_3d_share": nan, "point_frames": 0, "frames": len(frames)}
+    a2, a3 = np.concatenate(e2), np.concatenate(e3)
+    ok2, ok3 = np.isfinite(a2), np.isfinite(a3)
+    n_shown = int(np.concatenate(shown).sum())
+    return {"epe_px": float(a2[ok2].mean()) if ok2.any() else float("nan"),
+            "epe_px_median": float(np.median(a2[ok2])) if ok2.any() else float("nan"),
+            "err_3d_mm": float(a3[ok3].mean() * 1e3) if ok3.any() else float("nan"),
+            "visibility_accuracy": float(np.concatenate(agree).mean()),
+            "no_3d_share": float(np.concatenate(no3d).sum() / n_shown) if n_shown else float("nan"),
+            "point_frames": int(ok2.sum()), "frames": len(frames)}
+
+
 STIR_LATENCY_SKIP_FRAMES = 15
+HARD_SCENE = {"synth.difficulty": "hard", "synth.instrument": "true", "synth.camera_motion": "true"}
+ACCURACY_WINDOW_S = 60.0  # live accuracy over the last this many seconds of a run (at most half of it)
+COVERAGE_WARMUP_S = 10.0  # refined coverage counts keyframes from this many seconds into the run ...
+LAG_ALLOWANCE_S = 5.0  # ... to this many seconds before its end
 
 
 def stir_latency_ms(values_s: Sequence[float], skip: int = STIR_LATENCY_SKIP_FRAMES) -> float:
@@ -213,12 +259,20 @@ def _tail(path: Path, n: int = 15) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: float = 60.0, device: str = "auto",
                   *, refine: bool = True, fit_overrides: Sequence[str] | None = None, num_queries: int = 64,
                   scene_frames: int = 60, params_file: str | Path | None = REPO_CONFIG,
                   extra_params: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
                   startup_timeout_s: float = 120.0, drain_s: float = 3.0,
-                  progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[float, float], None] | None = None,
+                  scene: Mapping[str, str] | None = None, cpu_load: int = 0) -> dict[str, Any]:
     """Run synthetic_stereo → track_node for `duration_s` and measure it from this process.
 
     Args:
@@ -236,6 +290,8 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         startup_timeout_s: for the tracker's first /diagnostics and for the first tracked points.
         drain_s: after the source stops, how long to wait for in-flight frames before stopping the tracker.
         progress: called about once a second with (elapsed_s, duration_s).
+        scene: more `synth.*` parameters of the source, name → ROS value text (e.g. HARD_SCENE).
+        cpu_load: CPU-bound processes run beside the node during the measurement (each busy on one core).
 
     Returns:
         A JSON-ready dict: settings, `latency_ms` (p50/p95/p99/mean/max, this process's receipt),
@@ -268,12 +324,15 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
                    "-p", f"synth.frames:={scene_frames}", "-p", f"synth.num_queries:={num_queries}",
                    "-p", f"synth.fps:={float(rate_hz)}", "-p", f"rate_hz:={float(rate_hz)}", "-p", "end:=pingpong",
                    "-p", "wait_for_subscribers_s:=30.0"]
+    for k, v in (scene or {}).items():
+        source_args += ["-p", f"{k}:={v}"]
 
     got: dict[str, list] = {"points": [], "gt": [], "diag": []}
     load_start = os.getloadavg()
     ctx = Context()
     rclpy.init(context=ctx)
     tracker = source = None
+    hogs: list[subprocess.Popen] = []
     sampler: RssSampler | None = None
     logs = {"tracker": str(log_dir / "tracker.log"), "source": str(log_dir / "source.log")}
     try:
@@ -308,6 +367,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         tracker_ready_s = time.monotonic() - t_launch
         source = start_entry_point(_SOURCE, source_args, Path(logs["source"]))
         spin_until(lambda: got["points"], startup_timeout_s, "while waiting for the first tracked_points")
+        hogs += [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpu_load)]
         t0, t0_wall_ns = time.monotonic(), time.time_ns()
         next_progress = t0 + 1.0
         while time.monotonic() - t0 < duration_s:
@@ -320,6 +380,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
                 progress(time.monotonic() - t0, duration_s)
                 next_progress += 1.0
         t1, t1_wall_ns = time.monotonic(), time.time_ns()
+        _stop_all(hogs)
         stop_process(source)
         n_gt = len(got["gt"])
         diag_before = len(got["diag"])
@@ -331,6 +392,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         ex.shutdown()
         node.destroy_node()
     finally:
+        _stop_all(hogs)
         if sampler is not None:
             sampler.stop()
         stop_process(source)
@@ -338,7 +400,8 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         rclpy.shutdown(context=ctx)
     if code not in (0, None, -signal.SIGTERM):
         log.warning("tracker exited with %s; see %s", code, logs["tracker"])
-    machine = {**machine_info(), "loadavg_1min_start": load_start[0], "loadavg_1min_end": os.getloadavg()[0]}
+    machine = {**machine_info(), "loadavg_1min_start": load_start[0], "loadavg_1min_end": os.getloadavg()[0],
+               "cpu_load_procs": cpu_load}
     assert sampler is not None  # the try block above started it and ran to its end
     return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), machine, width=width, height=height, rate_hz=rate_hz,
                       device=device, refine=refine, num_queries=num_queries, tracker_ready_s=tracker_ready_s,
@@ -358,12 +421,16 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
         gt_recv_ns.setdefault(convert.stamp_ns(m.header.stamp), recv_ns)
     latency_s, live, live_recv_ns, refined_msgs, in_window = [], {}, {}, 0, 0
     refined_stamps: set[int] = set()
+    refined: dict[int, np.ndarray] = {}  # the latest refined result of each frame
+    refined_first_ns: dict[int, int] = {}  # when its first refined result arrived
     for recv_ns, m in got["points"]:
         stamp = convert.stamp_ns(m.header.stamp)
         pts = convert.tracked_points_from_msg(m)
         if len(pts) and pts["refined"].any():
             refined_msgs += 1
             refined_stamps.add(stamp)
+            refined[stamp] = pts
+            refined_first_ns.setdefault(stamp, recv_ns)
             continue
         if stamp not in live:
             live[stamp], live_recv_ns[stamp] = pts, recv_ns
@@ -394,6 +461,26 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
             return float("nan")
 
     node_drops = {k[len("drops."):]: int(v) for k, v in d_in.items() if k.startswith("drops.")}
+
+    # Accuracy over the last `window` seconds of the run: the live (front-end) results as published, and
+    # the best known (a frame's latest refined result where it has one); the refined results alone.
+    window_s = min(ACCURACY_WINDOW_S, duration / 2.0)
+    last_from_ns = window_wall_ns[1] - int(window_s * 1e9)
+    last = [st for st in gt if st in live and live_recv_ns[st] >= last_from_ns]
+    acc_live = live_accuracy([(live[st], gt[st]) for st in last])
+    acc_best = live_accuracy([(refined.get(st, live[st]), gt[st]) for st in last])
+    acc_refined = live_accuracy([(refined[st], gt[st]) for st in refined if st in gt])
+    # Refined coverage of keyframes after the warm-up, leaving the last LAG_ALLOWANCE_S (a keyframe of
+    # the last seconds may still be in a fit when the run stops); keyframes = processed frames / the
+    # keyframe spacing the node reports.
+    kf_total, processed = num(d_mod, "keyframes_total"), num(d_tr, "frames_processed")
+    kf_every = processed / kf_total if kf_total and kf_total > 0 else float("nan")
+    lo_ns = window_wall_ns[0] + int(COVERAGE_WARMUP_S * 1e9)
+    hi_ns = window_wall_ns[1] - int(LAG_ALLOWANCE_S * 1e9)
+    span = [st for st in live if lo_ns <= live_recv_ns[st] <= hi_ns]
+    covered = sum(1 for st in span if st in refined_stamps)
+    coverage = covered / (len(span) / kf_every) if span and math.isfinite(kf_every) else float("nan")
+    lags = [(refined_first_ns[st] - live_recv_ns[st]) * 1e-9 for st in refined_first_ns if st in live_recv_ns]
     fits = num(d_mod, "refined_updates")
     minutes = duration / 60.0 if duration > 0 else float("nan")
     return {
@@ -411,7 +498,14 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
                     "fraction_covered": len(refined_stamps) / len(live) if live else float("nan"),
                     "fits": fits, "fits_per_min": fits / minutes, "model_state": d_mod.get("_message", "")},
         "accuracy": {"err_2d_px_median": float(np.median(err)) if err else float("nan"), "point_frames": len(err),
-                     "series": error_series(err_t_s, err)},
+                     "series": error_series(err_t_s, err), "window_s": window_s, "live": acc_live,
+                     "with_refined": acc_best, "refined_only": acc_refined},
+        "refinement": {"keyframe_coverage": min(coverage, 1.0) if math.isfinite(coverage) else coverage,
+                       "keyframes_covered": covered, "keyframe_every": kf_every,
+                       "lag_s_median": float(np.median(lags)) if lags else float("nan"),
+                       "lag_s_p95": float(np.percentile(lags, 95)) if lags else float("nan"),
+                       "steps_per_s": num(d_mod, "steps_per_s"), "warm_fits": num(d_mod, "fits"),
+                       "node_coverage": num(d_mod, "refined_coverage")},
         "rss": rss_summary(sampler.samples, t0, t1),
         "machine": dict(machine),
         "logs": dict(logs),
@@ -480,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration-s", type=float, default=60.0)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--no-refine", action="store_true")
+    ap.add_argument("--hard", action="store_true", help="hard scene with an instrument and camera motion")
+    ap.add_argument("--scene-frames", type=int, default=60, help="distinct frames the source ping-pongs over")
+    ap.add_argument("--cpu-load", type=int, default=0, help="CPU-bound processes run beside the node")
     ap.add_argument("--out", default="out/bench")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -490,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         w, h = (int(v) for v in size.lower().split("x"))
         log.info("ros_bench: %dx%d, %.0f Hz, %.0f s, device %s", w, h, args.rate_hz, args.duration_s, args.device)
         runs.append(run_ros_bench(w, h, args.rate_hz, args.duration_s, args.device, refine=not args.no_refine,
-                                  log_dir=out / f"ros_{w}x{h}_logs"))
+                                  log_dir=out / f"ros_{w}x{h}_logs", scene=HARD_SCENE if args.hard else None,
+                                  scene_frames=args.scene_frames, cpu_load=args.cpu_load))
     (out / "ros_bench.json").write_text(json.dumps(json_safe(runs), indent=2))
     md = format_ros_bench(runs)
     (out / "ros_bench.md").write_text(md)

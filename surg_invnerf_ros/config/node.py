@@ -72,6 +72,11 @@ class OnlineConfig:
         "current estimate and held to the lk.min_ncc_query check; where found it replaces the chained "
         "estimate, so chained-LK drift does not build up when the tissue looks as it did (0 = off).", lo=0)
 
+    hide_unconfirmed: bool = option(
+        False, "A query that re-acquisition does not find this frame (its origin patch fails the "
+        "lk.min_ncc_query check: covered by an instrument, or out of view) is reported not visible until it "
+        "is found again; its position keeps following the chained estimate.")
+
     def __post_init__(self) -> None:
         check_fields(self, "online.")
 
@@ -83,10 +88,10 @@ class RefineConfig:
     enabled: bool = option(True, "Fit the model asynchronously; false publishes the front end only.")
     worker: Literal["process", "thread"] = option(
         "process", "Where the fit runs: a child process (keeps the GIL and torch out of the node) or a thread.")
-    keyframe_every: int = option(2, "Every this many frames becomes a keyframe.", lo=1, hi=1000)
+    keyframe_every: int = option(6, "Every this many frames becomes a keyframe.", lo=1, hi=1000)
     window_frames: int = option(16, "Keyframes kept and fitted (older ones leave the window).", lo=2, hi=10000)
     min_keyframes: int = option(4, "A fit starts once this many keyframes are buffered.", lo=2, hi=10000)
-    new_keyframes: int = option(2, "Keyframes that must arrive after a fit before the next one starts.", lo=1)
+    new_keyframes: int = option(1, "Keyframes that must arrive after a fit before the next one starts.", lo=1)
     fit_config: str = option("", "YAML file with FitConfig keys for the worker (empty: defaults).")
     fit_overrides: tuple[str, ...] = option((), "FitConfig overrides as key=value strings, e.g. max_steps=200.")
     history_frames: int = option(300, "Per-frame results kept so refined fits can replace them.", lo=1, hi=100000)
@@ -104,6 +109,16 @@ class RefineConfig:
     worker_threads: int = option(
         1, "CPU threads of the refinement: its flow and stereo front end, OpenCV and torch in the refine "
         "process (0: every core). One leaves the other cores to the per-frame path.", lo=0, hi=256)
+    cold_fit_s: float = option(
+        5.0, "Time budget of a fit from scratch (the first, and after a reset or a worker restart), seconds.",
+        lo=0.1, hi=3600.0)
+    warm_fit_s: float = option(
+        2.0, "Time budget of each later fit, seconds. It continues the last model on the window that slid on "
+        "(shared frames keep their map, the canonical space is kept), so the model never restarts; shorter "
+        "fits refine each keyframe sooner and more often.", lo=0.1, hi=3600.0)
+    cache_gib: float = option(
+        0.5, "Stereo depth and checked flows kept between fits, GiB: a window that slid on computes only its "
+        "new keyframes and pairs.", lo=0.0, hi=1024.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "refine.")

@@ -116,6 +116,54 @@ def depth_lookup(maps: np.ndarray, frame: np.ndarray, uv_px: np.ndarray, subpixe
     return np.where(inside, d, np.float32(np.nan)).astype(np.float32)
 
 
+class FrontendCache:
+    """Per-frame stereo depth and per-pair checked flows kept between stores of overlapping windows,
+    keyed by frame keys (stamps): a window that slid on computes only its new frames and pairs.
+
+    Holds at most `max_bytes`; what would not fit is not kept (it is computed again when needed).
+    `retain(keys)` drops every entry of a frame no longer in the window.
+    """
+
+    def __init__(self, max_bytes: float = 1 << 30) -> None:
+        self.max_bytes = float(max_bytes)
+        self._items: dict[tuple, tuple[Any, int]] = {}
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _size(value: Any) -> int:
+        if isinstance(value, np.ndarray):
+            return int(value.nbytes)
+        if isinstance(value, (tuple, list)):
+            return sum(FrontendCache._size(v) for v in value)
+        return 64
+
+    def get(self, key: tuple) -> Any | None:
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return item[0]
+
+    def put(self, key: tuple, value: Any) -> None:
+        size = self._size(value)
+        if key in self._items or self.nbytes + size > self.max_bytes:
+            return
+        self._items[key] = (value, size)
+        self.nbytes += size
+
+    def retain(self, frame_keys: Any) -> None:
+        """Keep only entries whose frames are all among `frame_keys`."""
+        keep = {int(k) for k in frame_keys}
+        for key in [k for k in self._items if not all(int(f) in keep for f in k[1:])]:
+            self.nbytes -= self._items.pop(key)[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @dataclass
 class CorrespondenceStore:
     """Samples of every frame and their checked correspondences (`build_store`).
@@ -428,6 +476,8 @@ def build_store(
     seed: int = 0,
     progress: Callable[[int], object] | None = None,
     name: str = "sequence",
+    frame_keys: Any | None = None,
+    cache: FrontendCache | None = None,
 ) -> CorrespondenceStore:
     """Stream the frames once and build the store (see the module docstring).
 
@@ -440,10 +490,16 @@ def build_store(
         with_right_colour: keep the right colour at each sample (`render.right_ray_share` > 0).
         seed: seed of the sample offsets.
         progress: called with 1 after each frame.
+        frame_keys: T distinct keys (e.g. stamps) naming the frames in `cache`.
+        cache: stereo depth and checked flows from earlier stores of the same frames (needs `frame_keys`);
+            what is computed here is added to it.
     """
     T = len(left)
     if T < 1:
         raise InputError(f"{name}: no frames", reason="empty")
+    if cache is not None and (frame_keys is None or len(frame_keys) != T):
+        raise ValueError(f"build_store: a cache needs {T} frame_keys")
+    keys = [int(k) for k in frame_keys] if cache is not None and frame_keys is not None else []
     if len(right) != T:
         raise InputError(f"{name}: right: expected {T} frames, got {len(right)}", reason="frame_count")
     H, W = int(calib.height), int(calib.width)
@@ -551,7 +607,15 @@ def build_store(
                      sample_uv=sample_positions(H, W, cell, per_cell, stride, rng))
         link_gaps = [g for g in gaps if t - g in window]
         jobs = [("stereo", lt, rt)] + [("flow", window[t - g], cur) for g in link_gaps]
-        got = thread_map(task, jobs, cfg.workers)
+        if cache is None:
+            got = thread_map(task, jobs, cfg.workers)
+        else:  # only what no earlier store of these frames computed
+            job_keys = [("stereo", keys[t])] + [("flow", keys[t - g], keys[t]) for g in link_gaps]
+            got = [cache.get(k) for k in job_keys]
+            todo = [i for i, v in enumerate(got) if v is None]
+            for i, v in zip(todo, thread_map(task, [jobs[i] for i in todo], cfg.workers)):
+                got[i] = v
+                cache.put(job_keys[i], v)
         cur.depth = np.asarray(got[0])
         depth.maps[t] = cur.depth
         links = dict(zip(link_gaps, got[1:]))  # g → (fwd (t−g → t), bwd (t → t−g))

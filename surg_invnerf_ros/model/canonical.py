@@ -83,8 +83,9 @@ class CanonicalField(nn.Module):
     def grow_time(self, num_frames: int, drop_first: int = 0) -> None:
         """Resize to `num_frames` frames, of which frame f was the old frame f + `drop_first`; new
         appearance codes repeat the last one."""
-        old = self.appearance.weight.data[drop_first:]
-        new = self.appearance.weight.data.new_zeros(max(num_frames, 1), old.shape[1])
+        weight = self.appearance.weight.data
+        old = weight[min(drop_first, weight.shape[0] - 1):]  # all gone: the last code carries on
+        new = weight.new_zeros(max(num_frames, 1), old.shape[1])
         n = min(old.shape[0], num_frames)
         new[:n] = old[:n]
         if num_frames > n and n > 0:

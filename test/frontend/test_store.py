@@ -252,3 +252,34 @@ def test_memory_grows_linearly_with_frames():
     per_frame = (p200 - p20) / 180
     assert per_frame < 2.5 * n200 / 200  # the peak per frame is the store's own size (and its sorted copy)
     assert p200 / 200 < 1.3 * p20 / 20
+
+
+class TestFrontendCache:
+    def test_a_slid_window_reuses_stereo_and_flows_and_builds_the_same_store(self, video):
+        from surg_invnerf_ros.frontend.store import FrontendCache
+
+        keys = np.arange(len(video)) * 1000 + 7
+        cache = FrontendCache()
+        store_of(video[:10], frame_keys=keys[:10], cache=cache)
+        assert cache.hits == 0 and len(cache) > 0
+        computed = cache.misses
+        cache.retain(keys[4:14])
+        assert all(all(int(f) in set(keys[4:14].tolist()) for f in k[1:]) for k in cache._items)
+        cached = store_of(video[4:14], frame_keys=keys[4:14], cache=cache)
+        plain = store_of(video[4:14])
+        assert cache.hits > 0 and cache.misses - computed < computed  # frames 4..9 and their pairs came back
+        for name in ("uv_px", "depth_m", "rec_start", "rec_frame", "rec_uv_px", "rec_conf", "rec_depth_m"):
+            np.testing.assert_array_equal(getattr(cached, name), getattr(plain, name), err_msg=name)
+
+    def test_what_does_not_fit_is_not_kept(self, video):
+        from surg_invnerf_ros.frontend.store import FrontendCache
+
+        cache = FrontendCache(max_bytes=1)
+        store_of(video[:4], frame_keys=np.arange(4), cache=cache)
+        assert len(cache) == 0 and cache.nbytes == 0
+
+    def test_a_cache_needs_one_key_per_frame(self, video):
+        from surg_invnerf_ros.frontend.store import FrontendCache
+
+        with pytest.raises(ValueError, match="needs 4 frame_keys"):
+            store_of(video[:4], frame_keys=np.arange(3), cache=FrontendCache())

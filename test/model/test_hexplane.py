@@ -68,6 +68,8 @@ class TestMultiScaleHexPlane:
         pts[:, 3] = t_norm_from_frame(f_old - 2, 6)
         torch.testing.assert_close(hp(pts), before)
         torch.testing.assert_close(hp(last), before_last)  # a new frame repeats the last fitted one
+        hp.grow_time(3, drop_first=6)  # a window wholly after the old one: every frame is the last fitted one
+        torch.testing.assert_close(hp(pts[:3] * torch.tensor([1.0, 1, 1, 0])), before_last[:3])
         with pytest.raises(AssertionError):  # without the shift the same frames would change
             hp2 = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=6)
             with torch.no_grad():

@@ -101,7 +101,7 @@ class TestTrackYaml:
         doc = yaml.safe_load((REPO / "config/track.yaml").read_text())
         overrides = doc["/**"]["ros__parameters"]["refine"]["fit_overrides"]
         fit = load_config(FitConfig, None, overrides)
-        assert fit.time_budget_s == 20.0 and fit.max_steps == 800
+        assert fit.max_steps == 800
 
 
 def test_range_text():
