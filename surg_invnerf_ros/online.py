@@ -567,6 +567,11 @@ class OnlineTracker:
         stamps = job.seq.stamps_ns
         frames: list[FrameTracks] = []
         live = np.isin(tr.ids, self._ids)
+        # A fit steers the tracker (its results replace the history the next window's queries start from,
+        # and the front end re-anchors on it) only when it converged enough; it is published either way.
+        converged = res.stats.get("converged_fraction")
+        trusted = not isinstance(converged, (int, float)) or converged >= self.refine_cfg.reanchor_min_converged
+        self._model["reanchored"] = bool(trusted)
         for t, stamp in enumerate(stamps):
             vis = np.asarray(tr.visible[t], bool)
             frames.append(FrameTracks(
@@ -574,7 +579,7 @@ class OnlineTracker:
                 xyz_cam_m=tr.xyz[t][live].astype(np.float32), visible=vis[live],
                 confidence=vis[live].astype(np.float32), refined=np.ones(int(live.sum()), bool),
                 depth_m=None))
-            if int(stamp) in self._history:
+            if trusted and int(stamp) in self._history:
                 self._history[int(stamp)] = replace(frames[-1], depth_m=self._history[int(stamp)].depth_m)
         if res.depth_m is not None and frames:
             frames[-1].depth_m = np.asarray(res.depth_m, np.float32)
@@ -582,7 +587,7 @@ class OnlineTracker:
         # Re-anchor on the newest covered keyframe: shift by the correction the fit made there.
         # Later keyframe snapshots descend from the same uncorrected state, so they shift too.
         kf = next((k for k in reversed(self._keyframes) if k.frame.stamp_ns == int(stamps[-1])), None)
-        if kf is not None and len(tr.ids):
+        if kf is not None and len(tr.ids) and trusted:
             ok = np.asarray(tr.visible[-1], bool) & np.isfinite(tr.uv[-1]).all(axis=1)
             rid, ruv = tr.ids[ok].astype(np.int64), tr.uv[-1][ok].astype(np.float64)
             at_kf = index_of(kf.ids, rid)

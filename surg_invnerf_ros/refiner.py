@@ -111,6 +111,9 @@ class InvNeRFRefiner:
         # the fit's own front end (flow bank, chains, stereo) on refine.worker_threads threads
         self.frontend_cfg = (replace(frontend_cfg, workers=refine_cfg.worker_threads)
                              if refine_cfg.worker_threads > 0 else frontend_cfg)
+        if refine_cfg.sample_stride_px > 0:
+            self.frontend_cfg = replace(self.frontend_cfg, store=replace(self.frontend_cfg.store,
+                                                                         sample_stride_px=refine_cfg.sample_stride_px))
         self.render_cloud = refine_cfg.render_cloud
         self.cold_fit_s, self.warm_fit_s = refine_cfg.cold_fit_s, refine_cfg.warm_fit_s
         self.cache = FrontendCache(refine_cfg.cache_gib * 2**30)

@@ -259,6 +259,28 @@ class TestRefinement:
         assert res.xyz_cam_m[0, 2] == pytest.approx(0.07)
         trk.close()
 
+    @pytest.mark.parametrize("converged,moves", [(0.2, False), (0.8, True)])
+    def test_the_front_end_reanchors_only_on_a_fit_that_converged_enough(self, converged, moves):
+        class Reporting(TruthRefiner):
+            def __call__(self, job):
+                out = super().__call__(job)
+                out.stats["converged_fraction"] = converged
+                return out
+
+        trk = OnlineTracker(refine_cfg=self.cfg(reanchor_min_converged=0.5), frontend=FakeFrontEnd(),
+                            refiner=Reporting(stamp_to_frame))
+        trk.add_queries(np.array([[10.0, 20.0]]))
+        for i in range(3):
+            trk.push_frame(frame(i))
+        refined = wait_for(trk.poll)
+        assert refined and refined[-1].refined.all()  # published either way
+        res = trk.push_frame(frame(3))
+        start = 12.0 if moves else 10.0 + 2 * FRONT_STEP_PX
+        np.testing.assert_allclose(res.uv_px[0], [start + FRONT_STEP_PX, 20.0], atol=1e-5)
+        assert trk.stats()["reanchored"] is moves
+        assert bool(trk.tracks_at(frame(2).stamp_ns).refined.all()) is moves  # the history keeps the front end's
+        trk.close()
+
     def test_warm_start_passes_last_state(self):
         ref = TruthRefiner(stamp_to_frame)
         trk = OnlineTracker(refine_cfg=self.cfg(), frontend=FakeFrontEnd(), refiner=ref)
@@ -423,6 +445,17 @@ def test_reacquisition_replaces_the_drifting_estimate_where_the_origin_is_found(
         np.testing.assert_allclose(res.uv_px[0], first, atol=1e-4)  # found again (every=1) or drifted (off)
         np.testing.assert_allclose(res.uv_px[1], [20.0 + 4 * FRONT_STEP_PX, 20.0], atol=1e-4)  # not found: drifts
         assert len(front.origin_shapes) == (4 if every else 0) and set(front.origin_shapes) <= {(H, W, 3)}
+
+
+def test_hide_unconfirmed_reports_a_query_not_found_again_as_not_visible():
+    placed = np.array([[10.0, 10.0], [20.0, 20.0]])  # the fake finds the first again, not the second
+    for hide in (False, True):
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False),
+                            online_cfg=OnlineConfig(hide_unconfirmed=hide), frontend=ReacquiringFrontEnd())
+        trk.add_queries(placed)
+        for i in range(3):
+            res = trk.push_frame(frame(i))
+        assert res.visible[0] and res.visible[1] == (not hide)
 
 
 def test_reacquisition_survives_a_new_image_size():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from surg_invnerf_ros.config import FrontendConfig, RefineConfig
+from surg_invnerf_ros.config.fit import OptimConfig as FitConfigDefaults
 from surg_invnerf_ros.device import resolve_device
 from surg_invnerf_ros.errors import ConfigError
 from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob, WorkerDied, exit_text
@@ -66,6 +67,38 @@ class TestProcessRefiner:
 
         assert InvNeRFRefiner(RefineConfig(worker_threads=1), FrontendConfig()).frontend_cfg.workers == 1
         assert InvNeRFRefiner(RefineConfig(worker_threads=0), FrontendConfig(workers=3)).frontend_cfg.workers == 3
+
+    def test_a_window_that_slid_on_is_fitted_warm_and_computes_only_its_new_frames(self, monkeypatch):
+        from dataclasses import replace
+
+        from surg_invnerf_ros import track
+        from surg_invnerf_ros.refiner import InvNeRFRefiner
+
+        cfg = RefineConfig(fit_overrides=("max_steps=2", "num_threads=1", "log_every=1", "optim.warmup_steps=50"),
+                           cold_fit_s=7.0, warm_fit_s=3.0)
+        ref = InvNeRFRefiner(cfg, FrontendConfig(workers=1), "cpu")
+        budgets = []
+        real = track.fit_invnerf
+
+        def spy(seq, fit_cfg, *a, **kw):
+            budgets.append((fit_cfg.time_budget_s, fit_cfg.time_budget_per_frame_s, fit_cfg.optim.warmup_steps,
+                            fit_cfg.optim.lr_final_scale))
+            return real(seq, fit_cfg, *a, **kw)
+
+        monkeypatch.setattr(track, "fit_invnerf", spy)
+        job = self.seq_job(warm=False)
+        first = ref(job)
+        assert not first.stats["warm"] and first.stats["cache_mb"] > 0
+        misses = ref.cache.misses
+        seq = job.seq  # slide on by one frame: frames 1..3 and a new frame 4
+        slid = replace(seq, left_rgb_u8=np.concatenate([seq.left_rgb_u8[1:], seq.left_rgb_u8[-1:]]),
+                       right_rgb_u8=np.concatenate([seq.right_rgb_u8[1:], seq.right_rgb_u8[-1:]]),
+                       stamps_ns=np.append(seq.stamps_ns[1:], seq.stamps_ns[-1] + 33_000_000))
+        second = ref(RefineJob(seq=slid, init_state=first.state, generation=0))
+        assert second.stats["warm"]
+        assert ref.cache.hits >= 3  # the stereo of frames 1..3 at least
+        assert ref.cache.misses - misses < misses  # far less computed than the first time
+        assert budgets == [(7.0, 0.0, 50, FitConfigDefaults.lr_final_scale), (3.0, 0.0, 0, 1.0)]
 
     def test_fits_in_a_child_and_warm_starts(self):
         cfg = RefineConfig(fit_overrides=("max_steps=2", "time_budget_s=5.0", "num_threads=1", "log_every=1"),

@@ -577,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hard", action="store_true", help="hard scene with an instrument and camera motion")
     ap.add_argument("--scene-frames", type=int, default=60, help="distinct frames the source ping-pongs over")
     ap.add_argument("--cpu-load", type=int, default=0, help="CPU-bound processes run beside the node")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="a tracker parameter, e.g. refine.keyframe_every:=15 (repeatable)")
     ap.add_argument("--out", default="out/bench")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -588,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("ros_bench: %dx%d, %.0f Hz, %.0f s, device %s", w, h, args.rate_hz, args.duration_s, args.device)
         runs.append(run_ros_bench(w, h, args.rate_hz, args.duration_s, args.device, refine=not args.no_refine,
                                   log_dir=out / f"ros_{w}x{h}_logs", scene=HARD_SCENE if args.hard else None,
-                                  scene_frames=args.scene_frames, cpu_load=args.cpu_load))
+                                  scene_frames=args.scene_frames, cpu_load=args.cpu_load,
+                                  extra_params=dict(p.split(":=", 1) for p in args.param)))
     (out / "ros_bench.json").write_text(json.dumps(json_safe(runs), indent=2))
     md = format_ros_bench(runs)
     (out / "ros_bench.md").write_text(md)

@@ -88,7 +88,7 @@ class RefineConfig:
     enabled: bool = option(True, "Fit the model asynchronously; false publishes the front end only.")
     worker: Literal["process", "thread"] = option(
         "process", "Where the fit runs: a child process (keeps the GIL and torch out of the node) or a thread.")
-    keyframe_every: int = option(6, "Every this many frames becomes a keyframe.", lo=1, hi=1000)
+    keyframe_every: int = option(15, "Every this many frames becomes a keyframe.", lo=1, hi=1000)
     window_frames: int = option(16, "Keyframes kept and fitted (older ones leave the window).", lo=2, hi=10000)
     min_keyframes: int = option(4, "A fit starts once this many keyframes are buffered.", lo=2, hi=10000)
     new_keyframes: int = option(1, "Keyframes that must arrive after a fit before the next one starts.", lo=1)
@@ -113,9 +113,17 @@ class RefineConfig:
         5.0, "Time budget of a fit from scratch (the first, and after a reset or a worker restart), seconds.",
         lo=0.1, hi=3600.0)
     warm_fit_s: float = option(
-        2.0, "Time budget of each later fit, seconds. It continues the last model on the window that slid on "
+        1.5, "Time budget of each later fit, seconds. It continues the last model on the window that slid on "
         "(shared frames keep their map, the canonical space is kept), so the model never restarts; shorter "
         "fits refine each keyframe sooner and more often.", lo=0.1, hi=3600.0)
+    sample_stride_px: int = option(
+        4, "The refinement's correspondence store keeps one source pixel per stride × stride block (0: the "
+        "front end's frontend.store.sample_stride_px). A short fit draws a few thousand of them, so a sparse "
+        "store loses nothing and is built in a fraction of the time.", lo=0, hi=64)
+    reanchor_min_converged: float = option(
+        0.5, "The front end re-anchors on a fit only when at least this share of the fit's error cells "
+        "converged (the fit's own measure of how well it explains the correspondences); a fit below it is "
+        "still published (refined=1) but does not move the live estimate. 0: always re-anchor.", lo=0.0, hi=1.0)
     cache_gib: float = option(
         0.5, "Stereo depth and checked flows kept between fits, GiB: a window that slid on computes only its "
         "new keyframes and pairs.", lo=0.0, hi=1024.0)

@@ -60,6 +60,23 @@ class TestSummaries:
         assert p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
         assert math.isnan(rbm.percentiles_ms([])["p50"])
 
+    def test_live_accuracy_by_hand(self):
+        from surg_invnerf_ros.ros.convert import TRACKED_POINTS_DTYPE
+
+        def pts(u, vis, z):
+            a = np.zeros(len(u), TRACKED_POINTS_DTYPE)
+            a["id"], a["u"], a["v"], a["visible"], a["z"] = np.arange(len(u)), u, 0.0, vis, z
+            return a
+
+        gt = pts([0.0, 0.0, 0.0], [1, 1, 0], [0.05, 0.05, 0.05])
+        pred = pts([3.0, 1.0, 9.0], [1, 1, 1], [0.052, np.nan, 0.05])
+        acc = rbm.live_accuracy([(pred, gt), (pts([0.0], [1], [0.0]), gt)])  # the second has other ids: left out
+        assert acc["epe_px"] == pytest.approx(2.0) and acc["epe_px_median"] == pytest.approx(2.0)
+        assert acc["err_3d_mm"] == pytest.approx(2.0)  # the point without depth has no 3D error
+        assert acc["visibility_accuracy"] == pytest.approx(2 / 3)  # point 2 is occluded but shown
+        assert acc["no_3d_share"] == pytest.approx(1 / 3) and acc["point_frames"] == 2 and acc["frames"] == 2
+        assert math.isnan(rbm.live_accuracy([])["epe_px"])
+
     def test_stir_latency_skips_warm_up_and_averages_p99_p95_mean(self):
         warm_up = [10.0] * 15  # 10 s each: left out
         lat = warm_up + [0.001 * i for i in range(1, 101)]  # 1 … 100 ms
