@@ -29,6 +29,7 @@ from multiprocessing.connection import Listener
 from typing import Any, Callable
 
 import cv2
+import numpy as np
 
 from .config import FitConfig, FrontendConfig, RefineConfig, load_config
 from .device import resolve_device
@@ -117,6 +118,8 @@ class InvNeRFRefiner:
         self.render_cloud = refine_cfg.render_cloud
         self.cold_fit_s, self.warm_fit_s = refine_cfg.cold_fit_s, refine_cfg.warm_fit_s
         self.cache = FrontendCache(refine_cfg.cache_gib * 2**30)
+        self.query_anchor = refine_cfg.query_anchor
+        self.canonical: dict[int, np.ndarray] = {}  # query id → its canonical point in the living model
         self.progress: Callable[..., None] | None = None
 
     def __call__(self, job: RefineJob) -> RefineOutput:
@@ -140,7 +143,17 @@ class InvNeRFRefiner:
             log.warning("refine: warm start failed (%s); fitting from scratch", err)
             cfg = replace(cfg, time_budget_s=self.cold_fit_s)
             result = fit_invnerf(job.seq, cfg, self.frontend_cfg, progress=self.progress, frontend_cache=self.cache)
-        tracks = infer_tracks(result, job.seq, job.seq.queries)
+        ids = np.asarray(job.seq.queries.ids, np.int64)
+        if not bool(result.meta.get("warm_start", {}).get("used", False)):
+            self.canonical.clear()  # a new canonical space
+        canon = None
+        if self.query_anchor == "canonical":
+            canon = np.stack([self.canonical.get(int(i), np.full(3, np.nan, np.float32)) for i in ids]) \
+                if len(ids) else np.zeros((0, 3), np.float32)
+        tracks = infer_tracks(result, job.seq, job.seq.queries, canonical=canon)
+        if canon is not None:
+            got = np.asarray(tracks.meta.pop("canonical"), np.float32)
+            self.canonical = {int(i): got[k] for k, i in enumerate(ids)}  # removed queries leave
         meta = getattr(result, "meta", {}) or {}
         stats = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
         stats["fit_s"] = time.perf_counter() - t0

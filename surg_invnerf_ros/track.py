@@ -232,12 +232,11 @@ def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device
         log.info("%s: the warm start shares no frame with this window; fitting from scratch", seq.name)
         init_state = None
         drop_first = 0
-    use_poses = fit_cfg.use_kinematics and seq.T_world_cam is not None
     anchor = None
-    if use_poses:
+    if fit_cfg.use_kinematics and seq.T_world_cam is not None:
         held = init_state.get("T_world_anchor") if init_state is not None else None
         anchor = np.asarray(held if held is not None else seq.T_world_cam[0], np.float64)
-    poses = _relative_poses(seq, anchor) if use_poses else None
+    poses = _relative_poses(seq, anchor) if anchor is not None else None
     K = np.asarray(seq.calib.K, np.float64)
     t0 = time.perf_counter()
     data = to_device_data(fe, K, seq.calib.baseline_m, poses, device)
@@ -331,15 +330,20 @@ class InferredPoints:
     uv_px: Float[np.ndarray, "T N 2"]  # float32 pixels
     visible: Bool[np.ndarray, "T N"]
     xyz_cam_m: Float[np.ndarray, "T N 3"]  # float32 metres in the left camera frame of frame t
+    canonical: Float[np.ndarray, "N 3"] | None = None  # each query's canonical point (normalised workspace)
 
 
 @torch.no_grad()
-def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: int = 8192) -> InferredPoints:
+def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: int = 8192,
+                 canonical: Float[np.ndarray, "N 3"] | None = None) -> InferredPoints:
     """All queries (rows frame, u, v) × all frames: pixels, visibility and camera-frame points.
 
     Surface sample at the query frame and its canonical point, then F_t⁻¹ for every t, projection and
     the visibility tests, in chunks of about `chunk` points (frames × queries), so memory stays bounded
     for any number of queries × frames; the result does not depend on `chunk`.
+
+    `canonical` (N, 3), where finite, is a query's canonical point from an earlier fit of the same
+    model (online refinement): it is used as it is, and the query's frame and pixel are not read.
     """
     model, data, cfg = result.model, result.data, result.cfg
     dev = data.device
@@ -351,6 +355,11 @@ def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: 
     u_canon = torch.cat([model.to_canonical(surface_points_world_m(model, data, cfg, f_q[s:s + chunk],
                                                                    q[s:s + chunk, 1:3])[0], f_q[s:s + chunk])
                          for s in range(0, N, chunk)]) if N else torch.zeros(0, 3, device=dev)
+    given = torch.zeros(N, dtype=torch.bool, device=dev)
+    if canonical is not None and N:
+        held = torch.as_tensor(np.asarray(canonical, np.float32).reshape(N, 3), device=dev)
+        given = torch.isfinite(held).all(dim=1)
+        u_canon = torch.where(given[:, None], held, u_canon)
     Tcw_all = data.all_inv_poses()  # corrected when pose refinement is on
     uv_out = torch.empty(T, N, 2, device=dev)
     vis_out = torch.empty(T, N, dtype=torch.bool, device=dev)
@@ -372,7 +381,7 @@ def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: 
         if cfg.render.stereo_visibility_check:
             occluded = torch.isfinite(d_st) & (disp_gap > cfg.render.stereo_occlusion_gap_px)
             visible = visible & ~occluded
-        own = (f_q[None] == frames)  # a query is visible in its own frame by definition
+        own = (f_q[None] == frames) & ~given[None]  # a query is visible in its own frame by definition
         visible = visible | own
         if cfg.render.stereo_depth_fusion_px > 0:
             # SGBM is the better depth sensor where it agrees with the model: keep the model's pixel, take its depth
@@ -383,7 +392,7 @@ def infer_points(result: FitResult, query_tuv: Float[np.ndarray, "N 3"], chunk: 
     if cfg.render.depth_consensus == "median" and N:
         xyz_out = consensus_depth_m(model, data, xyz_out, vis_out, chunk, cfg.render.consensus_window_frames)
     return InferredPoints(uv_px=uv_out.float().cpu().numpy(), visible=vis_out.cpu().numpy(),
-                          xyz_cam_m=xyz_out.float().cpu().numpy())
+                          xyz_cam_m=xyz_out.float().cpu().numpy(), canonical=u_canon.float().cpu().numpy())
 
 
 @runtime_checkable
@@ -438,8 +447,13 @@ def consensus_depth_m(model: FrameCanonicalMap, data: FramePoses, xyz_cam_m: Flo
     return torch.where(ok[..., None], xyz_cam_m * (z_med / torch.where(ok, z_own, 1.0))[..., None], xyz_cam_m)
 
 
-def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None, queries: Queries) -> Tracks:
-    """Tracks of `queries` (rectified left pixels) in every frame of the fitted sequence."""
+def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None, queries: Queries,
+                 canonical: np.ndarray | None = None) -> Tracks:
+    """Tracks of `queries` (rectified left pixels) in every frame of the fitted sequence.
+
+    `canonical` (N, 3): where finite, a query's canonical point from an earlier fit of the same model
+    (`infer_points`); `Tracks.meta["canonical"]` then holds every query's canonical point (N, 3).
+    """
     if seq_or_calib is not None:
         calib = seq_or_calib.calib if isinstance(seq_or_calib, Sequence) else seq_or_calib
         K_fit = result.data.K.cpu().numpy()
@@ -455,10 +469,12 @@ def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None,
         vis = np.zeros((T, 0), bool)
         xyz = np.zeros((T, 0, 3), np.float32)
     else:
-        out = infer_points(result, qt)
+        out = infer_points(result, qt, canonical=canonical)
         uv, vis, xyz = out.uv_px, out.visible, out.xyz_cam_m
     infer_s = time.perf_counter() - t0
     meta = json.loads(json.dumps(result.meta, default=float))
+    if canonical is not None:
+        meta["canonical"] = out.canonical if len(qt) else np.zeros((0, 3), np.float32)
     meta.setdefault("timings_s", {})["inference_s"] = infer_s
     if result.data.device.type == "cuda":  # the fit's peak, or inference's if that was higher
         meta["peak_gpu_memory_mb"] = peak_gpu_memory_mb(result.data.device)

@@ -66,8 +66,9 @@ class TestGeneratedParameters:
     def test_a_changed_default_is_caught(self):
         gen = _generator()
         block = gen.readme_block()
-        assert "| `sync.slop_s` | `0.005` |" in block
-        readme = README.read_text(encoding="utf-8").replace("| `sync.slop_s` | `0.005` |", "| `sync.slop_s` | `0.01` |")
+        assert "| `refine.warm_fit_s` | `1.5` |" in block
+        readme = README.read_text(encoding="utf-8").replace("| `refine.warm_fit_s` | `1.5` |",
+                                                            "| `refine.warm_fit_s` | `2.0` |")
         assert gen.replace_block(readme, block) != readme
 
     def test_missing_markers_are_refused(self):

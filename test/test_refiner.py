@@ -75,7 +75,7 @@ class TestProcessRefiner:
         from surg_invnerf_ros.refiner import InvNeRFRefiner
 
         cfg = RefineConfig(fit_overrides=("max_steps=2", "num_threads=1", "log_every=1", "optim.warmup_steps=50"),
-                           cold_fit_s=7.0, warm_fit_s=3.0)
+                           cold_fit_s=7.0, warm_fit_s=3.0, query_anchor="canonical")
         ref = InvNeRFRefiner(cfg, FrontendConfig(workers=1), "cpu")
         budgets = []
         real = track.fit_invnerf
@@ -89,6 +89,8 @@ class TestProcessRefiner:
         job = self.seq_job(warm=False)
         first = ref(job)
         assert not first.stats["warm"] and first.stats["cache_mb"] > 0
+        assert sorted(ref.canonical) == [7, 9]  # each query's canonical point, kept for the next fit
+        kept = {k: v.copy() for k, v in ref.canonical.items()}
         misses = ref.cache.misses
         seq = job.seq  # slide on by one frame: frames 1..3 and a new frame 4
         slid = replace(seq, left_rgb_u8=np.concatenate([seq.left_rgb_u8[1:], seq.left_rgb_u8[-1:]]),
@@ -96,6 +98,8 @@ class TestProcessRefiner:
                        stamps_ns=np.append(seq.stamps_ns[1:], seq.stamps_ns[-1] + 33_000_000))
         second = ref(RefineJob(seq=slid, init_state=first.state, generation=0))
         assert second.stats["warm"]
+        for k in (7, 9):  # the queries were carried by the model, not placed again from the window's pixels
+            np.testing.assert_array_equal(ref.canonical[k], kept[k])
         assert ref.cache.hits >= 3  # the stereo of frames 1..3 at least
         assert ref.cache.misses - misses < misses  # far less computed than the first time
         assert budgets == [(7.0, 0.0, 50, FitConfigDefaults.lr_final_scale), (3.0, 0.0, 0, 1.0)]

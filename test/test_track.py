@@ -132,6 +132,23 @@ class TestTrackSequence:
         assert fresh.meta["warm_start"] == {"used": False, "drop_first": 0}
         np.testing.assert_allclose(fresh.data.T_world_cam[1, 0, 3].item(), 0.001, atol=1e-9)
 
+    def test_a_query_carried_by_its_canonical_point(self, tiny):
+        seq, _, fe = tiny
+        res = track.fit_invnerf(seq, load_config(FitConfig, None, TINY + ["max_steps=5"]), frontend=fe)
+        first = track.infer_points(res, seq.queries.query_tuv)
+        assert first.canonical.shape == (len(seq.queries), 3) and np.isfinite(first.canonical).all()
+        moved = seq.queries.query_tuv.copy()
+        moved[:, 1:] = 1.0  # the pixel is not read where the canonical point is given
+        again = track.infer_points(res, moved, canonical=first.canonical)
+        np.testing.assert_allclose(again.uv_px, first.uv_px, atol=1e-4)
+        np.testing.assert_array_equal(again.canonical, first.canonical)
+        partly = first.canonical.copy()
+        partly[0] = np.nan  # unknown: taken from its frame and pixel
+        mixed = track.infer_points(res, np.vstack([seq.queries.query_tuv[:1], moved[1:]]), canonical=partly)
+        np.testing.assert_allclose(mixed.uv_px, first.uv_px, atol=1e-4)
+        tr = track.infer_tracks(res, seq, seq.queries, canonical=np.full((len(seq.queries), 3), np.nan))
+        np.testing.assert_allclose(tr.meta["canonical"], first.canonical, atol=1e-6)
+
     def test_warm_start_alignment(self):
         st = {"stamps_ns": np.array([10, 20, 30, 40])}
         assert track.warm_start_alignment(st, np.array([10, 20, 30, 40, 50])) == 0

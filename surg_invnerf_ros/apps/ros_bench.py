@@ -259,6 +259,15 @@ def _tail(path: Path, n: int = 15) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def scene_label(scene: Mapping[str, str] | None) -> str:
+    """A short name for a source scene: "hard" for HARD_SCENE, else its settings (or "default")."""
+    if not scene:
+        return "default"
+    if dict(scene) == HARD_SCENE:
+        return "hard"
+    return ", ".join(f"{k.removeprefix('synth.')}={v}" for k, v in scene.items())
+
+
 def _stop_all(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -405,12 +414,14 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     assert sampler is not None  # the try block above started it and ran to its end
     return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), machine, width=width, height=height, rate_hz=rate_hz,
                       device=device, refine=refine, num_queries=num_queries, tracker_ready_s=tracker_ready_s,
+                      scene_name=scene_label(scene),
                       sampler=sampler, logs=logs, convert=convert, diagnostics_to_dict=diagnostics_to_dict)
 
 
 def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_wall_ns: tuple[int, int],
                machine: Mapping[str, Any], *,
                width: int, height: int, rate_hz: float, device: str, refine: bool, num_queries: int,
+               scene_name: str = "default",
                tracker_ready_s: float, sampler: RssSampler, logs: Mapping[str, str], convert: Any,
                diagnostics_to_dict: Any) -> dict[str, Any]:
     """The result dict from the recorded messages and RSS samples."""
@@ -468,7 +479,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
     last_from_ns = window_wall_ns[1] - int(window_s * 1e9)
     last = [st for st in gt if st in live and live_recv_ns[st] >= last_from_ns]
     acc_live = live_accuracy([(live[st], gt[st]) for st in last])
-    acc_best = live_accuracy([(refined.get(st, live[st]), gt[st]) for st in last])
+    acc_best = live_accuracy([(refined[st] if st in refined else live[st], gt[st]) for st in last])
     acc_refined = live_accuracy([(refined[st], gt[st]) for st in refined if st in gt])
     # Refined coverage of keyframes after the warm-up, leaving the last LAG_ALLOWANCE_S (a keyframe of
     # the last seconds may still be in a fit when the run stops); keyframes = processed frames / the
@@ -485,6 +496,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
     minutes = duration / 60.0 if duration > 0 else float("nan")
     return {
         "width": width, "height": height, "rate_hz": rate_hz, "device": device, "refine": refine,
+        "scene": scene_name, "cpu_load": int(machine.get("cpu_load_procs", 0)),
         "num_queries": num_queries, "duration_s": duration, "tracker_ready_s": tracker_ready_s,
         "latency_ms": {**percentiles_ms(latency_s), "stir": stir_latency_ms(latency_s)},
         "node_latency_ms": {"p50": num(d_tr, "latency_p50_s") * 1e3, "p95": num(d_tr, "latency_p95_s") * 1e3},
@@ -527,34 +539,61 @@ def _f(x: Any, digits: int = 1) -> str:
     return "–" if math.isnan(x) else f"{x:.{digits}f}"
 
 
+def run_label(r: Mapping[str, Any]) -> str:
+    """"256×192 @ 30 Hz, hard, 120 s, +1 CPU hog": what a row of the report measured."""
+    out = f"{r['width']}×{r['height']} @ {_f(r['rate_hz'], 0)} Hz, {r.get('scene', 'default')}, {_f(r['duration_s'], 0)} s"
+    return out + (f", +{r['cpu_load']} CPU hog" if r.get("cpu_load") else "")
+
+
 def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
     """Markdown tables (latency, throughput and refinement, memory), one row per run."""
     runs = [results] if isinstance(results, Mapping) else list(results)
     machine = runs[0].get("machine") if runs else None
     lines = ["# ROS node benchmark", "", *([stamp_line(machine), ""] if machine else []),
-             "| size | device | refine | latency p50 / p95 / p99 (ms) | STIR latency (ms) | node p50 / p95 (ms) "
+             "| run | device | refine | latency p50 / p95 / p99 (ms) | STIR latency (ms) | node p50 / p95 (ms) "
              "| tracked Hz | dropped frames | node drops | load avg start → end |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lat, nl, fr = r["latency_ms"], r["node_latency_ms"], r["frames"]
         drops = ", ".join(f"{k} {v}" for k, v in sorted(r["node_drops"].items())) or "none"
-        lines.append(f"| {r['width']}×{r['height']} @ {_f(r['rate_hz'], 0)} Hz | {r['device']} | "
+        lines.append(f"| {run_label(r)} | {r['device']} | "
                      f"{'on' if r['refine'] else 'off'} | {_f(lat['p50'])} / {_f(lat['p95'])} / {_f(lat['p99'])} | "
                      f"{_f(lat.get('stir'))} | {_f(nl['p50'])} / {_f(nl['p95'])} | {_f(fr['tracked_rate_hz'])} | "
                      f"{fr['dropped']} / {fr['ground_truth']} ({_f(100 * fr['dropped_fraction'])} %) | {drops} | "
                      f"{_f(r['machine'].get('loadavg_1min_start'))} → {_f(r['machine'].get('loadavg_1min_end'))} |")
-    lines += ["", "| size | refined msgs/min | fits/min | frames covered by refined | median 2D err vs GT (px) "
+    lines += ["", "| run | refined msgs/min | fits/min | frames covered by refined | median 2D err vs GT (px) "
               "| peak RSS node + refiner (MB) | RSS growth last−middle third (MB) | slope (MB/min) | grows |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         rf, rs = r["refined"], r["rss"]
-        lines.append(f"| {r['width']}×{r['height']} | {_f(rf['messages_per_min'])} | {_f(rf['fits_per_min'])} | "
+        lines.append(f"| {run_label(r)} | {_f(rf['messages_per_min'])} | {_f(rf['fits_per_min'])} | "
                      f"{rf['frames_covered']} ({_f(100 * rf['fraction_covered'])} %) | "
                      f"{_f(r['accuracy']['err_2d_px_median'], 2)} | "
                      f"{_f(rs.get('peak_total_mb'), 0)} ({_f(rs.get('peak_node_mb'), 0)} + "
                      f"{_f(rs.get('peak_children_mb'), 0)}) | {_f(rs.get('growth_mb'))} | "
                      f"{_f(rs.get('slope_mb_per_min'))} | {'yes' if rs.get('grows') else 'no'} |")
+    lines += ["", "| run | live EPE mean / median (px) | live 3D (mm) | visibility acc. | visible without 3D "
+              "| with refined: EPE mean / median (px) | refined alone: EPE median (px), 3D (mm) "
+              "| keyframes refined | lag median / p95 (s) | model steps/s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        acc, rf = r.get("accuracy", {}), r.get("refinement")
+        lv, best, alone = acc.get("live"), acc.get("with_refined"), acc.get("refined_only")
+        if lv is None or rf is None:
+            continue
+        lines.append(f"| {run_label(r)} | {_f(lv['epe_px'], 2)} / {_f(lv['epe_px_median'], 2)} | "
+                     f"{_f(lv['err_3d_mm'], 2)} | {_f(lv['visibility_accuracy'], 3)} | "
+                     f"{_f(100 * lv['no_3d_share'])} % | {_f(best['epe_px'], 2)} / {_f(best['epe_px_median'], 2)} | "
+                     f"{_f(alone['epe_px_median'], 2)}, {_f(alone['err_3d_mm'], 2)} | "
+                     f"{_f(100 * rf['keyframe_coverage'])} % | {_f(rf['lag_s_median'])} / {_f(rf['lag_s_p95'])} | "
+                     f"{_f(rf['steps_per_s'])} |")
     m = runs[0]["machine"] if runs else {}
+    lines += ["", f"Accuracy against the source's ground truth over the last {_f(ACCURACY_WINDOW_S, 0)} s of each run "
+              f"(at most half of it): live = the front-end messages as published; with refined = a frame's latest "
+              f"refined message where it has one; refined alone = every refined message. Keyframes refined: "
+              f"keyframes from {_f(COVERAGE_WARMUP_S, 0)} s into the run to {_f(LAG_ALLOWANCE_S, 0)} s before its "
+              f"end with a refined message (keyframes = frames processed / the keyframe spacing the node reports); "
+              f"lag: a frame's front-end message → its first refined message, both received here."]
     lines += ["", f"Latency: source publication of a frame (its ground truth's receipt) → receipt of "
         f"~/tracked_points in the benchmark process (front-end "
               f"messages only, whole run); STIR latency: (p99 + p95 + mean) / 3 of the same, first "

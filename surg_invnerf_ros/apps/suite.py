@@ -123,10 +123,14 @@ def speed_report(sizes: Seq[tuple[int, int]] = ((256, 192), (640, 512)), frames:
 
 
 def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
-    """The node under a 30 Hz synthetic stream for 60 s at 256×192 and 640×512."""
-    from .ros_bench import format_ros_bench, run_ros_bench  # optional: needs the ROS 2 wheels
+    """The node under a 30 Hz synthetic stream: the hard scene (instrument, camera motion) for 120 s at 256×192,
+    alone and beside a CPU-bound process, then the default scene for 60 s at 640×512."""
+    from .ros_bench import HARD_SCENE, format_ros_bench, run_ros_bench  # optional: needs the ROS 2 wheels
 
-    results = [run_ros_bench(w, h, rate_hz=30.0, duration_s=60.0, device=device) for w, h in ((256, 192), (640, 512))]
+    hard = {"scene": HARD_SCENE, "scene_frames": 300, "duration_s": 120.0}
+    results = [run_ros_bench(256, 192, rate_hz=30.0, device=device, **hard),
+               run_ros_bench(256, 192, rate_hz=30.0, device=device, cpu_load=1, **hard),
+               run_ros_bench(640, 512, rate_hz=30.0, duration_s=60.0, device=device)]
     text = format_ros_bench(results)
     (out / "ros.md").write_text(text)
     print(text)

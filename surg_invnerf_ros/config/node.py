@@ -124,6 +124,11 @@ class RefineConfig:
         0.5, "The front end re-anchors on a fit only when at least this share of the fit's error cells "
         "converged (the fit's own measure of how well it explains the correspondences); a fit below it is "
         "still published (refined=1) but does not move the live estimate. 0: always re-anchor.", lo=0.0, hi=1.0)
+    query_anchor: Literal["window", "canonical"] = option(
+        "window", "Where a fit starts each query: window places it at its first keyframe in the window, from "
+        "the history (the front end's estimate, or a steering fit's); canonical keeps the canonical point the "
+        "query got in the first fit that held it, so the model alone carries it from window to window (only "
+        "as good as the model's map over the whole stream).")
     cache_gib: float = option(
         0.5, "Stereo depth and checked flows kept between fits, GiB: a window that slid on computes only its "
         "new keyframes and pairs.", lo=0.0, hi=1024.0)

@@ -608,7 +608,7 @@ def build_store(
         link_gaps = [g for g in gaps if t - g in window]
         jobs = [("stereo", lt, rt)] + [("flow", window[t - g], cur) for g in link_gaps]
         if cache is None:
-            got = thread_map(task, jobs, cfg.workers)
+            got: list[Any] = thread_map(task, jobs, cfg.workers)
         else:  # only what no earlier store of these frames computed
             job_keys = [("stereo", keys[t])] + [("flow", keys[t - g], keys[t]) for g in link_gaps]
             got = [cache.get(k) for k in job_keys]

@@ -60,6 +60,12 @@ class TestSummaries:
         assert p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
         assert math.isnan(rbm.percentiles_ms([])["p50"])
 
+    def test_scene_and_run_labels(self):
+        assert rbm.scene_label(None) == "default" and rbm.scene_label(rbm.HARD_SCENE) == "hard"
+        assert rbm.scene_label({"synth.difficulty": "easy"}) == "difficulty=easy"
+        r = {"width": 256, "height": 192, "rate_hz": 30.0, "scene": "hard", "duration_s": 120.2, "cpu_load": 1}
+        assert rbm.run_label(r) == "256×192 @ 30 Hz, hard, 120 s, +1 CPU hog"
+
     def test_live_accuracy_by_hand(self):
         from surg_invnerf_ros.ros.convert import TRACKED_POINTS_DTYPE
 
@@ -100,4 +106,8 @@ def test_tiny_run(tmp_path):
     assert r["accuracy"]["point_frames"] > 0
     assert (tmp_path / "tracker.log").read_text() and (tmp_path / "source.log").read_text()
     md = rbm.format_ros_bench([r, r])
-    assert md.count("| 64×48 @ 20 Hz | cpu | off |") == 2 and "peak RSS" in md
+    assert md.count("| 64×48 @ 20 Hz, default, ") == 6 and "peak RSS" in md  # 3 tables, 2 runs
+    assert r["scene"] == "default" and r["cpu_load"] == 0
+    live = r["accuracy"]["live"]
+    assert live["point_frames"] > 0 and 0 <= live["visibility_accuracy"] <= 1 and live["epe_px"] >= 0
+    assert r["refinement"]["keyframes_covered"] == 0
