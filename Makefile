@@ -10,13 +10,14 @@ export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 
 venv: $(STAMP)
 
-$(STAMP): setup.py setup.cfg package.xml Makefile interfaces/tf2_msgs_pywheels/pyproject.toml
+$(STAMP): setup.py setup.cfg package.xml Makefile interfaces/tf2_msgs_pywheels/pyproject.toml interfaces/surg_invnerf_msgs/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[pywheels,test,ray]"
 	$(PY) -m pip install -q ./interfaces/tf2_msgs_pywheels || echo "WARN: tf2_msgs not built; /tf and /tf_static disabled"
+	$(PY) -m pip install -q ./interfaces/surg_invnerf_msgs || echo "WARN: surg_invnerf_msgs not built; the ~/remove service disabled"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -119,6 +119,7 @@ class InvNeRFRefiner:
         self.cold_fit_s, self.warm_fit_s = refine_cfg.cold_fit_s, refine_cfg.warm_fit_s
         self.cache = FrontendCache(refine_cfg.cache_gib * 2**30)
         self.query_anchor = refine_cfg.query_anchor
+        self.check_cells = refine_cfg.check_cells
         self.canonical: dict[int, np.ndarray] = {}  # query id → its canonical point in the living model
         self.progress: Callable[..., None] | None = None
 
@@ -132,6 +133,8 @@ class InvNeRFRefiner:
                       time_budget_per_frame_s=0.0)
         if warm:  # the model goes on: no learning-rate warm-up or decay within a short fit
             cfg = replace(cfg, optim=replace(cfg.optim, warmup_steps=0, lr_final_scale=1.0))
+        # the converged share the re-anchoring test reads: measured on the final model
+        cfg = replace(cfg, sampler=replace(cfg.sampler, final_refresh=True, refresh_max_rays=self.check_cells))
         try:
             result = fit_invnerf(job.seq, cfg, self.frontend_cfg, progress=self.progress,
                                  init_state=job.init_state if warm else None, frontend_cache=self.cache)

@@ -149,6 +149,16 @@ class TestTrackSequence:
         tr = track.infer_tracks(res, seq, seq.queries, canonical=np.full((len(seq.queries), 3), np.nan))
         np.testing.assert_allclose(tr.meta["canonical"], first.canonical, atol=1e-6)
 
+    def test_a_final_refresh_measures_the_last_model(self, tiny):
+        seq, _, fe = tiny
+        base = TINY + ["max_steps=3", "sampler.refresh_every=0"]
+        plain = track.fit_invnerf(seq, load_config(FitConfig, None, base), frontend=fe)
+        assert "refresh_s" not in plain.meta["timings_s"]
+        final = track.fit_invnerf(seq, load_config(FitConfig, None, base + ["sampler.final_refresh=true",
+                                                                            "sampler.refresh_max_rays=64"]),
+                                  frontend=fe)
+        assert final.meta["timings_s"]["refresh_s"] > 0 and final.meta["steps"] == 3
+
     def test_warm_start_alignment(self):
         st = {"stamps_ns": np.array([10, 20, 30, 40])}
         assert track.warm_start_alignment(st, np.array([10, 20, 30, 40, 50])) == 0

@@ -69,6 +69,9 @@ class SamplerConfig:
     refresh_max_rays: int = option(
         65536, "A dense refresh measures every cell up to this many; beyond, this many random cells (0: every cell).",
         lo=0)
+    final_refresh: bool = option(
+        False, "Refresh the error maps once more when the loop ends, so the converged share the fit reports "
+        "is the final model's (a short fit may end before its first refresh).")
     error_ema: float = option(0.5, "Weight of a new error sample in its cell.", lo=0.0, hi=1.0)
     stall_steps: int = option(1500, "Stop when the loss EMA has not improved by stall_rel for this many steps (0: never).", lo=0)
     stall_rel: float = option(0.005, "Relative improvement that counts as progress.", lo=0.0)

@@ -120,6 +120,9 @@ class RefineConfig:
         4, "The refinement's correspondence store keeps one source pixel per stride × stride block (0: the "
         "front end's frontend.store.sample_stride_px). A short fit draws a few thousand of them, so a sparse "
         "store loses nothing and is built in a fraction of the time.", lo=0, hi=64)
+    check_cells: int = option(
+        2048, "After each fit, this many random error cells are measured against their stored correspondences: "
+        "the converged share reanchor_min_converged tests.", lo=1, hi=1_000_000)
     reanchor_min_converged: float = option(
         0.5, "The front end re-anchors on a fit only when at least this share of the fit's error cells "
         "converged (the fit's own measure of how well it explains the correspondences); a fit below it is "

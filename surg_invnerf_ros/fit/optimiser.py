@@ -470,6 +470,10 @@ class Fitter:
                 break
         timings["fit_loop_s"] = time.perf_counter() - t_start
         self.model.eval()
+        if cfg.sampler.final_refresh and stop != "converged" and step > 0:
+            t0 = time.perf_counter()
+            self.dense_refresh()
+            _add(timings, "refresh_s", t0)
         self.stats.steps = step
         self.stats.stop_reason = stop
         self.stats.losses = {k: float(v) for k, v in last_terms.items()}

@@ -113,3 +113,12 @@ def make_message_filters_sync(node: Any, topics: dict[str, tuple[type, str]], qo
         sync = mf.TimeSynchronizer(subs, queue_size)
     sync.registerCallback(callback)
     return subs, sync
+
+
+def remove_queries_service() -> Any | None:
+    """The `surg_invnerf_msgs/srv/RemoveQueries` type (the interfaces/ wheel, or a colcon build), None without it."""
+    try:
+        from surg_invnerf_msgs.srv import RemoveQueries  # pyright: ignore[reportMissingImports]
+    except ImportError:
+        return None
+    return RemoveQueries

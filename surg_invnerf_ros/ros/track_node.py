@@ -322,6 +322,12 @@ class TrackerNode(Node):
                                  callback_group=self._cb_inputs)
         self.create_subscription(UInt32MultiArray, "~/remove_queries", self._on_remove_queries, 10,
                                  callback_group=self._cb_inputs)
+        remove_srv = compat.remove_queries_service()
+        if remove_srv is not None:
+            self.create_service(remove_srv, "~/remove", self._on_remove, callback_group=self._cb_services)
+        else:
+            self.get_logger().warning("surg_invnerf_msgs is not installed: the ~/remove service is off, ~/remove_queries "
+                                      "takes ids (pip install ./interfaces/surg_invnerf_msgs)")
         self.create_service(Trigger, "~/clear", self._on_clear, callback_group=self._cb_services)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._cb_services)
         self.create_timer(1.0 / self.cfg.publish.diagnostics_rate_hz, self._publish_diagnostics,
@@ -523,17 +529,30 @@ class TrackerNode(Node):
             "its queries are not received: publish reliable and transient local "
             "(ros2 topic pub --qos-reliability reliable --qos-durability transient_local)")
 
-    def _on_remove_queries(self, msg: UInt32MultiArray) -> None:
-        """Forget the given query ids; ids the tracker does not hold are counted and warned about."""
-        ids = np.unique(np.asarray(msg.data, np.int64))
+    def _remove_ids(self, data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """Forget the given query ids: (removed, unknown). Ids the tracker does not hold are counted
+        (unknown_query_id) and warned about, naming `source`."""
+        ids = np.unique(np.asarray(data, np.int64))
         held = np.isin(ids, self._tracker.query_ids)
         if held.any():
             self._tracker.remove_queries(ids[held])  # their trails end with the next frame
             self.get_logger().info(f"removed {int(held.sum())} queries (ids {', '.join(str(i) for i in ids[held][:20])})")
         if not held.all():
             self.stats.count_drop("unknown_query_id", int((~held).sum()))
-            self._warn(f"~/remove_queries: {int((~held).sum())} ids not held (unknown_query_id): "
+            self._warn(f"{source}: {int((~held).sum())} ids not held (unknown_query_id): "
                        f"{', '.join(str(i) for i in ids[~held][:20])}")
+        return ids[held], ids[~held]
+
+    def _on_remove_queries(self, msg: UInt32MultiArray) -> None:
+        self._remove_ids(msg.data, "~/remove_queries")
+
+    def _on_remove(self, request: Any, response: Any) -> Any:
+        """`~/remove` (surg_invnerf_msgs/RemoveQueries): remove by id, answer which were removed and which unknown."""
+        removed, unknown = self._remove_ids(request.ids, "~/remove")
+        response.removed = [int(i) for i in removed]
+        response.unknown = [int(i) for i in unknown]
+        response.message = f"removed {len(removed)} queries" + (f"; {len(unknown)} ids unknown" if len(unknown) else "")
+        return response
 
     def _on_clicked_point(self, msg: PointStamped) -> None:
         try:

@@ -158,3 +158,19 @@ class TestRemoveQueries:
             assert h.drops().get("unknown_query_id") == 1
         finally:
             h.close()
+
+    def test_the_remove_service_answers_which_ids_it_removed(self, ctx):
+        srv = pytest.importorskip("surg_invnerf_msgs.srv")
+        h, warned = harness_with_a_frame(ctx, {"queries.points_px": [10.0, 10.0, 20.0, 20.0, 30.0, 30.0]})
+        try:
+            client = h.io.create_client(srv.RemoveQueries, "/surg_invnerf_tracker/remove")
+            assert client.wait_for_service(timeout_sec=5.0), "no ~/remove service"
+            fut = client.call_async(srv.RemoveQueries.Request(ids=[2, 0, 9]))
+            assert h.spin_until(fut.done, 5.0)
+            res = fut.result()
+            assert list(res.removed) == [0, 2] and list(res.unknown) == [9]
+            assert res.message == "removed 2 queries; 1 ids unknown"
+            assert h.node.tracker.query_ids.tolist() == [1]
+            assert h.wait_drop("unknown_query_id") == 1 and "~/remove" in warned[0]
+        finally:
+            h.close()
