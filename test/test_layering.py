@@ -19,7 +19,7 @@ import surg_invnerf_ros
 PKG = Path(surg_invnerf_ros.__file__).parent
 ROS_ROOTS = {"rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "std_srvs", "visualization_msgs",
              "diagnostic_msgs", "tf2_msgs", "tf2_ros", "message_filters", "cv_bridge", "builtin_interfaces",
-             "rcl_interfaces", "rosgraph_msgs", "launch", "launch_ros"}
+             "rcl_interfaces", "rosgraph_msgs", "launch", "launch_ros", "surg_invnerf_msgs"}
 
 
 #: The apps that drive the ROS shell (they may import rclpy at module level).
