@@ -44,8 +44,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright
 
+# Every benchmark (docs/bench), then the longer node fuzzer (`make fuzz`).
 bench: $(STAMP)
 	$(VENV)/bin/surg-invnerf bench --out out/bench --docs docs/bench
+	$(MAKE) fuzz
 
 clean:
 	rm -rf out build install log .pytest_cache
