@@ -88,3 +88,47 @@ class TestTimeBudget:
         assert fit_time_budget_s(cfg, 1000) == cfg.time_budget_s == 3600.0
         assert fit_time_budget_s(FitConfig(time_budget_s=90.0, time_budget_per_frame_s=0.0), 1000) == 90.0
         assert fit_time_budget_s(FitConfig(time_budget_s=0.0), 48) == 0.0  # no time limit
+
+
+class TestNoHostReadsInAStep:
+    """A step between log and refresh points reads nothing back to the host: on a GPU each read is a
+    device synchronisation. Counted here on the CPU by the Tensor methods that read values."""
+
+    READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+    def test_a_step_reads_nothing_back(self, monkeypatch):
+        from surg_invnerf_ros.config import FitConfig, load_config
+        from surg_invnerf_ros.fit.optimiser import Fitter
+        from surg_invnerf_ros.model.render import InvNeRF
+        from surg_invnerf_ros.model.workspace import Workspace
+
+        store = _store()
+        K = np.array([[80.0, 0, 20], [0, 80.0, 16], [0, 0, 1]])
+        data = to_device_data(store, K, 0.005, None, torch.device("cpu"))
+        cfg = load_config(FitConfig, None, ["log_every=1000", "sampler.refresh_every=0", "sampler.rays_per_step=64",
+                                            "render.inference_samples=16"])
+        corners = np.stack(np.meshgrid([-0.01, 0.01], [-0.01, 0.01], [0.04, 0.06]), -1).reshape(-1, 3)
+        ws = Workspace.from_points(np.concatenate([corners, corners * 0.5 + [0, 0, 0.025]]), cfg.render)
+        fitter = Fitter(InvNeRF(cfg, store.num_frames, ws), data, cfg, torch.device("cpu"))
+        timings: dict[str, float] = {}
+
+        def step(i: int) -> None:
+            total, _ = fitter.step_losses(i, 0.5, timings)
+            fitter.opt.zero_grad(set_to_none=True)
+            total.backward()
+            fitter.opt.step()
+
+        step(1)  # the first step allocates the optimiser state
+        reads: list[str] = []
+        for name in self.READS:
+            real = getattr(torch.Tensor, name)
+
+            def counted(self, *a, _real=real, _name=name, **kw):
+                reads.append(_name)
+                return _real(self, *a, **kw)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        for i in range(2, 5):  # not a multiple of log_every, reg_every may fall on any of them
+            step(i)
+        monkeypatch.undo()
+        assert reads == [], f"host reads in a fit step: {sorted(set(reads))}"
