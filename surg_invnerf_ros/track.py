@@ -32,6 +32,7 @@ from .config import FitConfig, FrontendConfig, to_dict
 from .device import resolve_device
 from .errors import ConfigError, InputError
 from .fit.optimiser import FitData, Fitter, to_device_data
+from .fit.profile import StepProfile, profile_steps
 from .frontend.baselines import BASELINES, run_baseline
 from .frontend.memory import check_frontend_memory
 from .frontend.store import CorrespondenceStore, FrontendCache, build_store
@@ -512,6 +513,23 @@ def profile_fit(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
     out["steps"] = float(result.meta["steps"])
     out["correspondence_s"] = out.get("flow_s", 0.0) + out.get("chains_s", 0.0) + out.get("records_s", 0.0)
     return out
+
+
+def profile_fit_steps(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None,
+                      steps: int = 5) -> StepProfile:
+    """Operator calls and milliseconds per optimiser step of a fit of `seq` (`fit.profile.profile_steps`):
+    the front end and a new model as `fit_invnerf` builds them, then `steps` profiled steps."""
+    fit_cfg = fit_cfg or FitConfig()
+    frontend_cfg = frontend_cfg or FrontendConfig()
+    device = torch.device(resolve_device(fit_cfg.device, key="fit.device"))
+    store = run_frontend(seq, frontend_cfg, {}, fit_cfg)
+    poses = _relative_poses(seq) if fit_cfg.use_kinematics else None
+    K = np.asarray(seq.calib.K, np.float64)
+    data = to_device_data(store, K, seq.calib.baseline_m, poses, device)
+    torch.manual_seed(fit_cfg.seed)
+    model = _build_model(fit_cfg, seq.num_frames, Workspace.from_points(stereo_points_world_m(store, K, poses),
+                                                                        fit_cfg.render), None, device)
+    return profile_steps(Fitter(model, data, fit_cfg, device), steps=steps)
 
 
 # ------------------------------------------------------------------------------------------------

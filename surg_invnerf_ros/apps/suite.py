@@ -21,7 +21,8 @@ import logging
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from typing import Sequence as Seq
@@ -34,9 +35,10 @@ from ..config.bench import BenchPreset
 from ..errors import ConfigError
 from ..eval.report import format_table, json_safe
 from ..frontend.baselines import BASELINES
+from ..io.sequence import read_sequence
 from ..structs import Sequence, Tracks
-from ..synth.generate import time_generation
-from ..track import track_sequence
+from ..synth.generate import generate_sequence, time_generation
+from ..track import profile_fit_steps, track_sequence
 from .bench import bench_specs, bench_total, machine_info, run_bench, stamp_line
 from .frontend_bench import frontend_fps
 from .kinematics_bench import VARIANTS, run_kinematics_bench
@@ -119,7 +121,19 @@ def speed_report(sizes: Seq[tuple[int, int]] = ((256, 192), (640, 512)), frames:
         out["generator_s"][key] = time_generation(cfg)
         out["frontend_fps"][key] = frontend_fps(w, h, frames=24)
         print(f"[bench] speed {key}: generator {out['generator_s'][key]:.1f} s / {frames} frames", file=sys.stderr)
+    out["fit_step"] = fit_step_report()
     return out
+
+
+def fit_step_report(frames: int = 48, steps: int = 5) -> dict[str, Any]:
+    """One fit step profiled (`track.profile_fit_steps`) on the hard 256×192 set's seed 0, default config."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SynthConfig(frames=frames, width=256, height=192, seed=0, instrument=True, camera_motion=True,
+                          difficulty="hard")
+        generate_sequence(Path(tmp) / "seq", cfg)
+        prof = profile_fit_steps(read_sequence(Path(tmp) / "seq"), steps=steps)
+    print(f"[bench] fit step: {prof.aten_ops_per_step:.0f} ATen ops, {prof.ms_per_step:.0f} ms", file=sys.stderr)
+    return {"frames": frames, "size": "256x192", **asdict(prof)}
 
 
 def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
@@ -148,6 +162,15 @@ def _speed_markdown(speed: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" for _ in cols) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    fs = speed.get("fit_step")
+    if fs:
+        st = fs["ms_by_stage"]
+        lines += ["", f"One fit step ({fs['size']}, {fs['frames']} hard frames, default config, {fs['device']}; "
+                  f"`track.profile_fit_steps`, mean of {fs['steps']} steps after warm-up):", "",
+                  "| ATen operator calls | ms per step | forward | backward | optimiser |", "|---:|---:|---:|---:|---:|",
+                  f"| {fs['aten_ops_per_step']:.0f} | {fs['ms_per_step']:.1f} | {st['forward']:.1f} | "
+                  f"{st['backward']:.1f} | {st['optimiser']:.1f} |", "",
+                  "Most called: " + ", ".join(f"`{n}` {c:.0f}" for n, c in fs["top_ops"]) + "."]
     return "\n".join(head + lines) + "\n"
 
 

@@ -85,3 +85,14 @@ def test_publish_docs_copies_what_this_run_produced(tmp_path):
     assert (docs / "bench.md").read_text() == "# hard/bench.md\n"
     assert (docs / "ros.md").read_text() == "# an older run\n"  # not part of this run: left alone
     assert not (docs / "bench_default.md").exists()
+
+
+def test_speed_markdown_shows_the_fit_step():
+    from surg_invnerf_ros.apps.suite import _speed_markdown
+
+    speed = {"generator_s": {"64x48": 0.5}, "frontend_fps": {"64x48": {"lk_64pts_fps": 100.0}},
+             "fit_step": {"size": "256x192", "frames": 48, "device": "cpu", "steps": 5, "aten_ops_per_step": 1234.0,
+                          "ms_per_step": 150.0, "ms_by_stage": {"forward": 60.0, "backward": 80.0, "optimiser": 10.0},
+                          "top_ops": [("aten::mul", 200.0), ("aten::add", 100.0)]}}
+    md = _speed_markdown(speed)
+    assert "| 1234 | 150.0 | 60.0 | 80.0 | 10.0 |" in md and "`aten::mul` 200" in md

@@ -132,3 +132,27 @@ class TestNoHostReadsInAStep:
             step(i)
         monkeypatch.undo()
         assert reads == [], f"host reads in a fit step: {sorted(set(reads))}"
+
+
+def test_profile_steps_counts_operators_and_stages():
+    from surg_invnerf_ros.config import FitConfig, load_config
+    from surg_invnerf_ros.fit.optimiser import Fitter
+    from surg_invnerf_ros.fit.profile import profile_steps
+    from surg_invnerf_ros.model.render import InvNeRF
+    from surg_invnerf_ros.model.workspace import Workspace
+
+    store = _store()
+    K = np.array([[80.0, 0, 20], [0, 80.0, 16], [0, 0, 1]])
+    data = to_device_data(store, K, 0.005, None, torch.device("cpu"))
+    cfg = load_config(FitConfig, None, ["sampler.rays_per_step=32", "render.inference_samples=16"])
+    corners = np.stack(np.meshgrid([-0.01, 0.01], [-0.01, 0.01], [0.04, 0.06]), -1).reshape(-1, 3)
+    ws = Workspace.from_points(np.concatenate([corners, corners * 0.5 + [0, 0, 0.025]]), cfg.render)
+    fitter = Fitter(InvNeRF(cfg, store.num_frames, ws), data, cfg, torch.device("cpu"))
+    before = [p.detach().clone() for p in fitter.model.parameters()]
+    prof = profile_steps(fitter, steps=2, warmup=1)
+    assert prof.steps == 2 and prof.aten_ops_per_step > 100  # hundreds of small operators per step
+    assert set(prof.ms_by_stage) == {"forward", "backward", "optimiser"}
+    assert abs(prof.ms_per_step - sum(prof.ms_by_stage.values())) < 1e-9 and prof.ms_per_step > 0
+    names = [n for n, _ in prof.top_ops]
+    assert len(names) == 10 and all(n.startswith("aten::") for n in names)
+    assert any(not torch.equal(a, b) for a, b in zip(before, fitter.model.parameters())), "the steps trained"
