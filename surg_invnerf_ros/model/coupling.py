@@ -68,9 +68,9 @@ class AffineCoupling(nn.Module):
         return scale, raw[:, 1]
 
     def _replace(self, x: Tensor, value: Tensor) -> Tensor:
-        cols = [x[:, i] for i in range(3)]
-        cols[self.axis] = value
-        return torch.stack(cols, dim=-1)
+        """`x` with its moving coordinate replaced by `value` (one where, not a select per column)."""
+        moving = torch.arange(3, device=x.device) == self.axis
+        return torch.where(moving, value.unsqueeze(-1), x)
 
     def forward(self, x_norm: Float[Tensor, "P 3"], t_norm: Float[Tensor, "P 1"]) -> Float[Tensor, "P 3"]:
         scale, shift = self.scale_shift(x_norm, t_norm)

@@ -67,6 +67,10 @@ class MultiScaleHexPlane(nn.Module):
         self.planes: tuple[tuple[int, int], ...] = tuple((int(a), int(b)) for a, b in planes)
         self.spatial = tuple(p for p in self.planes if TIME not in p)
         self.temporal = tuple(p for p in self.planes if TIME in p)
+        # the planes' coordinate pairs as index tensors: one gather per look-up (not a select per coordinate,
+        # whose backward allocates a zero tensor each); not saved in the state dict
+        self.register_buffer("_spatial_idx", torch.tensor(self.spatial or [(0, 0)], dtype=torch.long), persistent=False)
+        self.register_buffer("_temporal_idx", torch.tensor(self.temporal or [(0, 0)], dtype=torch.long), persistent=False)
         self.num_frames = int(num_frames)
         self.time_res_per_frame = cfg.time_res_per_frame
         self.out_dim = int(sum(cfg.feature_dims))
@@ -89,22 +93,23 @@ class MultiScaleHexPlane(nn.Module):
         for li in range(len(self.spatial_grids) if self.spatial else len(self.time_grids)):
             feat = None
             if self.spatial:
-                feat = self._lookup(self.spatial_grids[li], pts, self.spatial)
+                feat = self._lookup(self.spatial_grids[li], pts, self._spatial_idx)
             if self.temporal:
-                ft = self._lookup(self.time_grids[li], pts, self.temporal)
+                ft = self._lookup(self.time_grids[li], pts, self._temporal_idx)
                 feat = ft if feat is None else feat * ft
             outs.append(feat)
         return torch.cat(outs, dim=-1).reshape(*batch, self.out_dim)
 
     @staticmethod
-    def _lookup(grid: Tensor, pts: Tensor, planes: Sequence[tuple[int, int]]) -> Tensor:
+    def _lookup(grid: Tensor, pts: Tensor, plane_idx: Tensor) -> Tensor:
         # grid_sample's x indexes columns (first coordinate of the plane), y rows (second).
-        coords = torch.stack([torch.stack([pts[:, a], pts[:, b]], dim=-1) for a, b in planes], dim=0)  # (n, P, 2)
+        coords = pts[:, plane_idx].transpose(0, 1)  # (n, P, 2): plane k looks up (pts[:, a_k], pts[:, b_k])
         out = F.grid_sample(grid, coords.unsqueeze(1), mode="bilinear", padding_mode="border",
                             align_corners=True)[:, :, 0]  # (n, F, P)
-        feat = out[0]
-        for k in range(1, out.shape[0]):  # explicit product: prod()'s backward is slow (zero checks)
-            feat = feat * out[k]
+        parts = out.unbind(0)  # one op whose backward is one stack (indexing each plane's backward zero-fills)
+        feat = parts[0]
+        for part in parts[1:]:  # explicit product: prod()'s backward is slow (zero checks)
+            feat = feat * part
         return feat.transpose(0, 1)  # (P, F)
 
     def grow_time(self, num_frames: int, drop_first: int = 0) -> None:
