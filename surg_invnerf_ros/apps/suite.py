@@ -152,7 +152,7 @@ def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
 
 
 def _speed_markdown(speed: Mapping[str, Any]) -> str:
-    head = ["# Front-end speed", "", *([stamp_line(speed["machine"]), ""] if speed.get("machine") else []),
+    head = ["# Speed: front end and fit step", "", *([stamp_line(speed["machine"]), ""] if speed.get("machine") else []),
             "Frames per second of each front-end stage on 48 synthetic frames; the generator's time for them.", ""]
     rows = []
     for key, fps in speed["frontend_fps"].items():
