@@ -61,6 +61,9 @@ class MultiScaleHexPlane(nn.Module):
     planes (DESIGN §3.4).
     """
 
+    _spatial_idx: Tensor  # (n_spatial, 2) coordinate indices of the spatial planes (a buffer)
+    _temporal_idx: Tensor  # (n_time, 2) of the time planes
+
     def __init__(self, cfg: HexPlaneConfig, num_frames: int, planes: Sequence[tuple[int, int]] = ALL_PLANES,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
