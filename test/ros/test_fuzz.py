@@ -108,6 +108,12 @@ KINDS: dict[str, tuple[float, str | None]] = {
     "service_clear_spam": (1.0, None),
     "service_reset_spam": (0.7, None),
 }
+try:  # ~/remove needs the interface package (interfaces/surg_invnerf_msgs); without it the node has no such service
+    from surg_invnerf_msgs.srv import RemoveQueries
+except ImportError:
+    RemoveQueries = None
+else:
+    KINDS["service_remove_spam"] = (0.7, "unknown_query_id")  # calls with ids the tracker never handed out
 
 
 def pose_msg(kind: str, stamp_ns: int, xyz: Any = (0.01, -0.02, 0.05), q: Any = (0.0, 0.0, 0.0, 1.0)) -> Any:
@@ -130,7 +136,9 @@ class Fuzzer:
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.pose_pub = h.io.create_publisher(PoseStamped if pose_kind == "PoseStamped" else TransformStamped,
                                               "ecm/measured_cp", qos)
-        self.clients = {name: h.io.create_client(Trigger, f"{NS}/{name}") for name in ("clear", "reset")}
+        self.clients: dict[str, Any] = {name: h.io.create_client(Trigger, f"{NS}/{name}") for name in ("clear", "reset")}
+        if RemoveQueries is not None:
+            self.clients["remove"] = h.io.create_client(RemoveQueries, f"{NS}/remove")
         ready = lambda: (self.pose_pub.get_subscription_count() > 0  # noqa: E731
                          and h.pub["queries"].get_subscription_count() > 0
                          and h.pub["clicked"].get_subscription_count() > 0
@@ -202,7 +210,8 @@ class Fuzzer:
                         and all(f.done() for f in futures))
         ok = bool(self.h.spin_until(done, SEEN_TIMEOUT_S))
         assert all(f.done() for f in futures), "a service call went unanswered"
-        self.service_failures += sum(1 for f in futures if f.exception() is not None or not f.result().success)
+        self.service_failures += sum(1 for f in futures if f.exception() is not None
+                                     or not getattr(f.result(), "success", True))
         if ok:
             self.expected.update(self.pending)
             for k, v in self.pending_answers.items():
@@ -456,9 +465,17 @@ class Fuzzer:
         self._publish([("clicked", msg)])
         self._expect(reason)
 
-    def service_case(self, kind: str) -> None:
-        cli = self.clients["clear" if kind == "service_clear_spam" else "reset"]
-        futures = [cli.call_async(Trigger.Request()) for _ in range(int(self.rng.integers(1, 6)))]
+    def service_case(self, kind: str, reason: str | None = None) -> None:
+        if kind == "service_remove_spam":
+            assert RemoveQueries is not None
+            futures = []
+            for _ in range(int(self.rng.integers(1, 6))):  # ids far above any the tracker hands out
+                ids = np.unique(self.rng.integers(2**31, 2**32, int(self.rng.integers(1, 50))))
+                futures.append(self.clients["remove"].call_async(RemoveQueries.Request(ids=[int(i) for i in ids])))
+                self._expect(reason, len(ids))
+        else:
+            cli = self.clients["clear" if kind == "service_clear_spam" else "reset"]
+            futures = [cli.call_async(Trigger.Request()) for _ in range(int(self.rng.integers(1, 6)))]
         self.messages += len(futures)
         self.service_calls += len(futures)
         self.futures.extend(futures)
@@ -500,7 +517,7 @@ class Fuzzer:
                 elif kind.startswith("click_"):
                     self.click_case(kind, reason)
                 else:
-                    self.service_case(kind)
+                    self.service_case(kind, reason)
             except Exception as err:
                 err.add_note(f"fuzz case {case} ({kind}), seed {FUZZ_SEED}, pose type {self.pose_kind}")
                 raise
