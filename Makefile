@@ -10,7 +10,7 @@ export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 
 venv: $(STAMP)
 
-$(STAMP): setup.py setup.cfg package.xml Makefile interfaces/tf2_msgs_pywheels/pyproject.toml interfaces/surg_invnerf_msgs/pyproject.toml
+$(STAMP): setup.py setup.cfg package.xml Makefile interfaces/tf2_msgs_pywheels/pyproject.toml interfaces/surg_invnerf_msgs/pyproject.toml interfaces/cmake/pywheels_prefix.cmake
 	@test -x $(PY) || $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
