@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from surg_invnerf_ros.config import FrontendConfig, RefineConfig
-from surg_invnerf_ros.config.fit import OptimConfig as FitConfigDefaults
+from surg_invnerf_ros.config.fit import OptimConfig
 from surg_invnerf_ros.device import resolve_device
 from surg_invnerf_ros.errors import ConfigError
 from surg_invnerf_ros.refiner import FitAborted, ProcessRefiner, RefineJob, WorkerDied, exit_text
@@ -102,7 +102,7 @@ class TestProcessRefiner:
             np.testing.assert_array_equal(ref.canonical[k], kept[k])
         assert ref.cache.hits >= 3  # the stereo of frames 1..3 at least
         assert ref.cache.misses - misses < misses  # far less computed than the first time
-        assert budgets == [(7.0, 0.0, 50, FitConfigDefaults.lr_final_scale), (3.0, 0.0, 0, 1.0)]
+        assert budgets == [(7.0, 0.0, 50, OptimConfig.lr_final_scale), (3.0, 0.0, 0, 1.0)]
 
     def test_fits_in_a_child_and_warm_starts(self):
         cfg = RefineConfig(fit_overrides=("max_steps=2", "time_budget_s=5.0", "num_threads=1", "log_every=1"),

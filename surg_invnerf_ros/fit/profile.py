@@ -30,7 +30,8 @@ class StepProfile:
     device: str = "cpu"
 
 
-def _one_step(fitter: Fitter, step: int, timings: dict[str, float]) -> dict[str, float]:
+def timed_step(fitter: Fitter, step: int, timings: dict[str, float]) -> dict[str, float]:
+    """One optimiser step as the fit runs it (losses, backward, update); seconds of each stage (device-synchronised)."""
     sync = torch.cuda.synchronize if fitter.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     total, _ = fitter.step_losses(step, 0.5, timings)
@@ -58,12 +59,12 @@ def profile_steps(fitter: Fitter, steps: int = 5, warmup: int = 2, top: int = 10
     timings: dict[str, float] = {}
     base = 1
     for i in range(warmup):
-        _one_step(fitter, base + i, timings)
+        timed_step(fitter, base + i, timings)
     stage = Counter[str]()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if fitter.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for i in range(steps):
-            stage.update(_one_step(fitter, base + warmup + i, timings))
+            stage.update(timed_step(fitter, base + warmup + i, timings))
     calls = Counter[str]()
     for ev in prof.events() or []:
         if ev.name.startswith("aten::"):

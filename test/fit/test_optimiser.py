@@ -5,9 +5,12 @@ import math
 import numpy as np
 import torch
 
-from surg_invnerf_ros.config import FrontendConfig, MaskConfig, StoreConfig
-from surg_invnerf_ros.fit.optimiser import correspondence_batch, to_device_data
+from surg_invnerf_ros.config import FitConfig, FrontendConfig, MaskConfig, StoreConfig, load_config
+from surg_invnerf_ros.fit.optimiser import Fitter, correspondence_batch, to_device_data
+from surg_invnerf_ros.fit.profile import profile_steps, timed_step
 from surg_invnerf_ros.frontend.store import DepthMaps, build_store, depth_lookup
+from surg_invnerf_ros.model.render import InvNeRF
+from surg_invnerf_ros.model.workspace import Workspace
 from surg_invnerf_ros.structs import StereoCalib
 
 from ..frontend.synthetic import translated_video
@@ -90,6 +93,17 @@ class TestTimeBudget:
         assert fit_time_budget_s(FitConfig(time_budget_s=0.0), 48) == 0.0  # no time limit
 
 
+def _fitter(overrides: list[str]) -> Fitter:
+    """A Fitter on the small store (`_store`), a model in a fixed workspace box, the given FitConfig overrides."""
+    store = _store()
+    K = np.array([[80.0, 0, 20], [0, 80.0, 16], [0, 0, 1]])
+    data = to_device_data(store, K, 0.005, None, torch.device("cpu"))
+    cfg = load_config(FitConfig, None, ["render.inference_samples=16", *overrides])
+    corners = np.stack(np.meshgrid([-0.01, 0.01], [-0.01, 0.01], [0.04, 0.06]), -1).reshape(-1, 3)
+    ws = Workspace.from_points(np.concatenate([corners, corners * 0.5 + [0, 0, 0.025]]), cfg.render)
+    return Fitter(InvNeRF(cfg, store.num_frames, ws), data, cfg, torch.device("cpu"))
+
+
 class TestNoHostReadsInAStep:
     """A step between log and refresh points reads nothing back to the host: on a GPU each read is a
     device synchronisation. Counted here on the CPU by the Tensor methods that read values."""
@@ -97,26 +111,11 @@ class TestNoHostReadsInAStep:
     READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
     def test_a_step_reads_nothing_back(self, monkeypatch):
-        from surg_invnerf_ros.config import FitConfig, load_config
-        from surg_invnerf_ros.fit.optimiser import Fitter
-        from surg_invnerf_ros.model.render import InvNeRF
-        from surg_invnerf_ros.model.workspace import Workspace
-
-        store = _store()
-        K = np.array([[80.0, 0, 20], [0, 80.0, 16], [0, 0, 1]])
-        data = to_device_data(store, K, 0.005, None, torch.device("cpu"))
-        cfg = load_config(FitConfig, None, ["log_every=1000", "sampler.refresh_every=0", "sampler.rays_per_step=64",
-                                            "render.inference_samples=16"])
-        corners = np.stack(np.meshgrid([-0.01, 0.01], [-0.01, 0.01], [0.04, 0.06]), -1).reshape(-1, 3)
-        ws = Workspace.from_points(np.concatenate([corners, corners * 0.5 + [0, 0, 0.025]]), cfg.render)
-        fitter = Fitter(InvNeRF(cfg, store.num_frames, ws), data, cfg, torch.device("cpu"))
+        fitter = _fitter(["log_every=1000", "sampler.refresh_every=0", "sampler.rays_per_step=64"])
         timings: dict[str, float] = {}
 
         def step(i: int) -> None:
-            total, _ = fitter.step_losses(i, 0.5, timings)
-            fitter.opt.zero_grad(set_to_none=True)
-            total.backward()
-            fitter.opt.step()
+            timed_step(fitter, i, timings)
 
         step(1)  # the first step allocates the optimiser state
         reads: list[str] = []
@@ -135,19 +134,7 @@ class TestNoHostReadsInAStep:
 
 
 def test_profile_steps_counts_operators_and_stages():
-    from surg_invnerf_ros.config import FitConfig, load_config
-    from surg_invnerf_ros.fit.optimiser import Fitter
-    from surg_invnerf_ros.fit.profile import profile_steps
-    from surg_invnerf_ros.model.render import InvNeRF
-    from surg_invnerf_ros.model.workspace import Workspace
-
-    store = _store()
-    K = np.array([[80.0, 0, 20], [0, 80.0, 16], [0, 0, 1]])
-    data = to_device_data(store, K, 0.005, None, torch.device("cpu"))
-    cfg = load_config(FitConfig, None, ["sampler.rays_per_step=32", "render.inference_samples=16"])
-    corners = np.stack(np.meshgrid([-0.01, 0.01], [-0.01, 0.01], [0.04, 0.06]), -1).reshape(-1, 3)
-    ws = Workspace.from_points(np.concatenate([corners, corners * 0.5 + [0, 0, 0.025]]), cfg.render)
-    fitter = Fitter(InvNeRF(cfg, store.num_frames, ws), data, cfg, torch.device("cpu"))
+    fitter = _fitter(["sampler.rays_per_step=32"])
     before = [p.detach().clone() for p in fitter.model.parameters()]
     prof = profile_steps(fitter, steps=2, warmup=1)
     assert prof.steps == 2 and prof.aten_ops_per_step > 100  # hundreds of small operators per step

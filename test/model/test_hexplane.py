@@ -7,6 +7,23 @@ from surg_invnerf_ros.config import HexPlaneConfig
 from surg_invnerf_ros.model.hexplane import ALL_PLANES, MultiScaleHexPlane, t_norm_from_frame
 
 
+def random_time_planes(num_frames: int) -> MultiScaleHexPlane:
+    """A small HexPlane whose time planes vary (a new one is constant 1 along time)."""
+    hp = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=num_frames, planes=ALL_PLANES)
+    with torch.no_grad():
+        hp.time_grids[0].copy_(torch.rand(hp.time_grids[0].shape))
+    return hp
+
+
+def at_frames_and_last(hp: MultiScaleHexPlane, frames: torch.Tensor, num_frames: int, n: int):
+    """n random points at `frames` (t set from the frame index), the same points at the last frame, and hp of both."""
+    pts = torch.rand(n, 4) * 2 - 1
+    pts[:, 3] = t_norm_from_frame(frames, num_frames)
+    last = pts.clone()
+    last[:, 3] = 1.0
+    return pts, last, hp(pts), hp(last)
+
+
 class TestMultiScaleHexPlane:
     def test_smoke(self):
         hp = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4, 8), feature_dims=(3, 5)), num_frames=6)
@@ -35,16 +52,9 @@ class TestMultiScaleHexPlane:
         torch.testing.assert_close(hp(torch.zeros(4, 4))[:, 0], torch.full((4,), 6.0))
 
     def test_grow_time_repeats_last_frame(self):
-        hp = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=4, planes=ALL_PLANES)
-        with torch.no_grad():
-            hp.time_grids[0].copy_(torch.rand(hp.time_grids[0].shape))
-        pts = torch.rand(16, 4) * 2 - 1
+        hp = random_time_planes(4)
         f = torch.tensor([0, 1, 2, 3]).repeat(4)
-        pts[:, 3] = t_norm_from_frame(f, 4)
-        before = hp(pts)
-        last = pts.clone()
-        last[:, 3] = 1.0
-        before_last = hp(last)
+        pts, last, before, before_last = at_frames_and_last(hp, f, 4, 16)
         hp.grow_time(7)
         assert hp.time_grids[0].shape[2] == 7
         pts[:, 3] = t_norm_from_frame(f, 7)
@@ -54,16 +64,9 @@ class TestMultiScaleHexPlane:
         torch.testing.assert_close(hp(new), before_last)
 
     def test_a_window_that_slid_keeps_the_map_of_the_frames_it_shares(self):
-        hp = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=6, planes=ALL_PLANES)
-        with torch.no_grad():
-            hp.time_grids[0].copy_(torch.rand(hp.time_grids[0].shape))
-        pts = torch.rand(24, 4) * 2 - 1
+        hp = random_time_planes(6)
         f_old = torch.tensor([2, 3, 4, 5]).repeat(6)
-        pts[:, 3] = t_norm_from_frame(f_old, 6)
-        before = hp(pts)
-        last = pts.clone()
-        last[:, 3] = 1.0
-        before_last = hp(last)
+        pts, last, before, before_last = at_frames_and_last(hp, f_old, 6, 24)
         hp.grow_time(6, drop_first=2)  # frames 2..5 become 0..3; 4 and 5 are new
         pts[:, 3] = t_norm_from_frame(f_old - 2, 6)
         torch.testing.assert_close(hp(pts), before)
@@ -71,9 +74,7 @@ class TestMultiScaleHexPlane:
         hp.grow_time(3, drop_first=6)  # a window wholly after the old one: every frame is the last fitted one
         torch.testing.assert_close(hp(pts[:3] * torch.tensor([1.0, 1, 1, 0])), before_last[:3])
         with pytest.raises(AssertionError):  # without the shift the same frames would change
-            hp2 = MultiScaleHexPlane(HexPlaneConfig(resolutions=(4,), feature_dims=(2,)), num_frames=6)
-            with torch.no_grad():
-                hp2.time_grids[0].copy_(torch.rand(hp2.time_grids[0].shape))
+            hp2 = random_time_planes(6)
             pts[:, 3] = t_norm_from_frame(f_old, 6)
             b2 = hp2(pts)
             hp2.grow_time(6)
