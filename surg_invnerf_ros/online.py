@@ -602,9 +602,9 @@ class OnlineTracker:
             moved = shift(self._ids, self._uv)
             self._age[moved] = float(self._frame_index - kf.index)
             at_now = index_of(self._ids, tr.ids[ok].astype(np.int64))
-            z_ok = tr.xyz[-1][ok, 2].astype(np.float64)
-            self._model_z[at_now[at_now >= 0]] = np.where(np.isfinite(z_ok[at_now >= 0]), z_ok[at_now >= 0],
-                                                          self._model_z[at_now[at_now >= 0]])
+            z_fit = tr.xyz[-1][ok, 2].astype(np.float64)
+            has = (at_now >= 0) & np.isfinite(z_fit)
+            self._model_z[at_now[has]] = z_fit[has]
             for k in self._keyframes:
                 if k.index > kf.index:
                     shift(k.ids, k.uv_px)

@@ -147,8 +147,9 @@ class InvNeRFRefiner:
             cfg = replace(cfg, time_budget_s=self.cold_fit_s)
             result = fit_invnerf(job.seq, cfg, self.frontend_cfg, progress=self.progress, frontend_cache=self.cache)
         ids = np.asarray(job.seq.queries.ids, np.int64)
-        if not bool(result.meta.get("warm_start", {}).get("used", False)):
-            self.canonical.clear()  # a new canonical space
+        continued = bool(result.meta.get("warm_start", {}).get("used", False))  # False: a new canonical space
+        if not continued:
+            self.canonical.clear()
         canon = None
         if self.query_anchor == "canonical":
             canon = np.stack([self.canonical.get(int(i), np.full(3, np.nan, np.float32)) for i in ids]) \
@@ -160,7 +161,7 @@ class InvNeRFRefiner:
         meta = getattr(result, "meta", {}) or {}
         stats = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
         stats["fit_s"] = time.perf_counter() - t0
-        stats["warm"] = bool(meta.get("warm_start", {}).get("used", False))
+        stats["warm"] = continued
         stats["frontend_s"] = float(meta.get("timings_s", {}).get("frontend_s", 0.0))
         stats["cache_mb"] = round(self.cache.nbytes / 1e6, 1)
         depth_m = None
