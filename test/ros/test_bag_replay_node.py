@@ -95,6 +95,14 @@ def run_source(ns: str) -> tuple[SyntheticStereoNode, Context, threading.Thread]
     params.update({"rate_hz": 15.0, "end": "stop", "wait_for_subscribers_s": 10.0, "pose_type": "PoseStamped"})
     node = SyntheticStereoNode(context=ctx, namespace=ns,
                                parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    # The source starts once every topic it publishes has *a* subscriber: the recorder alone can be that,
+    # and frames sent before the tracker's subscriptions are matched never reach it (seen: 11 of 16 tracked).
+    # So frame 0 waits until both the tracker and the recorder are matched on every image and camera_info.
+    pubs = (node.pub_left, node.pub_right, node.pub_info_left, node.pub_info_right)
+    end = time.monotonic() + 20.0
+    while min(p.get_subscription_count() for p in pubs) < 2:  # matched subscriptions of each publisher
+        assert time.monotonic() < end, {p.topic_name: p.get_subscription_count() for p in pubs}
+        time.sleep(0.02)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
 
