@@ -17,6 +17,7 @@ point clouds of the fitted model.
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -500,7 +501,16 @@ def track_sequence(seq: Sequence, method: str = "invnerf", fit_cfg: FitConfig | 
         resolve_device(fit_cfg.device, key="fit.device")  # refuse cuda-without-GPU before the front end runs
         result = fit_invnerf(seq, fit_cfg, frontend_cfg, progress)
         return infer_tracks(result, seq, seq.queries)
-    return run_baseline(method, seq, frontend_cfg)
+    done = [0]
+    lock = threading.Lock()  # depth frames are reported from the front end's threads
+
+    def count(n: int) -> None:  # flow pairs and depth frames done, as the fit's progress dicts
+        with lock:
+            done[0] += n
+            if progress is not None:
+                progress({"stage": method, "work": done[0]})
+
+    return run_baseline(method, seq, frontend_cfg, progress=count)
 
 
 def profile_fit(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None

@@ -151,8 +151,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise UsageError(f"--method: unknown method {args.method!r} (expected one of {', '.join(METHODS)})")
     fit_cfg, frontend_cfg = load_run_configs(args)
-    with _bar("read", unit="frame") as update:  # InvNeRF's front end decodes each frame when it needs it
-        seq = read_sequence(args.seq, progress=update, lazy=args.method == "invnerf")
+    with _bar("read", unit="frame") as update:  # every method decodes each frame when it needs it
+        seq = read_sequence(args.seq, progress=update, lazy=True)
     seq = apply_kinematics_options(seq, args.hand_eye, args.kinematics_offset_s)
     with fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)

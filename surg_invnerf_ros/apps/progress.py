@@ -23,6 +23,12 @@ def fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
             bar.set_postfix({"stage": "front end"}, refresh=False)
             bar.refresh()
             return
+        if "work" in info:  # a classical tracker: flow pairs and depth frames done (no total known ahead)
+            bar.n = int(info["work"])
+            bar.unit = "op"
+            bar.set_postfix({"stage": info.get("stage", "")}, refresh=False)
+            bar.refresh()
+            return
         if "max_steps" in info and (bar.total != info["max_steps"] or bar.unit != "step"):
             bar.reset(total=info["max_steps"])
             bar.unit = "step"

@@ -25,8 +25,9 @@ error and (H, W) bool: 13 bytes a pixel a pair. At 256×192 with T = 48 and gaps
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -55,6 +56,52 @@ def check_same_size(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> N
     """Refuse two images (or stacks) whose shapes differ."""
     if a.shape != b.shape:
         raise InputError(f"{name_b}: expected the shape of {name_a} {a.shape}, got {b.shape}", reason="size_mismatch")
+
+
+def check_rgb_frames(name: str, frames: Any) -> Any:
+    """Refuse anything but (T, H, W, 3) uint8 RGB frames, without reading them: an array, or a stack that
+    decodes a frame when it is indexed (`io.sequence.FrameStack`). Returns `frames` as given."""
+    shape, dtype = getattr(frames, "shape", None), getattr(frames, "dtype", None)
+    if shape is None or dtype is None:
+        frames = np.asarray(frames)
+        shape, dtype = frames.shape, frames.dtype
+    if len(shape) != 4 or shape[-1] != 3 or np.dtype(dtype) != np.uint8:
+        raise InputError(f"{name}: expected uint8 (T, H, W, 3), got {np.dtype(dtype)} {tuple(shape)}", reason="bad_image")
+    return frames
+
+
+class GreyFrames:
+    """The grey frames of a (T, H, W, 3) RGB stack, converted when first read.
+
+    The most recently read frames are held, up to `max_bytes`: a clip in RAM is converted once, a long
+    clip decoded from disk is never held whole (a frame read again after it left is decoded again).
+    Safe to read from several threads.
+    """
+
+    def __init__(self, frames: Any, max_bytes: float = 256 * 2**20) -> None:
+        self.frames = frames
+        T, H, W = (int(n) for n in frames.shape[:3])
+        self.shape = (T, H, W)
+        self.keep = max(2, int(max_bytes // max(H * W, 1)))
+        self._held: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        t = int(t)
+        with self._lock:
+            grey = self._held.get(t)
+            if grey is not None:
+                self._held.move_to_end(t)
+                return grey
+        grey = to_grey(np.asarray(self.frames[t]))
+        with self._lock:
+            self._held[t] = grey
+            while len(self._held) > self.keep:
+                self._held.popitem(last=False)
+        return grey
 
 
 def to_grey(rgb_u8: np.ndarray) -> np.ndarray:
@@ -256,12 +303,13 @@ def compute_flow_bank(
     return FlowBank(pairs=pairs, flow_px=flow, valid=valid, cycle_err_px=cycle)
 
 
-def prepare_video(left_rgb_u8: np.ndarray, mask: np.ndarray | None, who: str
-                  ) -> tuple[list[np.ndarray], np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
-    """Validated (grey frames, mask, pixel grid): what every multi-frame flow user needs."""
-    frames = check_rgb_u8(f"{who}: left_rgb_u8", left_rgb_u8, ndim=4)
-    T, H, W = frames.shape[:3]
-    return [to_grey(f) for f in frames], check_mask(mask, (T, H, W), who), pixel_grid(H, W)
+def prepare_video(left_rgb_u8: Any, mask: np.ndarray | None, who: str
+                  ) -> tuple[GreyFrames, np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """Validated (grey frames, mask, pixel grid): what every multi-frame flow user needs. The frames may be
+    an array or a stack decoded when indexed; grey frames are converted when read (`GreyFrames`)."""
+    frames = check_rgb_frames(f"{who}: left_rgb_u8", left_rgb_u8)
+    T, H, W = (int(n) for n in frames.shape[:3])
+    return GreyFrames(frames), check_mask(mask, (T, H, W), who), pixel_grid(H, W)
 
 
 def check_mask(mask: np.ndarray | None, shape: tuple[int, ...], who: str) -> np.ndarray | None:

@@ -32,7 +32,7 @@ from ..config import LKConfig
 from ..errors import ConfigError, InputError
 from ..structs import Queries
 from .bulk_motion import median_shift
-from .flow import check_rgb_u8, check_same_size, to_grey
+from .flow import GreyFrames, check_rgb_frames, check_rgb_u8, check_same_size, to_grey
 
 LK_MODES = ("chained", "from_query")
 
@@ -137,7 +137,7 @@ def track_lk(
     """Track every query forwards and backwards from its query frame with pyramidal LK.
 
     Args:
-        left_rgb_u8: (T, H, W, 3) uint8 left images.
+        left_rgb_u8: (T, H, W, 3) uint8 left images (an array, or a stack decoded when indexed).
         queries: points (frame_idx, u_px, v_px) in those images.
         mode: "chained" (frame to frame) or "from_query" (each frame from the query image).
 
@@ -146,16 +146,15 @@ def track_lk(
     """
     if mode not in LK_MODES:
         raise ConfigError(f"track_lk: mode: expected one of {'|'.join(LK_MODES)}, got {mode!r}")
-    frames = check_rgb_u8("track_lk: left_rgb_u8", left_rgb_u8, ndim=4)
-    T = frames.shape[0]
+    grey = GreyFrames(check_rgb_frames("track_lk: left_rgb_u8", left_rgb_u8))  # converted (or decoded) when read
+    T = len(grey)
     q_frame = _check_queries(queries, T, "track_lk")
-    grey = [to_grey(f) for f in frames]
     N = len(queries)
     uv = np.zeros((T, N, 2), np.float32)
     vis = np.zeros((T, N), bool)
     q_uv = queries.uv_px.astype(np.float32)
     uv[q_frame, np.arange(N)] = q_uv
-    vis[q_frame, np.arange(N)] = _inside(q_uv, grey[0].shape)
+    vis[q_frame, np.arange(N)] = _inside(q_uv, grey.shape[1:])
     tracker = LKPointTracker(cfg)
     for direction in (1, -1):
         if mode == "chained":
@@ -171,7 +170,7 @@ def _shift_or_zero(old_uv: np.ndarray, new_uv: np.ndarray, group_size: int) -> n
     return np.zeros(2, np.float32) if shift is None else shift.astype(np.float32)
 
 
-def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarray,
+def _chained(tracker: LKPointTracker, grey: GreyFrames, q_frame: np.ndarray,
              uv: np.ndarray, vis: np.ndarray, direction: int) -> None:
     """Frame-to-frame LK away from each query frame, filling uv/vis in place."""
     T, N = vis.shape
@@ -197,7 +196,7 @@ def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarra
             # (the guess only seeds LK); it must pass the same checks against that older template.
             for f in np.unique(last_frame[lost]):
                 idx = cols[lost & (last_frame == f)]
-                if not _inside(last_uv[idx], grey[0].shape).any():
+                if not _inside(last_uv[idx], grey.shape[1:]).any():
                     continue
                 new, ok = tracker.track_grey(grey[f], grey[nxt], last_uv[idx], init_uv_px=uv[nxt, idx],
                                              max_level=tracker.cfg.query_max_level,
@@ -209,7 +208,7 @@ def _chained(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarra
         last_uv[seen] = uv[nxt, seen]
 
 
-def _from_query(tracker: LKPointTracker, grey: list[np.ndarray], q_frame: np.ndarray,
+def _from_query(tracker: LKPointTracker, grey: GreyFrames, q_frame: np.ndarray,
                 uv: np.ndarray, vis: np.ndarray, direction: int) -> None:
     """LK from each query frame's image straight to every frame, seeded by the neighbour's estimate."""
     T = vis.shape[0]

@@ -346,14 +346,17 @@ def chain_distances(t: int, cfg) -> frozenset[int]:
 
 
 class _Records:
-    """Record columns as they are found (from the front end's threads, under a lock); concatenated and sorted
-    by sample and target frame at the end, one column at a time (the peak is the records once plus one column)."""
+    """Record columns as they are found (from the front end's threads, under a lock), one chunk per frame pair
+    (i, j); laid out by sample, then target frame at the end without a sort: a sample has at most one record
+    in a chunk, so a counting pass gives each record its slot, and each column is scattered into place and its
+    chunks freed (the peak is the records once plus one column). The order does not depend on which thread
+    added a chunk first."""
 
     _DTYPES = (np.int32, np.int32, np.float32, np.float16, np.float32, np.uint8, bool)
     _WIDTHS = (0, 0, 2, 0, 0, 3, 0)
 
     def __init__(self) -> None:
-        self.columns: list[list[np.ndarray]] = [[] for _ in self._DTYPES]
+        self.chunks: list[tuple[int, int, list[np.ndarray]]] = []  # (i, j, columns)
         self.pairs: set[tuple[int, int]] = set()
 
     def add(self, sample: np.ndarray, j: int, uv: np.ndarray, conf: np.ndarray, depth: np.ndarray, rgb: np.ndarray,
@@ -361,25 +364,34 @@ class _Records:
         if not len(sample):
             return
         self.pairs.add((i, j))
-        for col, arr, dtype in zip(self.columns, (sample, np.full(len(sample), j), uv, conf, depth, rgb, sup),
-                                   self._DTYPES):
-            col.append(np.asarray(arr, dtype))
+        cols = [np.asarray(arr, dtype) for arr, dtype in
+                zip((sample, np.full(len(sample), j), uv, conf, depth, rgb, sup), self._DTYPES)]
+        self.chunks.append((i, j, cols))
 
     def finish(self, num_samples: int) -> list[np.ndarray]:
-        cols: list[np.ndarray] = []
-        for col, dtype, width in zip(self.columns, self._DTYPES, self._WIDTHS):
-            shape = (0, width) if width else (0,)
-            cols.append(np.concatenate(col) if col else np.zeros(shape, dtype))
-            col.clear()
-        # by sample, then target frame: the order does not depend on which thread added a record first
-        order = np.argsort(cols[0].astype(np.int64) * (int(cols[1].max(initial=0)) + 1) + cols[1])
-        for k in range(len(cols)):
-            cols[k] = cols[k][order]
-        del order
+        self.chunks.sort(key=lambda c: (c[0], c[1], int(c[2][0][0]), len(c[2][0])))
+        count = np.zeros(num_samples, np.int64)
+        for _, _, cols in self.chunks:
+            count[cols[0]] += 1  # a sample appears once per chunk
         start = np.zeros(num_samples + 1, np.int64)
-        np.cumsum(np.bincount(cols[0], minlength=num_samples), out=start[1:])
-        cols[0] = start
-        return cols
+        np.cumsum(count, out=start[1:])
+        total = int(start[-1])
+        cursor = start[:-1].astype(np.int32 if total < 2**31 else np.int64)  # slots: 4 bytes a record
+        slots = []
+        for _, _, cols in self.chunks:  # chunks in (i, j) order: a sample's records end up by target frame
+            slots.append(cursor[cols[0]])
+            cursor[cols[0]] += 1
+        del cursor, count
+        out: list[np.ndarray] = [start]
+        for k in range(1, len(self._DTYPES)):
+            width = self._WIDTHS[k]
+            col = np.empty((total, width) if width else (total,), self._DTYPES[k])
+            for slot, (_, _, cols) in zip(slots, self.chunks):
+                col[slot] = cols[k]
+                cols[k] = cols[k][:0]  # freed as soon as it is in place
+            out.append(col)
+        self.chunks.clear()
+        return out
 
 
 def sample_positions(height: int, width: int, cell_px: int, per_cell: int, stride_px: int,

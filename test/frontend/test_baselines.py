@@ -5,6 +5,9 @@ import pytest
 
 from surg_invnerf_ros.config import FrontendConfig
 from surg_invnerf_ros.errors import ConfigError, InputError
+from surg_invnerf_ros.frontend import baselines as baselines_mod
+from surg_invnerf_ros.frontend import flow as flow_mod
+from surg_invnerf_ros.frontend import lk as lk_mod
 from surg_invnerf_ros.frontend.baselines import BASELINES, _make_csrt, run_baseline, xyz_from_depth_m
 from surg_invnerf_ros.geometry import unproject_m
 from surg_invnerf_ros.structs import Queries, Sequence, StereoCalib
@@ -96,6 +99,62 @@ class TestRunBaseline:
             run_baseline("zero", bad, FrontendConfig())
         with pytest.raises(InputError, match="depth_m"):
             run_baseline("zero", seq, FrontendConfig(), depth_m=np.zeros((T, H, W - 1), np.float32))
+
+
+class LazyFrames:
+    """A stack decoded when indexed (as `io.sequence.FrameStack`): counts the frames it hands out and refuses to
+    become one array, so a test fails if anything reads the whole clip at once."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self._frames = frames
+        self.shape, self.dtype, self.ndim = frames.shape, frames.dtype, frames.ndim
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index):
+        out = self._frames[index].copy()
+        self.reads += 1 if out.ndim == 3 else len(out)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole clip was read into one array")
+
+
+class TestLazyFrames:
+    """Frames decoded when read, a few grey frames held and depth a few frames at a time: the same tracks."""
+
+    @pytest.mark.parametrize("name", each(BASELINES))
+    def test_same_tracks_as_frames_in_ram(self, seq, results, name, monkeypatch):
+        grey_frames = flow_mod.GreyFrames
+        hold_two = lambda frames: grey_frames(frames, max_bytes=2 * H * W)  # noqa: E731
+        monkeypatch.setattr(flow_mod, "GreyFrames", hold_two)  # the DIS chains (prepare_video)
+        monkeypatch.setattr(lk_mod, "GreyFrames", hold_two)
+        monkeypatch.setattr(baselines_mod, "DEPTH_CHUNK_FRAMES", 3)
+        left, right = LazyFrames(seq.left_rgb_u8), LazyFrames(seq.right_rgb_u8)
+        lazy = Sequence(left, right, seq.calib, seq.stamps_ns, seq.queries, name="plane")
+        tr = run_baseline(name, lazy, FrontendConfig())
+        ref = results[name]
+        np.testing.assert_array_equal(tr.uv, ref.uv)
+        np.testing.assert_array_equal(tr.visible, ref.visible)
+        np.testing.assert_allclose(tr.xyz, ref.xyz, rtol=1e-6, equal_nan=True)
+        assert right.reads == T  # each frame once, for its depth
+        assert left.reads >= T
+
+    def test_grey_frames_hold_at_most_their_budget(self, seq):
+        grey = flow_mod.GreyFrames(seq.left_rgb_u8, max_bytes=3 * H * W)
+        for t in [0, 1, 2, 3, 0, 5, 1]:
+            np.testing.assert_array_equal(grey[t], flow_mod.to_grey(seq.left_rgb_u8[t]))
+            assert len(grey._held) <= 3
+        assert list(grey._held) == [0, 5, 1]  # the least recently read leave first
+        assert len(grey) == T and grey.shape == (T, H, W)
+
+    def test_a_stack_is_checked_without_reading_it(self, seq):
+        lazy = LazyFrames(seq.left_rgb_u8)
+        assert flow_mod.check_rgb_frames("left", lazy) is lazy and lazy.reads == 0
+        with pytest.raises(InputError, match="left: expected uint8"):
+            flow_mod.check_rgb_frames("left", seq.left_rgb_u8[..., :2])
 
 
 class TestXyzFill:
