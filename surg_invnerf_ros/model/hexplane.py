@@ -52,15 +52,6 @@ def resample_time_rows(plane: Tensor, old_frames: int, new_frames: int, new_rows
     return plane[:, :, lo] * (1 - a) + plane[:, :, hi] * a
 
 
-def _selection(planes: Sequence[tuple[int, int]]) -> Tensor:
-    """(4, 2·len(planes)) float 0/1 matrix: column 2k picks plane k's first coordinate, 2k + 1 its second."""
-    sel = torch.zeros(4, 2 * len(planes))
-    for k, (a, b) in enumerate(planes):
-        sel[a, 2 * k] = 1.0
-        sel[b, 2 * k + 1] = 1.0
-    return sel
-
-
 class MultiScaleHexPlane(nn.Module):
     """Features on a chosen set of planes of (x, y, z, t) at several spatial resolutions.
 
@@ -70,8 +61,8 @@ class MultiScaleHexPlane(nn.Module):
     planes (DESIGN §3.4).
     """
 
-    _spatial_sel: Tensor  # (4, 2 n_spatial) 0/1: xyzt @ it gives the spatial planes' coordinate pairs (a buffer)
-    _temporal_sel: Tensor  # (4, 2 n_time) of the time planes
+    _spatial_idx: Tensor  # (n_spatial, 2) coordinate indices of the spatial planes (a buffer)
+    _temporal_idx: Tensor  # (n_time, 2) of the time planes
 
     def __init__(self, cfg: HexPlaneConfig, num_frames: int, planes: Sequence[tuple[int, int]] = ALL_PLANES,
                  generator: torch.Generator | None = None) -> None:
@@ -79,10 +70,10 @@ class MultiScaleHexPlane(nn.Module):
         self.planes: tuple[tuple[int, int], ...] = tuple((int(a), int(b)) for a, b in planes)
         self.spatial = tuple(p for p in self.planes if TIME not in p)
         self.temporal = tuple(p for p in self.planes if TIME in p)
-        # the planes' coordinate pairs picked by one product with a 0/1 matrix: exact, and its backward is one
-        # small product (a gather's backward is a scatter-add, a select's a zero-filled copy); not in the state dict
-        self.register_buffer("_spatial_sel", _selection(self.spatial or [(0, 0)]), persistent=False)
-        self.register_buffer("_temporal_sel", _selection(self.temporal or [(0, 0)]), persistent=False)
+        # the planes' coordinate pairs as index tensors: one gather per look-up (not a select per coordinate,
+        # whose backward allocates a zero tensor each); not saved in the state dict
+        self.register_buffer("_spatial_idx", torch.tensor(self.spatial or [(0, 0)], dtype=torch.long), persistent=False)
+        self.register_buffer("_temporal_idx", torch.tensor(self.temporal or [(0, 0)], dtype=torch.long), persistent=False)
         self.num_frames = int(num_frames)
         self.time_res_per_frame = cfg.time_res_per_frame
         self.out_dim = int(sum(cfg.feature_dims))
@@ -105,18 +96,17 @@ class MultiScaleHexPlane(nn.Module):
         for li in range(len(self.spatial_grids) if self.spatial else len(self.time_grids)):
             feat = None
             if self.spatial:
-                feat = self._lookup(self.spatial_grids[li], pts, self._spatial_sel)
+                feat = self._lookup(self.spatial_grids[li], pts, self._spatial_idx)
             if self.temporal:
-                ft = self._lookup(self.time_grids[li], pts, self._temporal_sel)
+                ft = self._lookup(self.time_grids[li], pts, self._temporal_idx)
                 feat = ft if feat is None else feat * ft
             outs.append(feat)
         return torch.cat(outs, dim=-1).reshape(*batch, self.out_dim)
 
     @staticmethod
-    def _lookup(grid: Tensor, pts: Tensor, selection: Tensor) -> Tensor:
+    def _lookup(grid: Tensor, pts: Tensor, plane_idx: Tensor) -> Tensor:
         # grid_sample's x indexes columns (first coordinate of the plane), y rows (second).
-        n = grid.shape[0]
-        coords = (pts @ selection).view(-1, n, 2).transpose(0, 1)  # (n, P, 2): plane k looks up (pts[:, a_k], pts[:, b_k])
+        coords = pts[:, plane_idx].transpose(0, 1)  # (n, P, 2): plane k looks up (pts[:, a_k], pts[:, b_k])
         out = F.grid_sample(grid, coords.unsqueeze(1), mode="bilinear", padding_mode="border",
                             align_corners=True)[:, :, 0]  # (n, F, P)
         parts = out.unbind(0)  # one op whose backward is one stack (indexing each plane's backward zero-fills)
