@@ -197,13 +197,16 @@ class MappedRender:
 
 def render_mapped(model: InvNeRF, data: FitData, cfg: FitConfig, frame: Int[Tensor, " R"], uv_px: Float[Tensor, "R 2"],
                   target: Int[Tensor, " R"], depth_st: Float[Tensor, " R"], jitter: bool,
-                  generator: torch.Generator | None, with_colour: bool = True) -> MappedRender:
+                  generator: torch.Generator | None, with_colour: bool = True, with_anchor: bool = False
+                  ) -> MappedRender:
     """Render left-camera rays of `frame` at `uv_px` (stereo depth `depth_st` there, NaN unknown) and project
-    their mapped points into `target`."""
+    their mapped points into `target`; with `with_anchor`, also map each ray's stereo surface point (depth 1 m
+    where it has none) into `target` (`render.anchor_target_m`)."""
     origins, dirs = pixel_rays(uv_px, data.K, data.poses(frame))
     z, valid = sample_depths(origins, dirs, depth_st, model.workspace, cfg.render, data.fx_b, jitter, generator)
+    anchor_z = torch.where(valid, depth_st, torch.ones_like(depth_st)) if with_anchor else None
     out = model.render(origins, dirs, z, frame, target, with_colour=with_colour, mapped_point=cfg.render.mapped_point,
-                       detach_weights_for_target=cfg.loss.corr_detach_weights)
+                       detach_weights_for_target=cfg.loss.corr_detach_weights, anchor_z_m=anchor_z)
     x_target_m, _ = out.mapped()
     uv_pred, z_pred = project_px(x_target_m, data.K, data.inv_poses(target))
     return MappedRender(render=out, uv_pred_px=uv_pred, z_target_m=z_pred, stereo_depth_m=depth_st, stereo_valid=valid,
@@ -315,7 +318,8 @@ class Fitter:
             frame, uv, target, uv_tgt, conf = f_i, cb.uv_i_px, cb.frame_j, cb.uv_j_px, cb.conf
             depth_src, depth_tgt, rgb_src, sup_src = cb.depth_i_m, cb.depth_j_m, cb.rgb_i, cb.sup_i
         t0 = _add(timings, "sample_s", t0)
-        out = render_mapped(self.model, data, cfg, frame, uv, target, depth_src, jitter=True, generator=self.gen)
+        out = render_mapped(self.model, data, cfg, frame, uv, target, depth_src, jitter=True, generator=self.gen,
+                            with_anchor=lc.anchor_weight > 0)
         rend = out.render
         terms: dict[str, Tensor] = {}
         terms["corr"] = losses.reprojection_loss_px(out.uv_pred_px, uv_tgt, conf, lc.charbonnier_eps_px)
@@ -328,7 +332,7 @@ class Fitter:
         if lc.anchor_weight > 0 or lc.corr_depth_weight > 0:
             d_tgt = depth_tgt
             if lc.anchor_weight > 0:
-                terms["anchor"] = self._anchor_loss(out, frame, target, uv_tgt, d_tgt, conf)
+                terms["anchor"] = self._anchor_loss(out, target, uv_tgt, d_tgt, conf)
             if lc.corr_depth_weight > 0:
                 ok_t = (conf > 0) & torch.isfinite(d_tgt)
                 terms["corr_depth"] = losses.stereo_depth_loss_px(out.z_target_m, d_tgt, conf * ok_t.float(), data.fx_b)
@@ -360,21 +364,20 @@ class Fitter:
         _add(timings, "forward_s", t0)
         return total, {k: v.detach() for k, v in terms.items()}  # tensors: read only when logging
 
-    def _anchor_loss(self, out: MappedRender, frame: Int[Tensor, " R"], target: Int[Tensor, " R"],
-                     uv_tgt: Float[Tensor, "R 2"], d_tgt: Float[Tensor, " R"], conf: Float[Tensor, " R"]) -> Float[Tensor, ""]:
-        """Map the stereo surface point itself (one point per ray) into the target frame.
+    def _anchor_loss(self, out: MappedRender, target: Int[Tensor, " R"], uv_tgt: Float[Tensor, "R 2"],
+                     d_tgt: Float[Tensor, " R"], conf: Float[Tensor, " R"]) -> Float[Tensor, ""]:
+        """The stereo surface point itself (one point per ray), mapped into the target frame with the samples
+        (`render_mapped(with_anchor=True)`).
 
         The rendered term X̂_j needs a sharp density to be precise; this one trains F_t from the
         first step (scene flow: 2D reprojection plus the target's stereo depth, both in px).
         """
         data = self.data
-        valid = out.stereo_valid
-        d = torch.where(valid, out.stereo_depth_m, torch.ones_like(out.stereo_depth_m))
-        x = out.ray_origins_m + d[:, None] * out.ray_dirs  # the rendered rays' stereo points
-        u = self.model.to_canonical(x, frame)
-        xj = self.model.from_canonical(u, target)
+        xj = out.render.anchor_target_m
+        if xj is None:
+            raise ValueError("anchor loss: the render has no anchor points (render_mapped(with_anchor=True))")
         uv_pred, z_pred = project_px(xj, data.K, data.inv_poses(target))
-        w = conf * valid.float()
+        w = conf * out.stereo_valid.float()
         loss = losses.reprojection_loss_px(uv_pred, uv_tgt, w, self.cfg.loss.charbonnier_eps_px)
         ok = torch.isfinite(d_tgt).float() * w
         return loss + losses.stereo_depth_loss_px(z_pred, d_tgt, ok, data.fx_b)

@@ -76,6 +76,8 @@ class RenderOutput:
     x_target_m: Float[Tensor, "R 3"] | None = None  # expected mapped point in the target frame; None without targets
     # the mapped samples (R, S, 3) with `per_sample`, the mapped expected canonical point (R, 3) otherwise
     x_target_norm: Float[Tensor, "R S 3"] | Float[Tensor, "R 3"] | None = None
+    # each ray's point at `anchor_z_m` mapped into the target frame, world metres; None without anchor_z_m
+    anchor_target_m: Float[Tensor, "R 3"] | None = None
 
     def colour(self) -> Float[Tensor, "R 3"]:
         """`rgb`, which a render holds only with `with_colour=True`."""
@@ -124,37 +126,51 @@ class InvNeRF(nn.Module):
                frame_idx: Int[Tensor, " R"], target_frame: Int[Tensor, " R"] | None = None,
                with_colour: bool = True,
                mapped_point: Literal["per_sample", "expected_canonical"] = "per_sample",
-               detach_weights_for_target: bool = False) -> RenderOutput:
+               detach_weights_for_target: bool = False,
+               anchor_z_m: Float[Tensor, " R"] | None = None) -> RenderOutput:
         """Render rays of frames `frame_idx`; optionally map them into `target_frame`.
 
         `rgb` is set when `with_colour`, `x_target_m` and `x_target_norm` when `target_frame` is
         given. With `detach_weights_for_target`, the weights used for the mapped point carry no gradient.
+        With `anchor_z_m` (needs `target_frame`), each ray's point at that depth is mapped into the target
+        frame too (`anchor_target_m`): it goes through F_i and F_j⁻¹ with the samples, in the same calls,
+        but takes no part in the rendering.
         """
+        if anchor_z_m is not None and target_frame is None:
+            raise ValueError("render: anchor_z_m needs target_frame")
         R, S = z_m.shape
-        x_m = origins_m[:, None, :] + z_m[..., None] * dirs[:, None, :]  # (R, S, 3)
-        x_norm = self.workspace.to_norm(x_m)
-        t = self.t_norm(frame_idx)[:, None, :].expand(R, S, 1)  # (R, S, 1)
-        u = self.map(x_norm, t)  # (R, S, 3)
+        A = 0 if anchor_z_m is None else 1
+        z_all = z_m if anchor_z_m is None else torch.cat([z_m, anchor_z_m[:, None]], dim=1)  # (R, S + A)
+        x_m = origins_m[:, None, :] + z_all[..., None] * dirs[:, None, :]  # (R, S + A, 3)
+        t = self.t_norm(frame_idx)[:, None, :].expand(R, S + A, 1)  # (R, S + A, 1)
+        x_norm_all = self.workspace.to_norm(x_m)
+        u_all = self.map(x_norm_all, t)  # (R, S + A, 3)
+        x_norm, u = (x_norm_all, u_all) if A == 0 else (x_norm_all[:, :S], u_all[:, :S])
         fidx = frame_idx[:, None].expand(R, S)
         sigma, rgb = self.field(u, fidx, with_colour=with_colour)
         step_scale = (dirs.norm(dim=-1, keepdim=True) / self.workspace.scale_m)  # (R, 1)
         weights, trans = volume_weights(sigma, z_m, step_scale)
         acc, depth_m = weights.sum(dim=1), expected(weights, z_m)  # before colour: the backward sums in the same order
         rgb_exp = expected(weights, rgb) if rgb is not None else None
-        x_target_m = x_target_norm = None
+        x_target_m = x_target_norm = anchor_target_m = None
         if target_frame is not None:
             w = weights.detach() if detach_weights_for_target else weights  # detached: the mapped point trains F only
             if mapped_point == "per_sample":
-                tj = self.t_norm(target_frame)[:, None, :].expand(R, S, 1)
-                x_target_norm = self.map.inverse(u, tj)  # (R, S, 3)
+                tj = self.t_norm(target_frame)[:, None, :].expand(R, S + A, 1)
+                mapped = self.map.inverse(u_all, tj)  # (R, S + A, 3)
+                x_target_norm = mapped[:, :S] if A else mapped
                 x_target_m = self.workspace.from_norm(expected(w, x_target_norm))
             else:
                 u_bar = expected(w, u)  # (R, 3)
-                x_target_norm = self.map.inverse(u_bar, self.t_norm(target_frame))
+                tj = self.t_norm(target_frame)[:, None, :].expand(R, 1 + A, 1)
+                mapped = self.map.inverse(torch.cat([u_bar[:, None], u_all[:, S:]], dim=1) if A else u_bar[:, None], tj)
+                x_target_norm = mapped[:, 0]
                 x_target_m = self.workspace.from_norm(x_target_norm)
+            if A:
+                anchor_target_m = self.workspace.from_norm(mapped[:, -1])
         return RenderOutput(weights=weights, trans=trans, sigma=sigma, z_m=z_m, u_canon=u, x_norm=x_norm,
                             acc=acc, depth_m=depth_m, rgb=rgb_exp,
-                            x_target_m=x_target_m, x_target_norm=x_target_norm)
+                            x_target_m=x_target_m, x_target_norm=x_target_norm, anchor_target_m=anchor_target_m)
 
     def plane_regularisers(self) -> tuple[Tensor, Tensor]:
         """(spatial TV, time smoothness) summed over every plane set."""

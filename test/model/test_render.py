@@ -70,3 +70,48 @@ class TestInvNeRF:
         z = torch.sort(torch.rand(R, S) * 0.04 + 0.06, 1).values
         out = m.render(torch.zeros(R, 3), dirs, z, torch.zeros(R, dtype=torch.long), torch.full((R,), 2))
         torch.testing.assert_close(out.mapped()[0], out.depth_m[:, None] * dirs, atol=1e-5, rtol=0)
+
+    @pytest.mark.parametrize("mapped_point", ["per_sample", "expected_canonical"])
+    def test_anchor_points_map_as_they_would_on_their_own(self, mapped_point):
+        # The anchor point of each ray goes through F_i and F_j⁻¹ in the samples' calls: the same values and
+        # gradients as mapping it by itself, and the rendering of the samples unchanged.
+        # float64: with parameters this far from their start, F⁻¹(F(x)) amplifies float32 rounding (which
+        # differs with the batch's shape) by orders of magnitude; in float64 both ways agree to rounding
+        m = self._model().double()
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():  # a map and a field far from their start (the last coupling layers start at zero)
+            for p in m.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+        R, S = 7, 9
+        origins = torch.rand(R, 3, generator=g, dtype=torch.float64) * 0.01
+        dirs = torch.cat([torch.rand(R, 2, generator=g, dtype=torch.float64) * 0.2 - 0.1,
+                          torch.ones(R, 1, dtype=torch.float64)], -1)
+        z = torch.sort(torch.rand(R, S, generator=g, dtype=torch.float64) * 0.04 + 0.06, 1).values
+        frame, target = torch.randint(0, 4, (R,), generator=g), torch.randint(0, 4, (R,), generator=g)
+        anchor_z = torch.rand(R, generator=g, dtype=torch.float64) * 0.04 + 0.06
+        params = list(m.parameters())
+
+        out = m.render(origins, dirs, z, frame, target, mapped_point=mapped_point, anchor_z_m=anchor_z)
+        assert out.anchor_target_m is not None and out.anchor_target_m.shape == (R, 3)
+        got = torch.autograd.grad((out.anchor_target_m.square().sum() + out.mapped()[0].square().sum()
+                                   + out.colour().sum()), params, allow_unused=True)
+
+        ref = m.render(origins, dirs, z, frame, target, mapped_point=mapped_point)
+        alone = m.from_canonical(m.to_canonical(origins + anchor_z[:, None] * dirs, frame), target)
+        torch.testing.assert_close(out.anchor_target_m, alone, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(out.mapped()[0], ref.mapped()[0], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(out.weights, ref.weights, atol=1e-12, rtol=1e-10)
+        assert out.u_canon.shape == (R, S, 3) and out.mapped()[1].shape == ref.mapped()[1].shape
+        want = torch.autograd.grad(alone.square().sum() + ref.mapped()[0].square().sum() + ref.colour().sum(), params,
+                                   allow_unused=True)
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+
+    def test_anchor_points_need_a_target(self):
+        m = self._model()
+        dirs = torch.tensor([[0.0, 0.0, 1.0]])
+        with pytest.raises(ValueError, match="anchor_z_m needs target_frame"):
+            m.render(torch.zeros(1, 3), dirs, torch.tensor([[0.07, 0.08]]), torch.zeros(1, dtype=torch.long),
+                     anchor_z_m=torch.tensor([0.075]))
