@@ -7,8 +7,10 @@ points u_s = F_i(x_s):
     α_s = 1 − exp(−σ_s δ_s),   T_s = Π_{r<s} (1 − α_r),   w_s = T_s α_s,   Σ w_s ≤ 1
 
 Expected depth and colour are Σ w_s z_s and Σ w_s c_s, divided by the opacity Σ w_s (the ray is
-assumed to hit tissue; a separate loss drives the opacity to 1). The expected mapped point in frame
-j is X̂_j = Σ w_s F_j⁻¹(F_i(x_s)) / Σ w_s, in metres in the world frame.
+assumed to hit tissue; a separate loss drives the opacity to 1). The mapped point in frame j is
+F_j⁻¹(Σ w_s u_s / Σ w_s), the expected canonical point mapped back (`render.mapped_point` =
+expected_canonical, one inverse map per ray), or Σ w_s F_j⁻¹(u_s) / Σ w_s with every sample mapped back
+(per_sample); the two agree once the density is sharp. Metres in the world frame.
 """
 
 from dataclasses import dataclass
