@@ -19,7 +19,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -194,11 +195,19 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
     fit_cfg = fit_cfg or FitConfig()
     frontend_cfg = frontend_cfg or FrontendConfig()
     device = torch.device(resolve_device(fit_cfg.device, key="fit.device"))
-    threads = torch.get_num_threads()
-    if fit_cfg.num_threads > 0:
-        torch.set_num_threads(fit_cfg.num_threads)
-    try:
+    with torch_threads(fit_cfg.num_threads):
         return _fit(seq, fit_cfg, frontend_cfg, device, progress, init_state, frontend, frontend_cache)
+
+
+@contextmanager
+def torch_threads(num_threads: int) -> Iterator[None]:
+    """torch's CPU thread count set to `num_threads` for the block and restored after (0 leaves it as it is):
+    `fit.num_threads` for the fit and for inference."""
+    threads = torch.get_num_threads()
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -471,7 +480,8 @@ def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None,
         vis = np.zeros((T, 0), bool)
         xyz = np.zeros((T, 0, 3), np.float32)
     else:
-        out = infer_points(result, qt, canonical=canonical)
+        with torch_threads(result.cfg.num_threads):  # as the fit: many threads stall on a shared CPU
+            out = infer_points(result, qt, canonical=canonical)
         uv, vis, xyz = out.uv_px, out.visible, out.xyz_cam_m
     infer_s = time.perf_counter() - t0
     meta = json.loads(json.dumps(result.meta, default=float))

@@ -46,6 +46,24 @@ class TestTrackSequence:
         np.testing.assert_array_equal(parts.visible, whole.visible)
         np.testing.assert_allclose(parts.xyz_cam_m, whole.xyz_cam_m, atol=1e-7, equal_nan=True)
 
+    def test_fit_and_inference_run_on_the_configured_threads(self, tiny, monkeypatch):
+        seq, _, fe = tiny
+        seen = {}
+        infer_points = track.infer_points
+
+        def recording(*args, **kwargs):
+            seen["inference"] = torch.get_num_threads()
+            return infer_points(*args, **kwargs)
+
+        monkeypatch.setattr(track, "infer_points", recording)
+        before = torch.get_num_threads()
+        other = 2 if before != 2 else 3
+        res = track.fit_invnerf(seq, load_config(FitConfig, None, TINY + ["max_steps=2", f"num_threads={other}"]),
+                                frontend=fe)
+        assert torch.get_num_threads() == before  # restored after the fit
+        track.infer_tracks(res, seq, seq.queries)
+        assert seen["inference"] == other and torch.get_num_threads() == before
+
     def test_fit_falls_and_beats_zero_motion(self, tiny):
         seq, gt, fe = tiny
         cfg = load_config(FitConfig, None, TINY + ["max_steps=160", "log_every=1"])
