@@ -34,7 +34,7 @@ import numpy as np
 from ..config import FrontendConfig
 from ..errors import ConfigError, InputError
 from ..geometry import sample_bilinear, unproject_m
-from ..structs import Queries, Sequence, Tracks
+from ..structs import Queries, Sequence, StereoCalib, Tracks
 from .chains import track_dis_streaming
 from .flow import check_rgb_frames, check_same_size
 from .lk import track_lk
@@ -88,7 +88,7 @@ def run_baseline(
 
     t1 = time.perf_counter()
     if depth_m is None:
-        z = depth_along_tracks_m(uv, left, right, seq, cfg, progress)
+        z = depth_along_tracks_m(uv, left, right, seq.calib, cfg, progress)
         timings["depth"] = time.perf_counter() - t1
     else:
         z = depth_at_tracks_m(uv, depth_m, cfg.stereo.fill_radius_px)
@@ -217,14 +217,14 @@ def depth_at_tracks_m(uv_px: np.ndarray, depth_m: np.ndarray, fill_radius_px: in
     return z
 
 
-def depth_along_tracks_m(uv_px: np.ndarray, left: Any, right: Any, seq: Sequence, cfg: FrontendConfig,
+def depth_along_tracks_m(uv_px: np.ndarray, left: Any, right: Any, calib: StereoCalib, cfg: FrontendConfig,
                          progress: Callable[[int], object] | None = None) -> np.ndarray:
     """`depth_at_tracks_m` with the SGBM depth computed DEPTH_CHUNK_FRAMES frames at a time and dropped."""
     T, N = uv_px.shape[:2]
     z = np.full((T, N), np.nan)
     for a in range(0, T, DEPTH_CHUNK_FRAMES):
         b = min(T, a + DEPTH_CHUNK_FRAMES)
-        maps = stereo_depth_sequence_m(left[a:b], right[a:b], seq.calib, cfg.stereo, progress=progress,
+        maps = stereo_depth_sequence_m(left[a:b], right[a:b], calib, cfg.stereo, progress=progress,
                                        workers=cfg.workers)
         z[a:b] = depth_at_tracks_m(uv_px[a:b], maps, cfg.stereo.fill_radius_px)
     return z

@@ -43,12 +43,17 @@ _PRESETS = {
 }
 
 
+def _refuse_non_rgb(name: str, shape: tuple[int, ...], dtype: Any, ndim: int) -> None:
+    """The rule of `check_rgb_u8` and `check_rgb_frames` on a shape and dtype."""
+    if len(shape) != ndim or shape[-1] != 3 or np.dtype(dtype) != np.uint8:
+        want = "(H, W, 3)" if ndim == 3 else "(T, H, W, 3)"
+        raise InputError(f"{name}: expected uint8 {want}, got {np.dtype(dtype)} {tuple(shape)}", reason="bad_image")
+
+
 def check_rgb_u8(name: str, rgb_u8: np.ndarray, ndim: int = 3) -> np.ndarray:
     """Refuse anything but uint8 RGB of the expected rank: (H, W, 3) for ndim 3, (T, H, W, 3) for 4."""
     arr = np.asarray(rgb_u8)
-    if arr.ndim != ndim or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        want = "(H, W, 3)" if ndim == 3 else "(T, H, W, 3)"
-        raise InputError(f"{name}: expected uint8 {want}, got {arr.dtype} {arr.shape}", reason="bad_image")
+    _refuse_non_rgb(name, arr.shape, arr.dtype, ndim)
     return arr
 
 
@@ -61,12 +66,9 @@ def check_same_size(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> N
 def check_rgb_frames(name: str, frames: Any) -> Any:
     """Refuse anything but (T, H, W, 3) uint8 RGB frames, without reading them: an array, or a stack that
     decodes a frame when it is indexed (`io.sequence.FrameStack`). Returns `frames` as given."""
-    shape, dtype = getattr(frames, "shape", None), getattr(frames, "dtype", None)
-    if shape is None or dtype is None:
+    if getattr(frames, "shape", None) is None or getattr(frames, "dtype", None) is None:
         frames = np.asarray(frames)
-        shape, dtype = frames.shape, frames.dtype
-    if len(shape) != 4 or shape[-1] != 3 or np.dtype(dtype) != np.uint8:
-        raise InputError(f"{name}: expected uint8 (T, H, W, 3), got {np.dtype(dtype)} {tuple(shape)}", reason="bad_image")
+    _refuse_non_rgb(name, tuple(frames.shape), frames.dtype, 4)
     return frames
 
 
