@@ -147,7 +147,7 @@ class InvNeRF(nn.Module):
         t = self.t_norm(frame_idx)[:, None, :].expand(R, S + A, 1)  # (R, S + A, 1)
         x_norm_all = self.workspace.to_norm(x_m)
         u_all = self.map(x_norm_all, t)  # (R, S + A, 3)
-        x_norm, u = (x_norm_all, u_all) if A == 0 else (x_norm_all[:, :S], u_all[:, :S])
+        x_norm, u = x_norm_all[:, :S], u_all[:, :S]  # the rendered samples (views)
         fidx = frame_idx[:, None].expand(R, S)
         sigma, rgb = self.field(u, fidx, with_colour=with_colour)
         step_scale = (dirs.norm(dim=-1, keepdim=True) / self.workspace.scale_m)  # (R, 1)
@@ -160,12 +160,12 @@ class InvNeRF(nn.Module):
             if mapped_point == "per_sample":
                 tj = self.t_norm(target_frame)[:, None, :].expand(R, S + A, 1)
                 mapped = self.map.inverse(u_all, tj)  # (R, S + A, 3)
-                x_target_norm = mapped[:, :S] if A else mapped
+                x_target_norm = mapped[:, :S]
                 x_target_m = self.workspace.from_norm(expected(w, x_target_norm))
             else:
                 u_bar = expected(w, u)  # (R, 3)
                 tj = self.t_norm(target_frame)[:, None, :].expand(R, 1 + A, 1)
-                mapped = self.map.inverse(torch.cat([u_bar[:, None], u_all[:, S:]], dim=1) if A else u_bar[:, None], tj)
+                mapped = self.map.inverse(torch.cat([u_bar[:, None], u_all[:, S:]], dim=1), tj)  # (R, 1 + A, 3)
                 x_target_norm = mapped[:, 0]
                 x_target_m = self.workspace.from_norm(x_target_norm)
             if A:
