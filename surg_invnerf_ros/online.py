@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import FrontendConfig, OnlineConfig, QueryConfig, RefineConfig
 from .errors import InputError
-from .frontend.bulk_motion import median_shift
+from .frontend.bulk_motion import LOCAL_NEIGHBOURS, neighbour_shift
 from .frontend.flow import to_grey
 from .frontend.lk import LKPointTracker
 from .frontend.stereo import stereo_depth_m
@@ -239,6 +239,8 @@ class OnlineTracker:
         self._disp = np.zeros(0, np.float64)  # last stereo disparity per query (NaN: unknown), an LK start
         self._seeded = np.zeros(0, bool)  # the disparity start was looked up in a dense map once
         self._model_z = np.zeros(0, np.float64)  # depth the last fit gave each query (NaN: none), where stereo has none
+        self._occluded = np.zeros(0, bool)  # online.occlusion = stereo: something is in front of the point
+        self._disp_ref = np.zeros(0, np.float64)  # the point's own disparity while visible, px (NaN: not measured yet)
         # Where each query was placed: an origin image (by key) and its pixel there, for re-acquisition.
         self._origin_key = np.zeros(0, np.int64)  # -1: no origin image
         self._origin_uv = np.zeros((0, 2), np.float64)
@@ -333,6 +335,8 @@ class OnlineTracker:
         self._disp = np.concatenate([self._disp, np.full(len(uv), np.nan)])
         self._seeded = np.concatenate([self._seeded, np.zeros(len(uv), bool)])
         self._model_z = np.concatenate([self._model_z, np.full(len(uv), np.nan)])
+        self._occluded = np.concatenate([self._occluded, np.zeros(len(uv), bool)])
+        self._disp_ref = np.concatenate([self._disp_ref, np.full(len(uv), np.nan)])
         key = -1 if origin_rgb_u8 is None else self._origin_key_of(origin_rgb_u8)
         self._origin_key = np.concatenate([self._origin_key, np.full(len(uv), key, np.int64)])
         self._origin_uv = np.concatenate([self._origin_uv, uv if origin_uv is None else origin_uv])
@@ -365,11 +369,13 @@ class OnlineTracker:
         moved, _ = self.frontend.track(kf.frame.left_rgb_u8, self._prev_left, uv)
         return np.asarray(moved, np.float64)
 
-    def _reacquire(self, left: np.ndarray) -> None:
-        """Re-find queries from their origin images (`online.reacquire_every`); under the lock."""
+    def _reacquire(self, left: np.ndarray) -> np.ndarray:
+        """Re-find queries from their origin images (`online.reacquire_every`); under the lock.
+        Returns which queries were found (N,) bool."""
         frontend = self.frontend
+        found = np.zeros(len(self._ids), bool)
         if not _can_reacquire(frontend):
-            return
+            return found
         for key in np.unique(self._origin_key[self._origin_key >= 0]):
             idx = np.flatnonzero(self._origin_key == key)
             origin = self._origins[int(key)]
@@ -381,11 +387,49 @@ class OnlineTracker:
                 continue
             uv, ok = frontend.reacquire(origin, left, self._origin_uv[idx], self._uv[idx])
             ok = np.asarray(ok, bool)
+            found[idx[ok]] = True
             self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
             self._visible[idx[ok]] = True
             self._age[idx[ok]] = 0.0
             if self.online_cfg.hide_unconfirmed:  # the origin patch is not there: covered, or out of view
                 self._visible[idx[~ok]] = False
+        return found
+
+    def _stereo_occlusion(self, z_m: np.ndarray, tracked: np.ndarray, found: np.ndarray, carried_uv: np.ndarray,
+                          calib: StereoCalib) -> np.ndarray:
+        """`online.occlusion = stereo`, under the lock: update which points are covered and return the
+        depth to report (N,) metres.
+
+        A point becomes covered when the stereo disparity at its pixel exceeds its own disparity (a
+        running average over the frames it was seen in) by the factor `online.occluder_disparity_ratio`:
+        something nearer than the tissue, an instrument, is in front of it. It also becomes covered when
+        neither frame-to-frame LK (`tracked`) nor stereo finds it, once its own disparity is known: no
+        check says it is still there. It is uncovered when stereo sees its own depth at its pixel again,
+        or when re-acquisition from its origin image finds it (`found`). A point found covered this
+        frame goes back to `carried_uv` (moved with its neighbours), not where LK took it: onto the
+        occluder. A covered point reports the depth of its own disparity, not the occluder's.
+        """
+        fb = calib.fx * calib.baseline_m
+        with np.errstate(divide="ignore", invalid="ignore"):
+            disp = np.where(z_m > 0, fb / z_m, np.nan)
+            ratio = disp / self._disp_ref
+        measured = np.isfinite(disp)
+        nearer = measured & np.isfinite(ratio) & (ratio > self.online_cfg.occluder_disparity_ratio)
+        unconfirmed = ~measured & ~tracked & np.isfinite(self._disp_ref)
+        own = measured & ~nearer
+        covered = (nearer | unconfirmed | (self._occluded & ~own)) & ~found
+        newly = covered & ~self._occluded
+        self._uv[newly] = carried_uv[newly]
+        self._occluded = covered
+        update = own & ~self._occluded
+        w = self.online_cfg.disparity_ref_weight
+        self._disp_ref = np.where(update, np.where(np.isfinite(self._disp_ref),
+                                                   (1 - w) * self._disp_ref + w * disp, disp), self._disp_ref)
+        # hide_unconfirmed keeps the re-acquisition's verdict as well
+        self._visible = (self._visible & ~self._occluded) if self.online_cfg.hide_unconfirmed else ~self._occluded
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z_own = np.where(self._disp_ref > 0, fb / self._disp_ref, np.nan)
+        return np.where(self._occluded, z_own, z_m)
 
     def remove_queries(self, ids: np.ndarray) -> None:
         """Forget the given ids (others keep theirs)."""
@@ -421,6 +465,7 @@ class OnlineTracker:
         self._ids, self._uv = self._ids[keep], self._uv[keep]
         self._visible, self._age = self._visible[keep], self._age[keep]
         self._disp, self._seeded, self._model_z = self._disp[keep], self._seeded[keep], self._model_z[keep]
+        self._occluded, self._disp_ref = self._occluded[keep], self._disp_ref[keep]
         self._origin_key, self._origin_uv = self._origin_key[keep], self._origin_uv[keep]
         for key in set(self._origins) - set(self._origin_key.tolist()):  # images no query needs
             del self._origins[key]
@@ -470,28 +515,32 @@ class OnlineTracker:
                 self._pending_grid = 0
                 self._add_locked(grid_points_px(n, *frame.calib.image_size, self.query_cfg.grid_margin_px),
                                  self._prev_left if self._prev_left is not None else left)
+            stereo_occlusion = self.online_cfg.occlusion == "stereo"
+            tracked = np.ones(len(self._ids), bool)  # frame-to-frame LK passed its checks
+            carried = self._uv.copy()  # each point moved with its visible neighbours (held without them)
             if self._prev_left is not None and len(self._ids):
                 uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))
                 ok = np.asarray(ok, bool)
                 uv_new = np.asarray(uv_new, np.float64)
+                movers = ok & ~self._occluded  # a covered point does not follow LK: it would follow the occluder
+                follow = self.frontend_cfg.lk.lost_points == "follow_median"  # frontend.lk.lost_points
                 shift = None
-                if not ok.all() and self.frontend_cfg.lk.lost_points == "follow_median":
-                    shift = median_shift(self._uv[ok], uv_new[ok], len(ok))  # frontend.lk.lost_points
-                if shift is not None:  # a lost point moves with the median motion of the tracked ones
-                    uv_new[~ok] = self._uv[~ok] + shift
-                    ok_pos = np.ones_like(ok)
-                else:
-                    ok_pos = ok
-                self._uv = np.where(ok_pos[:, None], uv_new, self._uv)
-                self._visible = ok
+                if stereo_occlusion or (follow and not movers.all()):
+                    shift = neighbour_shift(self._uv, uv_new, movers, LOCAL_NEIGHBOURS)
+                if shift is not None:
+                    carried = self._uv + shift
+                carry = ~movers if follow else self._occluded
+                self._uv = np.where(movers[:, None], uv_new, np.where(carry[:, None], carried, self._uv))
+                self._visible = tracked = ok
                 self._age += 1.0
             unplaced = self._origin_key < 0  # added before any frame: this frame is where they start
             if unplaced.any():
                 self._origin_key[unplaced] = self._origin_key_of(left)
                 self._origin_uv[unplaced] = self._uv[unplaced]
             every = self.online_cfg.reacquire_every
+            found = np.zeros(len(self._ids), bool)
             if every > 0 and len(self._ids) and (self._frame_index + 1) % every == 0:
-                self._reacquire(left)
+                found = self._reacquire(left)
             W, H = frame.calib.image_size
             inside = ((self._uv[:, 0] >= 0) & (self._uv[:, 1] >= 0) & (self._uv[:, 0] <= W - 1)
                       & (self._uv[:, 1] <= H - 1))
@@ -513,6 +562,9 @@ class OnlineTracker:
                 z = sample_bilinear(depth_m, self._uv)
             else:
                 z = np.zeros(0)
+            if self.online_cfg.occlusion == "stereo" and len(z):
+                z = self._stereo_occlusion(np.asarray(z, np.float64), tracked, found, carried, frame.calib)
+                self._visible &= inside
             result = self._front_result(frame, depth_m, z)
             self._remember(result)
             if self.refiner is not None and self._frame_index % self.refine_cfg.keyframe_every == 0:

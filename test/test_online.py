@@ -412,12 +412,99 @@ def test_lost_points_follow_the_median_motion():
     for queries, policy, expected in ((four, "follow_median", [12.0, 11.0]), (four, "hold", [10.0, 10.0]),
                                       (four[1:], "follow_median", [10.0, 10.0])):
         cfg = FrontendConfig(lk=LKConfig(lost_points=policy))
-        trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=OneLost())
-        trk.add_queries(queries)
-        trk.push_frame(frame(0))
-        res = trk.push_frame(frame(1))
-        np.testing.assert_allclose(res.uv_px[-1], expected)
-        assert res.visible.tolist() == [True] * (len(queries) - 1) + [False]
+        for occlusion in ("tracking", "stereo"):
+            trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=OneLost(),
+                                online_cfg=OnlineConfig(occlusion=occlusion))
+            trk.add_queries(queries)
+            trk.push_frame(frame(0))
+            res = trk.push_frame(frame(1))
+            np.testing.assert_allclose(res.uv_px[-1], expected)
+            # tracking: LK's failure hides the point; stereo: the fake's stereo sees its own depth at its pixel
+            assert res.visible.tolist() == [True] * (len(queries) - 1) + [occlusion == "stereo"]
+
+
+class CoveringFrontEnd(FakeFrontEnd):
+    """Sparse stereo at the points: disparity 4 px (tissue), but while `covered` holds, point 0 sits under an
+    occluder with disparity 5 px (or no stereo match with `no_match`), and its LK follows the occluder (+5 px)."""
+
+    def __init__(self):
+        self.covered = False
+        self.no_match = False
+
+    def track(self, prev, cur, uv):
+        new = uv + np.array([FRONT_STEP_PX, 0.0], np.float32)
+        ok = np.ones(len(uv), bool)
+        if self.covered:
+            new[0] = uv[0] + np.array([5.0, 0.0])
+            ok[0] = not self.no_match
+        return new, ok
+
+    def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
+        disp = np.full(len(uv), 4.0)
+        if self.covered:
+            disp[0] = np.nan if self.no_match else 5.0
+        return calib.fx * calib.baseline_m / disp, disp
+
+
+@pytest.mark.parametrize("no_match", [False, True])
+def test_a_point_covered_by_an_occluder_is_hidden_held_to_its_neighbours_and_found_again(no_match):
+    front = CoveringFrontEnd()
+    front.no_match = no_match
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
+    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0]]))
+    for i in range(3):
+        res = trk.push_frame(frame(i))
+    assert res.visible.all()
+    own_z = CALIB.fx * CALIB.baseline_m / 4.0
+    front.covered = True
+    for i in range(3, 8):
+        res = trk.push_frame(frame(i))
+        assert res.visible.tolist() == [False, True, True, True]
+        # not dragged by the occluder: it moves with its neighbours (FRONT_STEP_PX per frame)
+        np.testing.assert_allclose(res.uv_px[0], [20.0 + i * FRONT_STEP_PX, 20.0], atol=1e-4)
+        assert res.xyz_cam_m[0, 2] == pytest.approx(own_z)  # its own depth, not the occluder's
+    front.covered = False
+    res = trk.push_frame(frame(8))
+    assert res.visible.all()  # stereo sees its own depth there again
+    # the old behaviour for comparison: LK passes its checks on the occluder, so the point is shown there
+    front = CoveringFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
+                        online_cfg=OnlineConfig(occlusion="tracking"))
+    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0]]))
+    trk.push_frame(frame(0))
+    front.covered = True
+    res = trk.push_frame(frame(1))
+    assert res.visible[0] and res.uv_px[0, 0] == pytest.approx(25.0)
+
+
+def test_the_instrument_covering_points_hides_them_on_a_synthetic_stream():
+    """The real front end on the hard synthetic scene: where the instrument covers a query, it is reported
+    not visible, and few visible points are drawn on the instrument (both far fewer than by frame-to-frame LK)."""
+    from surg_invnerf_ros.config import SynthConfig
+    from surg_invnerf_ros.synth.generate import SyntheticScene
+
+    scene = SyntheticScene(SynthConfig(frames=60, difficulty="hard", instrument=True, camera_motion=True, seed=0))
+    frames = [scene.frame(i) for i in range(60)]
+    W_s, H_s = scene.calib.image_size
+    scores = {}
+    for occlusion in ("stereo", "tracking"):
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), online_cfg=OnlineConfig(occlusion=occlusion))
+        trk.add_queries(frames[0].gt_uv_px.astype(np.float64))
+        covered = hidden = on_tool = 0
+        for i, f in enumerate(frames):
+            res = trk.push_frame(StereoFrame(f.left_rgb_u8, f.right_rgb_u8, scene.calib, 1_000 + i * 33_000_000))
+            gt = f.gt_uv_px
+            in_view = (gt[:, 0] >= 0) & (gt[:, 0] <= W_s - 1) & (gt[:, 1] >= 0) & (gt[:, 1] <= H_s - 1)
+            cov = in_view & ~f.gt_visible  # in view, behind the instrument
+            covered += int(cov.sum())
+            hidden += int((cov & ~res.visible).sum())
+            px = np.clip(np.round(res.uv_px).astype(int), 0, [W_s - 1, H_s - 1])
+            assert f.instrument_mask is not None
+            on_tool += int((res.visible & f.instrument_mask[px[:, 1], px[:, 0]]).sum())
+        scores[occlusion] = (hidden / covered, on_tool)
+    assert covered > 50  # the scene covers queries
+    assert scores["stereo"][0] >= 0.7 and scores["stereo"][0] > scores["tracking"][0] + 0.2, scores
+    assert scores["stereo"][1] <= scores["tracking"][1] / 3, scores
 
 
 class ReacquiringFrontEnd(FakeFrontEnd):

@@ -77,6 +77,19 @@ class OnlineConfig:
         "lk.min_ncc_query check: covered by an instrument, or out of view) is reported not visible until it "
         "is found again; its position keeps following the chained estimate.")
 
+    occlusion: Literal["stereo", "tracking"] = option(
+        "stereo", "How a covered point is found. stereo: it is covered when the stereo disparity at its pixel "
+        "rises above its own (something nearer, an instrument, is in front) or when neither frame-to-frame LK "
+        "nor stereo finds it; a covered point is reported not visible, moves with the median motion of its "
+        "visible neighbours instead of following LK, and is visible again once stereo sees its own depth there "
+        "or re-acquisition finds it. tracking: visible while frame-to-frame LK passes its checks.")
+    occluder_disparity_ratio: float = option(
+        1.1, "occlusion = stereo: a disparity this many times the point's own means an occluder in front.",
+        lo=1.0)
+    disparity_ref_weight: float = option(
+        0.3, "occlusion = stereo: weight of a new visible frame in the point's own disparity (a running "
+        "average).", lo=0.0, hi=1.0)
+
     def __post_init__(self) -> None:
         check_fields(self, "online.")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 MIN_MOVERS = 3  # fewer tracked points than this (or than a tenth of the group) give no motion
+LOCAL_NEIGHBOURS = 6  # tracked points whose median motion carries a lost one (`neighbour_shift`)
 
 
 def median_shift(old_uv_px: np.ndarray, new_uv_px: np.ndarray, group_size: int) -> np.ndarray | None:
@@ -18,3 +19,27 @@ def median_shift(old_uv_px: np.ndarray, new_uv_px: np.ndarray, group_size: int) 
     if len(old_uv_px) < max(MIN_MOVERS, 0.1 * group_size):
         return None
     return np.median(np.asarray(new_uv_px) - np.asarray(old_uv_px), axis=0)
+
+
+def neighbour_shift(old_uv_px: np.ndarray, new_uv_px: np.ndarray, moved: np.ndarray, neighbours: int
+                    ) -> np.ndarray | None:
+    """Displacement (N, 2) of each of N points: the median displacement of its `neighbours` nearest
+    moved points (by their old pixels), so a lost point follows the local motion of the tissue around
+    it (deformation, parallax) rather than the group's. `moved` (N,) marks the points whose
+    `new_uv_px` was tracked. None when too few moved (see `median_shift`).
+
+    >>> old = np.array([[0.0, 0], [1, 0], [10, 0], [11, 0], [0.5, 0]])
+    >>> new = old + np.array([[1.0, 0], [1, 0], [-1, 0], [-1, 0], [0, 0]])
+    >>> neighbour_shift(old, new, np.array([True, True, True, True, False]), 2)[4].tolist()
+    [1.0, 0.0]
+    """
+    moved = np.asarray(moved, bool)
+    n_moved = int(moved.sum())
+    if n_moved < max(MIN_MOVERS, 0.1 * len(moved)):
+        return None
+    src = np.asarray(old_uv_px, np.float64)
+    disp = (np.asarray(new_uv_px, np.float64) - src)[moved]  # (M, 2)
+    k = min(int(neighbours), n_moved)
+    d2 = ((src[:, None, :] - src[moved][None, :, :]) ** 2).sum(-1)  # (N, M)
+    near = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (N, k)
+    return np.median(disp[near], axis=1)
