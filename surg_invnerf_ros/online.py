@@ -409,12 +409,9 @@ class OnlineTracker:
         frame goes back to `carried_uv` (moved with its neighbours), not where LK took it: onto the
         occluder. A covered point reports the depth of its own disparity, not the occluder's.
         """
-        fb = calib.fx * calib.baseline_m
-        with np.errstate(divide="ignore", invalid="ignore"):
-            disp = np.where(z_m > 0, fb / z_m, np.nan)
-            ratio = disp / self._disp_ref
+        disp = depth_from_disparity_m(z_m, calib.fx, calib.baseline_m)  # d = fx·B/Z, the same formula
         measured = np.isfinite(disp)
-        nearer = measured & np.isfinite(ratio) & (ratio > self.online_cfg.occluder_disparity_ratio)
+        nearer = measured & (disp > self.online_cfg.occluder_disparity_ratio * self._disp_ref)  # NaN ref: False
         unconfirmed = ~measured & ~tracked & np.isfinite(self._disp_ref)
         own = measured & ~nearer
         covered = (nearer | unconfirmed | (self._occluded & ~own)) & ~found
@@ -427,8 +424,7 @@ class OnlineTracker:
                                                    (1 - w) * self._disp_ref + w * disp, disp), self._disp_ref)
         # hide_unconfirmed keeps the re-acquisition's verdict as well
         self._visible = (self._visible & ~self._occluded) if self.online_cfg.hide_unconfirmed else ~self._occluded
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z_own = np.where(self._disp_ref > 0, fb / self._disp_ref, np.nan)
+        z_own = depth_from_disparity_m(self._disp_ref, calib.fx, calib.baseline_m)
         return np.where(self._occluded, z_own, z_m)
 
     def remove_queries(self, ids: np.ndarray) -> None:
@@ -541,10 +537,6 @@ class OnlineTracker:
             found = np.zeros(len(self._ids), bool)
             if every > 0 and len(self._ids) and (self._frame_index + 1) % every == 0:
                 found = self._reacquire(left)
-            W, H = frame.calib.image_size
-            inside = ((self._uv[:, 0] >= 0) & (self._uv[:, 1] >= 0) & (self._uv[:, 0] <= W - 1)
-                      & (self._uv[:, 1] <= H - 1))
-            self._visible = self._visible & inside
             self._prev_left = left
             self._last_stamp = frame.stamp_ns
             self._frame_index += 1
@@ -562,9 +554,12 @@ class OnlineTracker:
                 z = sample_bilinear(depth_m, self._uv)
             else:
                 z = np.zeros(0)
-            if self.online_cfg.occlusion == "stereo" and len(z):
+            if stereo_occlusion and len(z):
                 z = self._stereo_occlusion(np.asarray(z, np.float64), tracked, found, carried, frame.calib)
-                self._visible &= inside
+            W, H = frame.calib.image_size
+            inside = ((self._uv[:, 0] >= 0) & (self._uv[:, 1] >= 0) & (self._uv[:, 0] <= W - 1)
+                      & (self._uv[:, 1] <= H - 1))
+            self._visible &= inside
             result = self._front_result(frame, depth_m, z)
             self._remember(result)
             if self.refiner is not None and self._frame_index % self.refine_cfg.keyframe_every == 0:

@@ -13,10 +13,15 @@ MIN_MOVERS = 3  # fewer tracked points than this (or than a tenth of the group) 
 LOCAL_NEIGHBOURS = 6  # tracked points whose median motion carries a lost one (`neighbour_shift`)
 
 
+def enough_movers(n_moved: int, group_size: int) -> bool:
+    """Whether `n_moved` tracked points of a group of `group_size` say anything of its motion."""
+    return n_moved >= max(MIN_MOVERS, 0.1 * group_size)
+
+
 def median_shift(old_uv_px: np.ndarray, new_uv_px: np.ndarray, group_size: int) -> np.ndarray | None:
     """Median displacement (2,) from (M, 2) old to (M, 2) new pixels of the M tracked points of a
     group of `group_size`; None when M < max(MIN_MOVERS, group_size / 10)."""
-    if len(old_uv_px) < max(MIN_MOVERS, 0.1 * group_size):
+    if not enough_movers(len(old_uv_px), group_size):
         return None
     return np.median(np.asarray(new_uv_px) - np.asarray(old_uv_px), axis=0)
 
@@ -35,7 +40,7 @@ def neighbour_shift(old_uv_px: np.ndarray, new_uv_px: np.ndarray, moved: np.ndar
     """
     moved = np.asarray(moved, bool)
     n_moved = int(moved.sum())
-    if n_moved < max(MIN_MOVERS, 0.1 * len(moved)):
+    if not enough_movers(n_moved, len(moved)):
         return None
     src = np.asarray(old_uv_px, np.float64)
     disp = (np.asarray(new_uv_px, np.float64) - src)[moved]  # (M, 2)
