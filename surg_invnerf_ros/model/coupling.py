@@ -35,6 +35,9 @@ class AffineCoupling(nn.Module):
     scale = max_log_scale · tanh(·) keeps exp() finite.
     """
 
+    _axis_idx: Tensor  # (1,) the moving coordinate, for the fused layer
+    _plane_coords: Tensor  # (6,) coordinate pairs of the planes (b, c), (b, t), (c, t)
+
     def __init__(self, axis: int, cfg: CouplingConfig, hex_cfg: HexPlaneConfig, num_frames: int,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -50,6 +53,9 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(last.bias)
         self.max_log_scale = float(cfg.max_log_scale)
         self.fused = bool(cfg.fused)
+        # index tensors of the fused layer (buffers: they follow the module to its device; not saved)
+        self.register_buffer("_axis_idx", torch.tensor([self.axis]), persistent=False)
+        self.register_buffer("_plane_coords", torch.tensor([b, c, b, TIME, c, TIME]), persistent=False)
         self.bf16 = False
 
     def scale_shift(self, x_norm: Float[Tensor, "P 3"], t_norm: Float[Tensor, "P 1"]
@@ -77,7 +83,7 @@ class AffineCoupling(nn.Module):
     def _fused(self, x: Tensor, t: Tensor, inverse: bool) -> Tensor:
         """The layer as one autograd node (`fused_coupling`): same values and gradients, far fewer operator calls."""
         mlp = [p for layer in (self.mlp[0], self.mlp[2], self.mlp[4]) for p in (layer.weight, layer.bias)]
-        return coupling_step(x, t, self.axis, self.cond, list(self.features.spatial_grids),
+        return coupling_step(x, t, self._axis_idx, self._plane_coords, list(self.features.spatial_grids),
                              list(self.features.time_grids), mlp, self.use_coords, self.max_log_scale, inverse)
 
     def forward(self, x_norm: Float[Tensor, "P 3"], t_norm: Float[Tensor, "P 1"]) -> Float[Tensor, "P 3"]:
