@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "invnerf_error_driven": ("sampler.strategy=error_driven",),
     "invnerf_nostereo": ("loss.stereo_weight=0", "loss.line_of_sight_weight=0", "loss.corr_depth_weight=0"),
-    "invnerf_onedir": ("loss.bidirectional=false",),
+    "invnerf_bidir": ("loss.directions=both",),
 }
 
 #: Targets of InvNeRF against the best classical baseline on every hard sequence: EPE and end-frame

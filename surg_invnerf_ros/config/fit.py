@@ -25,7 +25,10 @@ class LossConfig:
     corr_weight: float = option(0.1, "Rendered correspondence reprojection X̂_j (px).", lo=0.0)
     corr_detach_weights: bool = option(True, "Correspondence terms train the map only, not the density (keeps "
         "the surface sharp).")
-    bidirectional: bool = option(True, "Supervise i→j and j→i in the same step (False: i→j only).")
+    directions: Literal["auto", "both", "one"] = option(
+        "auto", "Rays per correspondence and step: both (the ray of i mapped to j and the ray of j mapped to i), one "
+        "(i → j only: half the rays, twice the steps in a budget), or auto: one where the store holds every frame "
+        "pair both ways, both where it does not (clips too large for backward chains).")
     charbonnier_eps_px: float = option(0.5, "Charbonnier smoothing of the reprojection error.", lo=1e-6)
     photo_weight: float = option(1.0, "Photometric (colour in [0, 1], squared).", lo=0.0)
     anchor_weight: float = option(1.0, "Reprojection of the stereo surface point mapped i→j (px): trains F "
@@ -105,8 +108,8 @@ class FitConfig:
         3600.0, "Wall-clock budget of the optimisation loop, seconds (0: no time limit); with "
         "time_budget_per_frame_s, the most it may grow to.", lo=0.0)
     time_budget_per_frame_s: float = option(
-        4.17, "The loop's budget scales with the clip: this many seconds per frame, at most time_budget_s "
-        "(0: time_budget_s alone). 48 frames get 200 s.", lo=0.0)
+        2.083, "The loop's budget scales with the clip: this many seconds per frame, at most time_budget_s "
+        "(0: time_budget_s alone). 48 frames get 100 s.", lo=0.0)
     max_steps: int = option(6000, "Step budget.", lo=0)
     num_threads: int = option(1, "torch CPU threads for the fit (process-wide; 0 leaves torch's default). One "
         "thread is as fast on small batches and robust on a shared machine.", lo=0)

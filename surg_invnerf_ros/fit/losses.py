@@ -17,7 +17,7 @@ def reprojection_loss_px(uv_pred_px: Float[Tensor, "N 2"], uv_target_px: Float[T
                          confidence: Float[Tensor, " N"], eps_px: float = 0.5) -> Float[Tensor, ""]:
     """Confidence-weighted Charbonnier distance, in pixels.
 
-    The caller stacks i→j and j→i rows: one call is the bidirectional term.
+    With both directions the caller stacks i→j and j→i rows: one call is the two-way term.
     """
     err_px = torch.sqrt(((uv_pred_px - uv_target_px) ** 2).sum(-1) + eps_px**2) - eps_px  # (N,)
     return _wmean(err_px, confidence)

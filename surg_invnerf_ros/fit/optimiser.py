@@ -1,8 +1,9 @@
 """The fit loop: parameter groups, loss schedules, budgets and progress (DESIGN §3.2, §3.4).
 
 One step draws pixels from the sampler, pairs each with a correspondence (frame i → frame j),
-renders the ray at the pixel in frame i mapped into frame j and, in the same step, the ray at the
-matched pixel in frame j mapped back into frame i (the bidirectional term), plus the photometric,
+renders the ray at the pixel in frame i mapped into frame j (with `loss.directions` both, also the ray
+at the matched pixel in frame j mapped back into frame i; the store's pairs are usually held both ways,
+so one direction is the default where they are), plus the photometric,
 stereo, range, distortion and plane terms. Everything stays on the device; nothing loops over
 pixels or points in Python, and the host reads losses only every `log_every` steps.
 
@@ -74,6 +75,7 @@ class FitData:
     subpixel_lookup: bool = False  # bilinear depth lookups at fractional pixels (`render.subpixel_lookup`)
     num_pairs: int = 0
     frame_pairs: Int[Tensor, " T"] | None = None  # frame pairs leaving each frame (None: each sample's own records)
+    pairs_both_ways: bool = True  # every frame pair (i, j) with records has records (j, i) too
     T_cam_world: Float[Tensor, "T 4 4"] | None = field(init=False)
     pose_correction: PoseCorrection | None = field(default=None, init=False)  # set by `enable_pose_refine`
 
@@ -306,7 +308,7 @@ class Fitter:
         sample = self.sampler.draw(n)
         cb = correspondence_batch(data, sample, self.gen)
         f_i = cb.frame_i
-        if lc.bidirectional:
+        if lc.directions == "both" or (lc.directions == "auto" and not data.pairs_both_ways):
             frame = torch.cat([f_i, cb.frame_j])
             uv = torch.cat([cb.uv_i_px, cb.uv_j_px])
             target = torch.cat([cb.frame_j, f_i])
@@ -504,4 +506,11 @@ def to_device_data(store: CorrespondenceStore, K: np.ndarray, baseline_m: float,
                    T_world_cam=None if T_world_cam is None else t(np.asarray(T_world_cam, np.float32)),
                    right_rgb=None if store.right_rgb_u8 is None else colour(store.right_rgb_u8),
                    subpixel_lookup=store.subpixel, num_pairs=int(store.pairs.shape[0]),
-                   frame_pairs=t(np.bincount(store.pairs[:, 0], minlength=store.num_frames)[:store.num_frames]))
+                   frame_pairs=t(np.bincount(store.pairs[:, 0], minlength=store.num_frames)[:store.num_frames]),
+                   pairs_both_ways=pairs_both_ways(store.pairs, store.num_frames))
+
+
+def pairs_both_ways(pairs: np.ndarray, num_frames: int) -> bool:
+    """Whether every frame pair (i, j) of `pairs` (P, 2) also appears as (j, i)."""
+    key = pairs[:, 0].astype(np.int64) * num_frames + pairs[:, 1]
+    return bool(np.isin(pairs[:, 1].astype(np.int64) * num_frames + pairs[:, 0], key).all())

@@ -23,8 +23,9 @@ active chain, the last max(gaps) states of its samples; what is kept grows with 
 samples, not frames × pixels × gaps. Per-frame depth maps (for inference at query pixels) stay in
 RAM up to `store.depth_in_ram_gib`, else in a memory-mapped temporary file.
 
-Chains run forward in time only (a streaming pass cannot look back at flows it has dropped); the
-fit's bidirectional term uses every record both ways.
+Backward chains need the backward flows of the last frames held, so they run only where those fit
+`store.backward_chains_gib`; without them the long-range pairs are held one way, and the fit renders
+each correspondence both ways (`loss.directions` auto).
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from .fused_coupling import coupling_step
 from .hexplane import TIME, MultiScaleHexPlane
 
 
-def _mlp(in_dim: int, hidden: int, out_dim: int) -> tuple[nn.Sequential, nn.Linear]:
-    """The MLP (layers created in order, so the global generator draws the same weights) and its last layer."""
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> tuple[nn.Sequential, tuple[nn.Linear, nn.Linear, nn.Linear]]:
+    """The MLP (layers created in order, so the global generator draws the same weights) and its linear layers."""
     first, mid, last = nn.Linear(in_dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, out_dim)
-    return nn.Sequential(first, nn.ReLU(inplace=True), mid, nn.ReLU(inplace=True), last), last
+    return nn.Sequential(first, nn.ReLU(inplace=True), mid, nn.ReLU(inplace=True), last), (first, mid, last)
 
 
 class AffineCoupling(nn.Module):
@@ -48,7 +48,8 @@ class AffineCoupling(nn.Module):
                                            generator=generator)
         self.use_coords = cfg.use_coords
         in_dim = self.features.out_dim + (2 if cfg.use_coords else 0)
-        self.mlp, last = _mlp(in_dim, cfg.hidden_dim, 2)
+        self.mlp, self.linears = _mlp(in_dim, cfg.hidden_dim, 2)
+        last = self.linears[2]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.max_log_scale = float(cfg.max_log_scale)
@@ -82,7 +83,7 @@ class AffineCoupling(nn.Module):
 
     def _fused(self, x: Tensor, t: Tensor, inverse: bool) -> Tensor:
         """The layer as one autograd node (`fused_coupling`): same values and gradients, far fewer operator calls."""
-        mlp = [p for layer in (self.mlp[0], self.mlp[2], self.mlp[4]) for p in (layer.weight, layer.bias)]
+        mlp = [p for layer in self.linears for p in (layer.weight, layer.bias)]
         return coupling_step(x, t, self._axis_idx, self._plane_coords, list(self.features.spatial_grids),
                              list(self.features.time_grids), mlp, self.use_coords, self.max_log_scale, inverse)
 

@@ -16,7 +16,7 @@ class TestVariant:
     def test_ablations_switch_only_their_keys(self):
         base = FitConfig()
         assert variant(base, ABLATIONS["invnerf_error_driven"]).sampler.strategy == "error_driven"
-        assert variant(base, ABLATIONS["invnerf_onedir"]).loss.bidirectional is False
+        assert variant(base, ABLATIONS["invnerf_bidir"]).loss.directions == "both"
         nostereo = variant(base, ABLATIONS["invnerf_nostereo"])
         assert nostereo.loss.stereo_weight == 0.0 and nostereo.loss.line_of_sight_weight == 0.0
         assert nostereo.sampler == base.sampler

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from surg_invnerf_ros.config import FitConfig, FrontendConfig, MaskConfig, StoreConfig, load_config
-from surg_invnerf_ros.fit.optimiser import Fitter, correspondence_batch, to_device_data
+from surg_invnerf_ros.fit import optimiser
+from surg_invnerf_ros.fit.optimiser import Fitter, correspondence_batch, pairs_both_ways, to_device_data
 from surg_invnerf_ros.fit.profile import profile_steps, timed_step
 from surg_invnerf_ros.frontend.store import DepthMaps, build_store, depth_lookup
 from surg_invnerf_ros.model.render import InvNeRF
@@ -87,8 +88,8 @@ class TestTimeBudget:
         from surg_invnerf_ros.fit.optimiser import fit_time_budget_s
 
         cfg = FitConfig()
-        assert abs(fit_time_budget_s(cfg, 48) - 200.2) < 0.1
-        assert fit_time_budget_s(cfg, 1000) == cfg.time_budget_s == 3600.0
+        assert abs(fit_time_budget_s(cfg, 48) - 100.0) < 0.1
+        assert fit_time_budget_s(cfg, 2000) == cfg.time_budget_s == 3600.0
         assert fit_time_budget_s(FitConfig(time_budget_s=90.0, time_budget_per_frame_s=0.0), 1000) == 90.0
         assert fit_time_budget_s(FitConfig(time_budget_s=0.0), 48) == 0.0  # no time limit
 
@@ -102,6 +103,32 @@ def _fitter(overrides: list[str]) -> Fitter:
     corners = np.stack(np.meshgrid([-0.01, 0.01], [-0.01, 0.01], [0.04, 0.06]), -1).reshape(-1, 3)
     ws = Workspace.from_points(np.concatenate([corners, corners * 0.5 + [0, 0, 0.025]]), cfg.render)
     return Fitter(InvNeRF(cfg, store.num_frames, ws), data, cfg, torch.device("cpu"))
+
+
+class TestDirections:
+    def test_pairs_both_ways(self):
+        assert pairs_both_ways(np.array([[0, 1], [1, 0], [2, 0], [0, 2]]), 3)
+        assert not pairs_both_ways(np.array([[0, 1], [1, 0], [0, 2]]), 3)  # (2, 0) missing
+        assert pairs_both_ways(np.zeros((0, 2), np.int64), 3)
+
+    def test_auto_renders_one_way_where_every_pair_is_held_both_ways(self, monkeypatch):
+        rays: list[int] = []
+        real = optimiser.render_mapped
+
+        def counted(model, data, cfg, frame, *a, **kw):
+            rays.append(int(frame.shape[0]))
+            return real(model, data, cfg, frame, *a, **kw)
+
+        monkeypatch.setattr(optimiser, "render_mapped", counted)
+        n = 64
+        for directions, symmetric, expect in (("auto", True, n), ("auto", False, 2 * n), ("one", False, n),
+                                              ("both", True, 2 * n)):
+            fitter = _fitter([f"loss.directions={directions}", f"sampler.rays_per_step={n}"])
+            assert fitter.data.pairs_both_ways  # the small store holds every pair both ways
+            fitter.data.pairs_both_ways = symmetric
+            rays.clear()
+            timed_step(fitter, 1, {})
+            assert rays == [expect], (directions, symmetric)
 
 
 class TestNoHostReadsInAStep:
