@@ -24,7 +24,7 @@ from ..eval.report import format_table, metrics_row
 from ..io.trackfile import tracks_from_records
 from ..ros import convert
 from ..ros.bag_nodes import use_large_data_transport
-from ..ros.procs import start_entry_point, stop_process
+from ..ros.procs import start_entry_point, stop_process, use_local_discovery
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "track.yaml"
 TRACKER = "/surg_invnerf_tracker"
@@ -39,6 +39,7 @@ def run_ros_demo(out_dir: Path, device: str = "auto", duration_s: float = 60.0, 
     ground truth within `source_timeout_s` (it pre-renders its frames first).
     """
     use_large_data_transport()  # the checker must speak the nodes' transports, before rclpy.init
+    use_local_discovery()  # the three processes run here; multicast discovery sometimes never matches them
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[demo] ROS pipeline for {duration_s:.0f} s: synthetic_stereo ({width}x{height} @ {rate_hz:.0f} Hz) "

@@ -50,7 +50,7 @@ from ..eval.report import json_safe
 from ..ros import convert
 from ..ros.bag_nodes import use_large_data_transport
 from ..ros.diagnostics import diagnostics_to_dict
-from ..ros.procs import start_entry_point, stop_process
+from ..ros.procs import start_entry_point, stop_process, use_local_discovery
 from .bench import machine_info, stamp_line
 
 log = logging.getLogger(__name__)
@@ -311,9 +311,7 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         RuntimeError: a node exited early or produced nothing in time (the log tail is in the message).
     """
     use_large_data_transport()  # before rclpy.init in this process, and inherited by the nodes
-    # One machine by design; multicast discovery on a container network sometimes never matched two
-    # of the three processes here (2 failed starts in 5 runs), localhost discovery did in every run.
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    use_local_discovery()  # one machine by design
 
     log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="ros_bench_"))
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -45,3 +45,28 @@ def test_no_ground_truth_is_one_line_and_returns(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "published no ground truth" in err and err.count("\n") == 1
     assert time.monotonic() - t0 < 120
+
+
+def test_the_nodes_discover_each_other_on_this_machine_only(tmp_path, monkeypatch):
+    """Multicast discovery sometimes never matched the demo's processes on a container network; the
+    nodes start with localhost discovery unless the user chose a range."""
+    from surg_invnerf_ros.apps import demo_pipeline
+
+    seen: list[str | None] = []
+
+    class Started(Exception):
+        pass
+
+    def fake_start(entry, ros_args, log_path):
+        import os
+        seen.append(os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"))
+        raise Started
+
+    monkeypatch.setattr(demo_pipeline, "start_entry_point", fake_start)
+    monkeypatch.delenv("ROS_AUTOMATIC_DISCOVERY_RANGE", raising=False)
+    with pytest.raises(Started):
+        run_ros_demo(tmp_path, duration_s=1.0)
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    with pytest.raises(Started):
+        run_ros_demo(tmp_path, duration_s=1.0)
+    assert seen == ["LOCALHOST", "SUBNET"]
