@@ -43,7 +43,7 @@ class CouplingConfig:
     max_log_scale: float = option(0.5, "|log scale| bound of one layer (tanh-squashed).", lo=0.0)
     use_coords: bool = option(True, "Also feed the conditioning coordinates (b, c) to the MLP.")
     fused: bool = option(True, "Run each layer as one autograd node with a hand-written backward (same values and "
-                         "gradients, about a fifth of the operator calls); off: plain autograd operators.")
+                         "gradients, about half the operator calls); off: plain autograd operators.")
 
     def __post_init__(self) -> None:
         check_fields(self, "fit.coupling.")

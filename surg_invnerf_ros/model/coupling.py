@@ -54,9 +54,11 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(last.bias)
         self.max_log_scale = float(cfg.max_log_scale)
         self.fused = bool(cfg.fused)
-        # index tensors of the fused layer (buffers: they follow the module to its device; not saved)
+        # index tensors of the fused layer (buffers: they follow the module to its device; not saved); the planes'
+        # coordinate pairs in the features' own order, spatial then time: (b, c), (b, t), (c, t)
         self.register_buffer("_axis_idx", torch.tensor([self.axis]), persistent=False)
-        self.register_buffer("_plane_coords", torch.tensor([b, c, b, TIME, c, TIME]), persistent=False)
+        pairs = (*self.features.spatial, *self.features.temporal)
+        self.register_buffer("_plane_coords", torch.tensor([i for pair in pairs for i in pair]), persistent=False)
         self.bf16 = False
 
     def scale_shift(self, x_norm: Float[Tensor, "P 3"], t_norm: Float[Tensor, "P 1"]

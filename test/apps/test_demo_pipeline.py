@@ -1,5 +1,6 @@
 """The demo pipeline's scoring of live and refined ~/tracked_points against ground truth (no DDS)."""
 
+import os
 import time
 
 import numpy as np
@@ -58,7 +59,6 @@ def test_the_nodes_discover_each_other_on_this_machine_only(tmp_path, monkeypatc
         pass
 
     def fake_start(entry, ros_args, log_path):
-        import os
         seen.append(os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"))
         raise Started
 
