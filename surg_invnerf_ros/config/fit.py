@@ -92,6 +92,8 @@ class OptimConfig:
     lr_final_scale: float = option(0.1, "Learning rates decay to this share at the end of the budget.", lo=0.0, hi=1.0)
     warmup_steps: int = option(50, "Linear learning-rate warm-up.", lo=0)
     fused_adam: bool = option(True, "torch.optim.Adam(fused=True) where supported.")
+    contiguous_params: bool = option(True, "Hold each parameter group in one buffer (parameters and gradients are views "
+                                           "of it), so each update is one tensor per group, not one per parameter.")
     bf16_mlp: bool = option(False, "bf16 autocast on the small MLPs (coordinates stay fp32).")
 
     def __post_init__(self) -> None:

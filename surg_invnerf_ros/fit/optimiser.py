@@ -228,9 +228,34 @@ def parameter_groups(model: InvNeRF, cfg: FitConfig, pose_correction: PoseCorrec
     return groups
 
 
+def contiguous_buffer(params: list[Tensor]) -> Tensor:
+    """One leaf tensor holding the values of `params`, which become views of it (their gradients views of its
+    gradient; autograd accumulates into them in place), so an optimiser over it updates every parameter in
+    one call per step. The parameters must share device and dtype."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset:offset + n].view_as(p)
+        p.grad = grad[offset:offset + n].view_as(p)
+        offset += n
+    flat.requires_grad_(True)
+    flat.grad = grad
+    return flat
+
+
 def make_optimiser(model: InvNeRF, cfg: FitConfig, pose_correction: PoseCorrection | None = None
                    ) -> torch.optim.Optimizer:
+    """Adam over `parameter_groups`; with `optim.contiguous_params`, over one buffer per group
+    (`contiguous_buffer`): clear its gradients with `zero_grad(set_to_none=False)`, which keeps the views."""
     groups = parameter_groups(model, cfg, pose_correction)
+    if cfg.optim.contiguous_params:
+        for g in groups:
+            kinds = {(p.device, p.dtype) for p in g["params"]}
+            if len(kinds) == 1:
+                g["params"] = [contiguous_buffer(g["params"])]
     if cfg.optim.fused_adam:
         try:
             return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
@@ -273,8 +298,33 @@ class Fitter:
         self.sampler = PixelSampler(cfg.sampler, data.num_frames, H, W, device=device, generator=self.gen,
                                     cell_px=data.cell_px, per_cell=data.per_cell)
         self.opt = make_optimiser(model, cfg, data.pose_correction)
+        # contiguous buffers keep their gradient (the parameters' gradients are views of it): zero it instead
+        self._grads_to_none = not cfg.optim.contiguous_params
+        self._weight_vectors: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
         self.stats = FitStats()
         self.budget_s = fit_time_budget_s(cfg, data.num_frames)
+
+    def _term_weights(self, names: tuple[str, ...], stereo_scale: float) -> Float[Tensor, " K"]:
+        """Weights of the loss terms `names`, in order, on the device: fixed weights plus `stereo_scale` times the
+        scheduled stereo weights (one operation a step; the two vectors are made once per set of terms)."""
+        if names not in self._weight_vectors:
+            lc, cfg = self.cfg.loss, self.cfg
+            fixed = {"corr": lc.corr_weight, "anchor": lc.anchor_weight, "photo": lc.photo_weight,
+                     "photo_right": lc.photo_weight, "range": lc.range_weight, "dist": lc.distortion_weight,
+                     "tv": lc.tv_weight, "time_smooth": lc.time_smooth_weight, "pose": cfg.pose_reg_weight}
+            scheduled = {"corr_depth": lc.corr_depth_weight, "stereo": lc.stereo_weight, "los": lc.line_of_sight_weight}
+            unknown = [k for k in names if k not in fixed and k not in scheduled]
+            if unknown:
+                raise KeyError(f"fit: no weight for the loss terms {unknown}")
+            self._weight_vectors[names] = (
+                torch.tensor([fixed.get(k, 0.0) for k in names], device=self.device),
+                torch.tensor([scheduled.get(k, 0.0) for k in names], device=self.device))
+        fixed_w, scheduled_w = self._weight_vectors[names]
+        return torch.add(fixed_w, scheduled_w, alpha=stereo_scale)
+
+    def zero_grad(self) -> None:
+        """Clear the gradients before a backward pass."""
+        self.opt.zero_grad(set_to_none=self._grads_to_none)
 
     # ------------------------------------------------------------------------------------------
     def progress_share(self, step: int, elapsed_s: float) -> float:
@@ -353,13 +403,8 @@ class Fitter:
             terms["tv"], terms["time_smooth"] = tv, ts
         if data.pose_correction is not None and cfg.pose_reg_weight > 0:
             terms["pose"] = data.pose_correction.penalty()
-        weights = {"corr": lc.corr_weight, "anchor": lc.anchor_weight, "corr_depth": lc.corr_depth_weight * sscale,
-                   "photo": lc.photo_weight, "photo_right": lc.photo_weight,
-                   "stereo": lc.stereo_weight * sscale, "los": lc.line_of_sight_weight * sscale,
-                   "range": lc.range_weight, "dist": lc.distortion_weight, "tv": lc.tv_weight,
-                   "time_smooth": lc.time_smooth_weight, "pose": cfg.pose_reg_weight}
-        weighted = [weights[k] * v for k, v in terms.items()]  # terms always holds "corr"
-        total = sum(weighted[1:], start=weighted[0])
+        names = tuple(terms)  # always holds "corr"
+        total = torch.dot(torch.stack([terms[k] for k in names]), self._term_weights(names, sscale))
         with torch.no_grad():
             err = (out.uv_pred_px - uv_tgt).norm(dim=-1)
             self.sampler.update(frame, uv[:, 0], uv[:, 1], err, conf > 0)
@@ -437,7 +482,7 @@ class Fitter:
             self._set_lr(step, share)
             total, terms = self.step_losses(step, share, timings)
             t0 = time.perf_counter()
-            self.opt.zero_grad(set_to_none=True)
+            self.zero_grad()
             total.backward()
             self.opt.step()
             _add(timings, "backward_s", t0)

@@ -37,7 +37,7 @@ def timed_step(fitter: Fitter, step: int, timings: dict[str, float]) -> dict[str
     total, _ = fitter.step_losses(step, 0.5, timings)
     sync()
     t1 = time.perf_counter()
-    fitter.opt.zero_grad(set_to_none=True)
+    fitter.zero_grad()
     total.backward()
     sync()
     t2 = time.perf_counter()

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..config import CouplingConfig, HexPlaneConfig
 from ..shapes import Float
-from .fused_coupling import coupling_step
+from .fused_coupling import CouplingConstants, coupling_constants, coupling_step
 from .hexplane import TIME, MultiScaleHexPlane
 
 
@@ -35,8 +35,11 @@ class AffineCoupling(nn.Module):
     scale = max_log_scale · tanh(·) keeps exp() finite.
     """
 
-    _axis_idx: Tensor  # (1,) the moving coordinate, for the fused layer
-    _plane_coords: Tensor  # (6,) coordinate pairs of the planes (b, c), (b, t), (c, t)
+    # the fused layer's constants (`fused_coupling.CouplingConstants`), as buffers
+    _plane_coords: Tensor
+    _moving: Tensor
+    _coord_select: Tensor
+    _max_log_scale: Tensor
 
     def __init__(self, axis: int, cfg: CouplingConfig, hex_cfg: HexPlaneConfig, num_frames: int,
                  generator: torch.Generator | None = None) -> None:
@@ -54,11 +57,11 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(last.bias)
         self.max_log_scale = float(cfg.max_log_scale)
         self.fused = bool(cfg.fused)
-        # index tensors of the fused layer (buffers: they follow the module to its device; not saved); the planes'
-        # coordinate pairs in the features' own order, spatial then time: (b, c), (b, t), (c, t)
-        self.register_buffer("_axis_idx", torch.tensor([self.axis]), persistent=False)
+        # the fused layer's index tensors (buffers: they follow the module to its device and dtype; not saved),
+        # for the planes in the features' own order, spatial then time: (b, c), (b, t), (c, t)
         pairs = (*self.features.spatial, *self.features.temporal)
-        self.register_buffer("_plane_coords", torch.tensor([i for pair in pairs for i in pair]), persistent=False)
+        for name, value in coupling_constants(self.axis, pairs, self.max_log_scale).items():
+            self.register_buffer(f"_{name}", value, persistent=False)
         self.bf16 = False
 
     def scale_shift(self, x_norm: Float[Tensor, "P 3"], t_norm: Float[Tensor, "P 1"]
@@ -86,8 +89,10 @@ class AffineCoupling(nn.Module):
     def _fused(self, x: Tensor, t: Tensor, inverse: bool) -> Tensor:
         """The layer as one autograd node (`fused_coupling`): same values and gradients, far fewer operator calls."""
         mlp = [p for layer in self.linears for p in (layer.weight, layer.bias)]
-        return coupling_step(x, t, self._axis_idx, self._plane_coords, list(self.features.spatial_grids),
-                             list(self.features.time_grids), mlp, self.use_coords, self.max_log_scale, inverse)
+        consts = CouplingConstants(self.axis, self._plane_coords, self._moving, self._coord_select,
+                                   self._max_log_scale, self.max_log_scale)
+        return coupling_step(x, t, consts, list(self.features.spatial_grids), list(self.features.time_grids), mlp,
+                             self.use_coords, inverse)
 
     def forward(self, x_norm: Float[Tensor, "P 3"], t_norm: Float[Tensor, "P 1"]) -> Float[Tensor, "P 3"]:
         if self.fused and not self.bf16:

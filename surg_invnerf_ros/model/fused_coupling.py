@@ -1,11 +1,13 @@
 r"""One affine coupling layer as a single autograd function with a hand-written backward.
 
 The plain layer (`coupling.AffineCoupling` with `fused` off) makes about 160 ATen calls forward and
-325 backward (views included), many of them selects, zero fills and copies that autograd adds around
-tiny tensors; on a GPU every call that computes is a kernel launch. This function computes the same
-thing feature-major — the plane look-ups return (F, P), so the MLP is W·x with no transposes — and
-its backward is the chain rule written out once: about 125 calls forward and 145 backward. Values and gradients
-equal the plain layer's (tested in float64); there is no host read anywhere.
+325 backward (views included), many of them selects, zero fills, scalar wrappers and copies that
+autograd adds around tiny tensors; on a GPU every call that computes is a kernel launch. This
+function computes the same thing feature-major — the plane look-ups return (F, P), so the MLP is
+W·x with no transposes — and its backward is the chain rule written out once: about 80 calls forward
+and 125 backward. Constants are tensors on the layer's device (no Python scalar is wrapped per call),
+and every concatenation sees contiguous inputs. Values and gradients equal the plain layer's (tested
+in float64); there is no host read anywhere.
 
 For the layer that moves coordinate a, conditioned on b, c and t, over scales s:
 
@@ -21,73 +23,101 @@ t carries no gradient (it is a frame's time, not a parameter).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..shapes import Float
+from .hexplane import TIME
 
 _BILINEAR, _BORDER = 0, 1  # grid_sampler's interpolation and padding codes
 
 
+class CouplingConstants(NamedTuple):
+    """A layer's fixed index and scale tensors (`coupling_constants`), on its device."""
+
+    axis: int  # the moving coordinate a
+    plane_coords: Tensor  # (6,) long: coordinates of the planes (b, c), (b, t), (c, t), in that order
+    moving: Tensor  # (3,) bool: True at a
+    coord_select: Tensor  # (3, 2, 3) float: plane k's grid coordinate (x or y) → the point coordinate it is
+    max_log_scale: Tensor  # 0-d float: m
+    max_log_scale_value: float  # m as a number (no device read)
+
+
+def coupling_constants(axis: int, planes: tuple[tuple[int, int], ...], max_log_scale: float
+                       ) -> dict[str, Tensor]:
+    """The tensors of `CouplingConstants` for the layer moving `axis` with `planes` [(b, c), (b, t), (c, t)]
+    (the layer registers them as buffers, so they follow it to its device and dtype)."""
+    coords = [i for pair in planes for i in pair]
+    select = torch.zeros(len(planes), 2, 3)
+    for k, pair in enumerate(planes):
+        for d, coord in enumerate(pair):
+            if coord != TIME:
+                select[k, d, coord] = 1.0
+    return {"plane_coords": torch.tensor(coords), "moving": torch.arange(3) == axis, "coord_select": select,
+            "max_log_scale": torch.tensor(float(max_log_scale))}
+
+
 class _CouplingStep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, t: Tensor, axis: Tensor, plane_coords: Tensor, use_coords: bool,
-                max_log_scale: float, inverse: bool, num_scales: int, *params: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, t: Tensor, consts: CouplingConstants, use_coords: bool, inverse: bool,
+                num_scales: int, *params: Tensor) -> Tensor:
         spatial, temporal = params[:num_scales], params[num_scales:2 * num_scales]
         w1, b1, w2, b2, w3, b3 = params[2 * num_scales:]
         n = x.shape[0]
         training = any(ctx.needs_input_grad)
-        pts = torch.cat([x, t], dim=1)  # (P, 4)
-        grid = pts.index_select(1, plane_coords).view(n, 3, 2).transpose(0, 1).unsqueeze(1)  # (3, 1, P, 2)
+        sel = torch.cat([x, t], dim=1).t().index_select(0, consts.plane_coords)  # (6, P), contiguous rows
+        grid = sel.view(3, 2, n).transpose(1, 2).unsqueeze(1)  # (3, 1, P, 2)
         sp_grid, tm_grid = grid[:1], grid[1:]  # plane (b, c); planes (b, t), (c, t)
         looks: list[Tensor] = []
         feats: list[Tensor] = []
         for sg, tg in zip(spatial, temporal):
             sp = torch.grid_sampler_2d(sg, sp_grid, _BILINEAR, _BORDER, True)  # (1, F, 1, P)
             tm = torch.grid_sampler_2d(tg, tm_grid, _BILINEAR, _BORDER, True)  # (2, F, 1, P)
-            tt = tm[0] * tm[1]  # (F, 1, P)
+            tt = tm.prod(0)  # (F, 1, P)
             if training:
-                looks += [sp, tm.flip(0), tt]
-            feats.append((sp[0] * tt).view(-1, n))
+                looks += [sp, tm, tt]
+            feats.append((sp * tt).view(-1, n))
         if use_coords:
-            feats.append(sp_grid.view(n, 2).t())  # (2, P): x_b, x_c
+            feats.append(sel[:2])  # (2, P): x_b, x_c
         h = torch.cat(feats)  # (in, P)
-        a1 = torch.mm(w1, h).add_(b1.unsqueeze(1)).clamp_min_(0.0)
-        a2 = torch.mm(w2, a1).add_(b2.unsqueeze(1)).clamp_min_(0.0)
-        raw = torch.mm(w3, a2).add_(b3.unsqueeze(1))  # (2, P): log-scale (before tanh), shift
+        a1 = torch.mm(w1, h).add_(b1.view(-1, 1)).clamp_min_(0.0)
+        a2 = torch.mm(w2, a1).add_(b2.view(-1, 1)).clamp_min_(0.0)
+        raw = torch.mm(w3, a2).add_(b3.view(-1, 1))  # (2, P): log-scale (before tanh), shift
         th = torch.tanh(raw[0])
         shift = raw[1]
-        xa = x.index_select(1, axis).view(n)
+        xa = x.select(1, consts.axis)
+        s = th * consts.max_log_scale
         if inverse:  # x_a = y_a e^s + shift
-            gain = torch.exp(th * max_log_scale)  # d out_a / d in_a
+            gain = torch.exp(s)  # d out_a / d in_a
             ya = torch.addcmul(shift, xa, gain)
             d_ds = ya - shift
         else:  # y_a = (x_a − shift) e^−s
-            gain = torch.exp(th * -max_log_scale)
+            gain = torch.exp(s.neg_())
             ya = (xa - shift) * gain
-            d_ds = -ya
+            d_ds = ya.neg()
         if training:
-            d_dshift = gain.neg() if not inverse else torch.ones_like(gain)
-            # ∂ out_a / ∂ raw, rows (log-scale, shift)
-            d_raw = torch.stack([d_ds * (1.0 - th * th).mul_(max_log_scale), d_dshift])
-            ctx.save_for_backward(axis, plane_coords, grid, h, a1, a2, d_raw, gain, *looks, *params)
-            ctx.meta = (use_coords, num_scales)
-        return x.index_copy(1, axis, ya.unsqueeze(1))
+            # ∂ out_a / ∂ raw_0 = d_ds · m (1 − th²)
+            d_raw0 = torch.addcmul(consts.max_log_scale, th, th, value=-consts.max_log_scale_value).mul_(d_ds)
+            ctx.save_for_backward(h, a1, a2, d_raw0, gain, *looks, *params)
+            ctx.meta = (consts, grid, use_coords, inverse, num_scales)
+        return torch.where(consts.moving, ya.unsqueeze(1), x)
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
-        use_coords, num_scales = ctx.meta
+        consts, grid, use_coords, inverse, num_scales = ctx.meta
         saved = ctx.saved_tensors
-        axis, plane_coords, grid, h, a1, a2, d_raw, gain = saved[:8]
-        looks = saved[8:8 + 3 * num_scales]
-        params = saved[8 + 3 * num_scales:]
+        h, a1, a2, d_raw0, gain = saved[:5]
+        looks = saved[5:5 + 3 * num_scales]
+        params = saved[5 + 3 * num_scales:]
         spatial, temporal = params[:num_scales], params[num_scales:2 * num_scales]
         w1, _, w2, _, w3, _ = params[2 * num_scales:]
         n = gy.shape[0]
-        gya = gy.index_select(1, axis).view(1, n)
-        g_raw = d_raw * gya  # (2, P)
+        gya = gy.select(1, consts.axis)
+        g_xa = gya * gain
+        # ∂ out_a / ∂ shift is 1 (inverse) or −gain (forward)
+        g_raw = torch.stack([d_raw0 * gya, gya if inverse else g_xa.neg()])  # (2, P)
         g_a2 = torch.ops.aten.threshold_backward(torch.mm(w3.t(), g_raw), a2, 0.0)
         g_a1 = torch.ops.aten.threshold_backward(torch.mm(w2.t(), g_a2), a1, 0.0)
         g_h = torch.mm(w1.t(), g_a1)  # (in, P)
@@ -98,12 +128,12 @@ class _CouplingStep(torch.autograd.Function):
         g_planes: list[Tensor] = []
         row = 0
         for i, (sg, tg) in enumerate(zip(spatial, temporal)):
-            sp, tm_swapped, tt = looks[3 * i:3 * i + 3]
+            sp, tm, tt = looks[3 * i:3 * i + 3]
             f = tt.shape[0]
             g_f = g_h[row:row + f].view(1, f, 1, n)
             row += f
             g_sp = g_f * tt
-            g_tm = (g_f * sp) * tm_swapped  # (2, F, 1, P): each time plane's gradient is the product of the others
+            g_tm = (g_f * sp) * tm.flip(0)  # each time plane's gradient is the product of the others
             gs, gcs = torch.ops.aten.grid_sampler_2d_backward(g_sp, sg, sp_grid, _BILINEAR, _BORDER, True, [True, True])
             gt, gct = torch.ops.aten.grid_sampler_2d_backward(g_tm, tg, tm_grid, _BILINEAR, _BORDER, True, [True, True])
             g = torch.cat([gcs, gct])  # (3, 1, P, 2)
@@ -112,20 +142,19 @@ class _CouplingStep(torch.autograd.Function):
         assert g_grid is not None
         if use_coords:
             g_grid[0, 0].add_(g_h[row:row + 2].t())
-        g_pts = gy.new_zeros(n, 4).index_add_(1, plane_coords, g_grid.squeeze(1).transpose(0, 1).reshape(n, 6))
-        g_x = gy.index_copy(1, axis, (gya * gain).view(n, 1)).add_(g_pts[:, :3])
-        return (g_x, None, None, None, None, None, None, None, *g_planes[0::2], *g_planes[1::2], *grads_w)
+        # each plane's grid coordinates back to the point coordinates they were read from (t takes none)
+        g_pts = torch.bmm(g_grid.reshape(3, n, 2), consts.coord_select).sum(0)  # (P, 3)
+        g_x = torch.where(consts.moving, g_xa.unsqueeze(1), gy).add_(g_pts)
+        return (g_x, None, None, None, None, None, *g_planes[0::2], *g_planes[1::2], *grads_w)
 
 
-def coupling_step(x: Float[Tensor, "P 3"], t: Float[Tensor, "P 1"], axis: Tensor, plane_coords: Tensor,
+def coupling_step(x: Float[Tensor, "P 3"], t: Float[Tensor, "P 1"], consts: CouplingConstants,
                   spatial: list[Tensor], temporal: list[Tensor], mlp: list[Tensor], use_coords: bool,
-                  max_log_scale: float, inverse: bool) -> Float[Tensor, "P 3"]:
+                  inverse: bool) -> Float[Tensor, "P 3"]:
     """One coupling layer, frame → canonical (or canonical → frame with `inverse`), as one autograd node.
 
-    `axis` is the moving coordinate as a (1,) long tensor and `plane_coords` the (6,) coordinate indices
-    [b, c, b, 3, c, 3] of the planes (b, c), (b, t), (c, t) (t is coordinate 3), both on x's device.
+    `consts` holds the layer's index tensors on x's device (`coupling_constants`).
     `spatial[s]` is scale s's (1, F, r, r) plane over (x_b, x_c), `temporal[s]` its (2, F, rows, r) planes
     over (x_b, t) and (x_c, t); `mlp` is [W1, b1, W2, b2, W3, b3] of the layer's 3-layer ReLU MLP.
     """
-    return _CouplingStep.apply(x, t, axis, plane_coords, bool(use_coords), float(max_log_scale), bool(inverse),
-                               len(spatial), *spatial, *temporal, *mlp)
+    return _CouplingStep.apply(x, t, consts, bool(use_coords), bool(inverse), len(spatial), *spatial, *temporal, *mlp)

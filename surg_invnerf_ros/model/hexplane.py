@@ -126,23 +126,3 @@ class MultiScaleHexPlane(nn.Module):
             new = resample_time_rows(g.data, self.num_frames, num_frames, rows, drop_first)
             self.time_grids[i] = nn.Parameter(new.contiguous())
         self.num_frames = int(num_frames)
-
-    def tv_loss(self) -> Float[Tensor, ""]:
-        """Total variation (squared differences) of the spatial planes, mean per texel."""
-        total = torch.zeros((), device=self._device())
-        for g in self.spatial_grids:
-            total = total + ((g[..., 1:, :] - g[..., :-1, :]) ** 2).mean() + ((g[..., 1:] - g[..., :-1]) ** 2).mean()
-        return total
-
-    def time_smooth_loss(self) -> Float[Tensor, ""]:
-        """Second difference of the time planes along t (K-Planes' time smoothness)."""
-        total = torch.zeros((), device=self._device())
-        for g in self.time_grids:
-            if g.shape[2] >= 3:
-                total = total + ((g[:, :, 2:] - 2 * g[:, :, 1:-1] + g[:, :, :-2]) ** 2).mean()
-        return total
-
-    def _device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")

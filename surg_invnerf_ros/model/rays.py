@@ -8,6 +8,7 @@ without stereo depth get `invalid_depth_samples` over the workspace instead.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import RenderConfig
@@ -22,9 +23,8 @@ def pixel_rays(uv_px: Float[Tensor, "R 2"], K: Float[Tensor, "3 3"], T_world_cam
     `cam_offset_m` moves the centre in the left camera frame: (baseline_m, 0, 0) gives the right
     camera of a rectified pair (X_right = X_left − [B, 0, 0]).
     """
-    y = (uv_px[:, 1] - K[1, 2]) / K[1, 1]
-    x = (uv_px[:, 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
-    dirs = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # (R, 3), camera frame
+    uv1 = F.pad(uv_px, (0, 1), value=1.0)  # homogeneous pixels (u, v, 1)
+    dirs = torch.linalg.solve_triangular(K, uv1.mT, upper=True).mT  # (R, 3) = K⁻¹ (u, v, 1), camera frame
     origins = torch.zeros_like(dirs)
     if cam_offset_m is not None:
         origins = origins + cam_offset_m
@@ -55,23 +55,20 @@ def project_px(x_world_m: Float[Tensor, "*#batch 3"], K: Float[Tensor, "3 3"],
     Points and transforms broadcast as in `transform_m`."""
     x = transform_m(T_cam_world, x_world_m)
     z = x[..., 2]
-    zc = z.clamp_min(1e-6)
-    u = K[0, 0] * x[..., 0] / zc + K[0, 1] * x[..., 1] / zc + K[0, 2]
-    v = K[1, 1] * x[..., 1] / zc + K[1, 2]
-    return torch.stack([u, v], dim=-1), z
+    uvw = torch.matmul(x, K.mT)  # (u z, v z, z): one product, not a scalar operation per entry of K
+    return uvw[..., :2] / z.clamp_min(1e-6).unsqueeze(-1), z
 
 
 def stratified(near: Float[Tensor, " R"], far: Float[Tensor, " R"], n: int, jitter: bool,
                generator: torch.Generator | None = None) -> Float[Tensor, "R S"]:
     """`n` depths per ray, one per equal bin of [near, far]: jittered in training, bin centres otherwise."""
     R = near.shape[0]
-    base = torch.arange(n, device=near.device, dtype=near.dtype).expand(R, n)
-    if jitter:
-        off = torch.rand(R, n, device=near.device, generator=generator)
-    else:
-        off = torch.full((R, n), 0.5, device=near.device)
-    s = (base + off) / n  # (R, S) in (0, 1)
-    return near[:, None] + (far - near)[:, None] * s
+    if jitter:  # bin starts k/n plus a uniform offset in [0, 1/n)
+        starts = torch.linspace(0.0, 1.0 - 1.0 / n, n, device=near.device, dtype=near.dtype)
+        s = torch.empty(R, n, device=near.device, dtype=near.dtype).uniform_(0.0, 1.0 / n, generator=generator).add_(starts)
+    else:  # bin centres (k + ½)/n
+        s = torch.linspace(0.5 / n, 1.0 - 0.5 / n, n, device=near.device, dtype=near.dtype).expand(R, n)
+    return torch.addcmul(near[:, None], (far - near)[:, None], s)  # (R, S), s in (0, 1)
 
 
 def band_limits_m(depth_m: Float[Tensor, " R"], fx_b: float, band_disp_px: float

@@ -24,6 +24,7 @@ from ..shapes import Float, Int
 from .canonical import CanonicalField
 from .coupling import InvertibleMap
 from .hexplane import t_norm_from_frame
+from .plane_regularisers import plane_regularisers
 from .workspace import Workspace
 
 
@@ -97,6 +98,8 @@ class RenderOutput:
 class InvNeRF(nn.Module):
     """Invertible map + canonical field + workspace: everything that is fitted to one sequence."""
 
+    _frame_t: Tensor  # (T,) normalised time of each frame (a buffer)
+
     def __init__(self, cfg: FitConfig, num_frames: int, workspace: Workspace, seed: int = 0) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(int(seed))
@@ -107,9 +110,17 @@ class InvNeRF(nn.Module):
         self.field = CanonicalField(cfg.canonical, num_frames, generator=gen)
         self.map.set_bf16(cfg.optim.bf16_mlp)
         self.field.bf16 = cfg.optim.bf16_mlp
+        self.register_buffer("_frame_t", self._frame_times(self.num_frames), persistent=False)
+
+    @staticmethod
+    def _frame_times(num_frames: int, device: torch.device | None = None) -> Float[Tensor, " T"]:
+        return t_norm_from_frame(torch.arange(max(num_frames, 1), device=device), num_frames)
 
     def t_norm(self, frame_idx: Int[Tensor, "*B"]) -> Float[Tensor, "*B 1"]:
-        return t_norm_from_frame(frame_idx, self.num_frames).unsqueeze(-1)
+        """Normalised time of frames (a table look-up; frames past either end read the end's time, which is
+        what the time planes' border padding gives them anyway)."""
+        idx = frame_idx.reshape(-1).clamp(0, self._frame_t.shape[0] - 1)
+        return self._frame_t.index_select(0, idx).view(*frame_idx.shape, 1)
 
     def grow_time(self, num_frames: int, drop_first: int = 0) -> None:
         """Resize the time axis (online use): fitted frames keep their map; with `drop_first` the window
@@ -117,6 +128,7 @@ class InvNeRF(nn.Module):
         self.map.grow_time(num_frames, drop_first)
         self.field.grow_time(num_frames, drop_first)
         self.num_frames = int(num_frames)
+        self._frame_t = self._frame_times(self.num_frames, self._frame_t.device)
 
     def to_canonical(self, x_world_m: Float[Tensor, "*B 3"], frame_idx: Int[Tensor, "*B"]) -> Float[Tensor, "*B 3"]:
         return self.map(self.workspace.to_norm(x_world_m), self.t_norm(frame_idx))
@@ -175,10 +187,6 @@ class InvNeRF(nn.Module):
                             x_target_m=x_target_m, x_target_norm=x_target_norm, anchor_target_m=anchor_target_m)
 
     def plane_regularisers(self) -> tuple[Tensor, Tensor]:
-        """(spatial TV, time smoothness) summed over every plane set."""
-        tv = self.field.planes.tv_loss()
-        ts = torch.zeros((), device=tv.device)
-        for p in self.map.planes():
-            tv = tv + p.tv_loss()
-            ts = ts + p.time_smooth_loss()
-        return tv, ts
+        """(spatial TV, time smoothness) summed over every plane of the map and the field (`plane_regularisers`)."""
+        sets = [self.field.planes, *self.map.planes()]
+        return plane_regularisers([g for p in sets for g in p.spatial_grids], [g for p in sets for g in p.time_grids])

@@ -170,3 +170,35 @@ def test_profile_steps_counts_operators_and_stages():
     names = [n for n, _ in prof.top_ops]
     assert len(names) == 10 and all(n.startswith("aten::") for n in names)
     assert any(not torch.equal(a, b) for a, b in zip(before, fitter.model.parameters())), "the steps trained"
+
+
+class TestContiguousParameters:
+    """One buffer per parameter group: the same optimisation, one tensor per group for the optimiser."""
+
+    def test_the_same_steps_with_one_tensor_per_group(self):
+        params, fitters = {}, {}
+        for flag in (True, False):
+            fitter = _fitter([f"optim.contiguous_params={str(flag).lower()}", "sampler.rays_per_step=32"])
+            for i in range(1, 6):  # includes a regulariser step
+                timed_step(fitter, i, {})
+            params[flag], fitters[flag] = [p.detach().clone() for p in fitter.model.parameters()], fitter
+        assert len(params[True]) == len(params[False]) > 10
+        for a, b in zip(params[True], params[False]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert [len(g["params"]) for g in fitters[True].opt.param_groups] == [1, 1]
+        assert sum(len(g["params"]) for g in fitters[False].opt.param_groups) == len(params[False])
+
+    def test_parameters_and_gradients_are_views_of_the_buffers(self):
+        fitter = _fitter(["sampler.rays_per_step=32"])
+        timed_step(fitter, 1, {})
+        model = fitter.model
+        for group, is_plane in zip(fitter.opt.param_groups, (True, False)):
+            (flat,) = group["params"]
+            members = [p for n, p in model.named_parameters() if ("grids" in n) == is_plane]
+            assert flat.numel() == sum(p.numel() for p in members)
+            for p in members:
+                assert p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+                assert p.grad is not None and p.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr()
+        assert float(flat.grad.abs().sum()) > 0  # autograd accumulated into the buffer
+        fitter.zero_grad()
+        assert float(flat.grad.abs().sum()) == 0.0 and model.map.layers[0].linears[0].weight.grad is not None
