@@ -536,7 +536,7 @@ def profile_fit(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
 
 
 def profile_fit_steps(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: FrontendConfig | None = None,
-                      steps: int = 5) -> StepProfile:
+                      steps: int = 8) -> StepProfile:
     """Operator calls and milliseconds per optimiser step of a fit of `seq` (`fit.profile.profile_steps`):
     the front end and a new model as `fit_invnerf` builds them, then `steps` profiled steps."""
     fit_cfg = fit_cfg or FitConfig()

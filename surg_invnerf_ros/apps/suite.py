@@ -125,7 +125,7 @@ def speed_report(sizes: Seq[tuple[int, int]] = ((256, 192), (640, 512)), frames:
     return out
 
 
-def fit_step_report(frames: int = 48, steps: int = 5) -> dict[str, Any]:
+def fit_step_report(frames: int = 48, steps: int = 8) -> dict[str, Any]:
     """One fit step profiled (`track.profile_fit_steps`) on the hard 256×192 set's seed 0, default config."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SynthConfig(frames=frames, width=256, height=192, seed=0, instrument=True, camera_motion=True,
