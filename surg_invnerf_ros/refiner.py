@@ -109,6 +109,8 @@ class InvNeRFRefiner:
 
         self.fit_cfg = load_config(FitConfig, refine_cfg.fit_config or None, list(refine_cfg.fit_overrides))
         self.fit_cfg = replace(self.fit_cfg, device=resolve_device(device))
+        if refine_cfg.worker_threads > 0:  # the fit stays on the refinement's threads, whatever fit.num_threads says
+            self.fit_cfg = replace(self.fit_cfg, num_threads=refine_cfg.worker_threads)
         # the fit's own front end (flow bank, chains, stereo) on refine.worker_threads threads
         self.frontend_cfg = (replace(frontend_cfg, workers=refine_cfg.worker_threads)
                              if refine_cfg.worker_threads > 0 else frontend_cfg)

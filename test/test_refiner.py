@@ -62,11 +62,13 @@ class TestProcessRefiner:
         finally:
             ref.close()
 
-    def test_the_fit_front_end_runs_on_worker_threads(self):
+    def test_the_fit_and_its_front_end_run_on_worker_threads(self):
         from surg_invnerf_ros.refiner import InvNeRFRefiner
 
-        assert InvNeRFRefiner(RefineConfig(worker_threads=1), FrontendConfig()).frontend_cfg.workers == 1
-        assert InvNeRFRefiner(RefineConfig(worker_threads=0), FrontendConfig(workers=3)).frontend_cfg.workers == 3
+        one = InvNeRFRefiner(RefineConfig(worker_threads=1, fit_overrides=("num_threads=0",)), FrontendConfig())
+        assert one.frontend_cfg.workers == 1 and one.fit_cfg.num_threads == 1
+        every = InvNeRFRefiner(RefineConfig(worker_threads=0, fit_overrides=("num_threads=2",)), FrontendConfig(workers=3))
+        assert every.frontend_cfg.workers == 3 and every.fit_cfg.num_threads == 2
 
     def test_a_window_that_slid_on_is_fitted_warm_and_computes_only_its_new_frames(self, monkeypatch):
         from dataclasses import replace

@@ -64,6 +64,22 @@ class TestTrackSequence:
         track.infer_tracks(res, seq, seq.queries)
         assert seen["inference"] == other and torch.get_num_threads() == before
 
+    def test_the_fit_flushes_denormals(self, tiny, monkeypatch):
+        seq, _, fe = tiny
+        tiny_float = torch.tensor([1e-39])  # a denormal float32
+        flushed = []
+        fitter_run = track.Fitter.run
+
+        def recording(self, *args, **kwargs):
+            flushed.append(float((tiny_float * 1.0)[0]) == 0.0)
+            return fitter_run(self, *args, **kwargs)
+
+        monkeypatch.setattr(track.Fitter, "run", recording)
+        assert float((tiny_float * 1.0)[0]) > 0
+        track.fit_invnerf(seq, load_config(FitConfig, None, TINY + ["max_steps=2"]), frontend=fe)
+        assert flushed == [True]
+        assert float((tiny_float * 1.0)[0]) > 0  # off again after the fit
+
     def test_fit_falls_and_beats_zero_motion(self, tiny):
         seq, gt, fe = tiny
         cfg = load_config(FitConfig, None, TINY + ["max_steps=160", "log_every=1"])

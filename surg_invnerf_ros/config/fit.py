@@ -113,8 +113,8 @@ class FitConfig:
         2.083, "The loop's budget scales with the clip: this many seconds per frame, at most time_budget_s "
         "(0: time_budget_s alone). 48 frames get 100 s.", lo=0.0)
     max_steps: int = option(6000, "Step budget.", lo=0)
-    num_threads: int = option(1, "torch CPU threads for the fit (process-wide; 0 leaves torch's default). One "
-        "thread is as fast on small batches and robust on a shared machine.", lo=0)
+    num_threads: int = option(0, "torch CPU threads for the fit and inference (process-wide; 0 leaves torch's "
+        "default, one per core). The node's refinement runs on refine.worker_threads instead.", lo=0)
     log_every: int = option(25, "Progress callback every this many steps.", lo=1)
     use_kinematics: bool = option(True, "Cast rays in the world frame from the sequence's camera poses when it has them.")
     pose_refine: bool = option(
