@@ -24,6 +24,10 @@ def pytest_configure(config):
         os.environ["ROS_DOMAIN_ID"] = str(1 + (base + 1 + idx) % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    # the workers share the cores: one torch thread each (fit.num_threads = 0 takes torch's count)
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
