@@ -195,7 +195,7 @@ def fit_invnerf(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_cfg: F
     fit_cfg = fit_cfg or FitConfig()
     frontend_cfg = frontend_cfg or FrontendConfig()
     device = torch.device(resolve_device(fit_cfg.device, key="fit.device"))
-    with torch_threads(fit_cfg.num_threads), flush_denormals():
+    with fit_cpu(fit_cfg.num_threads):
         return _fit(seq, fit_cfg, frontend_cfg, device, progress, init_state, frontend, frontend_cache)
 
 
@@ -213,16 +213,17 @@ def torch_threads(num_threads: int) -> Iterator[None]:
 
 
 @contextmanager
-def flush_denormals() -> Iterator[None]:
-    """CPU arithmetic flushes denormal floats to zero in the block (off again after). A fit's gradients and
-    Adam moments drift into the denormal range after a few dozen steps, where the CPU computes many times
-    slower: on the 2-core machine a step's backward took 46 ms instead of 32. Values below 1.2e-38 do not
-    matter to the fit; GPUs are unaffected."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
+def fit_cpu(num_threads: int) -> Iterator[None]:
+    """How a fit runs on the CPU: on `num_threads` torch threads (`torch_threads`), with denormal floats
+    flushed to zero (off again after). A fit's gradients and Adam moments drift into the denormal range
+    after a few dozen steps, where the CPU computes many times slower: on the 2-core machine a step's
+    backward took 46 ms instead of 32. Values below 1.2e-38 do not matter to the fit; GPUs are unaffected."""
+    with torch_threads(num_threads):
+        torch.set_flush_denormal(True)
+        try:
+            yield
+        finally:
+            torch.set_flush_denormal(False)
 
 
 def _fit(seq: Sequence, fit_cfg: FitConfig, frontend_cfg: FrontendConfig, device: torch.device,
@@ -493,7 +494,7 @@ def infer_tracks(result: FitResult, seq_or_calib: Sequence | StereoCalib | None,
         vis = np.zeros((T, 0), bool)
         xyz = np.zeros((T, 0, 3), np.float32)
     else:
-        with torch_threads(result.cfg.num_threads):  # as the fit: many threads stall on a shared CPU
+        with torch_threads(result.cfg.num_threads):  # the fit's thread count
             out = infer_points(result, qt, canonical=canonical)
         uv, vis, xyz = out.uv_px, out.visible, out.xyz_cam_m
     infer_s = time.perf_counter() - t0
@@ -562,7 +563,7 @@ def profile_fit_steps(seq: Sequence, fit_cfg: FitConfig | None = None, frontend_
     torch.manual_seed(fit_cfg.seed)
     model = _build_model(fit_cfg, seq.num_frames, Workspace.from_points(stereo_points_world_m(store, K, poses),
                                                                         fit_cfg.render), None, device)
-    with torch_threads(fit_cfg.num_threads), flush_denormals():  # as the fit runs
+    with fit_cpu(fit_cfg.num_threads):  # as the fit runs
         return profile_steps(Fitter(model, data, fit_cfg, device), steps=steps)
 
 

@@ -32,6 +32,11 @@ def photometric_loss(rgb_pred: Float[Tensor, "N 3"], rgb_target: Float[Tensor, "
     return _wmean((d * d).mean(-1), weight)
 
 
+def _inverse_stereo_depth(depth_stereo_m: Tensor) -> Tensor:
+    """1 / depth with NaN (no stereo) read as 1 m, so that a row of weight 0 stays finite."""
+    return depth_stereo_m.nan_to_num(nan=1.0).clamp_min(1e-6).reciprocal()
+
+
 def stereo_depth_loss_px(depth_pred_m: Float[Tensor, " N"], depth_stereo_m: Float[Tensor, " N"],
                          valid: Float[Tensor, " N"], fx_b: float) -> Float[Tensor, ""]:
     """Expected depth against stereo depth, as an absolute disparity difference in pixels.
@@ -41,11 +46,6 @@ def stereo_depth_loss_px(depth_pred_m: Float[Tensor, " N"], depth_stereo_m: Floa
     """
     inv_pred = depth_pred_m.clamp_min(1e-6).reciprocal()
     return _wmean(torch.abs(inv_pred - _inverse_stereo_depth(depth_stereo_m)), valid) * fx_b
-
-
-def _inverse_stereo_depth(depth_stereo_m: Tensor) -> Tensor:
-    """1 / depth with NaN (no stereo) read as 1 m, so that a row of weight 0 stays finite."""
-    return depth_stereo_m.nan_to_num(nan=1.0).clamp_min(1e-6).reciprocal()
 
 
 def line_of_sight_loss_px(weights: Float[Tensor, "N S"], z_m: Float[Tensor, "N S"], depth_stereo_m: Float[Tensor, " N"],

@@ -298,8 +298,6 @@ class Fitter:
         self.sampler = PixelSampler(cfg.sampler, data.num_frames, H, W, device=device, generator=self.gen,
                                     cell_px=data.cell_px, per_cell=data.per_cell)
         self.opt = make_optimiser(model, cfg, data.pose_correction)
-        # contiguous buffers keep their gradient (the parameters' gradients are views of it): zero it instead
-        self._grads_to_none = not cfg.optim.contiguous_params
         self._weight_vectors: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
         self.stats = FitStats()
         self.budget_s = fit_time_budget_s(cfg, data.num_frames)
@@ -323,8 +321,9 @@ class Fitter:
         return torch.add(fixed_w, scheduled_w, alpha=stereo_scale)
 
     def zero_grad(self) -> None:
-        """Clear the gradients before a backward pass."""
-        self.opt.zero_grad(set_to_none=self._grads_to_none)
+        """Clear the gradients before a backward pass (contiguous buffers keep theirs, zeroed: the parameters'
+        gradients are views of it)."""
+        self.opt.zero_grad(set_to_none=not self.cfg.optim.contiguous_params)
 
     # ------------------------------------------------------------------------------------------
     def progress_share(self, step: int, elapsed_s: float) -> float:

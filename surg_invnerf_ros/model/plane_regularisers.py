@@ -41,38 +41,39 @@ def _split(grad: Tensor, count: int) -> tuple[Tensor, ...]:
 class _PlaneSmoothness(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, num_spatial: int, *grids: Tensor) -> tuple[Tensor, Tensor]:
-        spatial, temporal = grids[:num_spatial], [g for g in grids[num_spatial:]]
-        ref = grids[0]
-        tv, ts = ref.new_zeros(()), ref.new_zeros(())
+        spatial, temporal = grids[:num_spatial], grids[num_spatial:]
+        tv, ts = grids[0].new_zeros(()), grids[0].new_zeros(())
         s_groups = _by_shape(spatial)
         t_groups = [idx for idx in _by_shape(temporal) if temporal[idx[0]].shape[2] >= 3]
         saved: list[Tensor] = []
+        stacked_shapes: list[torch.Size] = []
         for idx in s_groups:
             g = _stacked(spatial, idx)
+            stacked_shapes.append(g.shape)
             dh = g[:, :, 1:] - g[:, :, :-1]
             dw = g[..., 1:] - g[..., :-1]
             tv.add_((dh * dh).sum(), alpha=len(idx) / dh.numel()).add_((dw * dw).sum(), alpha=len(idx) / dw.numel())
             saved += [dh, dw]
         for idx in t_groups:
             q = _stacked(temporal, idx)
+            stacked_shapes.append(q.shape)
             d2 = torch.add(q[:, :, 2:], q[:, :, :-2]).sub_(q[:, :, 1:-1], alpha=2.0)
             ts.add_((d2 * d2).sum(), alpha=len(idx) / d2.numel())
             saved.append(d2)
         ctx.save_for_backward(*saved)
-        ctx.meta = (num_spatial, len(grids), s_groups, t_groups, [tuple(g.shape) for g in grids])
+        ctx.meta = (num_spatial, len(grids), s_groups, t_groups, stacked_shapes)
         return tv, ts
 
     @staticmethod
     def backward(ctx: Any, g_tv: Tensor, g_ts: Tensor) -> tuple[Tensor | None, ...]:
-        num_spatial, count, s_groups, t_groups, shapes = ctx.meta
+        num_spatial, count, s_groups, t_groups, stacked_shapes = ctx.meta
         saved = ctx.saved_tensors
         grads: list[Tensor | None] = [None] * count
         k = 0
-        for idx in s_groups:
+        for n, idx in enumerate(s_groups):
             dh, dw = saved[k], saved[k + 1]
             k += 2
-            shape = (len(idx) * shapes[idx[0]][0], *shapes[idx[0]][1:])
-            g = dh.new_zeros(shape)
+            g = dh.new_zeros(stacked_shapes[n])
             ch, cw = 2.0 * len(idx) / dh.numel(), 2.0 * len(idx) / dw.numel()
             dh, dw = dh * g_tv, dw * g_tv
             g[:, :, 1:].add_(dh, alpha=ch)
@@ -81,11 +82,10 @@ class _PlaneSmoothness(torch.autograd.Function):
             g[..., :-1].add_(dw, alpha=-cw)
             for i, part in zip(idx, _split(g, len(idx))):
                 grads[i] = part
-        for idx in t_groups:
+        for n, idx in enumerate(t_groups, start=len(s_groups)):
             d2 = saved[k] * g_ts
             k += 1
-            shape = (len(idx) * shapes[num_spatial + idx[0]][0], *shapes[num_spatial + idx[0]][1:])
-            g = d2.new_zeros(shape)
+            g = d2.new_zeros(stacked_shapes[n])
             c = 2.0 * len(idx) / d2.numel()
             g[:, :, 2:].add_(d2, alpha=c)
             g[:, :, :-2].add_(d2, alpha=c)
