@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import FrontendConfig, OnlineConfig, QueryConfig, RefineConfig
 from .errors import InputError
-from .frontend.bulk_motion import LOCAL_NEIGHBOURS, neighbour_shift
+from .frontend.bulk_motion import LOCAL_NEIGHBOURS, neighbour_median, neighbour_shift
 from .frontend.flow import to_grey
 from .frontend.lk import LKPointTracker
 from .frontend.stereo import stereo_depth_m
@@ -241,6 +241,10 @@ class OnlineTracker:
         self._model_z = np.zeros(0, np.float64)  # depth the last fit gave each query (NaN: none), where stereo has none
         self._occluded = np.zeros(0, bool)  # online.occlusion = stereo: something is in front of the point
         self._disp_ref = np.zeros(0, np.float64)  # the point's own disparity while visible, px (NaN: not measured yet)
+        # A covered point's last sight: the image it was last seen in (by frame index) and its pixel there.
+        self._seen_key = np.zeros(0, np.int64)  # -1: none
+        self._seen_uv = np.zeros((0, 2), np.float64)
+        self._seen_images: dict[int, np.ndarray] = {}
         # Where each query was placed: an origin image (by key) and its pixel there, for re-acquisition.
         self._origin_key = np.zeros(0, np.int64)  # -1: no origin image
         self._origin_uv = np.zeros((0, 2), np.float64)
@@ -337,6 +341,8 @@ class OnlineTracker:
         self._model_z = np.concatenate([self._model_z, np.full(len(uv), np.nan)])
         self._occluded = np.concatenate([self._occluded, np.zeros(len(uv), bool)])
         self._disp_ref = np.concatenate([self._disp_ref, np.full(len(uv), np.nan)])
+        self._seen_key = np.concatenate([self._seen_key, np.full(len(uv), -1, np.int64)])
+        self._seen_uv = np.concatenate([self._seen_uv, uv])
         key = -1 if origin_rgb_u8 is None else self._origin_key_of(origin_rgb_u8)
         self._origin_key = np.concatenate([self._origin_key, np.full(len(uv), key, np.int64)])
         self._origin_uv = np.concatenate([self._origin_uv, uv if origin_uv is None else origin_uv])
@@ -396,7 +402,8 @@ class OnlineTracker:
         return found
 
     def _stereo_occlusion(self, z_m: np.ndarray, tracked: np.ndarray, found: np.ndarray, carried_uv: np.ndarray,
-                          calib: StereoCalib) -> np.ndarray:
+                          calib: StereoCalib, prev: tuple[np.ndarray | None, np.ndarray],
+                          left: np.ndarray) -> np.ndarray:
         """`online.occlusion = stereo`, under the lock: update which points are covered and return the
         depth to report (N,) metres.
 
@@ -404,10 +411,14 @@ class OnlineTracker:
         running average over the frames it was seen in) by the factor `online.occluder_disparity_ratio`:
         something nearer than the tissue, an instrument, is in front of it. It also becomes covered when
         neither frame-to-frame LK (`tracked`) nor stereo finds it, once its own disparity is known: no
-        check says it is still there. It is uncovered when stereo sees its own depth at its pixel again,
-        or when re-acquisition from its origin image finds it (`found`). A point found covered this
-        frame goes back to `carried_uv` (moved with its neighbours), not where LK took it: onto the
-        occluder. A covered point reports the depth of its own disparity, not the occluder's.
+        check says it is still there. A point found covered this frame goes back to `carried_uv` (moved
+        with its neighbours), not where LK took it: onto the occluder; `prev` (the previous left image,
+        every point's pixel there) is its last sight. It is uncovered when re-acquisition from its origin
+        image finds it (`found`), when stereo sees its own depth at its pixel again, or, where stereo
+        says nothing, when LK re-finds it from its last sight (the re-acquisition check); in the last
+        two cases it goes where LK re-finds it. While covered, its own disparity changes as its visible
+        neighbours' do. A point reports the depth of its own disparity where it is covered or stereo
+        has none, not the occluder's.
         """
         disp = depth_from_disparity_m(z_m, calib.fx, calib.baseline_m)  # d = fx·B/Z, the same formula
         measured = np.isfinite(disp)
@@ -415,17 +426,67 @@ class OnlineTracker:
         unconfirmed = ~measured & ~tracked & np.isfinite(self._disp_ref)
         own = measured & ~nearer
         covered = (nearer | unconfirmed | (self._occluded & ~own)) & ~found
+        covered &= ~self._refind_seen(covered & self._occluded & ~measured, left)  # stereo silent: its last sight
+        self._refind_seen(self._occluded & ~covered & ~found & measured, left)  # uncovered by stereo: its position
         newly = covered & ~self._occluded
         self._uv[newly] = carried_uv[newly]
+        self._remember_seen(newly, *prev)
         self._occluded = covered
-        update = own & ~self._occluded
+        self._seen_key[~covered] = -1
+        self._forget_unseen()
+        update = own & ~covered
         w = self.online_cfg.disparity_ref_weight
-        self._disp_ref = np.where(update, np.where(np.isfinite(self._disp_ref),
-                                                   (1 - w) * self._disp_ref + w * disp, disp), self._disp_ref)
+        old_ref = self._disp_ref
+        self._disp_ref = np.where(update, np.where(np.isfinite(old_ref), (1 - w) * old_ref + w * disp, disp), old_ref)
+        if covered.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                change = self._disp_ref / old_ref
+            factor = neighbour_median(self._uv, change, update & np.isfinite(change), LOCAL_NEIGHBOURS)
+            if factor is not None:
+                self._disp_ref = np.where(covered, self._disp_ref * factor, self._disp_ref)
         # hide_unconfirmed keeps the re-acquisition's verdict as well
-        self._visible = (self._visible & ~self._occluded) if self.online_cfg.hide_unconfirmed else ~self._occluded
+        self._visible = (self._visible & ~covered) if self.online_cfg.hide_unconfirmed else ~covered
         z_own = depth_from_disparity_m(self._disp_ref, calib.fx, calib.baseline_m)
-        return np.where(self._occluded, z_own, z_m)
+        return np.where(covered | ~measured, z_own, z_m)
+
+    MAX_SEEN_IMAGES = 8  # last-sight images kept for covered points (the oldest go first)
+
+    def _remember_seen(self, newly: np.ndarray, prev_left: np.ndarray | None, prev_uv: np.ndarray) -> None:
+        """Keep the previous left image as the last sight of the points `newly` covered."""
+        if prev_left is None or not newly.any():
+            return
+        key = self._frame_index - 1
+        self._seen_images[key] = prev_left
+        self._seen_key[newly] = key
+        self._seen_uv[newly] = prev_uv[newly]
+        while len(self._seen_images) > self.MAX_SEEN_IMAGES:
+            oldest = min(self._seen_images)
+            del self._seen_images[oldest]
+            self._seen_key[self._seen_key == oldest] = -1
+
+    def _refind_seen(self, which: np.ndarray, left: np.ndarray) -> np.ndarray:
+        """LK from the last sight of the points `which` (N,) to `left` (the re-acquisition check): where
+        it passes, a point goes where it was found instead of where its neighbours carried it. Returns
+        which were found (N,) bool."""
+        refound = np.zeros(len(which), bool)
+        frontend = self.frontend
+        if not _can_reacquire(frontend):
+            return refound
+        for key in np.unique(self._seen_key[which & (self._seen_key >= 0)]):
+            idx = np.flatnonzero(which & (self._seen_key == key))
+            image = self._seen_images[int(key)]
+            if image.shape != left.shape:
+                continue
+            uv, ok = frontend.reacquire(image, left, self._seen_uv[idx], self._uv[idx])
+            ok = np.asarray(ok, bool)
+            self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
+            refound[idx[ok]] = True
+        return refound
+
+    def _forget_unseen(self) -> None:
+        """Drop the last-sight images no point refers to any more."""
+        for key in set(self._seen_images) - set(self._seen_key.tolist()):
+            del self._seen_images[key]
 
     def remove_queries(self, ids: np.ndarray) -> None:
         """Forget the given ids (others keep theirs)."""
@@ -462,6 +523,8 @@ class OnlineTracker:
         self._visible, self._age = self._visible[keep], self._age[keep]
         self._disp, self._seeded, self._model_z = self._disp[keep], self._seeded[keep], self._model_z[keep]
         self._occluded, self._disp_ref = self._occluded[keep], self._disp_ref[keep]
+        self._seen_key, self._seen_uv = self._seen_key[keep], self._seen_uv[keep]
+        self._forget_unseen()
         self._origin_key, self._origin_uv = self._origin_key[keep], self._origin_uv[keep]
         for key in set(self._origins) - set(self._origin_key.tolist()):  # images no query needs
             del self._origins[key]
@@ -513,6 +576,7 @@ class OnlineTracker:
                                  self._prev_left if self._prev_left is not None else left)
             stereo_occlusion = self.online_cfg.occlusion == "stereo"
             tracked = np.ones(len(self._ids), bool)  # frame-to-frame LK passed its checks
+            prev_left, prev_uv = self._prev_left, self._uv.copy()
             carried = self._uv.copy()  # each point moved with its visible neighbours (held without them)
             if self._prev_left is not None and len(self._ids):
                 uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))
@@ -555,7 +619,8 @@ class OnlineTracker:
             else:
                 z = np.zeros(0)
             if stereo_occlusion and len(z):
-                z = self._stereo_occlusion(np.asarray(z, np.float64), tracked, found, carried, frame.calib)
+                z = self._stereo_occlusion(np.asarray(z, np.float64), tracked, found, carried, frame.calib,
+                                           (prev_left, prev_uv), left)
             W, H = frame.calib.image_size
             inside = ((self._uv[:, 0] >= 0) & (self._uv[:, 1] >= 0) & (self._uv[:, 0] <= W - 1)
                       & (self._uv[:, 1] <= H - 1))

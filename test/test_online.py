@@ -439,42 +439,87 @@ class CoveringFrontEnd(FakeFrontEnd):
             ok[0] = not self.no_match
         return new, ok
 
-    def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
+    def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0, min_ncc=None):
         disp = np.full(len(uv), 4.0)
         if self.covered:
             disp[0] = np.nan if self.no_match else 5.0
         return calib.fx * calib.baseline_m / disp, disp
 
 
-@pytest.mark.parametrize("no_match", [False, True])
-def test_a_point_covered_by_an_occluder_is_hidden_held_to_its_neighbours_and_found_again(no_match):
-    front = CoveringFrontEnd()
-    front.no_match = no_match
+class UncoveringFrontEnd(FakeFrontEnd):
+    """The camera approaches while point 0 is covered: every disparity grows by `DISP_STEP_PX` a frame
+    from 4 px. Once uncovered, with `silent` stereo says nothing at point 0 (the window still holds the
+    occluder's edge); re-acquisition from its last sight finds it at `FOUND_PX` when `refind` holds,
+    while its origin image (frame 0) no longer matches."""
+
+    DISP_STEP_PX = 0.1
+    FOUND_PX = (31.0, 21.0)
+
+    def __init__(self, silent: bool, refind: bool):
+        self.covered = False
+        self.silent, self.refind = silent, refind
+        self.frame_index = 0
+        self.reacquired_from = []
+
+    def track(self, prev, cur, uv):
+        self.frame_index = int(cur[0, 0, 0])  # test frames are filled with their index
+        ok = np.ones(len(uv), bool)
+        ok[0] = not self.covered and not self.silent
+        return uv + np.array([FRONT_STEP_PX, 0.0], np.float32), ok
+
+    def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
+        disp = np.full(len(uv), 4.0 + self.DISP_STEP_PX * self.frame_index)
+        if self.covered or self.silent:
+            disp[0] = np.nan
+        return calib.fx * calib.baseline_m / disp, disp
+
+    def reacquire(self, origin, cur, origin_uv, guess_uv):
+        value = int(origin[0, 0, 0])
+        ok = np.full(len(origin_uv), value != 0 and self.refind and not self.covered)
+        if value != 0:
+            self.reacquired_from.append(value)
+        return np.where(ok[:, None], np.array(self.FOUND_PX), guess_uv), ok
+
+
+def cover_and_uncover(front: UncoveringFrontEnd):
+    """Frames 0-2 visible, 3-12 covered (disparity 4.3 -> 5.2 px, above 1.1x the point's when it was
+    covered), then frame 13 uncovered; returns the tracker and the results of frames 12 and 13."""
     trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
     trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0]]))
+    silent, front.silent = front.silent, False
     for i in range(3):
-        res = trk.push_frame(frame(i))
-    assert res.visible.all()
-    own_z = CALIB.fx * CALIB.baseline_m / 4.0
+        assert trk.push_frame(frame(i)).visible.all()
     front.covered = True
-    for i in range(3, 8):
-        res = trk.push_frame(frame(i))
-        assert res.visible.tolist() == [False, True, True, True]
-        # not dragged by the occluder: it moves with its neighbours (FRONT_STEP_PX per frame)
-        np.testing.assert_allclose(res.uv_px[0], [20.0 + i * FRONT_STEP_PX, 20.0], atol=1e-4)
-        assert res.xyz_cam_m[0, 2] == pytest.approx(own_z)  # its own depth, not the occluder's
-    front.covered = False
-    res = trk.push_frame(frame(8))
-    assert res.visible.all()  # stereo sees its own depth there again
-    # the old behaviour for comparison: LK passes its checks on the occluder, so the point is shown there
-    front = CoveringFrontEnd()
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
-                        online_cfg=OnlineConfig(occlusion="tracking"))
-    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0]]))
-    trk.push_frame(frame(0))
-    front.covered = True
-    res = trk.push_frame(frame(1))
-    assert res.visible[0] and res.uv_px[0, 0] == pytest.approx(25.0)
+    for i in range(3, 13):
+        covered = trk.push_frame(frame(i))
+        assert covered.visible.tolist() == [False, True, True, True]
+    front.covered, front.silent = False, silent
+    return trk, covered, trk.push_frame(frame(13))
+
+
+def test_a_covered_points_own_depth_follows_its_neighbours_so_stereo_finds_it_again():
+    front = UncoveringFrontEnd(silent=False, refind=False)
+    trk, covered, res = cover_and_uncover(front)
+    neighbours_z = CALIB.fx * CALIB.baseline_m / (4.0 + UncoveringFrontEnd.DISP_STEP_PX * 12)
+    assert covered.xyz_cam_m[0, 2] == pytest.approx(neighbours_z, rel=0.05)
+    assert covered.xyz_cam_m[0, 2] < 0.9 * CALIB.fx * CALIB.baseline_m / 4.0  # not the depth when it was covered
+    assert res.visible.all()  # stereo's 5.3 px is its own disparity now, not an occluder's
+    np.testing.assert_allclose(res.uv_px[0], [20.0 + 13 * FRONT_STEP_PX, 20.0], atol=1e-4)  # carried
+    assert set(front.reacquired_from) == {2}  # LK tried its last sight (each covered frame, and for its position)
+
+
+@pytest.mark.parametrize("refind", [True, False])
+def test_where_stereo_is_silent_an_uncovered_point_is_refound_from_its_last_sight(refind):
+    front = UncoveringFrontEnd(silent=True, refind=refind)
+    trk, covered, res = cover_and_uncover(front)
+    assert set(front.reacquired_from) == {2}  # the last frame it was seen in
+    assert res.visible[0] == refind
+    if refind:
+        np.testing.assert_allclose(res.uv_px[0], UncoveringFrontEnd.FOUND_PX)
+        assert not trk._seen_images  # no image kept once no point is covered
+    else:
+        assert len(trk._seen_images) == 1
+    assert np.isfinite(res.xyz_cam_m[0]).all()  # its own depth where stereo has none
 
 
 def test_the_instrument_covering_points_hides_them_on_a_synthetic_stream():

@@ -81,14 +81,15 @@ class OnlineConfig:
         "stereo", "How a covered point is found. stereo: it is covered when the stereo disparity at its pixel "
         "rises above its own (something nearer, an instrument, is in front) or when neither frame-to-frame LK "
         "nor stereo finds it; a covered point is reported not visible, moves with the median motion of its "
-        "visible neighbours instead of following LK, and is visible again once stereo sees its own depth there "
-        "or re-acquisition finds it. tracking: visible while frame-to-frame LK passes its checks.")
+        "visible neighbours instead of following LK, and is visible again once stereo sees its own depth there, "
+        "LK re-finds it from the last image it was seen in (that also sets its position) or re-acquisition "
+        "finds it. tracking: visible while frame-to-frame LK passes its checks.")
     occluder_disparity_ratio: float = option(
         1.1, "occlusion = stereo: a disparity this many times the point's own means an occluder in front.",
         lo=1.0)
     disparity_ref_weight: float = option(
         0.3, "occlusion = stereo: weight of a new visible frame in the point's own disparity (a running "
-        "average).", lo=0.0, hi=1.0)
+        "average); a covered point's own disparity changes as its visible neighbours' do.", lo=0.0, hi=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "online.")

@@ -38,13 +38,26 @@ def neighbour_shift(old_uv_px: np.ndarray, new_uv_px: np.ndarray, moved: np.ndar
     >>> neighbour_shift(old, new, np.array([True, True, True, True, False]), 2)[4].tolist()
     [1.0, 0.0]
     """
-    moved = np.asarray(moved, bool)
-    n_moved = int(moved.sum())
-    if not enough_movers(n_moved, len(moved)):
-        return None
     src = np.asarray(old_uv_px, np.float64)
-    disp = (np.asarray(new_uv_px, np.float64) - src)[moved]  # (M, 2)
-    k = min(int(neighbours), n_moved)
-    d2 = ((src[:, None, :] - src[moved][None, :, :]) ** 2).sum(-1)  # (N, M)
+    return neighbour_median(src, np.asarray(new_uv_px, np.float64) - src, moved, neighbours)
+
+
+def neighbour_median(uv_px: np.ndarray, values: np.ndarray, known: np.ndarray, neighbours: int
+                     ) -> np.ndarray | None:
+    """For each of N points at (N, 2) `uv_px`, the median of (N, ...) `values` over its `neighbours`
+    nearest points where `known` (N,) holds: a local estimate for the points whose own value is not
+    known. None when too few are known (`enough_movers`).
+
+    >>> uv = np.array([[0.0, 0], [1, 0], [10, 0], [0.5, 0]])
+    >>> neighbour_median(uv, np.array([2.0, 4, 9, 0]), np.array([True, True, True, False]), 2).tolist()
+    [3.0, 3.0, 6.5, 3.0]
+    """
+    known = np.asarray(known, bool)
+    n_known = int(known.sum())
+    if not enough_movers(n_known, len(known)):
+        return None
+    uv = np.asarray(uv_px, np.float64)
+    k = min(int(neighbours), n_known)
+    d2 = ((uv[:, None, :] - uv[known][None, :, :]) ** 2).sum(-1)  # (N, M)
     near = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (N, k)
-    return np.median(disp[near], axis=1)
+    return np.median(np.asarray(values)[known][near], axis=1)
