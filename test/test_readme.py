@@ -66,8 +66,8 @@ class TestGeneratedParameters:
     def test_a_changed_default_is_caught(self):
         gen = _generator()
         block = gen.readme_block()
-        assert "| `refine.warm_fit_s` | `1.5` |" in block
-        readme = README.read_text(encoding="utf-8").replace("| `refine.warm_fit_s` | `1.5` |",
+        assert "| `refine.warm_fit_s` | `1.0` |" in block
+        readme = README.read_text(encoding="utf-8").replace("| `refine.warm_fit_s` | `1.0` |",
                                                             "| `refine.warm_fit_s` | `2.0` |")
         assert gen.replace_block(readme, block) != readme
 

@@ -127,7 +127,7 @@ class RefineConfig:
         5.0, "Time budget of a fit from scratch (the first, and after a reset or a worker restart), seconds.",
         lo=0.1, hi=3600.0)
     warm_fit_s: float = option(
-        1.5, "Time budget of each later fit, seconds. It continues the last model on the window that slid on "
+        1.0, "Time budget of each later fit, seconds. It continues the last model on the window that slid on "
         "(shared frames keep their map, the canonical space is kept), so the model never restarts; shorter "
         "fits refine each keyframe sooner and more often.", lo=0.1, hi=3600.0)
     sample_stride_px: int = option(
