@@ -426,8 +426,10 @@ class OnlineTracker:
         unconfirmed = ~measured & ~tracked & np.isfinite(self._disp_ref)
         own = measured & ~nearer
         covered = (nearer | unconfirmed | (self._occluded & ~own)) & ~found
-        covered &= ~self._refind_seen(covered & self._occluded & ~measured, left)  # stereo silent: its last sight
-        self._refind_seen(self._occluded & ~covered & ~found & measured, left)  # uncovered by stereo: its position
+        # one LK pass from the last sight: it uncovers a point stereo says nothing of, and places one stereo uncovers
+        silent = covered & self._occluded & ~measured
+        refound = self._refind_seen(silent | (self._occluded & ~covered & ~found & measured), left)
+        covered &= ~(silent & refound)
         newly = covered & ~self._occluded
         self._uv[newly] = carried_uv[newly]
         self._remember_seen(newly, *prev)

@@ -22,7 +22,8 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from typing import Sequence as Seq
@@ -38,7 +39,9 @@ from ..frontend.baselines import BASELINES
 from ..io.sequence import read_sequence
 from ..structs import Sequence, Tracks
 from ..synth.generate import generate_sequence, time_generation
-from ..track import profile_fit_steps, track_sequence
+from ..eval.metrics import compute_metrics, query_frames_from
+from ..io.trackfile import read_tracks
+from ..track import fit_invnerf, infer_tracks, profile_fit_steps, run_frontend, track_sequence
 from .bench import bench_specs, bench_total, machine_info, run_bench, stamp_line
 from .frontend_bench import frontend_fps
 from .kinematics_bench import VARIANTS, run_kinematics_bench
@@ -122,6 +125,7 @@ def speed_report(sizes: Seq[tuple[int, int]] = ((256, 192), (640, 512)), frames:
         out["frontend_fps"][key] = frontend_fps(w, h, frames=24)
         print(f"[bench] speed {key}: generator {out['generator_s'][key]:.1f} s / {frames} frames", file=sys.stderr)
     out["fit_step"] = fit_step_report()
+    out["convergence"] = convergence_report()
     return out
 
 
@@ -134,6 +138,50 @@ def fit_step_report(frames: int = 48, steps: int = 8) -> dict[str, Any]:
         prof = profile_fit_steps(read_sequence(Path(tmp) / "seq"), steps=steps)
     print(f"[bench] fit step: {prof.aten_ops_per_step:.0f} ATen ops, {prof.ms_per_step:.0f} ms", file=sys.stderr)
     return {"frames": frames, "size": "256x192", **asdict(prof)}
+
+
+def accuracy_by_steps(seq: Sequence, gt: Tracks, steps: Seq[int], fit_cfg: FitConfig | None = None,
+                      frontend_cfg: FrontendConfig | None = None) -> list[dict[str, Any]]:
+    """Accuracy of a fit of `seq` given each step budget in `steps` (no time limit; the fit may still stop
+    earlier on its convergence rule): one front end, then one fit per budget, each with its learning-rate
+    schedule over its own budget. A row per budget: steps taken, fit seconds, EPE, end EPE, 3D error, δ_avg."""
+    fit_cfg = fit_cfg or FitConfig()
+    frontend_cfg = frontend_cfg or FrontendConfig()
+    store = run_frontend(seq, frontend_cfg, {}, fit_cfg)
+    query_frames = query_frames_from(gt, seq.queries)
+    rows = []
+    for budget in steps:
+        cfg = replace(fit_cfg, max_steps=int(budget), time_budget_s=0.0, time_budget_per_frame_s=0.0)
+        t0 = time.perf_counter()
+        result = fit_invnerf(seq, cfg, frontend_cfg, frontend=store)
+        fit_s = time.perf_counter() - t0
+        m = compute_metrics(infer_tracks(result, seq, seq.queries), gt, query_frames)
+        rows.append({"max_steps": int(budget), "steps": int(result.meta["steps"]), "fit_s": fit_s,
+                     "epe_px": m["epe_px"], "epe_end_px": m["epe_end_px"], "err3d_mm": m["err3d_mm"],
+                     "delta_avg": m["delta_avg"]})
+        print(f"[bench] convergence: {rows[-1]['steps']} steps, EPE {m['epe_px']:.3f} px in {fit_s:.0f} s",
+              file=sys.stderr)
+    return rows
+
+
+def first_reaching(rows: Seq[Mapping[str, Any]], target_epe_px: float) -> Mapping[str, Any] | None:
+    """The first row (fewest steps) whose EPE is at most `target_epe_px`, or None."""
+    return next((r for r in sorted(rows, key=lambda r: r["steps"]) if r["epe_px"] <= target_epe_px), None)
+
+
+CONVERGENCE_STEPS = (200, 400, 800, 1600)
+CONVERGENCE_TARGET_PX = 0.24  # the hard set's accuracy the fit is held to
+
+
+def convergence_report(frames: int = 48, steps: Seq[int] = CONVERGENCE_STEPS) -> dict[str, Any]:
+    """Steps to reach the accuracy: `accuracy_by_steps` on the hard 256×192 set's seed 0, default config."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SynthConfig(frames=frames, width=256, height=192, seed=0, instrument=True, camera_motion=True,
+                          difficulty="hard")
+        generate_sequence(Path(tmp) / "seq", cfg)
+        seq = read_sequence(Path(tmp) / "seq")
+        rows = accuracy_by_steps(seq, read_tracks(Path(tmp) / "seq" / "gt" / "tracks.npz"), steps)
+    return {"frames": frames, "size": "256x192", "target_epe_px": CONVERGENCE_TARGET_PX, "rows": rows}
 
 
 def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
@@ -171,6 +219,18 @@ def _speed_markdown(speed: Mapping[str, Any]) -> str:
                   f"| {fs['aten_ops_per_step']:.0f} | {fs['ms_per_step']:.1f} | {st['forward']:.1f} | "
                   f"{st['backward']:.1f} | {st['optimiser']:.1f} |", "",
                   "Most called: " + ", ".join(f"`{n}` {c:.0f}" for n, c in fs["top_ops"]) + "."]
+    conv = speed.get("convergence")
+    if conv:
+        lines += ["", f"Steps to reach the accuracy ({conv['size']}, {conv['frames']} hard frames, seed 0, default "
+                  "config; one fit per step budget, no time limit, each with its learning-rate schedule over its "
+                  "budget; the fit stops earlier where its convergence rule says so):", "",
+                  "| step budget | steps | fit s | EPE px | end EPE px | 3D mm | δ_avg |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['max_steps']} | {r['steps']} | {r['fit_s']:.0f} | {r['epe_px']:.3f} | {r['epe_end_px']:.3f} | "
+                  f"{r['err3d_mm']:.2f} | {r['delta_avg']:.3f} |" for r in conv["rows"]]
+        hit = first_reaching(conv["rows"], conv["target_epe_px"])
+        lines += ["", f"EPE ≤ {conv['target_epe_px']} px first reached with {hit['steps']} steps ({hit['fit_s']:.0f} s)."
+                  if hit else f"No budget here reached EPE ≤ {conv['target_epe_px']} px."]
     return "\n".join(head + lines) + "\n"
 
 

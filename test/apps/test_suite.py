@@ -1,5 +1,6 @@
 """The bench suite's pure parts: ablation configs and the check against the baselines."""
 
+import numpy as np
 import pytest
 
 from surg_invnerf_ros.apps.suite import ABLATIONS, baseline_check, variant
@@ -96,3 +97,39 @@ def test_speed_markdown_shows_the_fit_step():
                           "top_ops": [("aten::mul", 200.0), ("aten::add", 100.0)]}}
     md = _speed_markdown(speed)
     assert "| 1234 | 150.0 | 60.0 | 80.0 | 10.0 |" in md and "`aten::mul` 200" in md
+
+
+def test_speed_markdown_shows_the_steps_to_reach_the_accuracy():
+    from surg_invnerf_ros.apps.suite import _speed_markdown, first_reaching
+
+    rows = [{"max_steps": n, "steps": n, "fit_s": n / 10, "epe_px": e, "epe_end_px": e + 0.1, "err3d_mm": 0.5,
+             "delta_avg": 0.9} for n, e in ((100, 0.5), (200, 0.2), (400, 0.22))]
+    assert first_reaching(rows, 0.24)["steps"] == 200
+    assert first_reaching(rows, 0.1) is None
+    speed = {"generator_s": {"64x48": 0.5}, "frontend_fps": {"64x48": {"lk_64pts_fps": 100.0}},
+             "convergence": {"size": "64x48", "frames": 6, "target_epe_px": 0.24, "rows": rows}}
+    md = _speed_markdown(speed)
+    assert "| 200 | 200 | 20 | 0.200 | 0.300 | 0.50 | 0.900 |" in md
+    assert "first reached with 200 steps (20 s)" in md
+    speed["convergence"]["target_epe_px"] = 0.1
+    assert "No budget here reached EPE ≤ 0.1 px" in _speed_markdown(speed)
+
+
+def test_accuracy_by_steps_fits_once_per_budget_on_one_front_end(tmp_path, monkeypatch):
+    import surg_invnerf_ros.apps.suite as suite
+    from surg_invnerf_ros.config import SynthConfig
+    from surg_invnerf_ros.io.sequence import read_sequence
+    from surg_invnerf_ros.io.trackfile import read_tracks
+    from surg_invnerf_ros.synth.generate import generate_sequence
+
+    generate_sequence(tmp_path / "seq", SynthConfig(frames=4, width=64, height=48, seed=0))
+    seq = read_sequence(tmp_path / "seq")
+    gt = read_tracks(tmp_path / "seq" / "gt" / "tracks.npz")
+    fronts = []
+    real = suite.run_frontend
+    monkeypatch.setattr(suite, "run_frontend", lambda *a, **k: fronts.append(1) or real(*a, **k))
+    rows = suite.accuracy_by_steps(seq, gt, (2, 6), FitConfig(device="cpu"))
+    assert len(fronts) == 1
+    assert [r["max_steps"] for r in rows] == [2, 6]
+    assert all(r["steps"] <= r["max_steps"] for r in rows) and rows[1]["steps"] > rows[0]["steps"]
+    assert all(np.isfinite(r["epe_px"]) and r["fit_s"] > 0 for r in rows)
