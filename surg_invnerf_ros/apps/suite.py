@@ -34,13 +34,13 @@ from tqdm import tqdm
 from ..config import BenchConfig, FitConfig, FrontendConfig, SynthConfig, apply_overrides, from_dict, to_dict
 from ..config.bench import BenchPreset
 from ..errors import ConfigError
+from ..eval.metrics import compute_metrics, query_frames_from
 from ..eval.report import format_table, json_safe
 from ..frontend.baselines import BASELINES
 from ..io.sequence import read_sequence
+from ..io.trackfile import read_tracks
 from ..structs import Sequence, Tracks
 from ..synth.generate import generate_sequence, time_generation
-from ..eval.metrics import compute_metrics, query_frames_from
-from ..io.trackfile import read_tracks
 from ..track import fit_invnerf, infer_tracks, profile_fit_steps, run_frontend, track_sequence
 from .bench import bench_specs, bench_total, machine_info, run_bench, stamp_line
 from .frontend_bench import frontend_fps
