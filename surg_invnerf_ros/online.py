@@ -451,7 +451,7 @@ class OnlineTracker:
         z_own = depth_from_disparity_m(self._disp_ref, calib.fx, calib.baseline_m)
         return np.where(covered | ~measured, z_own, z_m)
 
-    MAX_SEEN_IMAGES = 8  # last-sight images kept for covered points (the oldest go first)
+    MAX_SEEN_IMAGES = 2  # last-sight images kept for covered points (the oldest go first)
 
     def _remember_seen(self, newly: np.ndarray, prev_left: np.ndarray | None, prev_uv: np.ndarray) -> None:
         """Keep the previous left image as the last sight of the points `newly` covered."""

@@ -184,15 +184,21 @@ def limit_process(refine_cfg: RefineConfig) -> dict[str, int]:
     """Lower this (refine) process's priority and bound its threads; the limits now in force.
 
     `refine.worker_nice` is added to the niceness (a process can only lower its own priority);
+    `refine.worker_idle` moves it to the idle scheduling class (Linux);
     `refine.worker_threads` > 0 bounds torch's and OpenCV's thread pools.
     """
     import torch
 
     nice = os.nice(refine_cfg.worker_nice) if refine_cfg.worker_nice > 0 else os.nice(0)
+    idle = 0
+    if refine_cfg.worker_idle and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        idle = 1
     if refine_cfg.worker_threads > 0:
         torch.set_num_threads(refine_cfg.worker_threads)
         cv2.setNumThreads(refine_cfg.worker_threads)
-    return {"nice": nice, "torch_threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads()}
+    return {"nice": nice, "idle_class": idle, "torch_threads": torch.get_num_threads(),
+            "opencv_threads": cv2.getNumThreads()}
 
 
 def _refine_process_main(conn: Any) -> None:

@@ -50,15 +50,17 @@ class TestProcessRefiner:
                        Queries(np.array([7, 9]), np.array([[0, 30.0, 20.0], [0, 40.0, 30.0]])))
         return RefineJob(seq=seq, init_state="warm" if warm else None, generation=0)
 
-    @pytest.mark.parametrize("nice,threads", [(10, 1), (0, 2)])
-    def test_priority_and_thread_limits_are_applied_in_the_child(self, nice, threads):
-        cfg = RefineConfig(worker_nice=nice, worker_threads=threads)
+    @pytest.mark.parametrize("nice,threads,idle", [(10, 1, False), (0, 2, False), (10, 1, True)])
+    def test_priority_and_thread_limits_are_applied_in_the_child(self, nice, threads, idle):
+        cfg = RefineConfig(worker_nice=nice, worker_threads=threads, worker_idle=idle)
         ref = ProcessRefiner(cfg, FrontendConfig(), device="cpu")
         try:
             mine = os.getpriority(os.PRIO_PROCESS, 0)
-            assert ref.limits == {"nice": mine + nice, "torch_threads": threads, "opencv_threads": threads}
-            # seen from outside, too: the kernel's niceness of the child
+            assert ref.limits == {"nice": mine + nice, "idle_class": int(idle), "torch_threads": threads,
+                                  "opencv_threads": threads}
+            # seen from outside, too: the kernel's niceness and scheduling class of the child
             assert os.getpriority(os.PRIO_PROCESS, ref._proc.pid) == mine + nice
+            assert (os.sched_getscheduler(ref._proc.pid) == os.SCHED_IDLE) == idle
         finally:
             ref.close()
 

@@ -120,6 +120,10 @@ class RefineConfig:
     worker_nice: int = option(
         10, "Niceness of the refine process (worker: process; 0 to 19): when the fit and the per-frame front "
         "end compete for the CPU, the fit yields.", lo=0, hi=19)
+    worker_idle: bool = option(
+        False, "Run the refine process (worker: process) in Linux's idle scheduling class (SCHED_IDLE): it gets "
+        "a core only when no other process wants it, so the per-frame path is never delayed by the fit; under "
+        "a CPU-bound neighbour the fit waits. Ignored where the class does not exist.")
     worker_threads: int = option(
         1, "CPU threads of the refinement: its flow and stereo front end, OpenCV and torch in the refine "
         "process (0: every core). One leaves the other cores to the per-frame path.", lo=0, hi=256)
