@@ -24,12 +24,26 @@ def test_live_and_refined_rows(tmp_path, capsys):
     live = {s: cloud(ids[::-1], du=2.0) for s in range(5)}  # another id order, 2 px off
     refined = {3: cloud(ids), 4: cloud(ids)}
     overlay = np.zeros((8, 8, 3), np.uint8)
-    assert _write_results(tmp_path, live, refined, gt, [(0, overlay)]) == 0
-    rows = {line.split("|")[1].strip(): line for line in (tmp_path / "metrics.md").read_text().splitlines()[2:]}
+    model = {"refined_coverage": "0.75", "refine_lag_p50_s": "3.5", "steps_per_s": "10"}
+    assert _write_results(tmp_path, live, refined, gt, [(0, overlay)], model) == 0
+    text = (tmp_path / "metrics.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()[2:] if line.startswith("|")}
     assert "| 2.00 |" in rows["front end (live)"]  # EPE 2 px, ids matched, not positions
     # frames 1, 2 stay 2 px off, 3 and 4 are exact (frame 0 is the query frame, not scored): 1 px; end 0
     assert "| 1.00 | 0.00 |" in rows["with refined"]
     assert (tmp_path / "overlay_contact_sheet.png").is_file()
+    line = "refinement: 75 % of keyframes refined, median lag 3.5 s, 10.0 model steps/s; with refined 1.00 px " \
+           "against the front end's 2.00 px: refinement improves what is published"
+    assert line in text and line in capsys.readouterr().out
+
+
+def test_the_refinement_line_says_when_refinement_does_not_help():
+    from surg_invnerf_ros.apps.demo_pipeline import refinement_summary
+
+    rows = [{"method": "front end (live)", "epe_px": 1.0}, {"method": "with refined", "epe_px": 1.2}]
+    assert refinement_summary({"refined_coverage": "1.0"}, rows).endswith("refinement does not improve what is published")
+    assert refinement_summary({}, rows[:1]) == ("refinement: no model diagnostics received; no refined tracks matched "
+                                                "the ground truth")
 
 
 def test_no_matching_frames_is_reported(tmp_path, capsys):
