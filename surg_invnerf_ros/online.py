@@ -205,6 +205,7 @@ class OnlineTracker:
     RESTART_BACKOFF_S = 1.0  # the wait before restarting a dead refine process, doubled per recent death
     RESTART_BACKOFF_MAX_S = 30.0
     DEATH_WINDOW_S = 60.0  # refine.worker_max_deaths deaths within this span stop refinement
+    MAX_SEEN_IMAGES = 2  # last-sight images kept for covered points, the oldest dropped first (one LK pass each a frame)
 
     def __init__(self, frontend_cfg: FrontendConfig | None = None, refine_cfg: RefineConfig | None = None,
                  query_cfg: QueryConfig | None = None, *, online_cfg: OnlineConfig | None = None,
@@ -450,8 +451,6 @@ class OnlineTracker:
         self._visible = (self._visible & ~covered) if self.online_cfg.hide_unconfirmed else ~covered
         z_own = depth_from_disparity_m(self._disp_ref, calib.fx, calib.baseline_m)
         return np.where(covered | ~measured, z_own, z_m)
-
-    MAX_SEEN_IMAGES = 2  # last-sight images kept for covered points (the oldest go first)
 
     def _remember_seen(self, newly: np.ndarray, prev_left: np.ndarray | None, prev_uv: np.ndarray) -> None:
         """Keep the previous left image as the last sight of the points `newly` covered."""
