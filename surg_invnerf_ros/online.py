@@ -34,7 +34,7 @@ from .config import FrontendConfig, OnlineConfig, QueryConfig, RefineConfig
 from .errors import InputError
 from .frontend.bulk_motion import LOCAL_NEIGHBOURS, neighbour_median, neighbour_shift
 from .frontend.flow import to_grey
-from .frontend.lk import LKPointTracker
+from .frontend.lk import LKPointTracker, patch_ncc
 from .frontend.stereo import stereo_depth_m
 from .geometry import depth_from_disparity_m, grid_points_px, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner, WorkerDied, exit_text
@@ -687,11 +687,15 @@ class OnlineTracker:
         self._model["reanchored"] = bool(trusted)
         for t, stamp in enumerate(stamps):
             vis = np.asarray(tr.visible[t], bool)
-            frames.append(FrameTracks(
+            ft = FrameTracks(
                 stamp_ns=int(stamp), ids=tr.ids[live].astype(np.int64), uv_px=tr.uv[t][live].astype(np.float32),
                 xyz_cam_m=tr.xyz[t][live].astype(np.float32), visible=vis[live],
                 confidence=vis[live].astype(np.float32), refined=np.ones(int(live.sum()), bool),
-                depth_m=None))
+                depth_m=None)
+            held = self._history.get(int(stamp))
+            if self.refine_cfg.publish == "best_of" and held is not None:
+                ft = self._best_of(ft, held, job.seq.left_rgb_u8[t])
+            frames.append(ft)
             if trusted and int(stamp) in self._history:
                 self._history[int(stamp)] = replace(frames[-1], depth_m=self._history[int(stamp)].depth_m)
         if res.depth_m is not None and frames:
@@ -723,6 +727,38 @@ class OnlineTracker:
                     shift(k.ids, k.uv_px)
         self._fit_state = res.state
         return frames
+
+    def _best_of(self, fit: FrameTracks, held: FrameTracks, left_rgb_u8: np.ndarray) -> FrameTracks:
+        """`refine.publish = best_of`, under the lock: per point, the fit's result unless the result already
+        held for the frame (the front end's, or an earlier fit's) matches the point's origin patch better
+        (zero-mean NCC over the LK window); then the held one, with refined = 0. Without an origin image, a
+        held result or a finite fit position, the fit's result stands; so does a tie (flat patches)."""
+        at_held = index_of(held.ids, fit.ids)
+        at_now = index_of(self._ids, fit.ids)
+        cand = (at_held >= 0) & (at_now >= 0) & np.isfinite(fit.uv_px).all(axis=1)
+        cand[cand] &= self._origin_key[at_now[cand]] >= 0
+        keep_held = np.zeros(len(fit.ids), bool)
+        grey = to_grey(left_rgb_u8)
+        win = self.frontend_cfg.lk.win_size_px
+        for key in np.unique(self._origin_key[at_now[cand]]):
+            idx = np.flatnonzero(cand & (self._origin_key[np.maximum(at_now, 0)] == key))
+            origin = self._origins.get(int(key))
+            if origin is None or origin.shape != left_rgb_u8.shape:
+                continue
+            o_grey, o_uv = to_grey(origin), self._origin_uv[at_now[idx]]
+            ncc_fit = patch_ncc(o_grey, o_uv, grey, fit.uv_px[idx].astype(np.float64), win)
+            ncc_held = patch_ncc(o_grey, o_uv, grey, held.uv_px[at_held[idx]].astype(np.float64), win)
+            keep_held[idx] = ncc_held > ncc_fit
+        if not keep_held.any():
+            return fit
+        src = np.maximum(at_held, 0)
+
+        def pick(of_fit: np.ndarray, of_held: np.ndarray) -> np.ndarray:
+            return np.where(keep_held.reshape(-1, *[1] * (of_fit.ndim - 1)), of_held[src], of_fit).astype(of_fit.dtype)
+
+        return replace(fit, uv_px=pick(fit.uv_px, held.uv_px), xyz_cam_m=pick(fit.xyz_cam_m, held.xyz_cam_m),
+                       visible=pick(fit.visible, held.visible), confidence=pick(fit.confidence, held.confidence),
+                       refined=fit.refined & ~keep_held)
 
     # ------------------------------------------------------------------ worker
 

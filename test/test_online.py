@@ -635,13 +635,64 @@ def textured_frame(i: int) -> StereoFrame:
                        stamp_ns=1_000_000_000 + i * 33_000_000)
 
 
+class ShiftRefiner:
+    """Tracks that move each query by `step_px` per frame along u (on `textured_frame`, whose content moves
+    by -1 px per frame, -1 is the truth)."""
+
+    def __init__(self, step_px: float):
+        self.step_px = step_px
+
+    def __call__(self, job):
+        q = job.seq.queries
+        frames = np.array([stamp_to_frame(s) for s in job.seq.stamps_ns], np.float64)
+        uv = q.uv_px[None] + (frames - frames[0])[:, None, None] * np.array([self.step_px, 0.0])
+        T, N = len(frames), len(q)
+        return RefineOutput(Tracks(ids=q.ids, uv=uv.astype(np.float32), visible=np.ones((T, N), bool),
+                                   xyz=np.full((T, N, 3), 0.05, np.float32)), state=None, stats={})
+
+
+class SlidingFrontEnd(FakeFrontEnd):
+    """Moves every point by `step_px` per frame along u."""
+
+    def __init__(self, step_px: float):
+        self.step_px = step_px
+
+    def track(self, prev, cur, uv):
+        return uv + np.array([self.step_px, 0.0], np.float32), np.ones(len(uv), bool)
+
+
+@pytest.mark.parametrize("fit_step,front_step,fit_wins", [(-1.0, -1.6, True), (-1.6, -1.0, False)])
+def test_a_refined_frame_keeps_per_point_whichever_matches_the_origin_patch(fit_step, front_step, fit_wins):
+    """refine.publish = best_of on a sliding texture: the fit's positions where they are the truer, the front
+    end's (refined = 0) where those are; publish = model always the fit's."""
+    for publish in ("best_of", "model"):
+        trk = OnlineTracker(refine_cfg=RefineConfig(keyframe_every=1, window_frames=6, min_keyframes=6,
+                                                    history_frames=50, publish=publish),
+                            frontend=SlidingFrontEnd(front_step), refiner=ShiftRefiner(fit_step))
+        trk.add_queries(np.array([[20.0, 20.0], [30.0, 26.0], [40.0, 22.0]]))
+        for i in range(6):
+            trk.push_frame(textured_frame(i))
+        refined = wait_for(trk.poll)
+        trk.close()
+        assert refined, "no refined result within 5 s"
+        last = refined[-1]  # frame 5
+        fit_uv = np.array([[20.0, 20.0], [30.0, 26.0], [40.0, 22.0]]) + [5 * fit_step, 0.0]
+        front_uv = fit_uv + [5 * (front_step - fit_step), 0.0]
+        use_fit = fit_wins or publish == "model"
+        np.testing.assert_allclose(last.uv_px, fit_uv if use_fit else front_uv, atol=1e-4)
+        assert last.refined.all() == use_fit and last.refined.any() == use_fit
+        assert np.isclose(last.xyz_cam_m[0, 2], 0.05) == use_fit
+
+
 class TestProcessWorker:
     """The refine process dies under the tracker (kill -9): it is restarted, the front end never waits."""
 
     START_S = 120.0  # a child start imports torch: seconds, more on a busy machine
 
     def tracker(self, **kw):
+        # publish = model: every refined message is the fit's own (these tests are about the worker's life)
         cfg = dict(keyframe_every=1, window_frames=4, min_keyframes=3, new_keyframes=1, history_frames=500,
+                   publish="model",
                    fit_overrides=("max_steps=3", "time_budget_s=30.0", "num_threads=1", "log_every=1"))
         cfg.update(kw)
         trk = OnlineTracker(refine_cfg=RefineConfig(**cfg), frontend=StillFrontEnd(), device="cpu")

@@ -145,6 +145,10 @@ class RefineConfig:
         0.5, "The front end re-anchors on a fit only when at least this share of the fit's error cells "
         "converged (the fit's own measure of how well it explains the correspondences); a fit below it is "
         "still published (refined=1) but does not move the live estimate. 0: always re-anchor.", lo=0.0, hi=1.0)
+    publish: Literal["best_of", "model"] = option(
+        "best_of", "What a refined frame holds per point. best_of: the fit's position, unless the position the "
+        "node already published for that frame matches the point's origin patch better (zero-mean NCC over "
+        "the lk window); then that one, with refined = 0 for the point. model: the fit's positions throughout.")
     query_anchor: Literal["window", "canonical"] = option(
         "window", "Where a fit starts each query: window places it at its first keyframe in the window, from "
         "the history (the front end's estimate, or a steering fit's); canonical keeps the canonical point the "
