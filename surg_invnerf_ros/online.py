@@ -681,11 +681,9 @@ class OnlineTracker:
         frames: list[FrameTracks] = []
         live = np.isin(tr.ids, self._ids)
         # A fit steers the tracker (its results replace the history the next window's queries start from,
-        # and the front end re-anchors on it) when it converged enough; with publish = best_of also, point
-        # by point, where its position won the origin-patch test. It is published either way.
+        # and the front end re-anchors on it) only when it converged enough; it is published either way.
         converged = res.stats.get("converged_fraction")
         trusted = not isinstance(converged, (int, float)) or converged >= self.refine_cfg.reanchor_min_converged
-        best_of = self.refine_cfg.publish == "best_of"
         self._model["reanchored"] = bool(trusted)
         for t, stamp in enumerate(stamps):
             vis = np.asarray(tr.visible[t], bool)
@@ -695,23 +693,20 @@ class OnlineTracker:
                 confidence=vis[live].astype(np.float32), refined=np.ones(int(live.sum()), bool),
                 depth_m=None)
             held = self._history.get(int(stamp))
-            if best_of and held is not None:
+            if self.refine_cfg.publish == "best_of" and held is not None:
                 ft = self._best_of(ft, held, job.seq.left_rgb_u8[t])
             frames.append(ft)
-            if (trusted or best_of) and held is not None:
+            if trusted and int(stamp) in self._history:
                 self._history[int(stamp)] = replace(frames[-1], depth_m=self._history[int(stamp)].depth_m)
         if res.depth_m is not None and frames:
             frames[-1].depth_m = np.asarray(res.depth_m, np.float32)
             frames[-1].left_rgb_u8 = job.seq.left_rgb_u8[-1]
-        # Re-anchor on the newest covered keyframe: shift by the correction the fit made there (every point
-        # of a trusted fit; with best_of alone, the points whose fit position won). Later keyframe snapshots
-        # descend from the same uncorrected state, so they shift too.
+        # Re-anchor on the newest covered keyframe: shift by the correction the fit made there.
+        # Later keyframe snapshots descend from the same uncorrected state, so they shift too.
         kf = next((k for k in reversed(self._keyframes) if k.frame.stamp_ns == int(stamps[-1])), None)
-        newest = frames[-1] if frames else None
-        moved = np.zeros(0, np.int64)
-        if kf is not None and newest is not None and (trusted or best_of):
-            ok = newest.visible & np.isfinite(newest.uv_px).all(axis=1) & (newest.refined | trusted)
-            rid, ruv = newest.ids[ok], newest.uv_px[ok].astype(np.float64)
+        if kf is not None and len(tr.ids) and trusted:
+            ok = np.asarray(tr.visible[-1], bool) & np.isfinite(tr.uv[-1]).all(axis=1)
+            rid, ruv = tr.ids[ok].astype(np.int64), tr.uv[-1][ok].astype(np.float64)
             at_kf = index_of(kf.ids, rid)
             rid, ruv, at_kf = rid[at_kf >= 0], ruv[at_kf >= 0], at_kf[at_kf >= 0]
             delta = ruv - kf.uv_px[at_kf]
@@ -723,15 +718,13 @@ class OnlineTracker:
 
             moved = shift(self._ids, self._uv)
             self._age[moved] = float(self._frame_index - kf.index)
-            from_fit = ok & newest.refined
-            at_now = index_of(self._ids, newest.ids[from_fit])
-            z_fit = newest.xyz_cam_m[from_fit, 2].astype(np.float64)
+            at_now = index_of(self._ids, tr.ids[ok].astype(np.int64))
+            z_fit = tr.xyz[-1][ok, 2].astype(np.float64)
             has = (at_now >= 0) & np.isfinite(z_fit)
             self._model_z[at_now[has]] = z_fit[has]
             for k in self._keyframes:
                 if k.index > kf.index:
                     shift(k.ids, k.uv_px)
-        self._model["reanchored_points"] = int(len(moved))
         self._fit_state = res.state
         return frames
 
