@@ -731,8 +731,9 @@ class OnlineTracker:
     def _best_of(self, fit: FrameTracks, held: FrameTracks, left_rgb_u8: np.ndarray) -> FrameTracks:
         """`refine.publish = best_of`, under the lock: per point, the fit's result unless the result already
         held for the frame (the front end's, or an earlier fit's) matches the point's origin patch better
-        (zero-mean NCC over the LK window); then the held one, with refined = 0. Without an origin image, a
-        held result or a finite fit position, the fit's result stands; so does a tie (flat patches)."""
+        (zero-mean NCC over the LK window); then the held one. Either way the point is the refinement's
+        verdict (refined stays 1). Without an origin image, a held result or a finite fit position, the fit's
+        result stands; so does a tie (flat patches)."""
         at_held = index_of(held.ids, fit.ids)
         at_now = index_of(self._ids, fit.ids)
         cand = (at_held >= 0) & (at_now >= 0) & np.isfinite(fit.uv_px).all(axis=1)
@@ -757,8 +758,7 @@ class OnlineTracker:
             return np.where(keep_held.reshape(-1, *[1] * (of_fit.ndim - 1)), of_held[src], of_fit).astype(of_fit.dtype)
 
         return replace(fit, uv_px=pick(fit.uv_px, held.uv_px), xyz_cam_m=pick(fit.xyz_cam_m, held.xyz_cam_m),
-                       visible=pick(fit.visible, held.visible), confidence=pick(fit.confidence, held.confidence),
-                       refined=fit.refined & ~keep_held)
+                       visible=pick(fit.visible, held.visible), confidence=pick(fit.confidence, held.confidence))
 
     # ------------------------------------------------------------------ worker
 

@@ -148,7 +148,7 @@ class RefineConfig:
     publish: Literal["best_of", "model"] = option(
         "best_of", "What a refined frame holds per point. best_of: the fit's position, unless the position the "
         "node already published for that frame matches the point's origin patch better (zero-mean NCC over "
-        "the lk window); then that one, with refined = 0 for the point. model: the fit's positions throughout.")
+        "the lk window); then that one. model: the fit's positions throughout.")
     query_anchor: Literal["window", "canonical"] = option(
         "window", "Where a fit starts each query: window places it at its first keyframe in the window, from "
         "the history (the front end's estimate, or a steering fit's); canonical keeps the canonical point the "
