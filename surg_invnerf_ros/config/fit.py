@@ -89,7 +89,7 @@ class OptimConfig:
 
     lr_planes: float = option(0.02, "Learning rate of the feature planes.", lo=0.0)
     lr_mlp: float = option(0.003, "Learning rate of the MLPs and appearance codes.", lo=0.0)
-    lr_final_scale: float = option(0.1, "Learning rates decay to this share at the end of the budget.", lo=0.0, hi=1.0)
+    lr_final_scale: float = option(0.03, "Learning rates decay to this share at the end of the budget.", lo=0.0, hi=1.0)
     warmup_steps: int = option(50, "Linear learning-rate warm-up.", lo=0)
     fused_adam: bool = option(True, "torch.optim.Adam(fused=True) where supported.")
     contiguous_params: bool = option(True, "Hold each parameter group in one buffer (parameters and gradients are views "
