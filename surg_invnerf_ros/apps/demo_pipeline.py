@@ -25,7 +25,7 @@ from ..eval.report import format_table, metrics_row
 from ..io.trackfile import tracks_from_records
 from ..ros import convert
 from ..ros.bag_nodes import use_large_data_transport
-from ..ros.diagnostics import diagnostics_to_dict
+from ..ros.diagnostics import diagnostic_float, diagnostics_to_dict
 from ..ros.procs import start_entry_point, stop_process, use_local_discovery
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "track.yaml"
@@ -146,12 +146,7 @@ def _live_line(t_s: float, live: dict, refined: dict, gt: dict) -> str:
 def refinement_summary(model: dict[str, str], rows: list[dict]) -> str:
     """One line on the live refinement: keyframes refined and lag (the tracker's /diagnostics), and whether
     publishing the refined tracks beat the front end's (mean EPE of the "with refined" row against the live row)."""
-    def num(key: str) -> float:
-        try:
-            return float(model.get(key, "nan"))
-        except ValueError:
-            return float("nan")
-    cov, lag, sps = num("refined_coverage"), num("refine_lag_p50_s"), num("steps_per_s")
+    cov, lag, sps = (diagnostic_float(model, k) for k in ("refined_coverage", "refine_lag_p50_s", "steps_per_s"))
     head = (f"refinement: {100 * cov:.0f} % of keyframes refined, median lag {lag:.1f} s, {sps:.1f} model steps/s"
             if np.isfinite(cov) else "refinement: no model diagnostics received")
     by = {r["method"]: r.get("epe_px", float("nan")) for r in rows}

@@ -49,7 +49,7 @@ from sensor_msgs.msg import PointCloud2
 from ..eval.report import json_safe
 from ..ros import convert
 from ..ros.bag_nodes import use_large_data_transport
-from ..ros.diagnostics import diagnostics_to_dict
+from ..ros.diagnostics import diagnostic_float, diagnostics_to_dict
 from ..ros.procs import start_entry_point, stop_process, use_local_discovery
 from .bench import machine_info, stamp_line
 
@@ -463,12 +463,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
     diag = diagnostics_to_dict(got["diag"][-1]) if got["diag"] else {}
     d_in, d_tr, d_mod = (diag.get(f"{NODE}: {k}", {}) for k in ("input", "tracking", "model"))
 
-    def num(d: Mapping[str, str], key: str) -> float:
-        try:
-            return float(d.get(key, "nan"))
-        except ValueError:
-            return float("nan")
-
+    num = diagnostic_float
     node_drops = {k[len("drops."):]: int(v) for k, v in d_in.items() if k.startswith("drops.")}
 
     # Accuracy over the last `window` seconds of the run: the live (front-end) results as published, and

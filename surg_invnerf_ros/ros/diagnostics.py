@@ -215,6 +215,14 @@ def level_int(level: bytes | int) -> int:
     return level[0] if isinstance(level, (bytes, bytearray)) else int(level)
 
 
+def diagnostic_float(values: Mapping[str, str], key: str) -> float:
+    """A numeric value of one status of `diagnostics_to_dict`; NaN when absent or not a number."""
+    try:
+        return float(values.get(key, "nan"))
+    except ValueError:
+        return float("nan")
+
+
 def diagnostics_to_dict(msg: DiagnosticArray) -> dict[str, dict[str, str]]:
     """DiagnosticArray → {status name: {key: value, "_level": "0".."3", "_message": text}}."""
     out = {}
