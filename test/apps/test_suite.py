@@ -133,3 +133,6 @@ def test_accuracy_by_steps_fits_once_per_budget_on_one_front_end(tmp_path, monke
     assert [r["max_steps"] for r in rows] == [2, 6]
     assert all(r["steps"] <= r["max_steps"] for r in rows) and rows[1]["steps"] > rows[0]["steps"]
     assert all(np.isfinite(r["epe_px"]) and r["fit_s"] > 0 for r in rows)
+    report = suite.convergence_report(seq, gt, steps=(2,))
+    assert report["size"] == "64x48" and report["frames"] == 4 and len(report["rows"]) == 1
+    assert len(fronts) == 2  # one front end per report
