@@ -379,28 +379,38 @@ class OnlineTracker:
     def _reacquire(self, left: np.ndarray) -> np.ndarray:
         """Re-find queries from their origin images (`online.reacquire_every`); under the lock.
         Returns which queries were found (N,) bool."""
+        tried, found = self._refind(self._origins, self._origin_key, self._origin_uv, self._origin_key >= 0, left)
+        self._visible[found] = True
+        self._age[found] = 0.0
+        if self.online_cfg.hide_unconfirmed:  # the origin patch is not there: covered, or out of view
+            self._visible[tried & ~found] = False
+        return found
+
+    def _refind(self, images: dict[int, np.ndarray], keys: np.ndarray, image_uv: np.ndarray, which: np.ndarray,
+                left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Under the lock: LK from a stored image to `left` (the front end's `reacquire`, with its check) for
+        the points `which` (N,); `keys` (N,) names each point's image in `images` (-1: none), `image_uv`
+        (N, 2) its pixel there. A point found goes where it was found. An image of another size than
+        `left` is forgotten (its points' keys set to -1). Returns which were tried and which found, (N,) bool."""
+        tried, found = np.zeros(len(which), bool), np.zeros(len(which), bool)
         frontend = self.frontend
-        found = np.zeros(len(self._ids), bool)
         if not _can_reacquire(frontend):
-            return found
-        for key in np.unique(self._origin_key[self._origin_key >= 0]):
-            idx = np.flatnonzero(self._origin_key == key)
-            origin = self._origins[int(key)]
-            if origin is left:  # placed on this very frame
+            return tried, found
+        for key in np.unique(keys[which & (keys >= 0)]):
+            idx = np.flatnonzero(which & (keys == key))
+            image = images[int(key)]
+            if image is left:  # placed on this very frame
                 continue
-            if origin.shape != left.shape:  # the image size changed: start these queries afresh here
-                del self._origins[int(key)]
-                self._origin_key[idx] = -1
+            if image.shape != left.shape:  # the image size changed: these points start afresh here
+                del images[int(key)]
+                keys[keys == key] = -1
                 continue
-            uv, ok = frontend.reacquire(origin, left, self._origin_uv[idx], self._uv[idx])
+            uv, ok = frontend.reacquire(image, left, image_uv[idx], self._uv[idx])
             ok = np.asarray(ok, bool)
+            tried[idx] = True
             found[idx[ok]] = True
             self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
-            self._visible[idx[ok]] = True
-            self._age[idx[ok]] = 0.0
-            if self.online_cfg.hide_unconfirmed:  # the origin patch is not there: covered, or out of view
-                self._visible[idx[~ok]] = False
-        return found
+        return tried, found
 
     def _stereo_occlusion(self, z_m: np.ndarray, tracked: np.ndarray, found: np.ndarray, carried_uv: np.ndarray,
                           calib: StereoCalib, prev: tuple[np.ndarray | None, np.ndarray],
@@ -466,23 +476,9 @@ class OnlineTracker:
             self._seen_key[self._seen_key == oldest] = -1
 
     def _refind_seen(self, which: np.ndarray, left: np.ndarray) -> np.ndarray:
-        """LK from the last sight of the points `which` (N,) to `left` (the re-acquisition check): where
-        it passes, a point goes where it was found instead of where its neighbours carried it. Returns
-        which were found (N,) bool."""
-        refound = np.zeros(len(which), bool)
-        frontend = self.frontend
-        if not _can_reacquire(frontend):
-            return refound
-        for key in np.unique(self._seen_key[which & (self._seen_key >= 0)]):
-            idx = np.flatnonzero(which & (self._seen_key == key))
-            image = self._seen_images[int(key)]
-            if image.shape != left.shape:
-                continue
-            uv, ok = frontend.reacquire(image, left, self._seen_uv[idx], self._uv[idx])
-            ok = np.asarray(ok, bool)
-            self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
-            refound[idx[ok]] = True
-        return refound
+        """LK from the last sight of the points `which` (N,) to `left` (`_refind`): where it passes, a point
+        goes where it was found instead of where its neighbours carried it. Returns which were found."""
+        return self._refind(self._seen_images, self._seen_key, self._seen_uv, which, left)[1]
 
     def _forget_unseen(self) -> None:
         """Drop the last-sight images no point refers to any more."""
