@@ -46,12 +46,15 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
+from ..eval.metrics import frame_metrics
 from ..eval.report import json_safe
 from ..ros import convert
 from ..ros.bag_nodes import use_large_data_transport
 from ..ros.diagnostics import diagnostic_float, diagnostics_to_dict
 from ..ros.procs import start_entry_point, stop_process, use_local_discovery
+from ..structs import Tracks
 from .bench import machine_info, stamp_line
+from .stream_reference import frame_points, match_scene_frames, offline_tracks, scene_config
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +188,13 @@ def point_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def live_accuracy(frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Accuracy over (prediction, ground truth) frames: mean and median 2D EPE (px), mean 3D error (mm),
-    visibility accuracy, and the share of visible predictions without 3D. Frames whose ids differ
-    from the ground truth's are left out (counted in `frames`, not in `point_frames`)."""
+    """Accuracy over (prediction, ground truth) frames: mean and median 2D EPE (px) and mean 3D error (mm)
+    where both say visible, visibility accuracy, the share of visible predictions without 3D, and the
+    TAP-Vid figures of the offline benchmark (`eval.metrics.frame_metrics`: EPE over visible ground truth
+    whatever the prediction says, δ_avg, AJ) with the 3D error over visible ground truth. Frames whose ids
+    differ from the ground truth's are left out (counted in `frames`, not in `point_frames`)."""
     e2, e3, agree, no3d, shown = [], [], [], [], []
+    err_all, err3_all, pred_vis, gt_vis = [], [], [], []
     for p, g in frames:
         if len(p) != len(g) or not np.array_equal(p["id"], g["id"]):
             continue
@@ -198,18 +204,32 @@ def live_accuracy(frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, 
         agree.append(r["vis_agree"])
         no3d.append(r["no3d"])
         shown.append(p["visible"] == 1)
+        e = np.hypot(p["u"] - g["u"], p["v"] - g["v"]).astype(np.float64)
+        err_all.append(np.where(np.isfinite(e), e, np.inf))
+        d = np.stack([p[c] - g[c] for c in ("x", "y", "z")], axis=-1).astype(np.float64)
+        err3_all.append(np.linalg.norm(d, axis=-1))
+        pred_vis.append(p["visible"] == 1)
+        gt_vis.append(g["visible"] == 1)
+    nan = float("nan")
     if not e2:
-        nan = float("nan")
         return {"epe_px": nan, "epe_px_median": nan, "err_3d_mm": nan, "visibility_accuracy": nan,
-                "no_3d_share": nan, "point_frames": 0, "frames": len(frames)}
+                "no_3d_share": nan, "epe_gt_visible_px": nan, "err_3d_gt_visible_mm": nan, "delta_avg": nan,
+                "aj": nan, "point_frames": 0, "frames": len(frames)}
     a2, a3 = np.concatenate(e2), np.concatenate(e3)
     ok2, ok3 = np.isfinite(a2), np.isfinite(a3)
     n_shown = int(np.concatenate(shown).sum())
-    return {"epe_px": float(a2[ok2].mean()) if ok2.any() else float("nan"),
-            "epe_px_median": float(np.median(a2[ok2])) if ok2.any() else float("nan"),
-            "err_3d_mm": float(a3[ok3].mean() * 1e3) if ok3.any() else float("nan"),
+    err, pv, gv = np.concatenate(err_all), np.concatenate(pred_vis), np.concatenate(gt_vis)
+    tap = frame_metrics(err[None], pv[None], gv[None], np.ones((1, len(err)), bool))
+    err3 = np.concatenate(err3_all)[gv]
+    err3 = err3[np.isfinite(err3)]  # points without depth: counted in `no_3d_share`, not here
+    return {"epe_px": float(a2[ok2].mean()) if ok2.any() else nan,
+            "epe_px_median": float(np.median(a2[ok2])) if ok2.any() else nan,
+            "err_3d_mm": float(a3[ok3].mean() * 1e3) if ok3.any() else nan,
             "visibility_accuracy": float(np.concatenate(agree).mean()),
-            "no_3d_share": float(np.concatenate(no3d).sum() / n_shown) if n_shown else float("nan"),
+            "no_3d_share": float(np.concatenate(no3d).sum() / n_shown) if n_shown else nan,
+            "epe_gt_visible_px": tap["epe_px"],
+            "err_3d_gt_visible_mm": float(err3.mean() * 1e3) if len(err3) else nan,
+            "delta_avg": tap["delta_avg"], "aj": tap["aj"],
             "point_frames": int(ok2.sum()), "frames": len(frames)}
 
 
@@ -218,6 +238,21 @@ HARD_SCENE = {"synth.difficulty": "hard", "synth.instrument": "true", "synth.cam
 ACCURACY_WINDOW_S = 60.0  # live accuracy over the last this many seconds of a run (at most half of it)
 COVERAGE_WARMUP_S = 10.0  # refined coverage counts keyframes from this many seconds into the run ...
 LAG_ALLOWANCE_S = 5.0  # ... to this many seconds before its end
+
+
+def reference_accuracy(frames_gt: Sequence[np.ndarray], frames_live: Sequence[np.ndarray],
+                       references: tuple[Tracks, Mapping[str, Tracks]] | None) -> dict[str, Any] | None:
+    """Each offline method's accuracy (`live_accuracy`) over the scene frames the received ground-truth
+    frames show, beside the live accuracy over the same (matched) frames; None without references."""
+    if references is None:
+        return None
+    scene_gt, tracks = references
+    idx = match_scene_frames(frames_gt, scene_gt)
+    ok = [int(n) for n in np.flatnonzero(idx >= 0)]
+    methods = {name: live_accuracy([(frame_points(tr, int(idx[n]), frames_gt[n]["id"]), frames_gt[n]) for n in ok])
+               for name, tr in tracks.items()}
+    return {"frames": len(frames_gt), "matched_frames": len(ok), "scene_frames_seen": len(set(idx[ok].tolist())),
+            "live": live_accuracy([(frames_live[n], frames_gt[n]) for n in ok]), "methods": methods}
 
 
 def stir_latency_ms(values_s: Sequence[float], skip: int = STIR_LATENCY_SKIP_FRAMES) -> float:
@@ -281,7 +316,8 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
                   extra_params: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
                   startup_timeout_s: float = 120.0, drain_s: float = 3.0,
                   progress: Callable[[float, float], None] | None = None,
-                  scene: Mapping[str, str] | None = None, cpu_load: int = 0) -> dict[str, Any]:
+                  scene: Mapping[str, str] | None = None, cpu_load: int = 0,
+                  reference: Sequence[str] = (), reference_dir: str | Path | None = None) -> dict[str, Any]:
     """Run synthetic_stereo → track_node for `duration_s` and measure it from this process.
 
     Args:
@@ -301,6 +337,10 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
         progress: called about once a second with (elapsed_s, duration_s).
         scene: more `synth.*` parameters of the source, name → ROS value text (e.g. HARD_SCENE).
         cpu_load: CPU-bound processes run beside the node during the measurement (each busy on one core).
+        reference: methods (e.g. "invnerf", "dis", "lk") run offline after the measurement on the scene's
+            frames (`stream_reference`); their error over the frames of the live accuracy window is reported
+            beside the node's.
+        reference_dir: where the scene and the reference tracks are kept and reused (default: `log_dir`).
 
     Returns:
         A JSON-ready dict: settings, `latency_ms` (p50/p95/p99/mean/max, this process's receipt),
@@ -326,12 +366,12 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     tracker_params.update(extra_params or {})
     for k, v in tracker_params.items():
         tracker_args += ["-p", f"{k}:={v}"]
-    source_args = ["-r", f"__ns:={ns}", "-r", f"queries_out:={ns}/{NODE}/queries",
-                   "-p", f"synth.width:={width}", "-p", f"synth.height:={height}",
-                   "-p", f"synth.frames:={scene_frames}", "-p", f"synth.num_queries:={num_queries}",
-                   "-p", f"synth.fps:={float(rate_hz)}", "-p", f"rate_hz:={float(rate_hz)}", "-p", "end:=pingpong",
-                   "-p", "wait_for_subscribers_s:=30.0"]
-    for k, v in (scene or {}).items():
+    source_params = {"synth.width": str(width), "synth.height": str(height), "synth.frames": str(scene_frames),
+                     "synth.num_queries": str(num_queries), "synth.fps": str(float(rate_hz)),
+                     "rate_hz": str(float(rate_hz)), "end": "pingpong", "wait_for_subscribers_s": "30.0",
+                     **(scene or {})}
+    source_args = ["-r", f"__ns:={ns}", "-r", f"queries_out:={ns}/{NODE}/queries"]
+    for k, v in source_params.items():
         source_args += ["-p", f"{k}:={v}"]
 
     got: dict[str, list] = {"points": [], "gt": [], "diag": []}
@@ -410,10 +450,15 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     machine = {**machine_info(), "loadavg_1min_start": load_start[0], "loadavg_1min_end": os.getloadavg()[0],
                "cpu_load_procs": cpu_load}
     assert sampler is not None  # the try block above started it and ran to its end
+    refs = None
+    if reference:  # after the measurement: the offline fits must not share the CPU with the node
+        ref_device = device if device in ("cpu", "cuda") else "auto"
+        refs = offline_tracks(scene_config(source_params), reference, reference_dir or log_dir, ref_device)
     return _summarise(got, n_gt, t0, t1, (t0_wall_ns, t1_wall_ns), machine, width=width, height=height, rate_hz=rate_hz,
                       device=device, refine=refine, num_queries=num_queries, tracker_ready_s=tracker_ready_s,
                       scene_name=scene_label(scene),
-                      sampler=sampler, logs=logs, convert=convert, diagnostics_to_dict=diagnostics_to_dict)
+                      sampler=sampler, logs=logs, convert=convert, diagnostics_to_dict=diagnostics_to_dict,
+                      references=refs)
 
 
 def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_wall_ns: tuple[int, int],
@@ -421,8 +466,10 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
                width: int, height: int, rate_hz: float, device: str, refine: bool, num_queries: int,
                scene_name: str = "default",
                tracker_ready_s: float, sampler: RssSampler, logs: Mapping[str, str], convert: Any,
-               diagnostics_to_dict: Any) -> dict[str, Any]:
-    """The result dict from the recorded messages and RSS samples."""
+               diagnostics_to_dict: Any, references: tuple[Tracks, Mapping[str, Tracks]] | None = None
+               ) -> dict[str, Any]:
+    """The result dict from the recorded messages and RSS samples; `references`: the scene's ground truth
+    and offline tracks of it by method (`stream_reference.offline_tracks`)."""
     duration = t1 - t0
     gt, gt_recv_ns = {}, {}
     for recv_ns, m in got["gt"][:n_gt]:
@@ -474,6 +521,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
     acc_live = live_accuracy([(live[st], gt[st]) for st in last])
     acc_best = live_accuracy([(refined[st] if st in refined else live[st], gt[st]) for st in last])
     acc_refined = live_accuracy([(refined[st], gt[st]) for st in refined if st in gt])
+    acc_reference = reference_accuracy([gt[st] for st in last], [live[st] for st in last], references)
     # Refined coverage of keyframes after the warm-up, leaving the last LAG_ALLOWANCE_S (a keyframe of
     # the last seconds may still be in a fit when the run stops); keyframes = processed frames / the
     # keyframe spacing the node reports.
@@ -504,7 +552,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
                     "fits": fits, "fits_per_min": fits / minutes, "model_state": d_mod.get("_message", "")},
         "accuracy": {"err_2d_px_median": float(np.median(err)) if err else float("nan"), "point_frames": len(err),
                      "series": error_series(err_t_s, err), "window_s": window_s, "live": acc_live,
-                     "with_refined": acc_best, "refined_only": acc_refined},
+                     "with_refined": acc_best, "refined_only": acc_refined, "reference": acc_reference},
         "refinement": {"keyframe_coverage": min(coverage, 1.0) if math.isfinite(coverage) else coverage,
                        "keyframes_covered": covered, "keyframe_every": kf_every,
                        "lag_s_median": float(np.median(lags)) if lags else float("nan"),
@@ -580,6 +628,26 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
                      f"{_f(alone['epe_px_median'], 2)}, {_f(alone['err_3d_mm'], 2)} | "
                      f"{_f(100 * rf['keyframe_coverage'])} % | {_f(rf['lag_s_median'])} / {_f(rf['lag_s_p95'])} | "
                      f"{_f(rf['steps_per_s'])} |")
+    ref_rows = [(r, r["accuracy"]["reference"]) for r in runs if r.get("accuracy", {}).get("reference")]
+    if ref_rows:
+        lines += ["", "| run | tracks | EPE (px) | 3D (mm) | δ_avg | AJ | visibility acc. | EPE, 3D where both "
+                  "say visible | live ÷ these: EPE, 3D |", "|---|---|---|---|---|---|---|---|---|"]
+        for r, ref in ref_rows:
+            lv = ref["live"]
+            rows = [(f"live (node), {ref['matched_frames']} frames of {ref['scene_frames_seen']} scene frames", lv)]
+            rows += [(f"offline {name}", acc) for name, acc in ref["methods"].items()]
+            for i, (label, a) in enumerate(rows):
+                ratio = "" if i == 0 else (f"{_f(lv['epe_gt_visible_px'] / a['epe_gt_visible_px'], 2)}×, "
+                                           f"{_f(lv['err_3d_gt_visible_mm'] / a['err_3d_gt_visible_mm'], 2)}×")
+                lines.append(f"| {run_label(r) if i == 0 else ''} | {label} | {_f(a['epe_gt_visible_px'], 2)} | "
+                             f"{_f(a['err_3d_gt_visible_mm'], 2)} | {_f(a['delta_avg'], 3)} | {_f(a['aj'], 3)} | "
+                             f"{_f(a['visibility_accuracy'], 3)} | {_f(a['epe_px'], 2)}, {_f(a['err_3d_mm'], 2)} | "
+                             f"{ratio} |")
+        lines += ["", "Offline: each method run after the measurement on the scene's distinct frames (the stream "
+                  "plays them back and forth), from the same queries; its error is taken over the scene frames the "
+                  "live window's frames show. The classical trackers chain through at most those frames once, the "
+                  "node through the whole stream. EPE, 3D, δ_avg and AJ as in the offline benchmark: over every "
+                  "point the ground truth shows, whether or not the tracker calls it visible (3D: those with a depth)."]
     m = runs[0]["machine"] if runs else {}
     lines += ["", f"Accuracy against the source's ground truth over the last {_f(ACCURACY_WINDOW_S, 0)} s of each run "
               f"(at most half of it): live = the front-end messages as published; with refined = a frame's latest "
@@ -609,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hard", action="store_true", help="hard scene with an instrument and camera motion")
     ap.add_argument("--scene-frames", type=int, default=60, help="distinct frames the source ping-pongs over")
     ap.add_argument("--cpu-load", type=int, default=0, help="CPU-bound processes run beside the node")
+    ap.add_argument("--reference", action="append", default=[], metavar="METHOD",
+                    help="after each run, track the scene offline with this method (invnerf, dis, lk, ...) and "
+                         "report its error over the live window's frames (repeatable)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="a tracker parameter, e.g. refine.keyframe_every:=15 (repeatable)")
     ap.add_argument("--out", default="out/bench")
@@ -623,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run_ros_bench(w, h, args.rate_hz, args.duration_s, args.device, refine=not args.no_refine,
                                   log_dir=out / f"ros_{w}x{h}_logs", scene=HARD_SCENE if args.hard else None,
                                   scene_frames=args.scene_frames, cpu_load=args.cpu_load,
+                                  reference=args.reference, reference_dir=out / "ros_reference",
                                   extra_params=dict(p.split(":=", 1) for p in args.param)))
     (out / "ros_bench.json").write_text(json.dumps(json_safe(runs), indent=2))
     md = format_ros_bench(runs)

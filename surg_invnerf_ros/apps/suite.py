@@ -183,12 +183,18 @@ def convergence_report(seq: Sequence, gt: Tracks, steps: Seq[int] = CONVERGENCE_
             "rows": accuracy_by_steps(seq, gt, steps)}
 
 
+#: Offline methods whose error on the ROS benchmark's hard scene is reported beside the node's live error.
+ROS_REFERENCE = ("invnerf", "dis", "lk")
+
+
 def ros_report(out: Path, device: str) -> list[dict[str, Any]]:
     """The node under a 30 Hz synthetic stream: the hard scene (instrument, camera motion) for 120 s at 256×192,
-    alone and beside a CPU-bound process, then the default scene for 60 s at 640×512."""
+    alone and beside a CPU-bound process, against `ROS_REFERENCE` offline on the scene's frames; then the
+    default scene for 60 s at 640×512."""
     from .ros_bench import HARD_SCENE, format_ros_bench, run_ros_bench  # optional: needs the ROS 2 wheels
 
-    hard = {"scene": HARD_SCENE, "scene_frames": 300, "duration_s": 120.0}
+    hard = {"scene": HARD_SCENE, "scene_frames": 300, "duration_s": 120.0, "reference": ROS_REFERENCE,
+            "reference_dir": out / "ros_reference"}
     results = [run_ros_bench(256, 192, rate_hz=30.0, device=device, **hard),
                run_ros_bench(256, 192, rate_hz=30.0, device=device, cpu_load=1, **hard),
                run_ros_bench(640, 512, rate_hz=30.0, duration_s=60.0, device=device)]

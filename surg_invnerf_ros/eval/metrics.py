@@ -128,9 +128,10 @@ def stir_delta_3d(pred_xyz_mm: np.ndarray, gt_xyz_mm: np.ndarray,
     return float(np.mean(list(acc.values())))
 
 
-def _frame_metrics(err_px: np.ndarray, pred_vis: np.ndarray, gt_vis: np.ndarray, evaluated: np.ndarray,
-                   suffix: str) -> dict[str, float]:
-    """EPE, δ per threshold and δ_avg, OA and AJ over the `evaluated` entries of (T', N) arrays."""
+def frame_metrics(err_px: np.ndarray, pred_vis: np.ndarray, gt_vis: np.ndarray, evaluated: np.ndarray,
+                  suffix: str = "") -> dict[str, float]:
+    """EPE (over visible ground truth, whatever the prediction says), δ per threshold and δ_avg, OA and AJ
+    over the `evaluated` entries of (T', N) arrays (TAP-Vid); keys end in `suffix`."""
     out: dict[str, float] = {}
     vis_eval = gt_vis & evaluated
     out[f"epe{suffix}_px"] = _masked_mean(err_px, vis_eval)
@@ -203,8 +204,8 @@ def compute_metrics(pred: Tracks, gt: Tracks, query_frames: np.ndarray | None = 
     vis_eval = gt_vis & evaluated
 
     out: dict[str, float] = {"num_points": float(N), "num_frames": float(T)}
-    out.update(_frame_metrics(err_tapvid, pred_vis, gt_vis, evaluated, ""))
-    out.update(_frame_metrics(err_tapvid[-1:], pred_vis[-1:], gt_vis[-1:], evaluated[-1:], "_end"))
+    out.update(frame_metrics(err_tapvid, pred_vis, gt_vis, evaluated, ""))
+    out.update(frame_metrics(err_tapvid[-1:], pred_vis[-1:], gt_vis[-1:], evaluated[-1:], "_end"))
     out["epe_px"] = _masked_mean(err_px, vis_eval)  # native pixels, whatever tapvid.size
     out["epe_end_px"] = _masked_mean(err_px[-1:], vis_eval[-1:])
     finite = np.isfinite(err_px)

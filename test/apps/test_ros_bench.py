@@ -83,6 +83,23 @@ class TestSummaries:
         assert acc["no_3d_share"] == pytest.approx(1 / 3) and acc["point_frames"] == 2 and acc["frames"] == 2
         assert math.isnan(rbm.live_accuracy([])["epe_px"])
 
+    def test_live_accuracy_tapvid_figures_count_hidden_points(self):
+        from surg_invnerf_ros.ros.convert import TRACKED_POINTS_DTYPE
+
+        def pts(u, vis, z):
+            a = np.zeros(len(u), TRACKED_POINTS_DTYPE)
+            a["id"], a["u"], a["v"], a["visible"], a["z"] = np.arange(len(u)), u, 0.0, vis, z
+            return a
+
+        gt = pts([0.0, 0.0, 0.0, 0.0], [1, 1, 0, 1], [0.05] * 4)
+        pred = pts([3.0, 1.0, 9.0, 5.0], [1, 1, 1, 0], [0.052, np.nan, 0.05, 0.053])  # point 3 hidden, 5 px off
+        acc = rbm.live_accuracy([(pred, gt)])
+        assert acc["epe_px"] == pytest.approx(2.0)  # where both say visible
+        assert acc["epe_gt_visible_px"] == pytest.approx(3.0)  # (3 + 1 + 5) / 3: the hidden point counts
+        assert acc["err_3d_gt_visible_mm"] == pytest.approx(2.5)  # points 0 and 3; point 1 has no depth
+        assert acc["delta_avg"] == pytest.approx((0 + 1 / 3 + 2 / 3 + 1 + 1) / 5)
+        assert acc["aj"] == pytest.approx((0 + 1 / 5 + 2 / 4 + 2 / 4 + 2 / 4) / 5)
+
     def test_stir_latency_skips_warm_up_and_averages_p99_p95_mean(self):
         warm_up = [10.0] * 15  # 10 s each: left out
         lat = warm_up + [0.001 * i for i in range(1, 101)]  # 1 … 100 ms
@@ -91,9 +108,14 @@ class TestSummaries:
         assert math.isnan(rbm.stir_latency_ms(warm_up))
 
 
+def live_point_frames(r):
+    return r["accuracy"]["live"]["point_frames"]
+
+
 def test_tiny_run(tmp_path):
     r = rbm.run_ros_bench(64, 48, rate_hz=20.0, duration_s=4.0, device="cpu", refine=False, num_queries=6,
-                          scene_frames=8, log_dir=tmp_path, startup_timeout_s=60.0, drain_s=1.5)
+                          scene_frames=8, log_dir=tmp_path, startup_timeout_s=60.0, drain_s=1.5,
+                          reference=["lk"], reference_dir=tmp_path / "ref")
     assert (r["width"], r["height"], r["refine"]) == (64, 48, False)
     assert r["duration_s"] >= 4.0
     lat = r["latency_ms"]
@@ -106,7 +128,11 @@ def test_tiny_run(tmp_path):
     assert r["accuracy"]["point_frames"] > 0
     assert (tmp_path / "tracker.log").read_text() and (tmp_path / "source.log").read_text()
     md = rbm.format_ros_bench([r, r])
-    assert md.count("| 64×48 @ 20 Hz, default, ") == 6 and "peak RSS" in md  # 3 tables, 2 runs
+    assert md.count("| 64×48 @ 20 Hz, default, ") == 8 and "peak RSS" in md  # 4 tables, 2 runs
+    ref = r["accuracy"]["reference"]  # the scene rendered offline is the one the source streamed
+    assert ref["frames"] > 0 and ref["matched_frames"] == ref["frames"] and ref["scene_frames_seen"] >= 2
+    assert ref["methods"]["lk"]["point_frames"] > 0 and ref["live"]["point_frames"] == live_point_frames(r)
+    assert "| offline lk |" in md
     assert r["scene"] == "default" and r["cpu_load"] == 0
     live = r["accuracy"]["live"]
     assert live["point_frames"] > 0 and 0 <= live["visibility_accuracy"] <= 1 and live["epe_px"] >= 0

@@ -1,0 +1,99 @@
+"""Offline trackers on the frames a synthetic stream played: the reference for the node's live accuracy.
+
+The ROS benchmark streams `synth.frames` distinct frames back and forth (`end = pingpong`). Here the same
+scene is written as a sequence, tracked offline by each reference method (InvNeRF, the classical
+baselines) from the same queries, and every ground-truth frame the benchmark received is matched to
+the scene frame it shows, so a method's error is taken over exactly the frames the node's live error
+was. The classical trackers see each scene frame once, from its start (at most `synth.frames` links),
+while the node has chained through the whole stream: the comparison favours them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..config import FitConfig, FrontendConfig, SynthConfig, SyntheticSourceConfig
+from ..config.base import load_config, to_dict
+from ..io.sequence import read_sequence
+from ..io.trackfile import read_tracks, write_tracks
+from ..structs import Tracks, tracked_points
+from ..synth.generate import generate_sequence
+from ..track import track_sequence
+
+log = logging.getLogger(__name__)
+
+#: Largest mean |Δu| + |Δv| (px) between a received ground-truth frame and a scene frame that still
+#: counts as the same frame (the message carries float32 pixels; other scene frames differ by far more).
+SAME_FRAME_PX = 1e-3
+
+
+def scene_config(source_params: Mapping[str, str]) -> SynthConfig:
+    """The scene `synthetic_stereo` renders with these parameters (name → ROS value text, `synth.*` and
+    the node's own); the node's defaults elsewhere."""
+    return load_config(SyntheticSourceConfig, None, [f"{k}={v}" for k, v in source_params.items()]).synth
+
+
+def scene_key(cfg: SynthConfig) -> str:
+    """A short digest of the scene's settings (folder name of its cached reference)."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def offline_tracks(cfg: SynthConfig, methods: Sequence[str], work_dir: str | Path,
+                   device: Literal["auto", "cpu", "cuda"] = "auto") -> tuple[Tracks, dict[str, Tracks]]:
+    """The scene's ground truth and each method's tracks of its queries over its `cfg.frames` frames.
+
+    The sequence and each method's tracks are kept under `work_dir/<scene_key>/` and reused when asked
+    again for the same scene (the benchmark's runs with and without CPU load share one scene).
+    """
+    root = Path(work_dir) / scene_key(cfg)
+    seq_dir = root / "scene"
+    if not (seq_dir / "gt" / "tracks.npz").is_file():
+        log.info("reference: rendering the stream's %d frames (%dx%d) to %s", cfg.frames, cfg.width, cfg.height,
+                 seq_dir)
+        generate_sequence(seq_dir, cfg)
+    gt = read_tracks(seq_dir / "gt" / "tracks.npz")
+    seq = None
+    out: dict[str, Tracks] = {}
+    for method in methods:
+        path = root / f"{method}.npz"
+        if not path.is_file():
+            seq = seq if seq is not None else read_sequence(seq_dir)
+            log.info("reference: %s on the stream's %d frames", method, cfg.frames)
+            fit_cfg = FitConfig(device=device) if method == "invnerf" else None
+            write_tracks(path, track_sequence(seq, method, fit_cfg=fit_cfg, frontend_cfg=FrontendConfig()))
+        out[method] = read_tracks(path)
+    return gt, out
+
+
+def match_scene_frames(frames_gt: Sequence[np.ndarray], gt: Tracks) -> np.ndarray:
+    """For each received ground-truth frame (tracked_points arrays), the scene frame it shows, or −1.
+
+    A frame matches where its points (by id) sit within `SAME_FRAME_PX` on average of that scene frame's.
+    """
+    col = {int(i): k for k, i in enumerate(gt.ids)}
+    out = np.full(len(frames_gt), -1, np.int64)
+    for n, g in enumerate(frames_gt):
+        cols = [col.get(int(i), -1) for i in g["id"]]
+        if not len(cols) or min(cols) < 0:
+            continue
+        uv = np.stack([g["u"], g["v"]], -1).astype(np.float64)  # (N, 2)
+        d = np.abs(gt.uv[:, cols].astype(np.float64) - uv).sum(-1).mean(-1)  # (F,)
+        best = int(np.argmin(d))
+        if d[best] <= SAME_FRAME_PX:
+            out[n] = best
+    return out
+
+
+def frame_points(tracks: Tracks, frame: int, ids: np.ndarray) -> np.ndarray:
+    """One frame of `tracks` as a tracked_points array in the order of `ids` (confidence 1, refined 0)."""
+    col = {int(i): k for k, i in enumerate(tracks.ids)}
+    cols = np.asarray([col[int(i)] for i in ids], np.intp)
+    return tracked_points(np.asarray(ids), tracks.uv[frame, cols], tracks.xyz[frame, cols],
+                          tracks.visible[frame, cols], refined=0)
