@@ -79,6 +79,8 @@ class FrameTracks:
         depth_m: optional (H, W) float32 depth of the frame (NaN invalid), for the cloud: stereo for
             front-end results, the model's render for the newest refined frame (refine.render_cloud).
         left_rgb_u8: optional (H, W, 3) left image, set with a rendered depth_m (the cloud's colours).
+        shed: the front end skipped optional work on this frame because its caller was behind
+            (`online.shed_when_behind`).
     """
 
     stamp_ns: int
@@ -90,6 +92,7 @@ class FrameTracks:
     refined: np.ndarray
     depth_m: np.ndarray | None = None
     left_rgb_u8: np.ndarray | None = None
+    shed: bool = False
 
 
 class FrontEnd(Protocol):
@@ -533,12 +536,14 @@ class OnlineTracker:
 
     # ------------------------------------------------------------------ front end
 
-    def push_frame(self, frame: StereoFrame, dense_depth: bool = False) -> FrameTracks:
+    def push_frame(self, frame: StereoFrame, dense_depth: bool = False, behind: bool = False) -> FrameTracks:
         """Track every query into `frame` (front end only) and buffer it for refinement.
 
         Args:
             dense_depth: also compute the dense stereo depth map (`FrameTracks.depth_m`, for a cloud);
                 with `online.point_depth = sgbm` it is always computed.
+            behind: the next frame already waits; with `online.shed_when_behind` this frame's
+                re-acquisition is skipped (`FrameTracks.shed`).
 
         Raises:
             InputError: left/right size differs from each other or from the calibration
@@ -596,8 +601,11 @@ class OnlineTracker:
                 self._origin_uv[unplaced] = self._uv[unplaced]
             every = self.online_cfg.reacquire_every
             found = np.zeros(len(self._ids), bool)
+            shed = False
             if every > 0 and len(self._ids) and (self._frame_index + 1) % every == 0:
-                found = self._reacquire(left)
+                shed = behind and self.online_cfg.shed_when_behind
+                if not shed:
+                    found = self._reacquire(left)
             self._prev_left = left
             self._last_stamp = frame.stamp_ns
             self._frame_index += 1
@@ -623,6 +631,7 @@ class OnlineTracker:
                       & (self._uv[:, 1] <= H - 1))
             self._visible &= inside
             result = self._front_result(frame, depth_m, z)
+            result.shed = shed
             self._remember(result)
             if self.refiner is not None and self._frame_index % self.refine_cfg.keyframe_every == 0:
                 self._keyframes.append(_KeyFrame(self._frame_index, frame, self._ids.copy(), self._uv.copy(),

@@ -579,6 +579,24 @@ def test_reacquisition_replaces_the_drifting_estimate_where_the_origin_is_found(
         assert len(front.origin_shapes) == (4 if every else 0) and set(front.origin_shapes) <= {(H, W, 3)}
 
 
+@pytest.mark.parametrize("shed_when_behind", [True, False])
+def test_a_frame_processed_behind_skips_the_reacquisition(shed_when_behind):
+    placed = np.array([[10.0, 10.0], [20.0, 20.0]])
+    front = ReacquiringFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False),
+                        online_cfg=OnlineConfig(shed_when_behind=shed_when_behind), frontend=front)
+    trk.add_queries(placed)
+    trk.push_frame(frame(0))
+    res = trk.push_frame(frame(1), behind=True)
+    assert res.shed == shed_when_behind
+    assert len(front.origin_values) == (0 if shed_when_behind else 1)
+    expect = [10.0 + FRONT_STEP_PX, 10.0] if shed_when_behind else [10.0, 10.0]  # drifted, or found again
+    np.testing.assert_allclose(res.uv_px[0], expect, atol=1e-4)
+    res = trk.push_frame(frame(2))  # caught up: re-acquisition runs again
+    assert not res.shed and front.origin_values[-1] == 0
+    np.testing.assert_allclose(res.uv_px[0], [10.0, 10.0], atol=1e-4)
+
+
 def test_hide_unconfirmed_reports_a_query_not_found_again_as_not_visible():
     placed = np.array([[10.0, 10.0], [20.0, 20.0]])  # the fake finds the first again, not the second
     for hide in (False, True):

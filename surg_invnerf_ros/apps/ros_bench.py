@@ -544,7 +544,8 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
         "frames": {"ground_truth": len(gt), "tracked": len(set(gt) & set(live)), "dropped": len(dropped),
                    "dropped_fraction": len(dropped) / len(gt) if gt else float("nan"),
                    "tracked_rate_hz": in_window / duration if duration > 0 else float("nan"),
-                   "node_frames_processed": num(d_tr, "frames_processed")},
+                   "node_frames_processed": num(d_tr, "frames_processed"),
+                   "node_frames_shed": num(d_tr, "frames_shed")},
         "node_drops": node_drops,
         "refined": {"messages": refined_msgs, "messages_per_min": refined_msgs / minutes,
                     "frames_covered": len(refined_stamps),
@@ -597,6 +598,8 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
     for r in runs:
         lat, nl, fr = r["latency_ms"], r["node_latency_ms"], r["frames"]
         drops = ", ".join(f"{k} {v}" for k, v in sorted(r["node_drops"].items())) or "none"
+        shed = fr.get("node_frames_shed")
+        drops += f"; shed {_f(shed, 0)}" if shed is not None and math.isfinite(shed) and shed > 0 else ""
         lines.append(f"| {run_label(r)} | {r['device']} | "
                      f"{'on' if r['refine'] else 'off'} | {_f(lat['p50'])} / {_f(lat['p95'])} / {_f(lat['p99'])} | "
                      f"{_f(lat.get('stir'))} | {_f(nl['p50'])} / {_f(nl['p95'])} | {_f(fr['tracked_rate_hz'])} | "

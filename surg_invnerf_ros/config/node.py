@@ -71,6 +71,10 @@ class OnlineConfig:
         1, "Every this many frames, LK re-finds each query from the image it was placed on, started at its "
         "current estimate and held to the lk.min_ncc_query check; where found it replaces the chained "
         "estimate, so chained-LK drift does not build up when the tissue looks as it did (0 = off).", lo=0)
+    shed_when_behind: bool = option(
+        True, "On a frame processed while the next one already waits (the per-frame path is behind, e.g. "
+        "another process takes the CPU), skip the re-acquisition (about a third of the front end's time), so "
+        "the node keeps the frame rate instead of dropping frames; counted as frames_shed in /diagnostics.")
 
     hide_unconfirmed: bool = option(
         False, "A query that re-acquisition does not find this frame (its origin patch fails the "

@@ -44,6 +44,7 @@ class NodeStats:
         self.drops: Counter[str] = Counter()
         self._drops_reported: Counter[str] = Counter()
         self.frames_processed = 0
+        self.frames_shed = 0
         self.refined_updates = 0
         self._refined_seen: set[int] = set()  # stamps of frames refined at least once (bounded below)
         self._refined_order: deque[int] = deque()
@@ -78,6 +79,11 @@ class NodeStats:
             self.frames_processed += 1
             self._latency_s.append(float(latency_s))
             self._skew_s.append(float(skew_s))
+
+    def count_shed(self) -> None:
+        """A frame was processed without its optional work (`online.shed_when_behind`)."""
+        with self._lock:
+            self.frames_shed += 1
 
     def record_refined(self, stamps_ns: Any = (), now_ns: int | None = None,
                        arrival_ns: Mapping[int, int] | None = None, keep: int = 100_000) -> None:
@@ -129,6 +135,7 @@ class NodeStats:
             idle_s = (now_ns - self._last_input_ns) / _NS if self._last_input_ns is not None else float("inf")
             return {"rates_hz": rates, "latency_p50_s": p50, "latency_p95_s": p95, "stereo_skew_max_s": skew,
                     "drops": dict(self.drops), "new_drops": new, "frames_processed": self.frames_processed,
+                    "frames_shed": self.frames_shed,
                     "refined_updates": self.refined_updates, "refined_frames": self.refined_frames,
                     "refine_lag_p50_s": lag50, "refine_lag_p95_s": lag95, "idle_s": idle_s}
 
@@ -184,7 +191,8 @@ def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: 
         level, text = DiagnosticStatus.OK, "ok"
     inputs = DiagnosticStatus(level=level, name=f"{node_name}: input", message=text, hardware_id=hw, values=values)
     # tracking
-    tvals = [_kv("frames_processed", snap["frames_processed"]), _kv("latency_p50_s", snap["latency_p50_s"]),
+    tvals = [_kv("frames_processed", snap["frames_processed"]), _kv("frames_shed", snap.get("frames_shed", 0)),
+             _kv("latency_p50_s", snap["latency_p50_s"]),
              _kv("latency_p95_s", snap["latency_p95_s"]), _kv("rss_bytes", rss_bytes()), _kv("node_state", node_state)]
     tracking = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{node_name}: tracking",
                                 message=f"{snap['frames_processed']} frames ({node_state})", hardware_id=hw,

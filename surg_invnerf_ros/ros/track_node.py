@@ -671,7 +671,11 @@ class TrackerNode(Node):
         self._frame_ids = (left_frame, right_frame)
         self._publish_static(calib, left_frame, right_frame, s.stamp_ns)
         T_world_cam = self._pose_at(s.stamp_ns)
-        ft = self._tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam))
+        with self._frames_lock:
+            behind = bool(self._frames)
+        ft = self._tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam), behind=behind)
+        if ft.shed:
+            self.stats.count_shed()
         hdr = convert.header(s.stamp_ns, left_frame)
         self.pubs.tracks(ft, hdr)
         self._send_tf(ft, left_frame, T_world_cam)

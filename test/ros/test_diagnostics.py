@@ -78,6 +78,16 @@ class TestDiagnosticArray:
         assert d[f"{NAME}: model"]["fits"] == "3" and d[f"{NAME}: model"]["_message"] == "idle"
         assert msg.header.stamp.sec == 5
 
+    def test_shed_frames_are_reported_with_tracking(self):
+        st = NodeStats()
+        st.record_frame(0.02, 0.0)
+        st.count_shed()
+        st.count_shed()
+        d = diagnostics_to_dict(diagnostic_array(st.snapshot(S), {}, {}, 0, NAME))
+        assert d[f"{NAME}: tracking"]["frames_shed"] == "2" and d[f"{NAME}: tracking"]["frames_processed"] == "1"
+        assert diagnostics_to_dict(diagnostic_array(self.snap(), {}, {}, 0, NAME))[f"{NAME}: tracking"][
+            "frames_shed"] == "0"
+
     def test_drops_warn_and_are_listed(self):
         d = diagnostics_to_dict(diagnostic_array(self.snap(wrong_encoding=2), {}, {}, 0, NAME))
         inp = d[f"{NAME}: input"]

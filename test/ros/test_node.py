@@ -221,6 +221,26 @@ class TestQueues:
         finally:
             h.close()
 
+    def test_frames_processed_while_the_next_waits_shed_the_reacquisition(self, ctx):
+        from surg_invnerf_ros.ros.sync import StereoSet
+
+        from .track_harness import PERIOD_NS, stereo_pair
+
+        h = Harness(ctx, {"queries.auto_grid": 4})
+        try:
+            with h.node._frontend_lock:  # the front end is busy: three frames queue up
+                for k in range(3):
+                    stamp = T0_NS + k * PERIOD_NS
+                    lrgb, rrgb = stereo_pair(k)
+                    il, ir = h.infos(stamp)
+                    h.node._enqueue(StereoSet(stamp, convert.numpy_to_image(lrgb, "rgb8", stamp, LEFT_FRAME),
+                                              convert.numpy_to_image(rrgb, "rgb8", stamp, RIGHT_FRAME), il, ir, 0))
+            assert h.spin_until(lambda: h.node.stats.frames_processed == 3, 10.0)
+            assert h.node.stats.frames_shed == 2  # the first two had a frame waiting behind them, the last none
+            assert h.spin_until(lambda: h.diag().get("surg_invnerf_tracker: tracking", {}).get("frames_shed") == "2")
+        finally:
+            h.close()
+
     def test_input_qos_is_sensor_data_and_overridable(self, ctx):
         from rclpy.qos import ReliabilityPolicy
 
