@@ -175,62 +175,37 @@ def error_series(t_s: Sequence[float], err_px: Sequence[float], bucket_s: float 
     return out
 
 
-def point_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
-    """Per point of one frame (tracked_points records, same ids in the same order): 2D error (px) and 3D
-    error (m) where both say visible (NaN elsewhere; 3D NaN also where the prediction has no depth),
-    whether the visibility flags agree, and whether a visible prediction lacks 3D."""
-    both = (pred["visible"] == 1) & (gt["visible"] == 1)
-    e2 = np.where(both, np.hypot(pred["u"] - gt["u"], pred["v"] - gt["v"]), np.nan)
-    d = np.stack([pred[c] - gt[c] for c in ("x", "y", "z")], axis=-1).astype(np.float64)
-    e3 = np.where(both, np.linalg.norm(d, axis=-1), np.nan)
-    no3d = (pred["visible"] == 1) & ~np.isfinite(pred["z"])
-    return {"e2_px": e2, "e3_m": e3, "vis_agree": (pred["visible"] == 1) == (gt["visible"] == 1), "no3d": no3d}
-
-
 def live_accuracy(frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Accuracy over (prediction, ground truth) frames: mean and median 2D EPE (px) and mean 3D error (mm)
-    where both say visible, visibility accuracy, the share of visible predictions without 3D, and the
-    TAP-Vid figures of the offline benchmark (`eval.metrics.frame_metrics`: EPE over visible ground truth
-    whatever the prediction says, δ_avg, AJ) with the 3D error over visible ground truth. Frames whose ids
-    differ from the ground truth's are left out (counted in `frames`, not in `point_frames`)."""
-    e2, e3, agree, no3d, shown = [], [], [], [], []
-    err_all, err3_all, pred_vis, gt_vis = [], [], [], []
-    for p, g in frames:
-        if len(p) != len(g) or not np.array_equal(p["id"], g["id"]):
-            continue
-        r = point_errors(p, g)
-        e2.append(r["e2_px"])
-        e3.append(r["e3_m"])
-        agree.append(r["vis_agree"])
-        no3d.append(r["no3d"])
-        shown.append(p["visible"] == 1)
-        e = np.hypot(p["u"] - g["u"], p["v"] - g["v"]).astype(np.float64)
-        err_all.append(np.where(np.isfinite(e), e, np.inf))
-        d = np.stack([p[c] - g[c] for c in ("x", "y", "z")], axis=-1).astype(np.float64)
-        err3_all.append(np.linalg.norm(d, axis=-1))
-        pred_vis.append(p["visible"] == 1)
-        gt_vis.append(g["visible"] == 1)
+    """Accuracy over (prediction, ground truth) frames of tracked_points records: mean and median 2D EPE (px)
+    and mean 3D error (mm) where both say visible (3D where the prediction has depth), visibility accuracy,
+    the share of visible predictions without 3D, and the TAP-Vid figures of the offline benchmark
+    (`eval.metrics.frame_metrics`: EPE over visible ground truth whatever the prediction says, δ_avg, AJ) with
+    the 3D error over visible ground truth. Frames whose ids differ from the ground truth's are left out
+    (counted in `frames`, not in `point_frames`)."""
+    pairs = [(p, g) for p, g in frames if len(p) == len(g) and np.array_equal(p["id"], g["id"])]
     nan = float("nan")
-    if not e2:
+    if not pairs:
         return {"epe_px": nan, "epe_px_median": nan, "err_3d_mm": nan, "visibility_accuracy": nan,
                 "no_3d_share": nan, "epe_gt_visible_px": nan, "err_3d_gt_visible_mm": nan, "delta_avg": nan,
                 "aj": nan, "point_frames": 0, "frames": len(frames)}
-    a2, a3 = np.concatenate(e2), np.concatenate(e3)
+    pred, gt = np.concatenate([p for p, _ in pairs]), np.concatenate([g for _, g in pairs])  # all point-frames
+    shown, gt_vis = pred["visible"] == 1, gt["visible"] == 1
+    e2 = np.hypot(pred["u"] - gt["u"], pred["v"] - gt["v"]).astype(np.float64)
+    e2 = np.where(np.isfinite(e2), e2, np.inf)  # no position: a failure
+    e3 = np.linalg.norm(np.stack([pred[c] - gt[c] for c in ("x", "y", "z")], axis=-1).astype(np.float64), axis=-1)
+    both = shown & gt_vis
+    a2, a3 = e2[both], e3[both]
     ok2, ok3 = np.isfinite(a2), np.isfinite(a3)
-    n_shown = int(np.concatenate(shown).sum())
-    err, pv, gv = np.concatenate(err_all), np.concatenate(pred_vis), np.concatenate(gt_vis)
-    tap = frame_metrics(err[None], pv[None], gv[None], np.ones((1, len(err)), bool))
-    err3 = np.concatenate(err3_all)[gv]
-    err3 = err3[np.isfinite(err3)]  # points without depth: counted in `no_3d_share`, not here
+    tap = frame_metrics(e2[None], shown[None], gt_vis[None], np.ones((1, len(e2)), bool))
+    g3 = e3[gt_vis & np.isfinite(e3)]  # points without depth: counted in `no_3d_share`, not here
+    n_shown = int(shown.sum())
     return {"epe_px": float(a2[ok2].mean()) if ok2.any() else nan,
             "epe_px_median": float(np.median(a2[ok2])) if ok2.any() else nan,
             "err_3d_mm": float(a3[ok3].mean() * 1e3) if ok3.any() else nan,
-            "visibility_accuracy": float(np.concatenate(agree).mean()),
-            "no_3d_share": float(np.concatenate(no3d).sum() / n_shown) if n_shown else nan,
-            "epe_gt_visible_px": tap["epe_px"],
-            "err_3d_gt_visible_mm": float(err3.mean() * 1e3) if len(err3) else nan,
-            "delta_avg": tap["delta_avg"], "aj": tap["aj"],
-            "point_frames": int(ok2.sum()), "frames": len(frames)}
+            "visibility_accuracy": float((shown == gt_vis).mean()),
+            "no_3d_share": float((shown & ~np.isfinite(pred["z"])).sum() / n_shown) if n_shown else nan,
+            "epe_gt_visible_px": tap["epe_px"], "err_3d_gt_visible_mm": float(g3.mean() * 1e3) if len(g3) else nan,
+            "delta_avg": tap["delta_avg"], "aj": tap["aj"], "point_frames": int(ok2.sum()), "frames": len(frames)}
 
 
 STIR_LATENCY_SKIP_FRAMES = 15

@@ -23,6 +23,7 @@ from ..config import FitConfig, FrontendConfig, SynthConfig, SyntheticSourceConf
 from ..config.base import load_config, to_dict
 from ..io.sequence import read_sequence
 from ..io.trackfile import read_tracks, write_tracks
+from ..online import index_of
 from ..structs import Tracks, tracked_points
 from ..synth.generate import generate_sequence
 from ..track import track_sequence
@@ -77,11 +78,10 @@ def match_scene_frames(frames_gt: Sequence[np.ndarray], gt: Tracks) -> np.ndarra
 
     A frame matches where its points (by id) sit within `SAME_FRAME_PX` on average of that scene frame's.
     """
-    col = {int(i): k for k, i in enumerate(gt.ids)}
     out = np.full(len(frames_gt), -1, np.int64)
     for n, g in enumerate(frames_gt):
-        cols = [col.get(int(i), -1) for i in g["id"]]
-        if not len(cols) or min(cols) < 0:
+        cols = index_of(np.asarray(gt.ids), np.asarray(g["id"], np.int64))
+        if not len(cols) or cols.min() < 0:
             continue
         uv = np.stack([g["u"], g["v"]], -1).astype(np.float64)  # (N, 2)
         d = np.abs(gt.uv[:, cols].astype(np.float64) - uv).sum(-1).mean(-1)  # (F,)
@@ -93,7 +93,8 @@ def match_scene_frames(frames_gt: Sequence[np.ndarray], gt: Tracks) -> np.ndarra
 
 def frame_points(tracks: Tracks, frame: int, ids: np.ndarray) -> np.ndarray:
     """One frame of `tracks` as a tracked_points array in the order of `ids` (confidence 1, refined 0)."""
-    col = {int(i): k for k, i in enumerate(tracks.ids)}
-    cols = np.asarray([col[int(i)] for i in ids], np.intp)
+    cols = index_of(np.asarray(tracks.ids), np.asarray(ids, np.int64))
+    if len(cols) and cols.min() < 0:
+        raise ValueError(f"frame_points: ids {np.asarray(ids)[cols < 0].tolist()} are not in the tracks")
     return tracked_points(np.asarray(ids), tracks.uv[frame, cols], tracks.xyz[frame, cols],
                           tracks.visible[frame, cols], refined=0)
