@@ -46,7 +46,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
-from ..eval.metrics import frame_metrics
+from ..eval.metrics import live_accuracy
 from ..eval.report import json_safe
 from ..ros import convert
 from ..ros.bag_nodes import use_large_data_transport
@@ -54,7 +54,7 @@ from ..ros.diagnostics import diagnostic_float, diagnostics_to_dict
 from ..ros.procs import start_entry_point, stop_process, use_local_discovery
 from ..structs import Tracks
 from .bench import machine_info, stamp_line
-from .stream_reference import frame_points, match_scene_frames, offline_tracks, scene_config
+from .stream_reference import offline_tracks, reference_accuracy, scene_config
 
 log = logging.getLogger(__name__)
 
@@ -175,59 +175,11 @@ def error_series(t_s: Sequence[float], err_px: Sequence[float], bucket_s: float 
     return out
 
 
-def live_accuracy(frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Accuracy over (prediction, ground truth) frames of tracked_points records: mean and median 2D EPE (px)
-    and mean 3D error (mm) where both say visible (3D where the prediction has depth), visibility accuracy,
-    the share of visible predictions without 3D, and the TAP-Vid figures of the offline benchmark
-    (`eval.metrics.frame_metrics`: EPE over visible ground truth whatever the prediction says, δ_avg, AJ) with
-    the 3D error over visible ground truth. Frames whose ids differ from the ground truth's are left out
-    (counted in `frames`, not in `point_frames`)."""
-    pairs = [(p, g) for p, g in frames if len(p) == len(g) and np.array_equal(p["id"], g["id"])]
-    nan = float("nan")
-    if not pairs:
-        return {"epe_px": nan, "epe_px_median": nan, "err_3d_mm": nan, "visibility_accuracy": nan,
-                "no_3d_share": nan, "epe_gt_visible_px": nan, "err_3d_gt_visible_mm": nan, "delta_avg": nan,
-                "aj": nan, "point_frames": 0, "frames": len(frames)}
-    pred, gt = np.concatenate([p for p, _ in pairs]), np.concatenate([g for _, g in pairs])  # all point-frames
-    shown, gt_vis = pred["visible"] == 1, gt["visible"] == 1
-    e2 = np.hypot(pred["u"] - gt["u"], pred["v"] - gt["v"]).astype(np.float64)
-    e2 = np.where(np.isfinite(e2), e2, np.inf)  # no position: a failure
-    e3 = np.linalg.norm(np.stack([pred[c] - gt[c] for c in ("x", "y", "z")], axis=-1).astype(np.float64), axis=-1)
-    both = shown & gt_vis
-    a2, a3 = e2[both], e3[both]
-    ok2, ok3 = np.isfinite(a2), np.isfinite(a3)
-    tap = frame_metrics(e2[None], shown[None], gt_vis[None], np.ones((1, len(e2)), bool))
-    g3 = e3[gt_vis & np.isfinite(e3)]  # points without depth: counted in `no_3d_share`, not here
-    n_shown = int(shown.sum())
-    return {"epe_px": float(a2[ok2].mean()) if ok2.any() else nan,
-            "epe_px_median": float(np.median(a2[ok2])) if ok2.any() else nan,
-            "err_3d_mm": float(a3[ok3].mean() * 1e3) if ok3.any() else nan,
-            "visibility_accuracy": float((shown == gt_vis).mean()),
-            "no_3d_share": float((shown & ~np.isfinite(pred["z"])).sum() / n_shown) if n_shown else nan,
-            "epe_gt_visible_px": tap["epe_px"], "err_3d_gt_visible_mm": float(g3.mean() * 1e3) if len(g3) else nan,
-            "delta_avg": tap["delta_avg"], "aj": tap["aj"], "point_frames": int(ok2.sum()), "frames": len(frames)}
-
-
 STIR_LATENCY_SKIP_FRAMES = 15
 HARD_SCENE = {"synth.difficulty": "hard", "synth.instrument": "true", "synth.camera_motion": "true"}
 ACCURACY_WINDOW_S = 60.0  # live accuracy over the last this many seconds of a run (at most half of it)
 COVERAGE_WARMUP_S = 10.0  # refined coverage counts keyframes from this many seconds into the run ...
 LAG_ALLOWANCE_S = 5.0  # ... to this many seconds before its end
-
-
-def reference_accuracy(frames_gt: Sequence[np.ndarray], frames_live: Sequence[np.ndarray],
-                       references: tuple[Tracks, Mapping[str, Tracks]] | None) -> dict[str, Any] | None:
-    """Each offline method's accuracy (`live_accuracy`) over the scene frames the received ground-truth
-    frames show, beside the live accuracy over the same (matched) frames; None without references."""
-    if references is None:
-        return None
-    scene_gt, tracks = references
-    idx = match_scene_frames(frames_gt, scene_gt)
-    ok = [int(n) for n in np.flatnonzero(idx >= 0)]
-    methods = {name: live_accuracy([(frame_points(tr, int(idx[n]), frames_gt[n]["id"]), frames_gt[n]) for n in ok])
-               for name, tr in tracks.items()}
-    return {"frames": len(frames_gt), "matched_frames": len(ok), "scene_frames_seen": len(set(idx[ok].tolist())),
-            "live": live_accuracy([(frames_live[n], frames_gt[n]) for n in ok]), "methods": methods}
 
 
 def stir_latency_ms(values_s: Sequence[float], skip: int = STIR_LATENCY_SKIP_FRAMES) -> float:

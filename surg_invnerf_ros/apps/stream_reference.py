@@ -15,12 +15,13 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from ..config import FitConfig, FrontendConfig, SynthConfig, SyntheticSourceConfig
 from ..config.base import load_config, to_dict
+from ..eval.metrics import live_accuracy
 from ..io.sequence import read_sequence
 from ..io.trackfile import read_tracks, write_tracks
 from ..online import index_of
@@ -98,3 +99,18 @@ def frame_points(tracks: Tracks, frame: int, ids: np.ndarray) -> np.ndarray:
         raise ValueError(f"frame_points: ids {np.asarray(ids)[cols < 0].tolist()} are not in the tracks")
     return tracked_points(np.asarray(ids), tracks.uv[frame, cols], tracks.xyz[frame, cols],
                           tracks.visible[frame, cols], refined=0)
+
+
+def reference_accuracy(frames_gt: Sequence[np.ndarray], frames_live: Sequence[np.ndarray],
+                       references: tuple[Tracks, Mapping[str, Tracks]] | None) -> dict[str, Any] | None:
+    """Each offline method's accuracy (`live_accuracy`) over the scene frames the received ground-truth
+    frames show, beside the live accuracy over the same (matched) frames; None without references."""
+    if references is None:
+        return None
+    scene_gt, tracks = references
+    idx = match_scene_frames(frames_gt, scene_gt)
+    ok = [int(n) for n in np.flatnonzero(idx >= 0)]
+    methods = {name: live_accuracy([(frame_points(tr, int(idx[n]), frames_gt[n]["id"]), frames_gt[n]) for n in ok])
+               for name, tr in tracks.items()}
+    return {"frames": len(frames_gt), "matched_frames": len(ok), "scene_frames_seen": len(set(idx[ok].tolist())),
+            "live": live_accuracy([(frames_live[n], frames_gt[n]) for n in ok]), "methods": methods}

@@ -24,6 +24,7 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,36 @@ def read_query_frames(path: str | Path, gt: Tracks) -> np.ndarray:
         return query_frames_from(gt)
     queries = Queries(ids=table["id"], query_tuv=np.stack([table["frame"], table["u"], table["v"]], -1).astype(float))
     return query_frames_from(gt, queries)
+
+
+def live_accuracy(frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Accuracy over (prediction, ground truth) frames of tracked_points records: mean and median 2D EPE (px)
+    and mean 3D error (mm) where both say visible (3D where the prediction has depth), visibility accuracy,
+    the share of visible predictions without 3D, and the TAP-Vid figures of the offline benchmark
+    (`eval.metrics.frame_metrics`: EPE over visible ground truth whatever the prediction says, δ_avg, AJ) with
+    the 3D error over visible ground truth. Frames whose ids differ from the ground truth's are left out
+    (counted in `frames`, not in `point_frames`)."""
+    pairs = [(p, g) for p, g in frames if len(p) == len(g) and np.array_equal(p["id"], g["id"])]
+    nan = float("nan")
+    if not pairs:
+        return {"epe_px": nan, "epe_px_median": nan, "err_3d_mm": nan, "visibility_accuracy": nan,
+                "no_3d_share": nan, "epe_gt_visible_px": nan, "err_3d_gt_visible_mm": nan, "delta_avg": nan,
+                "aj": nan, "point_frames": 0, "frames": len(frames)}
+    pred, gt = np.concatenate([p for p, _ in pairs]), np.concatenate([g for _, g in pairs])  # all point-frames
+    shown, gt_vis = pred["visible"] == 1, gt["visible"] == 1
+    e2 = np.hypot(pred["u"] - gt["u"], pred["v"] - gt["v"]).astype(np.float64)
+    e2 = np.where(np.isfinite(e2), e2, np.inf)  # no position: a failure
+    e3 = np.linalg.norm(np.stack([pred[c] - gt[c] for c in ("x", "y", "z")], axis=-1).astype(np.float64), axis=-1)
+    both = shown & gt_vis
+    a2, a3 = e2[both], e3[both]
+    ok2, ok3 = np.isfinite(a2), np.isfinite(a3)
+    tap = frame_metrics(e2[None], shown[None], gt_vis[None], np.ones((1, len(e2)), bool))
+    g3 = e3[gt_vis & np.isfinite(e3)]  # points without depth: counted in `no_3d_share`, not here
+    n_shown = int(shown.sum())
+    return {"epe_px": float(a2[ok2].mean()) if ok2.any() else nan,
+            "epe_px_median": float(np.median(a2[ok2])) if ok2.any() else nan,
+            "err_3d_mm": float(a3[ok3].mean() * 1e3) if ok3.any() else nan,
+            "visibility_accuracy": float((shown == gt_vis).mean()),
+            "no_3d_share": float((shown & ~np.isfinite(pred["z"])).sum() / n_shown) if n_shown else nan,
+            "epe_gt_visible_px": tap["epe_px"], "err_3d_gt_visible_mm": float(g3.mean() * 1e3) if len(g3) else nan,
+            "delta_avg": tap["delta_avg"], "aj": tap["aj"], "point_frames": int(ok2.sum()), "frames": len(frames)}

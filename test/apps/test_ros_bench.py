@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from surg_invnerf_ros.apps import ros_bench as rbm
+from surg_invnerf_ros.eval.metrics import live_accuracy
 
 
 class TestProc:
@@ -76,12 +77,12 @@ class TestSummaries:
 
         gt = pts([0.0, 0.0, 0.0], [1, 1, 0], [0.05, 0.05, 0.05])
         pred = pts([3.0, 1.0, 9.0], [1, 1, 1], [0.052, np.nan, 0.05])
-        acc = rbm.live_accuracy([(pred, gt), (pts([0.0], [1], [0.0]), gt)])  # the second has other ids: left out
+        acc = live_accuracy([(pred, gt), (pts([0.0], [1], [0.0]), gt)])  # the second has other ids: left out
         assert acc["epe_px"] == pytest.approx(2.0) and acc["epe_px_median"] == pytest.approx(2.0)
         assert acc["err_3d_mm"] == pytest.approx(2.0)  # the point without depth has no 3D error
         assert acc["visibility_accuracy"] == pytest.approx(2 / 3)  # point 2 is occluded but shown
         assert acc["no_3d_share"] == pytest.approx(1 / 3) and acc["point_frames"] == 2 and acc["frames"] == 2
-        assert math.isnan(rbm.live_accuracy([])["epe_px"])
+        assert math.isnan(live_accuracy([])["epe_px"])
 
     def test_live_accuracy_tapvid_figures_count_hidden_points(self):
         from surg_invnerf_ros.ros.convert import TRACKED_POINTS_DTYPE
@@ -93,7 +94,7 @@ class TestSummaries:
 
         gt = pts([0.0, 0.0, 0.0, 0.0], [1, 1, 0, 1], [0.05] * 4)
         pred = pts([3.0, 1.0, 9.0, 5.0], [1, 1, 1, 0], [0.052, np.nan, 0.05, 0.053])  # point 3 hidden, 5 px off
-        acc = rbm.live_accuracy([(pred, gt)])
+        acc = live_accuracy([(pred, gt)])
         assert acc["epe_px"] == pytest.approx(2.0)  # where both say visible
         assert acc["epe_gt_visible_px"] == pytest.approx(3.0)  # (3 + 1 + 5) / 3: the hidden point counts
         assert acc["err_3d_gt_visible_mm"] == pytest.approx(2.5)  # points 0 and 3; point 1 has no depth

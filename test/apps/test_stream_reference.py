@@ -6,9 +6,6 @@ import pytest
 from surg_invnerf_ros.apps import stream_reference as sr
 from surg_invnerf_ros.config import SynthConfig
 
-pytest.importorskip("rclpy")
-from surg_invnerf_ros.apps import ros_bench as rbm  # noqa: E402  (needs the ROS 2 wheels)
-
 PARAMS = {"synth.width": "64", "synth.height": "48", "synth.frames": "6", "synth.num_queries": "5",
           "synth.fps": "20.0", "rate_hz": "20.0", "end": "pingpong", "synth.difficulty": "hard",
           "synth.instrument": "true"}
@@ -54,7 +51,7 @@ def test_ground_truth_as_reference_is_exact_and_lk_is_not(scene):
     _, _, gt, refs = scene
     order = [2, 3, 4, 5, 4, 3]
     frames_gt = [sr.frame_points(gt, f, gt.ids) for f in order]
-    acc = rbm.reference_accuracy(frames_gt, frames_gt, (gt, {"gt": gt, **refs}))
+    acc = sr.reference_accuracy(frames_gt, frames_gt, (gt, {"gt": gt, **refs}))
     assert acc is not None
     assert acc["matched_frames"] == 6 and acc["scene_frames_seen"] == 4
     exact = acc["methods"]["gt"]
@@ -63,4 +60,4 @@ def test_ground_truth_as_reference_is_exact_and_lk_is_not(scene):
     assert acc["live"]["epe_px"] == 0.0  # the "live" frames here are the ground truth too
     lk = acc["methods"]["lk"]
     assert lk["point_frames"] > 0 and lk["epe_px"] > 0.0
-    assert rbm.reference_accuracy(frames_gt, frames_gt, None) is None
+    assert sr.reference_accuracy(frames_gt, frames_gt, None) is None
