@@ -459,13 +459,14 @@ def bag_to_sequence(
 
     left_it, right_it = tee(image_pairs())
 
-    out = write_sequence(out_dir, (p[0] for p in left_it), (p[1] for p in right_it), calib, queries,
-                         stamps_ns=frame_ns, T_world_cam=T_world_cam, progress=progress)
-    if gt_clouds:
-        gt = _gt_tracks(gt_clouds, frame_ns)
-        if gt is not None:
 
-            write_tracks(out / "gt" / "tracks.npz", gt)
+    def finish(tmp: Path) -> None:  # before the rename: the ground truth comes with the frames or not at all
+        gt = _gt_tracks(gt_clouds, frame_ns) if gt_clouds else None
+        if gt is not None:
+            write_tracks(tmp / "gt" / "tracks.npz", gt)
+
+    out = write_sequence(out_dir, (p[0] for p in left_it), (p[1] for p in right_it), calib, queries,
+                         stamps_ns=frame_ns, T_world_cam=T_world_cam, progress=progress, finish=finish)
     log.info("%s: wrote %d frames, %d queries to %s", where, T, len(queries), out)
     return out
 

@@ -162,13 +162,15 @@ def scared_to_sequence(
 
     T_world_cam = read_scared_poses(files[:limit], pose_is_cam_world=pose_is_cam_world)  # fail before writing
     left_it, right_it = itertools.tee(counted())
-    out = write_sequence(out_dir, (p[0] for p in left_it), (p[1] for p in right_it), raw.to_dict(), queries,
-                         progress=progress)
-    num_frames = state["count"]
-    if num_frames < limit:
-        log.warning("%s: %d video frames for %d poses; kept %d", data_dir, num_frames, limit, num_frames)
-    write_kinematics(out / "kinematics.csv", T_world_cam[:num_frames])
-    return out
+
+    def finish(tmp: Path) -> None:  # before the rename: the poses come with the frames or not at all
+        num_frames = state["count"]
+        if num_frames < limit:
+            log.warning("%s: %d video frames for %d poses; kept %d", data_dir, num_frames, limit, num_frames)
+        write_kinematics(tmp / "kinematics.csv", T_world_cam[:num_frames])
+
+    return write_sequence(out_dir, (p[0] for p in left_it), (p[1] for p in right_it), raw.to_dict(), queries,
+                          progress=progress, finish=finish)
 
 
 def _frame_json(path: Path) -> Mapping[str, Any]:

@@ -63,6 +63,7 @@ def write_sequence(
     stamps_ns: np.ndarray | None = None,
     T_world_cam: np.ndarray | None = None,
     progress: Callable[[int], object] | None = None,
+    finish: Callable[[Path], object] | None = None,
 ) -> Path:
     """Write a sequence folder. The folder is built under a temporary name and renamed at the end,
     so an interrupted write leaves nothing that looks like a valid sequence.
@@ -75,6 +76,9 @@ def write_sequence(
         stamps_ns: optional (T,) int64 timestamps.
         T_world_cam: optional (T, 4, 4) left-camera poses in metres.
         progress: called with 1 after each frame is written.
+        finish: called with the temporary folder once every frame is written, before the rename:
+            files that depend on what was written (labels that need the frame count) go in here,
+            so they appear together with the sequence or not at all.
     """
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.partial")
@@ -82,6 +86,8 @@ def write_sequence(
         shutil.rmtree(tmp)
     try:
         _write_folder(tmp, left_rgb_u8, right_rgb_u8, calib, queries, stamps_ns, T_world_cam, progress)
+        if finish is not None:
+            finish(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write (e.g. a video that breaks off) leaves nothing
         raise

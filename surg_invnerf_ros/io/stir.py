@@ -27,7 +27,6 @@ from ..errors import InputError
 from ..structs import Queries
 from .calib import RawCalib, calib_from_mapping, flat_numbers_field, numbers_field
 from .sequence import write_sequence
-from .trackfile import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -112,28 +111,34 @@ def stir_clip_to_sequence(
     queries = Queries(ids=np.arange(len(start_uv), dtype=np.int64),
                       query_tuv=np.column_stack([np.zeros(len(start_uv)), start_uv]))
     state: dict[str, Any] = {}
+
+    def finish(tmp: Path) -> None:
+        """Runs before the folder is renamed into place, so the labels come with it or not at all."""
+        num_frames = state["count"]
+        if num_frames == 0:
+            raise InputError(f"{left_mp4}: no frames could be decoded", "bad_video")
+        if state.get("mismatch"):
+            log.warning("%s: left and right videos differ in length; kept the first %d frames", clip_dir, num_frames)
+        if end_uv is None and end_xyz_mm is None:
+            return
+        if state.get("truncated"):
+            log.warning("%s: max_frames=%d cut the clip short; end labels not written", clip_dir, num_frames)
+            return
+        gt: dict[str, Any] = {"clip": clip_name, "end_frame": num_frames - 1, "start_uv_px": start_uv.tolist()}
+        if end_uv is not None:
+            gt["end_uv_px"] = end_uv.tolist()
+        if end_xyz_mm is not None:
+            gt["end_xyz_mm"] = end_xyz_mm.tolist()
+        if start_xyz_mm is not None:
+            gt["start_xyz_mm"] = start_xyz_mm.tolist()
+        (tmp / GT_END_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / GT_END_FILE).write_text(json.dumps(gt))
+
     pairs = _stereo_frames(left_mp4, right_mp4, max_frames, state)
     left_it, right_it = itertools.tee(pairs)
     out = write_sequence(out_dir, (p[0] for p in left_it), (p[1] for p in right_it), raw.to_dict(), queries,
-                         progress=progress)
+                         progress=progress, finish=finish)
     num_frames = state["count"]
-    if num_frames == 0:
-        raise InputError(f"{left_mp4}: no frames could be decoded", "bad_video")
-    if state.get("mismatch"):
-        log.warning("%s: left and right videos differ in length; kept the first %d frames", clip_dir, num_frames)
-
-    if end_uv is not None or end_xyz_mm is not None:
-        if state.get("truncated"):
-            log.warning("%s: max_frames=%d cut the clip short; end labels not written", clip_dir, num_frames)
-        else:
-            gt = {"clip": clip_name, "end_frame": num_frames - 1, "start_uv_px": start_uv.tolist()}
-            if end_uv is not None:
-                gt["end_uv_px"] = end_uv.tolist()
-            if end_xyz_mm is not None:
-                gt["end_xyz_mm"] = end_xyz_mm.tolist()
-            if start_xyz_mm is not None:
-                gt["start_xyz_mm"] = start_xyz_mm.tolist()
-            atomic_write(out / GT_END_FILE, lambda tmp: tmp.write_text(json.dumps(gt)))
     log.info("%s → %s: %d frames, %d queries", clip_dir, out, num_frames, len(queries))
     return out
 

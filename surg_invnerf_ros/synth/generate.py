@@ -327,26 +327,30 @@ def generate_sequence(out_dir: str | Path, cfg: SynthConfig,
             left, right = tee_pairs(frames())
             # A still, noise-free endoscope writes no kinematics.csv (readers then take T = I, the same poses).
             has_kinematics = cfg.camera_motion or cfg.pose_noise_m > 0 or cfg.pose_noise_deg > 0
+
+            def write_ground_truth(seq_tmp: Path) -> None:
+                """Into the sequence folder before it is renamed into place: no sequence without its truth."""
+                for fh in files.values():
+                    fh.close()
+                meta = {"method": "ground_truth", "synth": to_dict(cfg), "timings": {"render_s": render_s}}
+                write_tracks(seq_tmp / "gt" / "tracks.npz",
+                             Tracks(ids=scene.queries.ids, uv=uv, visible=vis, xyz=xyz, meta=meta))
+
+                def zip_npy(tmp_zip: Path) -> None:  # an .npz is a zip of .npy files: stream them from disk
+                    with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                        for k, (_, path) in fields.items():
+                            zf.write(path, arcname=f"{k}.npy")
+
+                atomic_write(seq_tmp / "gt" / "depth.npz", zip_npy)
+                atomic_write(seq_tmp / "gt" / "poses.npz",
+                             lambda f: np.savez(f, T_world_cam=poses_true))  # pyright: ignore[reportArgumentType]  (no key is allow_pickle)
+
             # stamps and poses are filled while the images are written, before write_sequence reads them
             out = write_sequence(out_dir, left, right, scene.calib, scene.queries, stamps_ns=stamps,
-                                 T_world_cam=poses if has_kinematics else None)
+                                 T_world_cam=poses if has_kinematics else None, finish=write_ground_truth)
         finally:
             for fh in files.values():
                 fh.close()
-        meta = {"method": "ground_truth", "synth": to_dict(cfg), "timings": {"render_s": render_s}}
-        write_tracks(out / "gt" / "tracks.npz", Tracks(ids=scene.queries.ids, uv=uv, visible=vis, xyz=xyz, meta=meta))
-
-        def zip_npy(tmp_zip: Path) -> None:  # an .npz is a zip of .npy files: stream them from disk
-            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for k, (_, path) in fields.items():
-                    zf.write(path, arcname=f"{k}.npy")
-
-        atomic_write(out / "gt" / "depth.npz", zip_npy)
-
-    def save(path: Path, **arrays: np.ndarray) -> None:
-        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))  # pyright: ignore[reportArgumentType]  (no key is allow_pickle)
-
-    save(out / "gt" / "poses.npz", T_world_cam=poses_true)
     log.info("synthetic sequence %s: %d frames %dx%d, %d queries, rendered in %.1f s", out, T, W, H, N, render_s)
     return out
 

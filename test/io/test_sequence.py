@@ -263,6 +263,20 @@ class TestWriteSequence:
         np.testing.assert_array_equal(seq.left_rgb_u8, frames)
         np.testing.assert_array_equal(seq.right_rgb_u8, frames[:, :, ::-1])
 
+    def test_finish_adds_files_before_the_rename_and_its_failure_leaves_nothing(self, tmp_path):
+        calib = read_sequence(make_seq(tmp_path)).calib
+        frames = textured_frames(2)
+        path = write_sequence(tmp_path / "s", frames, frames, calib, queries(),
+                              finish=lambda tmp: (tmp / "extra.txt").write_text(str(len(list(tmp.glob("left/*"))))))
+        assert (path / "extra.txt").read_text() == "2"
+
+        def refuse(tmp):
+            raise InputError("labels.json: expected 2 frames")
+
+        with pytest.raises(InputError, match="labels.json"):
+            write_sequence(tmp_path / "t", frames, frames, calib, queries(), finish=refuse)
+        assert not (tmp_path / "t").exists() and not (tmp_path / ".t.partial").exists()
+
     def test_failed_write_leaves_nothing(self, tmp_path):
         calib = read_sequence(make_seq(tmp_path)).calib
 

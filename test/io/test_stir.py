@@ -77,6 +77,21 @@ class TestStirClip:
         decoded_bgr = cv2.VideoCapture(str(next((clip / "left").rglob("*.mp4")))).read()[1]
         np.testing.assert_array_equal(cv2.imread(str(out / "left" / "000000.png")), decoded_bgr)
 
+    def test_end_labels_are_in_the_folder_before_it_is_renamed_into_place(self, tmp_path, monkeypatch):
+        """A process killed after the rename must never leave a sequence without its labels."""
+        clip = make_clip(tmp_path)
+        seen = []
+        real_rename = Path.rename
+
+        def watching_rename(self, target):
+            seen.append((Path(target).name, (self / GT_END_FILE).is_file()))
+            return real_rename(self, target)
+
+        monkeypatch.setattr(Path, "rename", watching_rename)
+        stir_clip_to_sequence(clip, tmp_path / "seq", start_json=tmp_path / "start.json",
+                              end_json=tmp_path / "end.json")
+        assert seen == [("seq", True)]
+
     def test_calib_keys(self, tmp_path):
         raw = read_stir_calib(make_clip(tmp_path) / "calib.json", (W, H), 20.0)
         np.testing.assert_allclose(raw.K_left, K)
