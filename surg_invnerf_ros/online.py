@@ -308,11 +308,14 @@ class OnlineTracker:
 
     # ------------------------------------------------------------------ queries
 
-    def add_queries(self, uv_px: np.ndarray, stamp_ns: int | None = None) -> np.ndarray:
+    def add_queries(self, uv_px: np.ndarray, stamp_ns: int | None = None,
+                    image_at_stamp: np.ndarray | None = None) -> np.ndarray:
         """Add (N, 2) left-image pixels as queries; return their new, stable ids.
 
-        The pixels are taken at the frame `stamp_ns` when it is a buffered keyframe (they are moved
-        to the current frame by LK), otherwise at the latest frame.
+        The pixels are taken at the frame `stamp_ns`: on `image_at_stamp` (that frame's left image,
+        tracked or not) when given, else on the buffered keyframe of that stamp; LK moves them to the
+        current frame. With neither (or no stamp, or the latest frame's) they are taken at the latest
+        frame.
 
         Raises:
             InputError: non-finite pixels (`bad_queries`) or more than `queries.max_queries`
@@ -322,10 +325,20 @@ class OnlineTracker:
         if not np.isfinite(uv).all():
             raise InputError("queries: non-finite pixel", "bad_queries")
         with self._lock:
+            prev = self._prev_left
+            older = stamp_ns is not None and self._last_stamp is not None and stamp_ns < self._last_stamp
+            if older and prev is not None and image_at_stamp is not None and image_at_stamp.shape == prev.shape:
+                return self._add_locked(self._move_to_current(uv, image_at_stamp), image_at_stamp, uv)
             kf = self._keyframe_at(stamp_ns)
             if kf is not None:  # placed on a buffered keyframe: that image is the origin
-                return self._add_locked(self._move_to_current(uv, kf), kf.frame.left_rgb_u8, uv)
+                return self._add_locked(self._move_to_current(uv, kf.frame.left_rgb_u8), kf.frame.left_rgb_u8, uv)
             return self._add_locked(uv, self._prev_left, uv)
+
+    @property
+    def last_stamp_ns(self) -> int | None:
+        """The stamp of the latest frame tracked (None before the first)."""
+        with self._lock:
+            return self._last_stamp
 
     def _add_locked(self, uv: np.ndarray, origin_rgb_u8: np.ndarray | None = None,
                     origin_uv: np.ndarray | None = None) -> np.ndarray:
@@ -362,21 +375,25 @@ class OnlineTracker:
         return key
 
     def _keyframe_at(self, stamp_ns: int | None) -> "_KeyFrame | None":
-        """The buffered keyframe of an older frame at `stamp_ns`; when that frame was never tracked
-        (dropped by the stereo pairing, say at start-up), the first keyframe after it, the closest view
-        still held. None for the latest frame or a newer one."""
+        """The buffered keyframe of an older frame at `stamp_ns`; when no image of that frame is held
+        (it was not a keyframe, or was never tracked), the first keyframe after it, the closest view
+        still held. None for the latest frame or a newer one, or when no keyframe follows it (a
+        warning then says the queries are taken at the latest frame)."""
         if stamp_ns is None or self._prev_left is None or self._last_stamp is None or stamp_ns >= self._last_stamp:
             return None
         after = [k for k in self._keyframes if k.frame.stamp_ns >= stamp_ns]
         kf = min(after, key=lambda k: k.frame.stamp_ns, default=None)
-        if kf is not None and kf.frame.stamp_ns != stamp_ns:
-            log.warning("queries stamped %d: that frame was not tracked; placed on the next one kept (%d)",
+        if kf is None:
+            log.warning("queries stamped %d: no image of that frame is held; taken at the latest frame (%d)",
+                        stamp_ns, self._last_stamp)
+        elif kf.frame.stamp_ns != stamp_ns:
+            log.warning("queries stamped %d: no image of that frame is held; placed on the next keyframe (%d)",
                         stamp_ns, kf.frame.stamp_ns)
         return kf
 
-    def _move_to_current(self, uv: np.ndarray, kf: "_KeyFrame") -> np.ndarray:
-        assert self._prev_left is not None  # _keyframe_at finds no keyframe before the first frame
-        moved, _ = self.frontend.track(kf.frame.left_rgb_u8, self._prev_left, uv)
+    def _move_to_current(self, uv: np.ndarray, image: np.ndarray) -> np.ndarray:
+        assert self._prev_left is not None  # called only once a frame was tracked
+        moved, _ = self.frontend.track(image, self._prev_left, uv)
         return np.asarray(moved, np.float64)
 
     def _reacquire(self, left: np.ndarray) -> np.ndarray:

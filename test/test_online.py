@@ -211,6 +211,27 @@ class TestQueries:
         trk.close()
 
 
+    def test_query_on_the_image_of_its_stamp_is_moved_from_that_image(self):
+        front = ReacquiringFrontEnd()
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=front)
+        for i in (1, 2, 4):  # frame 3 was dropped before the tracker; the caller still holds its image
+            trk.push_frame(frame(i))
+        assert trk.last_stamp_ns == frame(4).stamp_ns
+        trk.add_queries(np.array([[10.0, 10.0], [20.0, 20.0]]), stamp_ns=frame(3).stamp_ns,
+                        image_at_stamp=frame(3).left_rgb_u8)
+        res = trk.push_frame(frame(5))
+        assert front.origin_values == [3]  # re-found from frame 3's image, not frame 4's or a keyframe's
+        np.testing.assert_allclose(res.uv_px[0], [10.0, 10.0], atol=1e-5)  # found where it was placed
+        # not found: moved 3 → 4 by one LK call, then tracked into frame 5
+        np.testing.assert_allclose(res.uv_px[1], [20.0 + 2 * FRONT_STEP_PX, 20.0], atol=1e-5)
+        # an image of another size is ignored: the query goes on the latest frame's image
+        trk.add_queries(np.array([[30.0, 30.0]]), stamp_ns=frame(3).stamp_ns,
+                        image_at_stamp=np.zeros((H // 2, W, 3), np.uint8))
+        res = trk.push_frame(frame(6))
+        assert front.origin_values[1:] == [3, 5]
+        np.testing.assert_allclose(res.uv_px[2], [30.0, 30.0], atol=1e-5)
+        trk.close()
+
 class TestRefinement:
     def cfg(self, **kw):
         base = dict(keyframe_every=1, window_frames=4, min_keyframes=3, new_keyframes=1, history_frames=50)

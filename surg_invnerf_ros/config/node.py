@@ -48,6 +48,10 @@ class QueryConfig:
                             lo=0, hi=10000)
     grid_margin_px: float = option(8.0, "Grid queries keep this distance from the image border.", lo=0.0)
     max_queries: int = option(512, "Queries beyond this many are refused.", lo=1, hi=100000)
+    image_history_frames: int = option(
+        30, "Left images held (tracked or dropped) so queries stamped with a recent frame are placed on "
+        "that frame's image and moved to the current one by LK (0: such queries go on the nearest image held).",
+        lo=0, hi=10000)
 
     def __post_init__(self) -> None:
         check_fields(self, "queries.")

@@ -18,8 +18,11 @@ DESIGN §5 lists its topics. The node is thin (STYLE §6):
   refused point is counted in the input drops by its reason (`bad_queries`: non-finite;
   `queries_outside_image`: off the last camera_info's image; `too_many_queries`: beyond
   `queries.max_queries`), with a throttled warning; an empty polygon counts once as `empty_queries`.
-  Before the first camera_info only non-finite points can be refused. A removed id the tracker does
-  not hold counts as `unknown_query_id`;
+  Before the first camera_info only non-finite points can be refused. A polygon's stamp names the
+  frame its pixels belong to: one stamped after the latest tracked frame waits for that frame (at
+  most `PENDING_QUERIES_TIMEOUT_S`); one stamped with an older frame is placed on that frame's left
+  image (the last `queries.image_history_frames` received are held, tracked or dropped) and moved to
+  the current frame by LK. A removed id the tracker does not hold counts as `unknown_query_id`;
 - `ecm/measured_cp` (PoseStamped or TransformStamped, the type the topic is advertised with unless
   `kinematics.message_type` names one; a timer re-checks the graph until it appears) feeds a
   `KinematicsBuffer` in the input group. Each frame gets T_world_cam at its stamp (time offset and
@@ -74,6 +77,8 @@ DEFAULT_FRAME = "left_camera_optical_frame"
 WARN_THROTTLE_S = 5.0
 KINEMATICS_TOPIC = "ecm/measured_cp"
 QUERIES_DEPTH = 100
+#: Queries stamped after the latest tracked frame wait this long for it, then go on the latest frame.
+PENDING_QUERIES_TIMEOUT_S = 1.0
 # KinematicsBuffer counters that are dropped pose *messages* → their reason in the input drops
 POSE_DROP_REASONS = {"nonfinite_pose": "nonfinite_pose", "bad_quaternion": "pose_bad_quaternion",
                      "bad_type": "pose_bad_type", "duplicate": "duplicate_pose"}
@@ -291,6 +296,10 @@ class TrackerNode(Node):
         self._frames_lock = threading.Lock()
         self._frames_ready = threading.Condition(self._frames_lock)
         self._frontend_lock = threading.Lock()  # held by the front-end thread while it handles a frame or a poll
+        # the latest left images received (tracked or not), for queries stamped with one; under _frames_lock
+        self._left_history: deque[tuple[int, Image]] = deque(maxlen=self.cfg.queries.image_history_frames)
+        # queries stamped after the latest tracked frame, waiting for it: (stamp, uv, monotonic s); under _frames_lock
+        self._pending_queries: list[tuple[int, np.ndarray, float]] = []
         self._frontend_thread: threading.Thread | None = None
         self._cloud_thread: LatestItemThread | None = None
         self._arrival_ns: OrderedDict[int, int] = OrderedDict()  # frame stamp → monotonic arrival, recent frames
@@ -408,11 +417,14 @@ class TrackerNode(Node):
         now = time.monotonic_ns()
         self.stats.count_input(INPUT_TOPICS[slot], now)
         try:
-            sets = self.sync.push(slot, convert.stamp_ns(msg.header.stamp), msg, now)
+            stamp = convert.stamp_ns(msg.header.stamp)
+            sets = self.sync.push(slot, stamp, msg, now)
         except Exception as err:  # a malformed header must not kill the node
             self.stats.count_drop("bad_header")
             self._warn(f"{INPUT_TOPICS[slot]}: dropped ({err})")
             return
+        if slot == LEFT:
+            self._remember_left(stamp, msg)
         self.stats.set_drops(self.sync.drops)
         for s in sets:
             self._enqueue(s)
@@ -427,7 +439,23 @@ class TrackerNode(Node):
         for slot in (LEFT, RIGHT, INFO_L, INFO_R):
             self.stats.count_input(INPUT_TOPICS[slot], now)
         stamps = [convert.stamp_ns(m.header.stamp) for m in (left, right, info_l, info_r)]
+        self._remember_left(stamps[0], left)
         self._enqueue(StereoSet(stamps[0], left, right, info_l, info_r, max(abs(s - stamps[0]) for s in stamps)))
+
+    def _remember_left(self, stamp_ns: int, msg: Image) -> None:
+        with self._frames_lock:
+            self._left_history.append((stamp_ns, msg))
+
+    def _left_image_at(self, stamp_ns: int) -> np.ndarray | None:
+        """The held left image stamped `stamp_ns`, decoded; None when not held or not decodable."""
+        with self._frames_lock:
+            msg = next((m for s, m in reversed(self._left_history) if s == stamp_ns), None)
+        if msg is None:
+            return None
+        try:
+            return self._decode(msg)
+        except Exception:  # a bad image was (or will be) dropped and counted where it is tracked
+            return None
 
     def _enqueue(self, s: StereoSet) -> None:
         last = self._last_enqueued_ns
@@ -497,14 +525,17 @@ class TrackerNode(Node):
             self._warn("~/queries: dropped: PolygonStamped.polygon.points: empty (empty_queries)")
             return
         size = self._calib.image_size if self._calib is not None else None
-        keep, refused = query_point_refusals(uv, size, self.cfg.queries.max_queries - len(self._tracker.query_ids))
-        ids = np.zeros(0, np.int64)
-        if keep.any():
-            try:
-                ids = self._tracker.add_queries(uv[keep], convert.stamp_ns(msg.header.stamp) or None)
-            except InputError as err:  # e.g. the auto grid took the room meanwhile
-                refused[err.reason] = refused.get(err.reason, 0) + int(keep.sum())
-                keep[:] = False
+        with self._frames_lock:
+            waiting = sum(len(p[1]) for p in self._pending_queries)
+        room = self.cfg.queries.max_queries - len(self._tracker.query_ids) - waiting
+        keep, refused = query_point_refusals(uv, size, room)
+        stamp = convert.stamp_ns(msg.header.stamp) or None
+        last = self._tracker.last_stamp_ns
+        if keep.any() and stamp is not None and last is not None and stamp > last:
+            with self._frames_lock:  # its frame is not tracked yet: placed once it is (_place_pending_queries)
+                self._pending_queries.append((stamp, uv[keep], time.monotonic()))
+        elif keep.any():
+            self._add_queries(uv[keep], stamp, refused)
         for reason, n in refused.items():
             self.stats.count_drop(reason, n)
         if refused:
@@ -514,8 +545,40 @@ class TrackerNode(Node):
                        f"({', '.join(f'{n} {r}' for r, n in refused.items())}; {where}"
                        f"queries.max_queries {self.cfg.queries.max_queries}); first refused: point {first} at "
                        f"({uv[first, 0]}, {uv[first, 1]})")
-        if len(ids):
-            self.get_logger().info(f"added {len(ids)} queries (ids {int(ids[0])}..{int(ids[-1])})")
+
+    def _add_queries(self, uv: np.ndarray, stamp_ns: int | None, refused: dict[str, int]) -> np.ndarray:
+        """Give the tracker queries at `stamp_ns`, with that frame's left image when it is an older one
+        still held; a refusal is added to `refused` (by reason), the new ids are logged and returned."""
+        last = self._tracker.last_stamp_ns
+        image = (self._left_image_at(stamp_ns) if stamp_ns is not None and last is not None and stamp_ns < last
+                 else None)
+        try:
+            ids = self._tracker.add_queries(uv, stamp_ns, image)
+        except InputError as err:  # e.g. the auto grid took the room meanwhile
+            refused[err.reason] = refused.get(err.reason, 0) + len(uv)
+            return np.zeros(0, np.int64)
+        self.get_logger().info(f"added {len(ids)} queries (ids {int(ids[0])}..{int(ids[-1])})")
+        return ids
+
+    def _place_pending_queries(self, stamp_ns: int) -> None:
+        """Front-end thread, after the frame `stamp_ns`: add the waiting queries whose frame has come (or
+        that waited PENDING_QUERIES_TIMEOUT_S: they go on this frame, with a warning)."""
+        now = time.monotonic()
+        with self._frames_lock:
+            if not self._pending_queries:
+                return
+            due = [p for p in self._pending_queries if p[0] <= stamp_ns or now - p[2] > PENDING_QUERIES_TIMEOUT_S]
+            self._pending_queries = [p for p in self._pending_queries if not any(p is d for d in due)]
+        for q_stamp, uv, _ in due:
+            if q_stamp > stamp_ns:
+                self._warn(f"~/queries: no frame stamped {q_stamp} arrived within {PENDING_QUERIES_TIMEOUT_S:g} s; "
+                           f"{len(uv)} queries taken at frame {stamp_ns}")
+            refused: dict[str, int] = {}
+            self._add_queries(uv, min(q_stamp, stamp_ns), refused)
+            for reason, n in refused.items():
+                self.stats.count_drop(reason, n)
+                self._warn(f"~/queries: refused {n} points stamped {q_stamp} ({reason}; "
+                           f"queries.max_queries {self.cfg.queries.max_queries})")
 
     def _on_queries_incompatible_qos(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
         """A ~/queries publisher this subscription cannot match (e.g. volatile): none of its polygons arrive."""
@@ -576,15 +639,21 @@ class TrackerNode(Node):
             return
         self.get_logger().info(f"clicked_point → query {int(ids[0])} at ({uv[0, 0]:.1f}, {uv[0, 1]:.1f}) px")
 
+    def _drop_pending_queries(self) -> int:
+        with self._frames_lock:
+            n = sum(len(p[1]) for p in self._pending_queries)
+            self._pending_queries = []
+        return n
+
     def _on_clear(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        n = len(self._tracker.query_ids)
+        n = len(self._tracker.query_ids) + self._drop_pending_queries()
         self._tracker.clear_queries()
         self.pubs.clear_trails()
         response.success, response.message = True, f"cleared {n} queries"
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        n = len(self._tracker.query_ids)
+        n = len(self._tracker.query_ids) + self._drop_pending_queries()
         self._tracker.reset()
         self.pubs.clear_trails()
         response.success, response.message = True, f"reset: dropped {n} queries and the model"
@@ -674,6 +743,7 @@ class TrackerNode(Node):
         with self._frames_lock:
             behind = bool(self._frames)
         ft = self._tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam), behind=behind)
+        self._place_pending_queries(s.stamp_ns)
         if ft.shed:
             self.stats.count_shed()
         hdr = convert.header(s.stamp_ns, left_frame)
@@ -791,6 +861,7 @@ class TrackerNode(Node):
         queues = {f"sync.{k}": v for k, v in self.sync.depths().items()}
         with self._frames_lock:
             queues["frames"] = len(self._frames)
+            queues["queries_waiting"] = sum(len(p[1]) for p in self._pending_queries)
         model = self._tracker.stats()
         queues["keyframes"] = int(model.pop("keyframes", 0))
         model["device"] = self.cfg.device if "device" not in model else model["device"]

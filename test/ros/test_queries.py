@@ -11,11 +11,12 @@ import rclpy
 from geometry_msgs.msg import Point32, PointStamped, PolygonStamped
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import UInt32MultiArray
+from std_srvs.srv import Trigger
 
 from surg_invnerf_ros.ros import convert
 from surg_invnerf_ros.ros.track_node import queries_qos, query_point_refusals
 
-from .track_harness import LEFT_FRAME, Harness, ros_context
+from .track_harness import LEFT_FRAME, PERIOD_NS, T0_NS, Harness, ros_context
 
 QUERIES = "/surg_invnerf_tracker/queries"
 
@@ -172,5 +173,71 @@ class TestRemoveQueries:
             assert res.message == "removed 2 queries; 1 ids unknown"
             assert h.node.tracker.query_ids.tolist() == [1]
             assert h.wait_drop("unknown_query_id") == 1 and "~/remove" in warned[0]
+        finally:
+            h.close()
+
+
+class TestStampedQueries:
+    """A polygon's stamp names the frame of its pixels; the scene slides 1 px a frame, so a query placed
+    on the wrong frame is off by a pixel a frame."""
+
+    def test_stamped_with_a_frame_not_yet_tracked_it_waits_for_that_frame(self, ctx):
+        h, warned = harness_with_a_frame(ctx)
+        try:
+            h.pub["queries"].publish(polygon([(30.0, 20.0)], T0_NS + 2 * PERIOD_NS))  # frame 2, before it is sent
+            assert h.spin_until(lambda: h.diag().get("surg_invnerf_tracker: input", {}).get(
+                "queue.queries_waiting") == "1", 5.0), "the polygon never arrived"
+            assert len(h.node.tracker.query_ids) == 0
+            for i in (1, 2, 3):
+                stamp = h.send(i)
+                assert h.spin_until(lambda s=stamp: s in h.stamps(), 5.0)
+            pts = h.points()[-1]  # frame 3: placed on frame 2 at u = 30, tracked one frame on
+            assert pts["id"].tolist() == [0]
+            np.testing.assert_allclose(pts["u"], [29.0], atol=0.3)
+            assert not warned
+        finally:
+            h.close()
+
+    @pytest.mark.parametrize("held, u_at_3", [(30, 28.0), (0, 29.0)])
+    def test_stamped_with_an_older_untracked_frame_it_is_placed_on_that_image(self, ctx, held, u_at_3):
+        h, warned = harness_with_a_frame(ctx, {"queries.image_history_frames": held})
+        try:
+            h.send(1, skip=("right",))  # frame 1 is never tracked (no right image), but its left arrived
+            stamp = h.send(2)
+            assert h.spin_until(lambda: stamp in h.stamps(), 5.0)
+            assert h.wait_drop("missing_right_image") == 1 and T0_NS + PERIOD_NS not in h.stamps()
+            h.pub["queries"].publish(polygon([(30.0, 20.0)], T0_NS + PERIOD_NS))
+            assert h.spin_until(lambda: len(h.node.tracker.query_ids) == 1, 5.0)
+            stamp = h.send(3)
+            assert h.spin_until(lambda: stamp in h.stamps(), 5.0)
+            # placed on frame 1's image at u = 30: u = 28 at frame 3; with no image held, on frame 2's: 29
+            np.testing.assert_allclose(h.points()[-1]["u"], [u_at_3], atol=0.3)
+        finally:
+            h.close()
+
+    def test_a_stamp_no_frame_reaches_goes_on_the_latest_frame_after_a_second(self, ctx):
+        h, warned = harness_with_a_frame(ctx)
+        try:
+            h.pub["queries"].publish(polygon([(30.0, 20.0)], T0_NS + 1000 * PERIOD_NS))
+            h.spin_for(1.2)
+            stamp = h.send(1)
+            assert h.spin_until(lambda: len(h.node.tracker.query_ids) == 1, 5.0)
+            assert any("no frame stamped" in w and "taken at frame" in w for w in warned), warned
+            stamp = h.send(2)
+            assert h.spin_until(lambda: stamp in h.stamps(), 5.0)
+            np.testing.assert_allclose(h.points()[-1]["u"], [29.0], atol=0.3)  # placed on frame 1
+        finally:
+            h.close()
+
+    def test_clear_drops_the_waiting_queries_too(self, ctx):
+        h, _ = harness_with_a_frame(ctx)
+        try:
+            h.pub["queries"].publish(polygon([(30.0, 20.0), (20.0, 20.0)], T0_NS + 5 * PERIOD_NS))
+            assert h.spin_until(lambda: h.node._pending_queries, 5.0)
+            assert h.node._on_clear(None, Trigger.Response()).message == "cleared 2 queries"
+            for i in range(1, 7):
+                stamp = h.send(i)
+            assert h.spin_until(lambda: h.node.tracker.last_stamp_ns == stamp, 5.0)
+            assert len(h.node.tracker.query_ids) == 0 and not h.node._pending_queries
         finally:
             h.close()
