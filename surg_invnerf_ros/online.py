@@ -44,6 +44,8 @@ __all__ = ["FrameTracks", "FrontEnd", "LKStereoFrontEnd", "OnlineTracker", "Refi
            "Refiner", "StereoFrame", "index_of"]
 
 log = logging.getLogger(__name__)
+#: `_origin_key` of queries given in the pixels of the next frame pushed (a stamp after the latest frame).
+NEXT_FRAME = -2
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ class OnlineTracker:
         self._seen_uv = np.zeros((0, 2), np.float64)
         self._seen_images: dict[int, np.ndarray] = {}
         # Where each query was placed: an origin image (by key) and its pixel there, for re-acquisition.
-        self._origin_key = np.zeros(0, np.int64)  # -1: no origin image
+        self._origin_key = np.zeros(0, np.int64)  # -1: no origin image; NEXT_FRAME: placed on the next frame
         self._origin_uv = np.zeros((0, 2), np.float64)
         self._origins: dict[int, np.ndarray] = {}
         self._next_origin = 0
@@ -315,7 +317,8 @@ class OnlineTracker:
         The pixels are taken at the frame `stamp_ns`: on `image_at_stamp` (that frame's left image,
         tracked or not) when given, else on the buffered keyframe of that stamp; LK moves them to the
         current frame. With neither (or no stamp, or the latest frame's) they are taken at the latest
-        frame.
+        frame. A stamp after the latest frame's means the next frame pushed: the pixels are taken there,
+        not moved into it by LK.
 
         Raises:
             InputError: non-finite pixels (`bad_queries`) or more than `queries.max_queries`
@@ -325,6 +328,8 @@ class OnlineTracker:
         if not np.isfinite(uv).all():
             raise InputError("queries: non-finite pixel", "bad_queries")
         with self._lock:
+            if stamp_ns is not None and self._last_stamp is not None and stamp_ns > self._last_stamp:
+                return self._add_locked(uv, None, uv, on_next_frame=True)
             prev = self._prev_left
             older = stamp_ns is not None and self._last_stamp is not None and stamp_ns < self._last_stamp
             if older and prev is not None and image_at_stamp is not None and image_at_stamp.shape == prev.shape:
@@ -341,9 +346,10 @@ class OnlineTracker:
             return self._last_stamp
 
     def _add_locked(self, uv: np.ndarray, origin_rgb_u8: np.ndarray | None = None,
-                    origin_uv: np.ndarray | None = None) -> np.ndarray:
+                    origin_uv: np.ndarray | None = None, on_next_frame: bool = False) -> np.ndarray:
         """Append queries at `uv` (current-frame pixels), placed at `origin_uv` on `origin_rgb_u8`
-        (None: not known yet, e.g. before the first frame; the next frame becomes it)."""
+        (None: not known yet, e.g. before the first frame; the next frame becomes it). `on_next_frame`:
+        `uv` are the next frame's pixels, so that frame's LK step leaves them where they are."""
         if len(self._ids) + len(uv) > self.query_cfg.max_queries:
             raise InputError(f"queries: {len(self._ids)} + {len(uv)} exceeds queries.max_queries "
                              f"({self.query_cfg.max_queries})", "too_many_queries")
@@ -360,7 +366,7 @@ class OnlineTracker:
         self._disp_ref = np.concatenate([self._disp_ref, np.full(len(uv), np.nan)])
         self._seen_key = np.concatenate([self._seen_key, np.full(len(uv), -1, np.int64)])
         self._seen_uv = np.concatenate([self._seen_uv, uv])
-        key = -1 if origin_rgb_u8 is None else self._origin_key_of(origin_rgb_u8)
+        key = NEXT_FRAME if on_next_frame else -1 if origin_rgb_u8 is None else self._origin_key_of(origin_rgb_u8)
         self._origin_key = np.concatenate([self._origin_key, np.full(len(uv), key, np.int64)])
         self._origin_uv = np.concatenate([self._origin_uv, uv if origin_uv is None else origin_uv])
         self._pending_grid = 0
@@ -597,22 +603,24 @@ class OnlineTracker:
             tracked = np.ones(len(self._ids), bool)  # frame-to-frame LK passed its checks
             prev_left, prev_uv = self._prev_left, self._uv.copy()
             carried = self._uv.copy()  # each point moved with its visible neighbours (held without them)
+            arriving = self._origin_key == NEXT_FRAME  # given in this frame's pixels: not moved into it
             if self._prev_left is not None and len(self._ids):
                 uv_new, ok = self.frontend.track(self._prev_left, left, self._uv.astype(np.float32))
-                ok = np.asarray(ok, bool)
+                ok = np.asarray(ok, bool) | arriving
                 uv_new = np.asarray(uv_new, np.float64)
-                movers = ok & ~self._occluded  # a covered point does not follow LK: it would follow the occluder
+                # a covered point does not follow LK (it would follow the occluder); an arriving one stays
+                movers = ok & ~self._occluded & ~arriving
                 follow = self.frontend_cfg.lk.lost_points == "follow_median"  # frontend.lk.lost_points
                 shift = None
                 if stereo_occlusion or (follow and not movers.all()):
                     shift = neighbour_shift(self._uv, uv_new, movers, LOCAL_NEIGHBOURS)
                 if shift is not None:
                     carried = self._uv + shift
-                carry = ~movers if follow else self._occluded
+                carry = (~movers if follow else self._occluded) & ~arriving
                 self._uv = np.where(movers[:, None], uv_new, np.where(carry[:, None], carried, self._uv))
                 self._visible = tracked = ok
-                self._age += 1.0
-            unplaced = self._origin_key < 0  # added before any frame: this frame is where they start
+                self._age += np.where(arriving, 0.0, 1.0)
+            unplaced = self._origin_key < 0  # added before any frame or for this one: this frame is where they start
             if unplaced.any():
                 self._origin_key[unplaced] = self._origin_key_of(left)
                 self._origin_uv[unplaced] = self._uv[unplaced]

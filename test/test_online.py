@@ -232,6 +232,19 @@ class TestQueries:
         np.testing.assert_allclose(res.uv_px[2], [30.0, 30.0], atol=1e-5)
         trk.close()
 
+    def test_query_stamped_after_the_latest_frame_is_taken_on_the_next_one_unmoved(self):
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
+        trk.add_queries(np.array([[5.0, 5.0]]))
+        trk.push_frame(frame(0))
+        trk.add_queries(np.array([[10.0, 10.0]]), stamp_ns=frame(1).stamp_ns)
+        res = trk.push_frame(frame(1))
+        # the earlier query moved by LK (+1.2); the new one is where it was given, on frame 1, and visible
+        np.testing.assert_allclose(res.uv_px, [[5.0 + FRONT_STEP_PX, 5.0], [10.0, 10.0]], atol=1e-5)
+        assert res.visible.tolist() == [True, True]
+        res = trk.push_frame(frame(2))
+        np.testing.assert_allclose(res.uv_px[1], [10.0 + FRONT_STEP_PX, 10.0], atol=1e-5)  # tracked from there on
+        trk.close()
+
 class TestRefinement:
     def cfg(self, **kw):
         base = dict(keyframe_every=1, window_frames=4, min_keyframes=3, new_keyframes=1, history_frames=50)

@@ -19,10 +19,11 @@ DESIGN §5 lists its topics. The node is thin (STYLE §6):
   `queries_outside_image`: off the last camera_info's image; `too_many_queries`: beyond
   `queries.max_queries`), with a throttled warning; an empty polygon counts once as `empty_queries`.
   Before the first camera_info only non-finite points can be refused. A polygon's stamp names the
-  frame its pixels belong to: one stamped after the latest tracked frame waits for that frame (at
-  most `PENDING_QUERIES_TIMEOUT_S`); one stamped with an older frame is placed on that frame's left
-  image (the last `queries.image_history_frames` received are held, tracked or dropped) and moved to
-  the current frame by LK. A removed id the tracker does not hold counts as `unknown_query_id`;
+  frame its pixels belong to: one stamped after the latest tracked frame (or before the first) waits
+  for that frame (at most `PENDING_QUERIES_TIMEOUT_S` once frames come) and is in its output; one
+  stamped with an older frame is placed on that frame's left image (the last
+  `queries.image_history_frames` received are held, tracked or dropped) and moved to the current
+  frame by LK. A removed id the tracker does not hold counts as `unknown_query_id`;
 - `ecm/measured_cp` (PoseStamped or TransformStamped, the type the topic is advertised with unless
   `kinematics.message_type` names one; a timer re-checks the graph until it appears) feeds a
   `KinematicsBuffer` in the input group. Each frame gets T_world_cam at its stamp (time offset and
@@ -531,7 +532,7 @@ class TrackerNode(Node):
         keep, refused = query_point_refusals(uv, size, room)
         stamp = convert.stamp_ns(msg.header.stamp) or None
         last = self._tracker.last_stamp_ns
-        if keep.any() and stamp is not None and last is not None and stamp > last:
+        if keep.any() and stamp is not None and (last is None or stamp > last):
             with self._frames_lock:  # its frame is not tracked yet: placed once it is (_place_pending_queries)
                 self._pending_queries.append((stamp, uv[keep], time.monotonic()))
         elif keep.any():
@@ -560,14 +561,17 @@ class TrackerNode(Node):
         self.get_logger().info(f"added {len(ids)} queries (ids {int(ids[0])}..{int(ids[-1])})")
         return ids
 
-    def _place_pending_queries(self, stamp_ns: int) -> None:
-        """Front-end thread, after the frame `stamp_ns`: add the waiting queries whose frame has come (or
-        that waited PENDING_QUERIES_TIMEOUT_S: they go on this frame, with a warning)."""
+    def _place_pending_queries(self, stamp_ns: int, arriving: bool = False) -> None:
+        """Front-end thread, around the frame `stamp_ns`: add the waiting queries whose frame has come.
+        `arriving` (before the frame is tracked): those stamped with this very frame, so its output has
+        them. After it: those of an older frame that was never tracked (placed on its held image), and
+        those that waited PENDING_QUERIES_TIMEOUT_S (taken at this frame, with a warning)."""
         now = time.monotonic()
         with self._frames_lock:
             if not self._pending_queries:
                 return
-            due = [p for p in self._pending_queries if p[0] <= stamp_ns or now - p[2] > PENDING_QUERIES_TIMEOUT_S]
+            due = [p for p in self._pending_queries
+                   if (p[0] == stamp_ns if arriving else p[0] <= stamp_ns or now - p[2] > PENDING_QUERIES_TIMEOUT_S)]
             self._pending_queries = [p for p in self._pending_queries if not any(p is d for d in due)]
         for q_stamp, uv, _ in due:
             if q_stamp > stamp_ns:
@@ -742,6 +746,7 @@ class TrackerNode(Node):
         T_world_cam = self._pose_at(s.stamp_ns)
         with self._frames_lock:
             behind = bool(self._frames)
+        self._place_pending_queries(s.stamp_ns, arriving=True)  # those stamped with this frame: tracked from it
         ft = self._tracker.push_frame(StereoFrame(left, right, calib, s.stamp_ns, T_world_cam), behind=behind)
         self._place_pending_queries(s.stamp_ns)
         if ft.shed:

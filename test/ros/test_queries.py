@@ -191,9 +191,11 @@ class TestStampedQueries:
             for i in (1, 2, 3):
                 stamp = h.send(i)
                 assert h.spin_until(lambda s=stamp: s in h.stamps(), 5.0)
-            pts = h.points()[-1]  # frame 3: placed on frame 2 at u = 30, tracked one frame on
-            assert pts["id"].tolist() == [0]
-            np.testing.assert_allclose(pts["u"], [29.0], atol=0.3)
+            at = dict(zip(h.stamps(), h.points()))
+            assert len(at[T0_NS + PERIOD_NS]) == 0  # frame 1: not yet
+            for i, u in ((2, 30.0), (3, 29.0)):  # frame 2 has it where it was given; frame 3 one pixel on
+                assert at[T0_NS + i * PERIOD_NS]["id"].tolist() == [0]
+                np.testing.assert_allclose(at[T0_NS + i * PERIOD_NS]["u"], [u], atol=0.3)
             assert not warned
         finally:
             h.close()
