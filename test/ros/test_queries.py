@@ -14,7 +14,7 @@ from std_msgs.msg import UInt32MultiArray
 from std_srvs.srv import Trigger
 
 from surg_invnerf_ros.ros import convert
-from surg_invnerf_ros.ros.track_node import queries_qos, query_point_refusals
+from surg_invnerf_ros.ros.track_node import PENDING_QUERIES_TIMEOUT_S, queries_qos, query_point_refusals
 
 from .track_harness import LEFT_FRAME, PERIOD_NS, T0_NS, Harness, ros_context
 
@@ -221,7 +221,8 @@ class TestStampedQueries:
         h, warned = harness_with_a_frame(ctx)
         try:
             h.pub["queries"].publish(polygon([(30.0, 20.0)], T0_NS + 1000 * PERIOD_NS))
-            h.spin_for(1.2)
+            assert h.spin_until(lambda: h.node._pending_queries, 5.0), "the polygon never arrived"
+            h.spin_for(PENDING_QUERIES_TIMEOUT_S + 0.1)  # from its arrival: it is overdue at the next frame
             stamp = h.send(1)
             assert h.spin_until(lambda: len(h.node.tracker.query_ids) == 1, 5.0)
             assert any("no frame stamped" in w and "taken at frame" in w for w in warned), warned
