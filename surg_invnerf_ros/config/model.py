@@ -97,8 +97,8 @@ class RenderConfig:
         "Stereo depth errors follow the texture; other frames see the same material point from other "
         "poses and shapes.")
     consensus_window_frames: int = option(
-        48, "depth_consensus takes the frames within this distance of t (0: all frames), so its cost grows "
-        "with frames × window, not frames².", lo=0)
+        16, "depth_consensus takes the frames within this distance of t (0: all frames), so its cost grows "
+        "with frames × window, not frames²; the nearest frames see the point in the most similar shape.", lo=0)
     subpixel_lookup: bool = option(
         True, "Stereo depth and colour at fractional pixels (matched pixels, queries) are bilinear, not the nearest pixel's.")
     right_ray_share: float = option(0.0, "Share of photometric rays cast from the right camera.", lo=0.0, hi=1.0)
