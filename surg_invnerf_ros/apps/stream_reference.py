@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .. import __version__
 from ..config import FitConfig, FrontendConfig, SynthConfig, SyntheticSourceConfig
 from ..config.base import load_config, to_dict
 from ..eval.metrics import live_accuracy
@@ -42,9 +43,21 @@ def scene_config(source_params: Mapping[str, str]) -> SynthConfig:
     return load_config(SyntheticSourceConfig, None, [f"{k}={v}" for k, v in source_params.items()]).synth
 
 
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def scene_key(cfg: SynthConfig) -> str:
-    """A short digest of the scene's settings (folder name of its cached reference)."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A short digest of the scene's settings and the package version (folder name of its cached reference)."""
+    return _digest({"synth": to_dict(cfg), "version": __version__})
+
+
+def reference_file(root: Path, method: str, fit_cfg: FitConfig | None, frontend_cfg: FrontendConfig) -> Path:
+    """Where one method's tracks of the scene are kept: named by the method and a digest of the configs
+    it ran with and the package version, so a changed default or release never reuses old tracks."""
+    used = {"method": method, "fit": to_dict(fit_cfg) if fit_cfg is not None else None,
+            "frontend": to_dict(frontend_cfg), "version": __version__}
+    return root / f"{method}_{_digest(used)}.npz"
 
 
 def offline_tracks(cfg: SynthConfig, methods: Sequence[str], work_dir: str | Path,
@@ -52,7 +65,8 @@ def offline_tracks(cfg: SynthConfig, methods: Sequence[str], work_dir: str | Pat
     """The scene's ground truth and each method's tracks of its queries over its `cfg.frames` frames.
 
     The sequence and each method's tracks are kept under `work_dir/<scene_key>/` and reused when asked
-    again for the same scene (the benchmark's runs with and without CPU load share one scene).
+    again for the same scene, method and configuration (the benchmark's runs with and without CPU load
+    share one scene).
     """
     root = Path(work_dir) / scene_key(cfg)
     seq_dir = root / "scene"
@@ -63,13 +77,14 @@ def offline_tracks(cfg: SynthConfig, methods: Sequence[str], work_dir: str | Pat
     gt = read_tracks(seq_dir / "gt" / "tracks.npz")
     seq = None
     out: dict[str, Tracks] = {}
+    frontend_cfg = FrontendConfig()
     for method in methods:
-        path = root / f"{method}.npz"
+        fit_cfg = FitConfig(device=device) if method == "invnerf" else None
+        path = reference_file(root, method, fit_cfg, frontend_cfg)
         if not path.is_file():
             seq = seq if seq is not None else read_sequence(seq_dir)
             log.info("reference: %s on the stream's %d frames", method, cfg.frames)
-            fit_cfg = FitConfig(device=device) if method == "invnerf" else None
-            write_tracks(path, track_sequence(seq, method, fit_cfg=fit_cfg, frontend_cfg=FrontendConfig()))
+            write_tracks(path, track_sequence(seq, method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg))
         out[method] = read_tracks(path)
     return gt, out
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from surg_invnerf_ros.apps import stream_reference as sr
-from surg_invnerf_ros.config import SynthConfig
+from surg_invnerf_ros.config import FitConfig, FrontendConfig, SynthConfig
+from surg_invnerf_ros.config.base import load_config
 
 PARAMS = {"synth.width": "64", "synth.height": "48", "synth.frames": "6", "synth.num_queries": "5",
           "synth.fps": "20.0", "rate_hz": "20.0", "end": "pingpong", "synth.difficulty": "hard",
@@ -30,10 +31,24 @@ def test_scene_config_takes_the_source_parameters():
 def test_offline_tracks_are_kept_and_reused(scene):
     cfg, work, gt, refs = scene
     assert gt.uv.shape == (6, 5, 2) and refs["lk"].uv.shape == (6, 5, 2)
-    path = work / sr.scene_key(cfg) / "lk.npz"
+    (path,) = (work / sr.scene_key(cfg)).glob("lk_*.npz")
+    assert path == sr.reference_file(work / sr.scene_key(cfg), "lk", None, FrontendConfig())
     before = path.stat().st_mtime_ns
     _, again = sr.offline_tracks(cfg, ["lk"], work)
     assert path.stat().st_mtime_ns == before and np.array_equal(again["lk"].uv, refs["lk"].uv)
+
+
+def test_a_changed_config_or_version_never_reuses_old_tracks(tmp_path, monkeypatch):
+    root = tmp_path
+    fit, front = FitConfig(), FrontendConfig()
+    base = sr.reference_file(root, "invnerf", fit, front)
+    assert sr.reference_file(root, "invnerf", FitConfig(), FrontendConfig()) == base  # same configs: same file
+    assert sr.reference_file(root, "invnerf", FitConfig(max_steps=5), front) != base
+    assert sr.reference_file(root, "invnerf", fit, load_config(FrontendConfig, None, ["lk.win_size_px=9"])) != base
+    assert sr.reference_file(root, "dis", None, front) != base
+    key = sr.scene_key(SynthConfig())
+    monkeypatch.setattr(sr, "__version__", "0.0.0-other")
+    assert sr.reference_file(root, "invnerf", fit, front) != base and sr.scene_key(SynthConfig()) != key
 
 
 def test_ping_pong_frames_match_their_scene_frames(scene):
