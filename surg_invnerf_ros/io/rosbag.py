@@ -459,7 +459,6 @@ def bag_to_sequence(
 
     left_it, right_it = tee(image_pairs())
 
-
     def finish(tmp: Path) -> None:  # before the rename: the ground truth comes with the frames or not at all
         gt = _gt_tracks(gt_clouds, frame_ns) if gt_clouds else None
         if gt is not None:

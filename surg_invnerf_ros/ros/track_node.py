@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -83,6 +84,15 @@ PENDING_QUERIES_TIMEOUT_S = 1.0
 # KinematicsBuffer counters that are dropped pose *messages* → their reason in the input drops
 POSE_DROP_REASONS = {"nonfinite_pose": "nonfinite_pose", "bad_quaternion": "pose_bad_quaternion",
                      "bad_type": "pose_bad_type", "duplicate": "duplicate_pose"}
+
+
+@dataclass(frozen=True)
+class PendingQueries:
+    """Points of one ~/queries polygon whose frame the node has not tracked yet."""
+
+    stamp_ns: int
+    uv_px: np.ndarray  # (N, 2) left pixels of the frame stamp_ns
+    since_s: float  # monotonic arrival at the node
 
 
 def sensor_qos() -> QoSProfile:
@@ -299,8 +309,8 @@ class TrackerNode(Node):
         self._frontend_lock = threading.Lock()  # held by the front-end thread while it handles a frame or a poll
         # the latest left images received (tracked or not), for queries stamped with one; under _frames_lock
         self._left_history: deque[tuple[int, Image]] = deque(maxlen=self.cfg.queries.image_history_frames)
-        # queries stamped after the latest tracked frame, waiting for it: (stamp, uv, monotonic s); under _frames_lock
-        self._pending_queries: list[tuple[int, np.ndarray, float]] = []
+        # queries stamped after the latest tracked frame, waiting for it; under _frames_lock
+        self._pending_queries: list[PendingQueries] = []
         self._frontend_thread: threading.Thread | None = None
         self._cloud_thread: LatestItemThread | None = None
         self._arrival_ns: OrderedDict[int, int] = OrderedDict()  # frame stamp → monotonic arrival, recent frames
@@ -526,15 +536,13 @@ class TrackerNode(Node):
             self._warn("~/queries: dropped: PolygonStamped.polygon.points: empty (empty_queries)")
             return
         size = self._calib.image_size if self._calib is not None else None
-        with self._frames_lock:
-            waiting = sum(len(p[1]) for p in self._pending_queries)
-        room = self.cfg.queries.max_queries - len(self._tracker.query_ids) - waiting
+        room = self.cfg.queries.max_queries - len(self._tracker.query_ids) - self._waiting_queries()
         keep, refused = query_point_refusals(uv, size, room)
         stamp = convert.stamp_ns(msg.header.stamp) or None
         last = self._tracker.last_stamp_ns
         if keep.any() and stamp is not None and (last is None or stamp > last):
             with self._frames_lock:  # its frame is not tracked yet: placed once it is (_place_pending_queries)
-                self._pending_queries.append((stamp, uv[keep], time.monotonic()))
+                self._pending_queries.append(PendingQueries(stamp, uv[keep], time.monotonic()))
         elif keep.any():
             self._add_queries(uv[keep], stamp, refused)
         for reason, n in refused.items():
@@ -567,22 +575,30 @@ class TrackerNode(Node):
         them. After it: those of an older frame that was never tracked (placed on its held image), and
         those that waited PENDING_QUERIES_TIMEOUT_S (taken at this frame, with a warning)."""
         now = time.monotonic()
+
+        def is_due(p: PendingQueries) -> bool:
+            if arriving:
+                return p.stamp_ns == stamp_ns
+            return p.stamp_ns <= stamp_ns or now - p.since_s > PENDING_QUERIES_TIMEOUT_S
+
         with self._frames_lock:
-            if not self._pending_queries:
-                return
-            due = [p for p in self._pending_queries
-                   if (p[0] == stamp_ns if arriving else p[0] <= stamp_ns or now - p[2] > PENDING_QUERIES_TIMEOUT_S)]
-            self._pending_queries = [p for p in self._pending_queries if not any(p is d for d in due)]
-        for q_stamp, uv, _ in due:
-            if q_stamp > stamp_ns:
-                self._warn(f"~/queries: no frame stamped {q_stamp} arrived within {PENDING_QUERIES_TIMEOUT_S:g} s; "
-                           f"{len(uv)} queries taken at frame {stamp_ns}")
+            due = [p for p in self._pending_queries if is_due(p)]
+            self._pending_queries = [p for p in self._pending_queries if not is_due(p)]
+        for p in due:
+            if p.stamp_ns > stamp_ns:
+                self._warn(f"~/queries: no frame stamped {p.stamp_ns} arrived within {PENDING_QUERIES_TIMEOUT_S:g} s; "
+                           f"{len(p.uv_px)} queries taken at frame {stamp_ns}")
             refused: dict[str, int] = {}
-            self._add_queries(uv, min(q_stamp, stamp_ns), refused)
+            self._add_queries(p.uv_px, min(p.stamp_ns, stamp_ns), refused)
             for reason, n in refused.items():
                 self.stats.count_drop(reason, n)
-                self._warn(f"~/queries: refused {n} points stamped {q_stamp} ({reason}; "
+                self._warn(f"~/queries: refused {n} points stamped {p.stamp_ns} ({reason}; "
                            f"queries.max_queries {self.cfg.queries.max_queries})")
+
+    def _waiting_queries(self) -> int:
+        """Points waiting for their frame."""
+        with self._frames_lock:
+            return sum(len(p.uv_px) for p in self._pending_queries)
 
     def _on_queries_incompatible_qos(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
         """A ~/queries publisher this subscription cannot match (e.g. volatile): none of its polygons arrive."""
@@ -645,7 +661,7 @@ class TrackerNode(Node):
 
     def _drop_pending_queries(self) -> int:
         with self._frames_lock:
-            n = sum(len(p[1]) for p in self._pending_queries)
+            n = sum(len(p.uv_px) for p in self._pending_queries)
             self._pending_queries = []
         return n
 
@@ -866,7 +882,7 @@ class TrackerNode(Node):
         queues = {f"sync.{k}": v for k, v in self.sync.depths().items()}
         with self._frames_lock:
             queues["frames"] = len(self._frames)
-            queues["queries_waiting"] = sum(len(p[1]) for p in self._pending_queries)
+        queues["queries_waiting"] = self._waiting_queries()
         model = self._tracker.stats()
         queues["keyframes"] = int(model.pop("keyframes", 0))
         model["device"] = self.cfg.device if "device" not in model else model["device"]

@@ -35,7 +35,7 @@ from scipy.spatial.transform import Rotation
 from ..config import SynthConfig, to_dict
 from ..geometry import invert_T, project_px, sample_bilinear, transform_points
 from ..io.sequence import write_sequence
-from ..io.trackfile import atomic_write, write_tracks
+from ..io.trackfile import write_tracks
 from ..structs import Queries, StereoCalib, Tracks
 from .instrument import Instrument
 from .render import (
@@ -335,15 +335,11 @@ def generate_sequence(out_dir: str | Path, cfg: SynthConfig,
                 meta = {"method": "ground_truth", "synth": to_dict(cfg), "timings": {"render_s": render_s}}
                 write_tracks(seq_tmp / "gt" / "tracks.npz",
                              Tracks(ids=scene.queries.ids, uv=uv, visible=vis, xyz=xyz, meta=meta))
-
-                def zip_npy(tmp_zip: Path) -> None:  # an .npz is a zip of .npy files: stream them from disk
-                    with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                        for k, (_, path) in fields.items():
-                            zf.write(path, arcname=f"{k}.npy")
-
-                atomic_write(seq_tmp / "gt" / "depth.npz", zip_npy)
-                atomic_write(seq_tmp / "gt" / "poses.npz",
-                             lambda f: np.savez(f, T_world_cam=poses_true))  # pyright: ignore[reportArgumentType]  (no key is allow_pickle)
+                # an .npz is a zip of .npy files: streamed from disk (the folder's rename makes it atomic)
+                with zipfile.ZipFile(seq_tmp / "gt" / "depth.npz", "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                    for k, (_, path) in fields.items():
+                        zf.write(path, arcname=f"{k}.npy")
+                np.savez(seq_tmp / "gt" / "poses.npz", T_world_cam=poses_true)
 
             # stamps and poses are filled while the images are written, before write_sequence reads them
             out = write_sequence(out_dir, left, right, scene.calib, scene.queries, stamps_ns=stamps,
