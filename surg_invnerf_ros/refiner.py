@@ -315,10 +315,13 @@ class ProcessRefiner:
             if self._closed:
                 listener.close()
                 raise WorkerDied(None)
-            # Its own session: a Ctrl-C at the terminal reaches the node, which stops the child in order.
+            # Its own process group, so a Ctrl-C at the terminal reaches the node, which stops the child
+            # in order; but the node's session: Linux's autogroup scheduler shares the CPU between sessions
+            # first, so a child in a session of its own would compete with the node's whole session as
+            # an equal, whatever its niceness (`refine.worker_nice` only counts inside one session).
             proc = self._proc = subprocess.Popen(
                 [sys.executable, "-m", "surg_invnerf_ros.refiner", str(listener.address)], env=env,
-                start_new_session=True)
+                stdin=subprocess.DEVNULL, process_group=0)
         accepted: list[Any] = []
 
         def accept() -> None:

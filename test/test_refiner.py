@@ -1,6 +1,7 @@
 """refiner.py: the InvNeRF refinement backends (in-thread and in a child process)."""
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -61,6 +62,22 @@ class TestProcessRefiner:
             # seen from outside, too: the kernel's niceness and scheduling class of the child
             assert os.getpriority(os.PRIO_PROCESS, ref._proc.pid) == mine + nice
             assert (os.sched_getscheduler(ref._proc.pid) == os.SCHED_IDLE) == idle
+        finally:
+            ref.close()
+
+    def test_the_child_shares_the_node_session_in_a_process_group_of_its_own(self):
+        # Same session: Linux's autogroup scheduler weighs sessions against each other before niceness,
+        # so only a child in the node's session is really below the node. Own group: a Ctrl-C at the
+        # terminal (sent to the foreground group) reaches the node, which stops the child in order.
+        ref = ProcessRefiner(RefineConfig(worker_nice=10), FrontendConfig(), device="cpu")
+        try:
+            child = ref._proc.pid
+            assert os.getsid(child) == os.getsid(0)
+            assert os.getpgid(child) == child != os.getpgid(0)
+            autogroup = Path("/proc/self/autogroup")
+            if autogroup.exists():  # kernels built with CONFIG_SCHED_AUTOGROUP
+                mine = autogroup.read_text().split()[0]
+                assert Path(f"/proc/{child}/autogroup").read_text().split()[0] == mine
         finally:
             ref.close()
 
