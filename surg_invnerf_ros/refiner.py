@@ -316,9 +316,9 @@ class ProcessRefiner:
                 listener.close()
                 raise WorkerDied(None)
             # Its own process group, so a Ctrl-C at the terminal reaches the node, which stops the child
-            # in order; but the node's session: Linux's autogroup scheduler shares the CPU between sessions
-            # first, so a child in a session of its own would compete with the node's whole session as
-            # an equal, whatever its niceness (`refine.worker_nice` only counts inside one session).
+            # in order; but the node's setsid: Linux's autogroup scheduler shares the CPU between setsid
+            # groups first, so a child with a new one would compete with the whole node as an equal,
+            # whatever its niceness (`refine.worker_nice` only counts inside one group; docs/live_refinement.md).
             proc = self._proc = subprocess.Popen(
                 [sys.executable, "-m", "surg_invnerf_ros.refiner", str(listener.address)], env=env,
                 stdin=subprocess.DEVNULL, process_group=0)

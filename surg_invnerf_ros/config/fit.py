@@ -110,8 +110,8 @@ class FitConfig:
         3600.0, "Wall-clock budget of the optimisation loop, seconds (0: no time limit); with "
         "time_budget_per_frame_s, the most it may grow to.", lo=0.0)
     time_budget_per_frame_s: float = option(
-        2.083, "The loop's budget scales with the clip: this many seconds per frame, at most time_budget_s "
-        "(0: time_budget_s alone). 48 frames get 100 s.", lo=0.0)
+        2.0, "The loop's budget scales with the clip: this many seconds per frame, at most time_budget_s "
+        "(0: time_budget_s alone). 48 frames get 96 s.", lo=0.0)
     max_steps: int = option(6000, "Step budget.", lo=0)
     num_threads: int = option(0, "torch CPU threads for the fit and inference (process-wide; 0 leaves torch's "
         "default, one per core). The node's refinement runs on refine.worker_threads instead.", lo=0)

@@ -88,7 +88,7 @@ class TestTimeBudget:
         from surg_invnerf_ros.fit.optimiser import fit_time_budget_s
 
         cfg = FitConfig()
-        assert abs(fit_time_budget_s(cfg, 48) - 100.0) < 0.1
+        assert abs(fit_time_budget_s(cfg, 48) - 96.0) < 0.1
         assert fit_time_budget_s(cfg, 2000) == cfg.time_budget_s == 3600.0
         assert fit_time_budget_s(FitConfig(time_budget_s=90.0, time_budget_per_frame_s=0.0), 1000) == 90.0
         assert fit_time_budget_s(FitConfig(time_budget_s=0.0), 48) == 0.0  # no time limit
