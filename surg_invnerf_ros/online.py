@@ -440,7 +440,7 @@ class OnlineTracker:
 
     def _stereo_occlusion(self, z_m: np.ndarray, tracked: np.ndarray, found: np.ndarray, carried_uv: np.ndarray,
                           calib: StereoCalib, prev: tuple[np.ndarray | None, np.ndarray],
-                          left: np.ndarray) -> np.ndarray:
+                          left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """`online.occlusion = stereo`, under the lock: update which points are covered and return the
         depth to report (N,) metres.
 
@@ -455,7 +455,8 @@ class OnlineTracker:
         says nothing, when LK re-finds it from its last sight (the re-acquisition check); in the last
         two cases it goes where LK re-finds it. While covered, its own disparity changes as its visible
         neighbours' do. A point reports the depth of its own disparity where it is covered or stereo
-        has none, not the occluder's.
+        has none, not the occluder's. A point covered without a nearer disparity is reported visible
+        where `_looks_visible` says so (it stays covered here).
         """
         disp = depth_from_disparity_m(z_m, calib.fx, calib.baseline_m)  # d = fx·B/Z, the same formula
         measured = np.isfinite(disp)
@@ -483,10 +484,29 @@ class OnlineTracker:
             factor = neighbour_median(self._uv, change, update & np.isfinite(change), LOCAL_NEIGHBOURS)
             if factor is not None:
                 self._disp_ref = np.where(covered, self._disp_ref * factor, self._disp_ref)
+        hidden = covered.copy()
+        lost = np.flatnonzero(covered & ~nearer & np.isfinite(self._disp_ref))  # no occluder seen, only lost
+        prev_left, prev_uv = prev
+        if len(lost) and prev_left is not None:
+            hidden[lost[self._looks_visible(lost, prev_left, prev_uv, left, right)]] = False
         # hide_unconfirmed keeps the re-acquisition's verdict as well
-        self._visible = (self._visible & ~covered) if self.online_cfg.hide_unconfirmed else ~covered
+        self._visible = (self._visible & ~hidden) if self.online_cfg.hide_unconfirmed else ~hidden
         z_own = depth_from_disparity_m(self._disp_ref, calib.fx, calib.baseline_m)
         return np.where(covered | ~measured, z_own, z_m)
+
+    def _looks_visible(self, idx: np.ndarray, prev_left: np.ndarray, prev_uv: np.ndarray, left: np.ndarray,
+                       right: np.ndarray) -> np.ndarray:
+        """Under the lock: for the points `idx` (M,), whether a narrow window (`online.visible_check_win_px`)
+        at the point's pixel matches both its patch in the previous left image (every point's pixel there:
+        `prev_uv`, (N, 2)) and the right image at its own disparity; (M,) bool, all False when off."""
+        win, min_ncc = self.online_cfg.visible_check_win_px, self.online_cfg.visible_check_min_ncc
+        if win <= 0:
+            return np.zeros(len(idx), bool)
+        grey = to_grey(left)
+        uv = self._uv[idx]
+        in_right = uv - np.stack([self._disp_ref[idx], np.zeros(len(idx))], axis=-1)
+        return ((patch_ncc(to_grey(prev_left), prev_uv[idx], grey, uv, win) >= min_ncc)
+                & (patch_ncc(grey, uv, to_grey(right), in_right, win) >= min_ncc))
 
     def _remember_seen(self, newly: np.ndarray, prev_left: np.ndarray | None, prev_uv: np.ndarray) -> None:
         """Keep the previous left image as the last sight of the points `newly` covered."""
@@ -650,7 +670,7 @@ class OnlineTracker:
                 z = np.zeros(0)
             if stereo_occlusion and len(z):
                 z = self._stereo_occlusion(np.asarray(z, np.float64), tracked, found, carried, frame.calib,
-                                           (prev_left, prev_uv), left)
+                                           (prev_left, prev_uv), left, right)
             W, H = frame.calib.image_size
             inside = ((self._uv[:, 0] >= 0) & (self._uv[:, 1] >= 0) & (self._uv[:, 0] <= W - 1)
                       & (self._uv[:, 1] <= H - 1))

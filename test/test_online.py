@@ -566,10 +566,11 @@ def test_the_instrument_covering_points_hides_them_on_a_synthetic_stream():
     frames = [scene.frame(i) for i in range(60)]
     W_s, H_s = scene.calib.image_size
     scores = {}
-    for occlusion in ("stereo", "tracking"):
-        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), online_cfg=OnlineConfig(occlusion=occlusion))
+    for occlusion, check_px in (("stereo", 13), ("stereo", 0), ("tracking", 13)):
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False),
+                            online_cfg=OnlineConfig(occlusion=occlusion, visible_check_win_px=check_px))
         trk.add_queries(frames[0].gt_uv_px.astype(np.float64))
-        covered = hidden = on_tool = 0
+        covered = hidden = on_tool = right = total = 0
         for i, f in enumerate(frames):
             res = trk.push_frame(StereoFrame(f.left_rgb_u8, f.right_rgb_u8, scene.calib, 1_000 + i * 33_000_000))
             gt = f.gt_uv_px
@@ -580,10 +581,38 @@ def test_the_instrument_covering_points_hides_them_on_a_synthetic_stream():
             px = np.clip(np.round(res.uv_px).astype(int), 0, [W_s - 1, H_s - 1])
             assert f.instrument_mask is not None
             on_tool += int((res.visible & f.instrument_mask[px[:, 1], px[:, 0]]).sum())
-        scores[occlusion] = (hidden / covered, on_tool)
+            right += int((in_view & (res.visible == f.gt_visible)).sum())
+            total += int(in_view.sum())
+        scores[occlusion, check_px] = (hidden / covered, on_tool, right / total)
+    stereo, plain, tracking = scores["stereo", 13], scores["stereo", 0], scores["tracking", 13]
     assert covered > 50  # the scene covers queries
-    assert scores["stereo"][0] >= 0.7 and scores["stereo"][0] > scores["tracking"][0] + 0.2, scores
-    assert scores["stereo"][1] <= scores["tracking"][1] / 3, scores
+    assert stereo[0] >= 0.7 and stereo[0] > tracking[0] + 0.2, scores
+    assert stereo[1] <= tracking[1] / 3, scores
+    # the narrow check gives back visible points the LK window lost beside the tool, few on it
+    assert stereo[2] > plain[2] + 0.01 and stereo[1] <= 1.5 * plain[1], scores
+
+
+def test_a_point_lost_without_an_occluder_is_reported_visible_where_narrow_windows_match():
+    """`online.visible_check_win_px`: a covered point stereo saw no occluder over is reported visible only
+    where a narrow window matches both its previous-frame patch and the right image at its own disparity."""
+    prev, cur = textured_frame(4), textured_frame(5)  # content moves -1 px a frame, disparity 4 px
+    uv_now = np.array([[20.0, 20.0], [36.0, 26.0], [52.0, 22.0]])  # in the right image at u = 16, 32, 48
+    uv_prev = uv_now + [1.0, 0.0]
+    tool_right = cur.right_rgb_u8.copy()
+    tool_right[19:34, 25:40] = 255 - tool_right[19:34, 25:40]  # something else at the second point's match
+    for win, right, expect in ((13, cur.right_rgb_u8, [True, True, True]), (13, tool_right, [True, False, True]),
+                               (0, cur.right_rgb_u8, [False, False, False])):
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False),
+                            online_cfg=OnlineConfig(visible_check_win_px=win), frontend=StillFrontEnd())
+        trk.add_queries(uv_now)
+        trk._uv, trk._disp_ref = uv_now.copy(), np.full(3, 4.0)
+        got = trk._looks_visible(np.arange(3), prev.left_rgb_u8, uv_prev, cur.left_rgb_u8, right)
+        assert got.tolist() == expect, (win, got)
+    # the previous frame's patch must match as well: one frame further back it does not
+    trk._disp_ref[:] = 4.0
+    trk.online_cfg = OnlineConfig(visible_check_win_px=13)
+    assert not trk._looks_visible(np.arange(3), prev.left_rgb_u8, uv_prev + [7.0, 0.0], cur.left_rgb_u8,
+                                  cur.right_rgb_u8).any()
 
 
 class ReacquiringFrontEnd(FakeFrontEnd):

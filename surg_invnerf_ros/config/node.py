@@ -92,6 +92,15 @@ class OnlineConfig:
         "visible neighbours instead of following LK, and is visible again once stereo sees its own depth there, "
         "LK re-finds it from the last image it was seen in (that also sets its position) or re-acquisition "
         "finds it. tracking: visible while frame-to-frame LK passes its checks.")
+    visible_check_win_px: int = option(
+        13, "occlusion = stereo: a point covered only because frame-to-frame LK and stereo both lost it (no "
+        "nearer disparity) is still reported visible when, in a window of this side, its patch matches its "
+        "patch in the previous frame and the right image at its own disparity (visible_check_min_ncc); it "
+        "stays covered inside the tracker (moved with its neighbours, re-found from its last sight). Beside an "
+        "instrument the LK window sees both, and a narrow one still tells tissue from tool. 0: off.",
+        lo=0, hi=101)
+    visible_check_min_ncc: float = option(
+        0.8, "occlusion = stereo: zero-mean NCC both windows of visible_check_win_px must reach.", lo=-1.0, hi=1.0)
     occluder_disparity_ratio: float = option(
         1.1, "occlusion = stereo: a disparity this many times the point's own means an occluder in front.",
         lo=1.0)
