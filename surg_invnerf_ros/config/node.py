@@ -78,7 +78,8 @@ class OnlineConfig:
     shed_when_behind: bool = option(
         True, "On a frame processed while the next one already waits (the per-frame path is behind, e.g. "
         "another process takes the CPU), skip the re-acquisition (about a third of the front end's time), so "
-        "the node keeps the frame rate instead of dropping frames; counted as frames_shed in /diagnostics.")
+        "the node keeps the frame rate instead of dropping frames; counted as frames_shed in /diagnostics. "
+        "Which frames are shed depends on timing: false makes a replay repeat the live run's tracks.")
 
     hide_unconfirmed: bool = option(
         False, "A query that re-acquisition does not find this frame (its origin patch fails the "

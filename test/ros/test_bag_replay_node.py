@@ -50,7 +50,10 @@ class Tracker:
         self.ctx = Context()
         rclpy.init(context=self.ctx)
         params = {"refine.enabled": False, "device": "cpu", "sync.frame_queue_size": 4 * FRAMES,
-                  "queries.points_px": [float(v) for v in query_uv.ravel()], "publish.overlay": False}
+                  "queries.points_px": [float(v) for v in query_uv.ravel()], "publish.overlay": False,
+                  # a frame handled while the next one waits skips its re-acquisition by default, which
+                  # depends on timing; without that, replay and live run do the same work on the same frames
+                  "online.shed_when_behind": False}
         for t in INPUTS:  # reliable and deep (QoS overrides): a loaded CI machine must not lose a frame
             params[f"qos_overrides.{ns}/{t}.subscription.reliability"] = "reliable"
             params[f"qos_overrides.{ns}/{t}.subscription.depth"] = 4 * FRAMES
