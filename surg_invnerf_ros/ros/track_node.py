@@ -574,6 +574,8 @@ class TrackerNode(Node):
         `arriving` (before the frame is tracked): those stamped with this very frame, so its output has
         them. After it: those of an older frame that was never tracked (placed on its held image), and
         those that waited PENDING_QUERIES_TIMEOUT_S (taken at this frame, with a warning)."""
+        if not self._pending_queries:  # the usual frame: nothing waits, no lock taken. A polygon appended
+            return  # just after this look waits for the next call (after this frame: placed on its held image)
         now = time.monotonic()
 
         def is_due(p: PendingQueries) -> bool:
@@ -595,10 +597,13 @@ class TrackerNode(Node):
                 self._warn(f"~/queries: refused {n} points stamped {p.stamp_ns} ({reason}; "
                            f"queries.max_queries {self.cfg.queries.max_queries})")
 
-    def _waiting_queries(self) -> int:
-        """Points waiting for their frame."""
+    def _waiting_queries(self, drop: bool = False) -> int:
+        """Points waiting for their frame; `drop`: forget them as well."""
         with self._frames_lock:
-            return sum(len(p.uv_px) for p in self._pending_queries)
+            n = sum(len(p.uv_px) for p in self._pending_queries)
+            if drop:
+                self._pending_queries = []
+        return n
 
     def _on_queries_incompatible_qos(self, info: QoSRequestedIncompatibleQoSInfo) -> None:
         """A ~/queries publisher this subscription cannot match (e.g. volatile): none of its polygons arrive."""
@@ -659,21 +664,15 @@ class TrackerNode(Node):
             return
         self.get_logger().info(f"clicked_point → query {int(ids[0])} at ({uv[0, 0]:.1f}, {uv[0, 1]:.1f}) px")
 
-    def _drop_pending_queries(self) -> int:
-        with self._frames_lock:
-            n = sum(len(p.uv_px) for p in self._pending_queries)
-            self._pending_queries = []
-        return n
-
     def _on_clear(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        n = len(self._tracker.query_ids) + self._drop_pending_queries()
+        n = len(self._tracker.query_ids) + self._waiting_queries(drop=True)
         self._tracker.clear_queries()
         self.pubs.clear_trails()
         response.success, response.message = True, f"cleared {n} queries"
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        n = len(self._tracker.query_ids) + self._drop_pending_queries()
+        n = len(self._tracker.query_ids) + self._waiting_queries(drop=True)
         self._tracker.reset()
         self.pubs.clear_trails()
         response.success, response.message = True, f"reset: dropped {n} queries and the model"
