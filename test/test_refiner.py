@@ -75,9 +75,9 @@ class TestProcessRefiner:
             assert os.getsid(child) == os.getsid(0)
             assert os.getpgid(child) == child != os.getpgid(0)
             autogroup = Path("/proc/self/autogroup")
-            if autogroup.exists():  # kernels built with CONFIG_SCHED_AUTOGROUP
-                mine = autogroup.read_text().split()[0]
-                assert Path(f"/proc/{child}/autogroup").read_text().split()[0] == mine
+            if autogroup.exists():  # kernels built with CONFIG_SCHED_AUTOGROUP; some sandboxes leave it empty
+                mine = autogroup.read_text().split()[:1]
+                assert Path(f"/proc/{child}/autogroup").read_text().split()[:1] == mine
         finally:
             ref.close()
 
