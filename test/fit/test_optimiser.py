@@ -183,8 +183,11 @@ class TestContiguousParameters:
                 timed_step(fitter, i, {})
             params[flag], fitters[flag] = [p.detach().clone() for p in fitter.model.parameters()], fitter
         assert len(params[True]) == len(params[False]) > 10
+        # Adam divides by sqrt(v): float32 rounding in a near-zero gradient (summed in another order on
+        # another CPU) moves an element by a small share of its step; a missed or doubled step moves it by
+        # about lr (2e-2 planes, 3e-3 MLPs).
         for a, b in zip(params[True], params[False]):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
         assert [len(g["params"]) for g in fitters[True].opt.param_groups] == [1, 1]
         assert sum(len(g["params"]) for g in fitters[False].opt.param_groups) == len(params[False])
 

@@ -76,12 +76,14 @@ class TestInvNeRF:
         # The anchor point of each ray goes through F_i and F_j⁻¹ in the samples' calls: the same values and
         # gradients as mapping it by itself, and the rendering of the samples unchanged.
         # float64: with parameters this far from their start, F⁻¹(F(x)) amplifies float32 rounding (which
-        # differs with the batch's shape) by orders of magnitude; in float64 both ways agree to rounding
+        # differs with the batch's shape) by orders of magnitude; in float64 both ways agree to rounding.
+        # Perturbations of 0.2 move the anchors by up to 15 mm; at 0.3 the map turns chaotic (a 1e-15
+        # relative change of x moves F(x) by 2e-8 m) and the comparison measures the CPU's summation order.
         m = self._model().double()
         g = torch.Generator().manual_seed(3)
         with torch.no_grad():  # a map and a field far from their start (the last coupling layers start at zero)
             for p in m.parameters():
-                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+                p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64))
         R, S = 7, 9
         origins = torch.rand(R, 3, generator=g, dtype=torch.float64) * 0.01
         dirs = torch.cat([torch.rand(R, 2, generator=g, dtype=torch.float64) * 0.2 - 0.1,
