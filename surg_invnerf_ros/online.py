@@ -498,15 +498,20 @@ class OnlineTracker:
                        right: np.ndarray) -> np.ndarray:
         """Under the lock: for the points `idx` (M,), whether a narrow window (`online.visible_check_win_px`)
         at the point's pixel matches both its patch in the previous left image (every point's pixel there:
-        `prev_uv`, (N, 2)) and the right image at its own disparity; (M,) bool, all False when off."""
+        `prev_uv`, (N, 2)) and the right image at its own disparity; (M,) bool, all False when off.
+
+        Where that window at its own disparity leaves the right image (the strip along the left border
+        that only the left camera sees), stereo can neither confirm nor deny, and the previous-frame match
+        decides alone."""
         win, min_ncc = self.online_cfg.visible_check_win_px, self.online_cfg.visible_check_min_ncc
         if win <= 0:
             return np.zeros(len(idx), bool)
         grey = to_grey(left)
         uv = self._uv[idx]
         in_right = uv - np.stack([self._disp_ref[idx], np.zeros(len(idx))], axis=-1)
+        right_unseen = in_right[:, 0] < (win - 1) / 2
         return ((patch_ncc(to_grey(prev_left), prev_uv[idx], grey, uv, win) >= min_ncc)
-                & (patch_ncc(grey, uv, to_grey(right), in_right, win) >= min_ncc))
+                & (right_unseen | (patch_ncc(grey, uv, to_grey(right), in_right, win) >= min_ncc)))
 
     def _remember_seen(self, newly: np.ndarray, prev_left: np.ndarray | None, prev_uv: np.ndarray) -> None:
         """Keep the previous left image as the last sight of the points `newly` covered."""

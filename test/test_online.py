@@ -615,6 +615,24 @@ def test_a_point_lost_without_an_occluder_is_reported_visible_where_narrow_windo
                                   cur.right_rgb_u8).any()
 
 
+
+def test_beside_the_left_border_the_previous_frame_alone_decides():
+    """Where the narrow window at the point's own disparity leaves the right image (a strip only the left
+    camera sees), stereo cannot confirm: the previous-frame match alone reports the lost point visible."""
+    prev, cur = textured_frame(4), textured_frame(5)  # content moves -1 px a frame, disparity 4 px
+    uv_now = np.array([[8.0, 20.0], [20.0, 20.0]])  # in the right image at u = 4 (window outside) and 16
+    junk_right = cur.right_rgb_u8.copy()
+    junk_right[:, :30] = 255 - junk_right[:, :30]  # neither point's match is there
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False),
+                        online_cfg=OnlineConfig(visible_check_win_px=13), frontend=StillFrontEnd())
+    trk.add_queries(uv_now)
+    trk._uv, trk._disp_ref = uv_now.copy(), np.full(2, 4.0)
+    got = trk._looks_visible(np.arange(2), prev.left_rgb_u8, uv_now + [1.0, 0.0], cur.left_rgb_u8, junk_right)
+    assert got.tolist() == [True, False]
+    # the previous-frame match still has to hold there
+    assert not trk._looks_visible(np.arange(2), prev.left_rgb_u8, uv_now + [7.0, 0.0], cur.left_rgb_u8,
+                                  junk_right).any()
+
 class ReacquiringFrontEnd(FakeFrontEnd):
     """Drifts like FakeFrontEnd; re-acquisition finds the even-numbered points where they were placed."""
 
