@@ -33,6 +33,7 @@ from ..config import (
 )
 from ..errors import ConfigError, InputError
 from ..eval.evaluate import evaluate_files
+from ..eval.plots import contact_sheet
 from ..eval.report import format_stir_scores, format_table, json_safe, metrics_row
 from ..eval.stir import read_stir_end
 from ..io.kinematics import read_hand_eye
@@ -156,6 +157,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     seq = apply_kinematics_options(seq, args.hand_eye, args.kinematics_offset_s)
     with fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
+    if args.overlay:  # on the rectified images the tracks were made on
+        print(f"wrote {contact_sheet(seq, {args.method: tracks}, None, args.overlay)}")
     if seq.rectify is not None:
         tracks = seq.rectify.rect_to_raw_tracks(tracks)
     out = write_tracks(args.out, tracks)
@@ -334,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default=METHODS[0], choices=METHODS, help=f"tracker (default {METHODS[0]})")
     t.add_argument("--csv", type=Path, help="also export frame,id,u,v,visible,x,y,z CSV")
     t.add_argument("--stir-json", type=Path, help="also export STIR-style end-frame JSON")
+    t.add_argument("--overlay", type=Path, metavar="PNG",
+                   help="also draw the tracks on 4 left images, first to last (filled: visible, hollow: hidden)")
     t.add_argument("--kinematics", choices=["on", "off"],
                    help="use the sequence's kinematics.csv when present (default on); off ignores it")
     t.add_argument("--pose-refine", action="store_true",

@@ -108,23 +108,26 @@ def contact_frames(num_frames: int, count: int = 4) -> list[int]:
     return sorted(set(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int).tolist()))
 
 
-def _draw_panel(image_rgb_u8: np.ndarray, gt_uv: np.ndarray, gt_vis: np.ndarray, uv: np.ndarray | None,
-                vis: np.ndarray | None, colour_rgb: tuple[int, int, int], label: str) -> np.ndarray:
-    """One frame: GT as green rings, the method's points (`uv`, `vis`: both or neither) as dots joined
-    to their GT by a line."""
+def _draw_panel(image_rgb_u8: np.ndarray, gt_uv: np.ndarray | None, gt_vis: np.ndarray | None,
+                uv: np.ndarray | None, vis: np.ndarray | None, colour_rgb: tuple[int, int, int],
+                label: str) -> np.ndarray:
+    """One frame: GT (`gt_uv`, `gt_vis`: both or neither) as green rings, the method's points (`uv`, `vis`:
+    both or neither) as dots, each joined to its GT by a line."""
     # Dim the image so the markers stand out; a dark frame separates the panels of the grid.
     panel = np.ascontiguousarray((image_rgb_u8.astype(np.float32) * 0.7).astype(np.uint8))
     H, W = panel.shape[:2]
     cv2.rectangle(panel, (0, 0), (W - 1, H - 1), (0, 0, 0), 1)
     radius = max(2, round(min(H, W) / 80))
-    ok_gt = np.isfinite(gt_uv).all(-1) & gt_vis
-    for (u, v) in gt_uv[ok_gt]:
-        cv2.circle(panel, (int(round(u)), int(round(v))), radius + 1, GT_COLOUR_RGB, 1, cv2.LINE_AA)
+    ok_gt = np.zeros(0 if uv is None else len(uv), bool)
+    if gt_uv is not None and gt_vis is not None:
+        ok_gt = np.isfinite(gt_uv).all(-1) & gt_vis
+        for (u, v) in gt_uv[ok_gt]:
+            cv2.circle(panel, (int(round(u)), int(round(v))), radius + 1, GT_COLOUR_RGB, 1, cv2.LINE_AA)
     if uv is not None and vis is not None:
         ok = np.isfinite(uv).all(-1)
         for j in np.flatnonzero(ok):
             p = (int(round(uv[j, 0])), int(round(uv[j, 1])))
-            if ok_gt[j]:
+            if gt_uv is not None and ok_gt[j]:
                 cv2.line(panel, p, (int(round(gt_uv[j, 0])), int(round(gt_uv[j, 1]))), colour_rgb, 1, cv2.LINE_AA)
             cv2.circle(panel, p, radius, colour_rgb, -1 if vis[j] else 1, cv2.LINE_AA)
     scale = max(0.3, min(H, W) / 400)
@@ -135,18 +138,19 @@ def _draw_panel(image_rgb_u8: np.ndarray, gt_uv: np.ndarray, gt_vis: np.ndarray,
     return panel
 
 
-def contact_sheet(seq: Sequence, tracks_by_method: Mapping[str, Tracks], gt: Tracks, path: str | Path,
+def contact_sheet(seq: Sequence, tracks_by_method: Mapping[str, Tracks], gt: Tracks | None, path: str | Path,
                   frames: Seq[int] | None = None) -> Path:
-    """Grid of left images: one row per method (the first row shows GT alone), one column per frame.
+    """Grid of left images: one row per method (with GT, a first row shows GT alone), one column per frame.
 
-    Every panel shows the GT points (green rings); method rows add that method's points (filled
-    when predicted visible, hollow when occluded), each joined to its GT point. Points are matched
-    to GT by id. The PNG is (rows·H, cols·W) at native resolution, rows = 1 + len(methods).
+    Method rows show that method's points (filled when predicted visible, hollow when occluded). With
+    GT, every panel also shows the GT points (green rings) and each method point is joined to its GT
+    point (matched by id). The PNG is (rows·H, cols·W) at native resolution, rows = len(methods), plus
+    one with GT.
 
     Args:
         seq: the sequence (left images, rectified pixels as the tracks).
         tracks_by_method: method name → its tracks.
-        gt: ground-truth tracks.
+        gt: ground-truth tracks, or None (real data): the method's points alone.
         frames: frame indices to show; None picks 4 evenly spread.
     """
     T = seq.num_frames
@@ -155,15 +159,19 @@ def contact_sheet(seq: Sequence, tracks_by_method: Mapping[str, Tracks], gt: Tra
     if bad:
         raise ValueError(f"frames: {bad[0]} outside 0..{T - 1}")
     rows = []
-    header = [_draw_panel(seq.left_rgb_u8[f], gt.uv[f], gt.visible[f], None, None, GT_COLOUR_RGB,
-                          f"GT t={f}") for f in frames]
-    rows.append(np.concatenate(header, axis=1))
+    if gt is not None:
+        header = [_draw_panel(seq.left_rgb_u8[f], gt.uv[f], gt.visible[f], None, None, GT_COLOUR_RGB,
+                              f"GT t={f}") for f in frames]
+        rows.append(np.concatenate(header, axis=1))
     for i, (method, tracks) in enumerate(tracks_by_method.items()):
-        uv, vis, _ = match_by_id(tracks, gt)
+        uv, vis = match_by_id(tracks, gt)[:2] if gt is not None else (tracks.uv, tracks.visible)
         colour = METHOD_COLOURS_RGB[i % len(METHOD_COLOURS_RGB)]
-        row = [_draw_panel(seq.left_rgb_u8[f], gt.uv[f], gt.visible[f], uv[f], vis[f], colour,
-                           f"{method} t={f}") for f in frames]
+        row = [_draw_panel(seq.left_rgb_u8[f], None if gt is None else gt.uv[f],
+                           None if gt is None else gt.visible[f], uv[f], vis[f], colour, f"{method} t={f}")
+               for f in frames]
         rows.append(np.concatenate(row, axis=1))
+    if not rows:
+        raise ValueError("tracks_by_method: nothing to draw without ground truth")
     sheet_bgr = cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR)
 
     def write(tmp: Path) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from surg_invnerf_ros.apps.cli import main
+from surg_invnerf_ros.io.sequence import read_sequence
 from surg_invnerf_ros.io.trackfile import read_tracks
 
 
@@ -55,6 +56,17 @@ class TestTrackAndEval:
         metrics = json.loads(proc.stdout)
         assert 0.0 <= metrics["delta_avg"] <= 1.0
         assert np.isfinite(metrics["epe_px"])
+
+    def test_the_overlay_draws_the_tracks_on_the_left_images(self, tiny_seq, tmp_path):
+        import cv2
+
+        sheet = tmp_path / "overlay.png"
+        assert main(["track", str(tiny_seq), "--out", str(tmp_path / "p.npz"), "--method", "lk",
+                     "--overlay", str(sheet)]) == 0
+        img = cv2.imread(str(sheet))
+        seq = read_sequence(tiny_seq)
+        H, W = seq.left_rgb_u8.shape[1:3]
+        assert img.shape == (H, 4 * W, 3)  # one row, frames first to last
 
     def test_frontend_settings_reach_the_tracker(self, tiny_seq, tmp_path):
         cfg = tmp_path / "run.yaml"

@@ -52,6 +52,19 @@ class TestContactSheet:
         raw = cv2.cvtColor(seq.left_rgb_u8[0], cv2.COLOR_RGB2BGR)
         assert (img[:48, :64] != raw).any()
 
+    def test_without_ground_truth_draws_the_tracks_alone(self, tmp_path):
+        seq, gt = tiny_sequence()
+        pred = Tracks(ids=gt.ids.copy(), uv=gt.uv.copy(), visible=gt.visible.copy(), xyz=gt.xyz.copy())
+        out = contact_sheet(seq, {"lk": pred}, None, tmp_path / "sheet.png", frames=[0, 2, 4])
+        img = load_png(out)
+        assert img.shape == (48, 3 * 64, 3)  # one method row, no GT row
+        dimmed = (seq.left_rgb_u8[0].astype(np.float32) * 0.7).astype(np.uint8)
+        u, v = np.round(gt.uv[0][np.isfinite(gt.uv[0]).all(-1)][0]).astype(int)
+        drawn = cv2.cvtColor(img[:48, :64], cv2.COLOR_BGR2RGB)
+        assert (drawn[v, u] != dimmed[v, u]).any()  # a marker at the track's pixel
+        with pytest.raises(ValueError, match="nothing to draw"):
+            contact_sheet(seq, {}, None, tmp_path / "empty.png")
+
     def test_default_frames(self):
         assert contact_frames(48, 4) == [0, 16, 31, 47]
         assert contact_frames(2, 4) == [0, 1]
