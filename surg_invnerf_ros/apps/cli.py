@@ -157,12 +157,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     seq = apply_kinematics_options(seq, args.hand_eye, args.kinematics_offset_s)
     with fit_bar(f"track[{args.method}]") as update:
         tracks = track_sequence(seq, args.method, fit_cfg=fit_cfg, frontend_cfg=frontend_cfg, progress=update)
-    if args.overlay:  # on the rectified images the tracks were made on
-        print(f"wrote {contact_sheet(seq, {args.method: tracks}, None, args.overlay)}")
+    rect_tracks = tracks  # the overlay draws them on the rectified images they were made on
     if seq.rectify is not None:
         tracks = seq.rectify.rect_to_raw_tracks(tracks)
     out = write_tracks(args.out, tracks)
     print(f"wrote {out} ({tracks.num_points} points x {tracks.num_frames} frames, method {args.method})")
+    if args.overlay:
+        print(f"wrote {contact_sheet(seq, {args.method: rect_tracks}, None, args.overlay)}")
     if args.csv:
         print(f"wrote {export_csv(tracks, args.csv)}")
     if args.stir_json:  # keyed as the clip's STIR labels are, when it was imported with them
