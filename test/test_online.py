@@ -615,7 +615,6 @@ def test_a_point_lost_without_an_occluder_is_reported_visible_where_narrow_windo
                                   cur.right_rgb_u8).any()
 
 
-
 def test_beside_the_left_border_the_previous_frame_alone_decides():
     """Where the narrow window at the point's own disparity leaves the right image (a strip only the left
     camera sees), stereo cannot confirm: the previous-frame match alone reports the lost point visible."""
@@ -632,6 +631,7 @@ def test_beside_the_left_border_the_previous_frame_alone_decides():
     # the previous-frame match still has to hold there
     assert not trk._looks_visible(np.arange(2), prev.left_rgb_u8, uv_now + [7.0, 0.0], cur.left_rgb_u8,
                                   junk_right).any()
+
 
 class ReacquiringFrontEnd(FakeFrontEnd):
     """Drifts like FakeFrontEnd; re-acquisition finds the even-numbered points where they were placed."""

@@ -118,7 +118,7 @@ def _draw_panel(image_rgb_u8: np.ndarray, gt_uv: np.ndarray | None, gt_vis: np.n
     H, W = panel.shape[:2]
     cv2.rectangle(panel, (0, 0), (W - 1, H - 1), (0, 0, 0), 1)
     radius = max(2, round(min(H, W) / 80))
-    ok_gt = np.zeros(0 if uv is None else len(uv), bool)
+    ok_gt = np.zeros(0, bool)  # read only with GT
     if gt_uv is not None and gt_vis is not None:
         ok_gt = np.isfinite(gt_uv).all(-1) & gt_vis
         for (u, v) in gt_uv[ok_gt]:
@@ -163,12 +163,14 @@ def contact_sheet(seq: Sequence, tracks_by_method: Mapping[str, Tracks], gt: Tra
         header = [_draw_panel(seq.left_rgb_u8[f], gt.uv[f], gt.visible[f], None, None, GT_COLOUR_RGB,
                               f"GT t={f}") for f in frames]
         rows.append(np.concatenate(header, axis=1))
+
+    def gt_at(f: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        return (gt.uv[f], gt.visible[f]) if gt is not None else (None, None)
+
     for i, (method, tracks) in enumerate(tracks_by_method.items()):
         uv, vis = match_by_id(tracks, gt)[:2] if gt is not None else (tracks.uv, tracks.visible)
         colour = METHOD_COLOURS_RGB[i % len(METHOD_COLOURS_RGB)]
-        row = [_draw_panel(seq.left_rgb_u8[f], None if gt is None else gt.uv[f],
-                           None if gt is None else gt.visible[f], uv[f], vis[f], colour, f"{method} t={f}")
-               for f in frames]
+        row = [_draw_panel(seq.left_rgb_u8[f], *gt_at(f), uv[f], vis[f], colour, f"{method} t={f}") for f in frames]
         rows.append(np.concatenate(row, axis=1))
     if not rows:
         raise ValueError("tracks_by_method: nothing to draw without ground truth")
