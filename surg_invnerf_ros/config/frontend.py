@@ -24,6 +24,10 @@ class FlowConfig:
     finest_scale: int = option(
         0, "Finest DIS pyramid level (0 = full resolution). The presets stop at 1 (medium) or 2, which "
         "smooths flow over 2-4 px and costs sub-pixel accuracy.", lo=0, hi=6)
+    dis_min_width_px: int = option(
+        0, "Wide frames skip DIS's finest levels while the frame is still at least this wide at the next coarser "
+        "one (512: 1280 px frames at level 1, 640 px wide, about twice as fast a front end; 0 = finest_scale "
+        "alone decides).", lo=0)
     cycle_thresh_px: float = option(1.0, "Max forward-backward cycle error for a valid flow pixel.", lo=0.0)
     max_roughness_px: float = option(
         0.1, "Max distance between a pixel's flow and the 5x5 mean flow around it (0 = off). Tissue moves "
@@ -98,7 +102,11 @@ class StereoConfig:
     refine_agree_px: float = option(
         1.0, "Max |DIS - SGBM| disparity (and |vertical flow| / 2) for the refined value to be used.", lo=0.0)
     refine_finest_scale: int = option(
-        0, "Finest pyramid level of the refining DIS (0 = full resolution, the most accurate; higher is faster).", lo=0, hi=6)
+        0, "Finest pyramid level of the refining DIS (0 = full resolution, the most accurate on small frames; "
+        "higher is faster).", lo=0, hi=6)
+    refine_min_width_px: int = option(
+        512, "Wide frames skip the refining DIS's finest levels while the frame is still at least this wide at "
+        "the next coarser one (1280 px: level 1, 640 px wide; 0 = refine_finest_scale alone decides).", lo=0)
     fill_radius_px: int = option(
         5, "Baselines: window radius searched for the nearest valid depth at a track.", lo=0)
 

@@ -167,8 +167,8 @@ def track_dis_streaming(
         progress: called with 2 after each couple of flows.
     """
     grey, mask, grid = prepare_video(left_rgb_u8, mask, "track_dis_streaming")
-    dis = make_dis(cfg)
     T, (H, W) = len(grey), grey[0].shape
+    dis = make_dis(cfg, W)
 
     def link_of(s: int, t: int) -> Link:
         fwd, _ = checked_flow_pair(dis, grey[s], grey[t], grid, cfg,

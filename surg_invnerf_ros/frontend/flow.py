@@ -11,11 +11,14 @@ kept only where
 The appearance test is needed because DIS is smooth both ways over something that appears in one
 frame only (an instrument entering, a specular flash): the region is wrongly matched in both
 directions and the cycle closes. DIS runs at full resolution (`finest_scale` 0; the presets stop at
-half or quarter resolution, which smooths sub-pixel motion away: on the hard scenes the DIS-chain
-baseline's EPE 0.82 → 0.65 px). At full resolution DIS can also piece a region seen once together
-from unrelated texture well enough to pass the appearance test; such a flow is rough, hence that
-test. Several gaps, keeping the reliable flows, is MFT's lesson without learned weights; `chains.py`
-composes the bank into long-range pairs.
+half or quarter resolution, which smooths sub-pixel motion away: on the hard 256×192 scenes the DIS-chain
+baseline's EPE 0.82 → 0.65 px). `dis_min_width_px` lets wide frames skip the finest levels (`dis_level`):
+on the hard 1280×1024 synthetic clip level 1 (640×512) has less error per flow at the ground-truth tracks
+(gap 1: 0.12 against 0.17 px mean) in a fifth of the time, but the fit's tracks are about 10 % worse
+(mean EPE 0.87-0.88 against 0.77-0.85 px over two fits each), so it is a speed option, off by default.
+At full resolution DIS can also piece a region seen once together from unrelated texture well enough to
+pass the appearance test; such a flow is rough, hence that test. Several gaps, keeping the reliable
+flows, is MFT's lesson without learned weights; `chains.py` composes the bank into long-range pairs.
 
 Memory: the bank holds Q = 2·Σ_g (T − g) pairs of (H, W, 2) float32 flow, (H, W) float32 cycle
 error and (H, W) bool: 13 bytes a pixel a pair. At 256×192 with T = 48 and gaps (1, 2, 4, 8) that is
@@ -111,10 +114,21 @@ def to_grey(rgb_u8: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb_u8), cv2.COLOR_RGB2GRAY)
 
 
-def make_dis(cfg: FlowConfig) -> cv2.DISOpticalFlow:
-    """A DIS instance for the configured preset and finest level (not thread-safe: one per thread)."""
+def dis_level(finest_scale: int, min_width_px: int, width_px: int) -> int:
+    """DIS's finest pyramid level for frames `width_px` wide: at least `finest_scale`, and raised while
+    the next coarser level is still at least `min_width_px` wide (0 = never raised)."""
+    level = finest_scale
+    if min_width_px > 0:
+        while (width_px >> (level + 1)) >= min_width_px:
+            level += 1
+    return level
+
+
+def make_dis(cfg: FlowConfig, width_px: int) -> cv2.DISOpticalFlow:
+    """A DIS instance for the configured preset, at the finest level `dis_level` picks for frames
+    `width_px` wide (not thread-safe: one per thread)."""
     dis = cv2.DISOpticalFlow.create(_PRESETS[cfg.preset])
-    dis.setFinestScale(cfg.finest_scale)
+    dis.setFinestScale(dis_level(cfg.finest_scale, cfg.dis_min_width_px, width_px))
     return dis
 
 
@@ -123,7 +137,7 @@ def dis_flow(src_rgb_u8: np.ndarray, dst_rgb_u8: np.ndarray, cfg: FlowConfig) ->
     src = check_rgb_u8("dis_flow: src_rgb_u8", src_rgb_u8)
     dst = check_rgb_u8("dis_flow: dst_rgb_u8", dst_rgb_u8)
     check_same_size("src_rgb_u8", src, "dis_flow: dst_rgb_u8", dst)
-    return _dis_grey(make_dis(cfg), to_grey(src), to_grey(dst))
+    return _dis_grey(make_dis(cfg, src.shape[1]), to_grey(src), to_grey(dst))
 
 
 def _dis_grey(dis: cv2.DISOpticalFlow, src_grey: np.ndarray, dst_grey: np.ndarray) -> np.ndarray:
@@ -292,7 +306,7 @@ def compute_flow_bank(
     def couple(q: int) -> None:
         """Rows q, q+1: an adjacent (i→j, j→i) couple, so its cycle check uses both its flows."""
         if not hasattr(per_thread, "dis"):
-            per_thread.dis = make_dis(cfg)
+            per_thread.dis = make_dis(cfg, W)
         i, j = pairs[q]
         fwd, bwd = checked_flow_pair(per_thread.dis, grey[i], grey[j], grid, cfg,
                                      None if mask is None else mask[i], None if mask is None else mask[j])

@@ -556,8 +556,8 @@ def build_store(
 
     def tools():
         if not hasattr(local, "dis"):
-            local.dis = make_dis(fcfg)
-            local.sgbm, local.refiner = make_sgbm(num_disp, cfg.stereo), make_refiner(cfg.stereo)
+            local.dis = make_dis(fcfg, W)
+            local.sgbm, local.refiner = make_sgbm(num_disp, cfg.stereo), make_refiner(cfg.stereo, W)
         return local
 
     timings = {"read_s": 0.0, "stereo_s": 0.0, "flow_s": 0.0, "chains_s": 0.0, "records_s": 0.0}

@@ -5,7 +5,15 @@ import pytest
 
 from surg_invnerf_ros.config import FlowConfig
 from surg_invnerf_ros.errors import InputError
-from surg_invnerf_ros.frontend.flow import compute_flow_bank, dis_flow, flow_roughness_px, gap_pairs, make_dis
+from surg_invnerf_ros.frontend.flow import (
+    compute_flow_bank,
+    dis_flow,
+    dis_level,
+    flow_roughness_px,
+    gap_pairs,
+    make_dis,
+    to_grey,
+)
 
 from .synthetic import remapped_view, texture, translated_video, view, wavy_field
 
@@ -34,7 +42,29 @@ class TestDisFlow:
         src, dst = remapped_view(tex, flow_px), view(tex, 0, 0, 128, 96)
         err = {fs: np.abs(dis_flow(src, dst, FlowConfig(finest_scale=fs)) - flow_px)[INTERIOR].mean() for fs in (0, 1)}
         assert err[0] < 0.5 * err[1]
-        assert make_dis(FlowConfig(finest_scale=2)).getFinestScale() == 2
+        assert make_dis(FlowConfig(finest_scale=2), 128).getFinestScale() == 2
+
+    def test_wide_frames_skip_the_finest_levels(self):
+        # The finest level rises while the next coarser one is still at least min_width_px wide.
+        assert [dis_level(0, 512, w) for w in (256, 640, 1023, 1024, 1280, 2047, 2048, 4096)] == [0, 0, 0, 1, 1, 1, 2, 3]
+        assert dis_level(2, 512, 256) == 2 and dis_level(2, 512, 1280) == 2  # never below finest_scale
+        assert dis_level(0, 0, 4096) == 0 and dis_level(1, 0, 4096) == 1  # 0: finest_scale alone
+        assert make_dis(FlowConfig(dis_min_width_px=512), 1280).getFinestScale() == 1
+        assert make_dis(FlowConfig(dis_min_width_px=512), 640).getFinestScale() == 0
+        assert make_dis(FlowConfig(), 1280).getFinestScale() == 0  # off by default: full resolution
+
+    def test_a_wide_frame_gets_its_flow_at_the_coarser_level(self):
+        # dis_flow picks the level from the frame it is given: the same as a DIS at level 1 made by hand.
+        tex = texture(300, 1200, sigma_px=3.0)
+        u, v = np.meshgrid(np.arange(1024, dtype=np.float32), np.arange(128, dtype=np.float32))
+        flow_px = np.stack([1.5 * np.sin(2 * np.pi * v / 128), np.cos(2 * np.pi * u / 144)], -1)  # smooth at 640 px
+        src, dst = remapped_view(tex, flow_px), view(tex, 0, 0, 1024, 128)
+        by_hand = make_dis(FlowConfig(finest_scale=1, dis_min_width_px=0), 1024)
+        expected = by_hand.calc(to_grey(src), to_grey(dst), None)
+        np.testing.assert_array_equal(dis_flow(src, dst, FlowConfig(dis_min_width_px=512)), expected)
+        full = dis_flow(src, dst, FlowConfig())
+        assert np.abs(full - expected).max() > 1e-3  # level 0 is another computation
+        assert np.abs(expected - flow_px)[INTERIOR].mean() < 0.2
 
     def test_bad_input(self):
         a = np.zeros((48, 64, 3), np.uint8)

@@ -5,7 +5,7 @@ import pytest
 
 from surg_invnerf_ros.config import StereoConfig
 from surg_invnerf_ros.errors import ConfigError, InputError
-from surg_invnerf_ros.frontend.stereo import num_disparities_for, stereo_depth_m, stereo_depth_sequence_m
+from surg_invnerf_ros.frontend.stereo import make_refiner, num_disparities_for, stereo_depth_m, stereo_depth_sequence_m
 from surg_invnerf_ros.structs import StereoCalib
 
 from .synthetic import H, W, remapped_view, texture, view
@@ -76,6 +76,12 @@ class TestStereoDepth:
             assert usable.mean() > 0.5
             err[fs] = np.abs(FX * B / depth - d_px)[usable].mean()
         assert err[0] < 0.7 * err[1]
+
+    def test_wide_frames_refine_at_a_coarser_level(self):
+        assert make_refiner(StereoConfig(), 1280).getFinestScale() == 1
+        assert make_refiner(StereoConfig(), 640).getFinestScale() == 0
+        assert make_refiner(StereoConfig(refine_min_width_px=0), 1280).getFinestScale() == 0
+        assert make_refiner(StereoConfig(refine_finest_scale=2), 1280).getFinestScale() == 2
 
     def test_left_right_check_removes_half_occlusion(self):
         # Background at d = 8 px with a foreground square at d = 20 px (cols 30..49 in the left).
