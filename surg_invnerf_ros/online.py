@@ -142,7 +142,8 @@ class LKStereoFrontEnd:
 
     def __init__(self, cfg: FrontendConfig) -> None:
         self._lk = LKPointTracker(cfg.lk)
-        self._stereo_cfg = cfg.stereo
+        # the dense map seeds sparse stereo (or is the per-frame depth): one refinement keeps the frame's time
+        self._stereo_cfg = replace(cfg.stereo, refine_upsample_below_px=0)
 
     def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray,
               uv_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -77,6 +77,24 @@ class TestStereoDepth:
             err[fs] = np.abs(FX * B / depth - d_px)[usable].mean()
         assert err[0] < 0.7 * err[1]
 
+    def test_small_frames_refined_also_at_twice_their_size_are_more_accurate(self):
+        # The curved surface above on three textures: the mean of the refinements of the pair and of the
+        # pair at twice its size against the pair's alone (measured 0.198 vs 0.216 px mean error).
+        u, v = np.meshgrid(np.arange(128, dtype=np.float32), np.arange(96, dtype=np.float32))
+        d_px = 18 + 2.5 * np.sin(2 * np.pi * u / 48) + 1.5 * np.cos(2 * np.pi * v / 40)
+        err: dict[int, list[float]] = {0: [], 512: []}
+        for seed in (0, 1, 2):
+            tex = texture(296, 328, seed=seed, sigma_px=3.0)
+            left = remapped_view(tex, np.stack([-d_px, np.zeros_like(d_px)], -1))
+            right = view(tex, 0, 0, 128, 96)
+            for below in err:
+                depth = stereo_depth_m(left, right, calib(128, 96), StereoConfig(refine_upsample_below_px=below))
+                usable = np.isfinite(depth)
+                usable[:, :30] = usable[:4] = usable[-4:] = usable[:, -4:] = False
+                err[below].append(float(np.abs(FX * B / depth - d_px)[usable].mean()))
+        assert np.mean(err[512]) < 0.96 * np.mean(err[0])
+        assert StereoConfig().refine_upsample_below_px > 128  # on by default at this size
+
     def test_wide_frames_refine_at_a_coarser_level(self):
         assert make_refiner(StereoConfig(), 1280).getFinestScale() == 1
         assert make_refiner(StereoConfig(), 640).getFinestScale() == 0
