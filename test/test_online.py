@@ -101,6 +101,19 @@ class TestFrontEnd:
         z, d = fe.point_depth_m(left, right_shifted, CALIB, uv, np.array([4.0]))
         assert np.isnan(z[0]) and np.isnan(d[0])
 
+    def test_the_dense_map_refines_once(self):
+        # The per-frame path keeps its time: no second refinement at twice the size, which offline fits make.
+        from dataclasses import replace
+
+        from surg_invnerf_ros.frontend.stereo import stereo_depth_m
+
+        f = textured_frame(3)
+        cfg = FrontendConfig()
+        once = stereo_depth_m(f.left_rgb_u8, f.right_rgb_u8, CALIB, replace(cfg.stereo, refine_upsample_below_px=0))
+        twice = stereo_depth_m(f.left_rgb_u8, f.right_rgb_u8, CALIB, cfg.stereo)
+        assert not np.allclose(once, twice, equal_nan=True)  # the two differ on this frame
+        np.testing.assert_array_equal(LKStereoFrontEnd(cfg).depth_m(f.left_rgb_u8, f.right_rgb_u8, CALIB), once)
+
     def test_point_leaving_image_is_not_visible(self):
         trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
         trk.add_queries(np.array([[W - 1.5, 10.0]]))

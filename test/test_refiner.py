@@ -89,6 +89,14 @@ class TestProcessRefiner:
         every = InvNeRFRefiner(RefineConfig(worker_threads=0, fit_overrides=("num_threads=2",)), FrontendConfig(workers=3))
         assert every.frontend_cfg.workers == 3 and every.fit_cfg.num_threads == 2
 
+    def test_refits_refine_stereo_once(self):
+        from surg_invnerf_ros.refiner import InvNeRFRefiner
+
+        assert FrontendConfig().stereo.refine_upsample_below_px > 0  # offline fits refine twice
+        ref = InvNeRFRefiner(RefineConfig(), FrontendConfig())
+        assert ref.frontend_cfg.stereo.refine_upsample_below_px == 0
+        assert ref.frontend_cfg.stereo.refine_min_width_px == FrontendConfig().stereo.refine_min_width_px
+
     def test_a_window_that_slid_on_is_fitted_warm_and_computes_only_its_new_frames(self, monkeypatch):
         from dataclasses import replace
 

@@ -108,9 +108,9 @@ class StereoConfig:
         512, "Wide frames skip the refining DIS's finest levels while the frame is still at least this wide at "
         "the next coarser one (1280 px: level 1, 640 px wide; 0 = refine_finest_scale alone decides).", lo=0)
     refine_upsample_below_px: int = option(
-        512, "The depth fits read: frames narrower than this are refined a second time at twice their size and "
-        "the disparity is the mean of the two, whose texture-bound biases differ (0 = never). The per-frame "
-        "path refines once.", lo=0)
+        512, "Offline fits' depth: frames narrower than this are refined a second time at twice their size and "
+        "the disparity is the mean of the two, whose texture-bound biases differ (0 = never). The node's "
+        "per-frame path and refits refine once.", lo=0)
     fill_radius_px: int = option(
         5, "Baselines: window radius searched for the nearest valid depth at a track.", lo=0)
 
