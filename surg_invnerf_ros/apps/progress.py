@@ -32,8 +32,8 @@ def fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
     def update(info: dict) -> None:
         if "frames" in info:  # the front end: frames streamed into the correspondence store
             if bar.total != info["frames"]:
-                bar.reset(total=info["frames"])
                 bar.unit = "frame"
+                bar.reset(total=info["frames"])
             bar.n = int(info["frame"])
             bar.set_postfix({"stage": "front end"}, refresh=False)
             bar.refresh()
@@ -45,8 +45,9 @@ def fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
             bar.refresh()
             return
         if "max_steps" in info and (fit_steps[0] != info["max_steps"] or bar.unit != "step"):
+            bar.unit = "step"  # before the reset, which redraws the bar
+            bar.set_postfix({}, refresh=False)
             bar.reset(total=info["max_steps"])
-            bar.unit = "step"
             fit_steps[0] = info["max_steps"]
         if "step" in info:
             bar.n = int(info["step"])

@@ -37,3 +37,7 @@ def test_the_bar_counts_frames_then_steps_up_to_the_projected_end(monkeypatch):
         update({"step": 300, "max_steps": 6000, "elapsed_s": 20.0, "eta_s": 10.0, "loss": 0.4, "converged": 0.2})
         assert (bar.n, bar.total) == (300, 450)  # the pace rose: the projected end with it
     assert "eta=10s" in out.getvalue() and "300/450" in out.getvalue()
+    # the reset to the fit's steps draws no frame unit or front-end stage
+    drawn = out.getvalue().split("\r")
+    assert any("/6000" in d for d in drawn)
+    assert not any("/6000" in d and ("frame" in d or "front end" in d) for d in drawn)
