@@ -45,7 +45,7 @@ def fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
             bar.refresh()
             return
         if "max_steps" in info and (fit_steps[0] != info["max_steps"] or bar.unit != "step"):
-            bar.unit = "step"  # before the reset, which redraws the bar
+            bar.unit = "step"  # before the reset, which redraws it
             bar.set_postfix({}, refresh=False)
             bar.reset(total=info["max_steps"])
             fit_steps[0] = info["max_steps"]
