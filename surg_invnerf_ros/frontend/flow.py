@@ -137,10 +137,11 @@ def dis_flow(src_rgb_u8: np.ndarray, dst_rgb_u8: np.ndarray, cfg: FlowConfig) ->
     src = check_rgb_u8("dis_flow: src_rgb_u8", src_rgb_u8)
     dst = check_rgb_u8("dis_flow: dst_rgb_u8", dst_rgb_u8)
     check_same_size("src_rgb_u8", src, "dis_flow: dst_rgb_u8", dst)
-    return _dis_grey(make_dis(cfg, src.shape[1]), to_grey(src), to_grey(dst))
+    return dis_grey_flow(make_dis(cfg, src.shape[1]), to_grey(src), to_grey(dst))
 
 
-def _dis_grey(dis: cv2.DISOpticalFlow, src_grey: np.ndarray, dst_grey: np.ndarray) -> np.ndarray:
+def dis_grey_flow(dis: cv2.DISOpticalFlow, src_grey: np.ndarray, dst_grey: np.ndarray) -> np.ndarray:
+    """(H, W, 2) float32 flow of `dis` from one grey image to the other (uv_dst = uv_src + flow)."""
     flow = dis.calc(src_grey, dst_grey, None)  # pyright: ignore[reportCallIssue, reportArgumentType]  (stubs lack flow=None)
     return flow.astype(np.float32, copy=False)
 
@@ -256,7 +257,7 @@ def checked_flow_pair(
     Shapes (H, W, 2) float32, (H, W) bool, (H, W) float32; masks (H, W) bool, True = excluded.
     """
     H, W = grey_i.shape
-    flows = (_dis_grey(dis, grey_i, grey_j), _dis_grey(dis, grey_j, grey_i))
+    flows = (dis_grey_flow(dis, grey_i, grey_j), dis_grey_flow(dis, grey_j, grey_i))
     greys, masks = (grey_i, grey_j), (mask_i, mask_j)
     out = []
     for a in (0, 1):

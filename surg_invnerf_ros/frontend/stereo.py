@@ -45,7 +45,7 @@ from ..config import StereoConfig
 from ..errors import InputError
 from ..geometry import depth_from_disparity_m
 from ..structs import StereoCalib
-from .flow import check_rgb_u8, check_same_size, dis_level, to_grey
+from .flow import check_rgb_u8, check_same_size, dis_grey_flow, dis_level, to_grey
 from .workers import thread_map
 
 log = logging.getLogger(__name__)
@@ -129,21 +129,17 @@ def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: 
     With `upsampled`, the flow is the mean of DIS on the pair and on the pair at twice its size.
     NaN in `disp_px` stays NaN: refinement never makes a pixel valid.
     """
-    flow = _dis_flow(dis, left_grey, right_grey)
+    flow = dis_grey_flow(dis, left_grey, right_grey)
     if upsampled:
         H, W = left_grey.shape
         big = [cv2.resize(g, (2 * W, 2 * H), interpolation=cv2.INTER_CUBIC) for g in (left_grey, right_grey)]
         # each 2x2 block averaged onto the pixel it came from; its flow is in half-size pixels
-        flow_big = cv2.resize(_dis_flow(dis, *big), (W, H), interpolation=cv2.INTER_AREA)
+        flow_big = cv2.resize(dis_grey_flow(dis, *big), (W, H), interpolation=cv2.INTER_AREA)
         flow = 0.5 * flow + 0.25 * flow_big
     d_dis = -flow[..., 0]
     with np.errstate(invalid="ignore"):
         agree = (np.abs(d_dis - disp_px) <= agree_px) & (np.abs(flow[..., 1]) <= 0.5 * agree_px)
     return np.where(agree, d_dis, disp_px).astype(np.float32)
-
-
-def _dis_flow(dis: cv2.DISOpticalFlow, src_grey: np.ndarray, dst_grey: np.ndarray) -> np.ndarray:
-    return dis.calc(src_grey, dst_grey, None)  # pyright: ignore[reportCallIssue, reportArgumentType]  (stubs lack flow=None)
 
 
 def _disparity_checked_px(left_grey: np.ndarray, right_grey: np.ndarray, sgbm: cv2.StereoSGBM,
