@@ -27,9 +27,10 @@ def projected_steps(info: dict) -> int | None:
 def fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
     """A tqdm bar driven by the optimiser's progress dicts (step, max_steps, loss, converged)."""
     bar = tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, unit="step", delay=0.5)
-    fit_steps: list[int | None] = [None]  # the fit's max_steps, once its first progress dict came
+    fit_max_steps: int | None = None  # from the fit's first progress dict
 
     def update(info: dict) -> None:
+        nonlocal fit_max_steps
         if "frames" in info:  # the front end: frames streamed into the correspondence store
             if bar.total != info["frames"]:
                 bar.unit = "frame"
@@ -44,11 +45,11 @@ def fit_bar(desc: str) -> Iterator[Callable[[dict], None]]:
             bar.set_postfix({"stage": info.get("stage", "")}, refresh=False)
             bar.refresh()
             return
-        if "max_steps" in info and (fit_steps[0] != info["max_steps"] or bar.unit != "step"):
+        if "max_steps" in info and (fit_max_steps != info["max_steps"] or bar.unit != "step"):
             bar.unit = "step"  # before the reset, which redraws it
             bar.set_postfix({}, refresh=False)
             bar.reset(total=info["max_steps"])
-            fit_steps[0] = info["max_steps"]
+            fit_max_steps = info["max_steps"]
         if "step" in info:
             bar.n = int(info["step"])
             projected = projected_steps(info)
