@@ -3,6 +3,7 @@
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -96,10 +97,33 @@ class TestFrontEnd:
         right_shifted = np.repeat(tex[4:4 + H, 12:12 + W, None], 3, 2)  # also 4 rows up: not rectified
         fe = LKStereoFrontEnd(FrontendConfig())
         uv = np.array([[30.0, 20.0]])
-        z, d = fe.point_depth_m(left, right_ok, CALIB, uv, np.array([np.nan]))
+        z, d, _ = fe.point_depth_m(left, right_ok, CALIB, uv, np.array([np.nan]))
         assert abs(d[0] - 4.0) < 0.1 and abs(z[0] - 50 * 0.005 / 4) < 1e-3
-        z, d = fe.point_depth_m(left, right_shifted, CALIB, uv, np.array([4.0]))
+        z, d, _ = fe.point_depth_m(left, right_shifted, CALIB, uv, np.array([4.0]))
         assert np.isnan(z[0]) and np.isnan(d[0])
+
+    def test_sparse_stereo_on_small_frames_matches_upsampled_images(self):
+        # A curved surface (disparity 15.5-20.5 px) on three textures, 128×96: the points' disparity error
+        # with the images upsampled twice against the frame's own pixels.
+        from .frontend.synthetic import curved_disparity_px, curved_surface_pair
+
+        calib = StereoCalib(K=np.array([[220.0, 0, 64], [0, 220.0, 48], [0, 0, 1]]), baseline_m=0.0045,
+                            image_size=(128, 96))
+        u, v = np.meshgrid(np.arange(34.3, 120, 6.1), np.arange(8.7, 88, 6.1))
+        uv = np.column_stack([u.ravel(), v.ravel()])
+        d_true = cv2.remap(curved_disparity_px(), *(uv[:, None, i].astype(np.float32) for i in (0, 1)),
+                           cv2.INTER_LINEAR)[:, 0]
+        err: dict[int, list[np.ndarray]] = {0: [], 512: []}
+        for seed in (0, 1, 2):
+            left, right = curved_surface_pair(seed)
+            for below in err:
+                front = LKStereoFrontEnd(FrontendConfig(), OnlineConfig(stereo_upsample_below_px=below))
+                _, d, _ = front.point_depth_m(left, right, calib, uv, np.full(len(uv), 18.0))
+                err[below].append(np.abs(d - d_true))
+        e = {k: np.concatenate(v) for k, v in err.items()}
+        assert np.isfinite(e[512]).mean() > 0.8 and np.isfinite(e[0]).mean() > 0.8  # measured 0.94, 0.87
+        assert np.nanmean(e[512]) < 0.8 * np.nanmean(e[0])  # measured 0.48 vs 0.69 px
+        assert OnlineConfig().stereo_upsample_below_px > 256  # on by default at the benchmark's 256×192
 
     def test_the_dense_map_refines_once(self):
         # The per-frame path keeps its time: no second refinement at twice the size, which offline fits make.
@@ -490,7 +514,7 @@ class CoveringFrontEnd(FakeFrontEnd):
         disp = np.full(len(uv), 4.0)
         if self.covered:
             disp[0] = np.nan if self.no_match else 5.0
-        return calib.fx * calib.baseline_m / disp, disp
+        return calib.fx * calib.baseline_m / disp, disp, np.isfinite(disp)
 
 
 class UncoveringFrontEnd(FakeFrontEnd):
@@ -518,7 +542,7 @@ class UncoveringFrontEnd(FakeFrontEnd):
         disp = np.full(len(uv), 4.0 + self.DISP_STEP_PX * self.frame_index)
         if self.covered or self.silent:
             disp[0] = np.nan
-        return calib.fx * calib.baseline_m / disp, disp
+        return calib.fx * calib.baseline_m / disp, disp, np.isfinite(disp)
 
     def reacquire(self, origin, cur, origin_uv, guess_uv):
         value = int(origin[0, 0, 0])
@@ -567,6 +591,83 @@ def test_where_stereo_is_silent_an_uncovered_point_is_refound_from_its_last_sigh
     else:
         assert len(trk._seen_images) == 1
     assert np.isfinite(res.xyz_cam_m[0]).all()  # its own depth where stereo has none
+
+
+class DraggingFrontEnd(FakeFrontEnd):
+    """Sparse stereo says 4 px everywhere (the drag is too gradual for the occluder test); while `dragging`
+    holds, LK takes point 0 `DRAG_PX` a frame further than its neighbours (onto a passing instrument).
+    Re-acquisition from the origin image finds a point at `found_px` (None: finds nothing)."""
+
+    DRAG_PX = 2.0
+
+    def __init__(self):
+        self.dragging = False
+        self.found_px = None
+        self.reacquire_guesses = []
+
+    def track(self, prev, cur, uv):
+        new, ok = super().track(prev, cur, uv)
+        if self.dragging:
+            new[0] += np.array([self.DRAG_PX, 0.0], np.float32)
+        return new, ok
+
+    def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
+        disp = np.full(len(uv), 4.0)
+        return calib.fx * calib.baseline_m / disp, disp, np.ones(len(uv), bool)
+
+    def reacquire(self, origin, cur, origin_uv, guess_uv):
+        self.reacquire_guesses.append(np.array(guess_uv))
+        if self.found_px is None:
+            return guess_uv, np.zeros(len(guess_uv), bool)
+        return np.tile(np.array(self.found_px, np.float32), (len(guess_uv), 1)), np.ones(len(guess_uv), bool)
+
+
+DRAG_QUERIES = np.array([[10.0, 20.0], [14.0, 26.0], [12.0, 12.0], [18.0, 20.0], [8.0, 30.0]])
+
+
+@pytest.mark.parametrize("limit_px", [5.0, 0.0])
+def test_a_point_dragged_off_its_neighbours_goes_back_to_their_carry(limit_px):
+    front = DraggingFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
+                        online_cfg=OnlineConfig(drift_check_px=limit_px))
+    trk.add_queries(DRAG_QUERIES)
+    trk.push_frame(frame(0))
+    front.dragging = True
+    for i in range(1, 11):
+        res = trk.push_frame(frame(i))
+        carried_u = 10.0 + FRONT_STEP_PX * i  # where the neighbours' motion takes point 0
+        off_px = abs(res.uv_px[0, 0] - carried_u)
+        if limit_px:  # back to the carry each time it gets further than the limit
+            assert off_px <= limit_px + 1e-4, i
+        assert np.allclose(res.uv_px[1:, 0], DRAG_QUERIES[1:, 0] + FRONT_STEP_PX * i, atol=1e-4)  # the others follow LK
+    resets = trk.stats()["drift_resets"]
+    if limit_px:
+        assert resets == 3  # at frames 3, 6 and 9 (6 px off each time)
+        # re-acquisition was tried from the carried position, which the front end's nothing found left as it is
+        assert any(np.allclose(g[0], [10.0 + FRONT_STEP_PX * 3, 20.0], atol=1e-4) for g in front.reacquire_guesses)
+    else:
+        assert resets == 0 and off_px == pytest.approx(10 * DraggingFrontEnd.DRAG_PX, abs=1e-4)
+
+
+def test_re_acquisition_does_not_jump_to_a_look_alike_far_away():
+    # The origin patch is "found" 30 px from the estimate: not taken at a 16 px limit, taken without one.
+    for limit_px, taken in ((16.0, False), (0.0, True)):
+        front = DraggingFrontEnd()
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
+                            online_cfg=OnlineConfig(reacquire_max_jump_px=limit_px))
+        trk.add_queries(DRAG_QUERIES[:1])
+        trk.push_frame(frame(0))
+        front.found_px = (10.0 + FRONT_STEP_PX + 30.0, 20.0)
+        res = trk.push_frame(frame(1))
+        expected = front.found_px if taken else (10.0 + FRONT_STEP_PX, 20.0)
+        np.testing.assert_allclose(res.uv_px[0], expected, atol=1e-4)
+    front = DraggingFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front, online_cfg=OnlineConfig())
+    trk.add_queries(DRAG_QUERIES[:1])
+    trk.push_frame(frame(0))
+    trk.push_frame(frame(1))
+    front.found_px = (10.0 + 2 * FRONT_STEP_PX + 3.0, 20.0)  # 3 px off: a re-acquisition correcting drift is taken
+    np.testing.assert_allclose(trk.push_frame(frame(2)).uv_px[0], front.found_px, atol=1e-4)
 
 
 def test_the_instrument_covering_points_hides_them_on_a_synthetic_stream():

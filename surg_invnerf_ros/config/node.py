@@ -68,6 +68,15 @@ class OnlineConfig:
         "points (milliseconds), or a dense SGBM map (far slower on a CPU).")
     stereo_max_dy_px: float = option(1.0, "lk_stereo: a match further than this off the epipolar row is invalid.",
                                      lo=0.0)
+    stereo_upsample_below_px: int = option(
+        512, "lk_stereo: on frames narrower than this, the left and right images are upsampled twice (bicubic) "
+        "before the points are matched, for sub-pixel disparities a third more accurate at 256×192 at about "
+        "2 ms a frame (0 = never).", lo=0)
+    stereo_min_ncc: float = option(
+        0.7, "lk_stereo: zero-mean NCC of the left and right patches a match must reach. The two cameras see "
+        "a point under different light and noise, dark tissue most: at 256×192 the frame-to-frame check "
+        "(lk.min_ncc) rejects the right match at a fifth of the points, which then keep a stale depth.",
+        lo=-1.0, hi=1.0)
     confidence_half_life_frames: float = option(
         30.0, "Front-end confidence halves every this many frames since a point was last anchored by a fit.",
         lo=0.1)
@@ -75,12 +84,21 @@ class OnlineConfig:
         1, "Every this many frames, LK re-finds each query from the image it was placed on, started at its "
         "current estimate and held to the lk.min_ncc_query check; where found it replaces the chained "
         "estimate, so chained-LK drift does not build up when the tissue looks as it did (0 = off).", lo=0)
+    reacquire_max_jump_px: float = option(
+        16.0, "Re-acquisition (and re-finding a covered point from its last sight) is taken only within this "
+        "distance of the current estimate: a match further away is another patch that looks alike, not the "
+        "point (0 = no limit).", lo=0.0)
     shed_when_behind: bool = option(
         True, "On a frame processed while the next one already waits (the per-frame path is behind, e.g. "
         "another process takes the CPU), skip the re-acquisition (about a third of the front end's time), so "
         "the node keeps the frame rate instead of dropping frames; counted as frames_shed in /diagnostics. "
         "Which frames are shed depends on timing: false makes a replay repeat the live run's tracks.")
 
+    drift_check_px: float = option(
+        5.0, "A query further than this from where the median motion of its nearest neighbours carried it "
+        "since it was last confirmed (found again from its origin image, or re-anchored by a fit) has left "
+        "its tissue, typically onto an instrument that passed over it: it goes back to its neighbours' carry "
+        "and takes their disparity, and is re-acquired from its origin image from there (0 = off).", lo=0.0)
     hide_unconfirmed: bool = option(
         False, "A query that re-acquisition does not find this frame (its origin patch fails the "
         "lk.min_ncc_query check: covered by an instrument, or out of view) is reported not visible until it "

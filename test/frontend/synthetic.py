@@ -51,3 +51,16 @@ def wavy_field(width: int, height: int, amp_u_px: float, amp_v_px: float) -> np.
     """(H, W, 2) float32 smooth shift field, a few px over tens of px (tissue-like deformation)."""
     u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     return np.stack([amp_u_px * np.sin(2 * np.pi * v / 32), amp_v_px * np.cos(2 * np.pi * u / 36)], -1)
+
+
+def curved_disparity_px() -> np.ndarray:
+    """(96, 128) disparity 15.5-20.5 px varying over tens of px: a curved surface."""
+    u, v = np.meshgrid(np.arange(128, dtype=np.float32), np.arange(96, dtype=np.float32))
+    return 18 + 2.5 * np.sin(2 * np.pi * u / 48) + 1.5 * np.cos(2 * np.pi * v / 40)
+
+
+def curved_surface_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right 128×96 views of a smooth texture (`seed`) at `curved_disparity_px`."""
+    tex = texture(296, 328, seed=seed, sigma_px=3.0)
+    d_px = curved_disparity_px()
+    return remapped_view(tex, np.stack([-d_px, np.zeros_like(d_px)], -1)), view(tex, 0, 0, 128, 96)

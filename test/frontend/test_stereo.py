@@ -8,7 +8,7 @@ from surg_invnerf_ros.errors import ConfigError, InputError
 from surg_invnerf_ros.frontend.stereo import make_refiner, num_disparities_for, stereo_depth_m, stereo_depth_sequence_m
 from surg_invnerf_ros.structs import StereoCalib
 
-from .synthetic import H, W, remapped_view, texture, view
+from .synthetic import H, W, curved_disparity_px, curved_surface_pair, texture, view
 
 FX, B = 220.0, 0.0045
 
@@ -16,19 +16,6 @@ FX, B = 220.0, 0.0045
 def calib(width=W, height=H):
     K = np.array([[FX, 0, width / 2], [0, FX, height / 2], [0, 0, 1.0]])
     return StereoCalib(K=K, baseline_m=B, image_size=(width, height))
-
-
-def curved_disparity_px() -> np.ndarray:
-    """(96, 128) disparity 15.5-20.5 px varying over tens of px: a curved surface."""
-    u, v = np.meshgrid(np.arange(128, dtype=np.float32), np.arange(96, dtype=np.float32))
-    return 18 + 2.5 * np.sin(2 * np.pi * u / 48) + 1.5 * np.cos(2 * np.pi * v / 40)
-
-
-def curved_surface_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right 128×96 views of a smooth texture (`seed`) at `curved_disparity_px`."""
-    tex = texture(296, 328, seed=seed, sigma_px=3.0)
-    d_px = curved_disparity_px()
-    return remapped_view(tex, np.stack([-d_px, np.zeros_like(d_px)], -1)), view(tex, 0, 0, 128, 96)
 
 
 def curved_surface_error_px(depth_m: np.ndarray) -> tuple[float, float]:
