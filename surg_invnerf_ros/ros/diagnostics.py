@@ -192,6 +192,7 @@ def diagnostic_array(snap: Mapping[str, Any], queues: Mapping[str, int], model: 
     inputs = DiagnosticStatus(level=level, name=f"{node_name}: input", message=text, hardware_id=hw, values=values)
     # tracking
     tvals = [_kv("frames_processed", snap["frames_processed"]), _kv("frames_shed", snap["frames_shed"]),
+             _kv("drift_resets", snap.get("drift_resets", 0)),
              _kv("latency_p50_s", snap["latency_p50_s"]),
              _kv("latency_p95_s", snap["latency_p95_s"]), _kv("rss_bytes", rss_bytes()), _kv("node_state", node_state)]
     tracking = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{node_name}: tracking",

@@ -884,6 +884,7 @@ class TrackerNode(Node):
         queues["queries_waiting"] = self._waiting_queries()
         model = self._tracker.stats()
         queues["keyframes"] = int(model.pop("keyframes", 0))
+        snap["drift_resets"] = int(model.pop("drift_resets", 0))
         model["device"] = self.cfg.device if "device" not in model else model["device"]
         msg = diagnostic_array(snap, queues, model, self.get_clock().now().nanoseconds, self.get_name(),
                                kinematics=kin, node_state=self.node_state)

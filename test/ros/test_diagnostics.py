@@ -88,6 +88,10 @@ class TestDiagnosticArray:
         assert diagnostics_to_dict(diagnostic_array(self.snap(), {}, {}, 0, NAME))[f"{NAME}: tracking"][
             "frames_shed"] == "0"
 
+    def test_drift_resets_are_reported_with_tracking(self):
+        snap = {**self.snap(), "drift_resets": 7}  # the node moves the tracker's count into its snapshot
+        assert diagnostics_to_dict(diagnostic_array(snap, {}, {}, 0, NAME))[f"{NAME}: tracking"]["drift_resets"] == "7"
+
     def test_drops_warn_and_are_listed(self):
         d = diagnostics_to_dict(diagnostic_array(self.snap(wrong_encoding=2), {}, {}, 0, NAME))
         inp = d[f"{NAME}: input"]
