@@ -450,7 +450,8 @@ class OnlineTracker:
         the points `which` (N,); `keys` (N,) names each point's image in `images` (-1: none), `image_uv`
         (N, 2) its pixel there. A point found goes where it was found. An image of another size than
         `left` is forgotten (its points' keys set to -1). A match further than `online.reacquire_max_jump_px` from
-        the point's current estimate is not taken. Returns which were tried and which found, (N,) bool."""
+        the point's current estimate is not taken; one taken from the origin image confirms the point
+        (`_check_drift`). Returns which were tried and which found, (N,) bool."""
         tried, found = np.zeros(len(which), bool), np.zeros(len(which), bool)
         frontend = self.frontend
         if not _can_reacquire(frontend):
@@ -471,17 +472,18 @@ class OnlineTracker:
             tried[idx] = True
             found[idx[ok]] = True
             self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
+            if images is self._origins:  # found from where it was placed: a new carry starts (`_check_drift`)
+                self._neighbour_uv[idx[ok]] = self._uv[idx[ok]]
         return tried, found
 
-    def _check_drift(self, left: np.ndarray, found: np.ndarray) -> np.ndarray:
+    def _check_drift(self, left: np.ndarray) -> np.ndarray:
         """`online.drift_check_px`, under the lock: a point that moved further than that from where its
         neighbours' motion carried it since it was last confirmed (re-acquired from its origin image, or
         re-anchored by a fit) has left the tissue it was placed on: typically it follows an instrument that
         passed over it while its stereo depth crept towards the instrument's, too gradually for the
         occluder test. It goes back to where its neighbours carried it, takes their disparity as its own, and
-        re-acquisition from its origin image is tried from there. Confirmed points (`found` (N,) bool) start
-        a new carry. Returns which of the drifted points re-acquisition found, (N,) bool."""
-        self._neighbour_uv[found] = self._uv[found]
+        re-acquisition from its origin image is tried from there. Returns which of the drifted points
+        re-acquisition found, (N,) bool."""
         limit = self.online_cfg.drift_check_px
         if limit <= 0 or not len(self._uv):
             return np.zeros(len(self._uv), bool)
@@ -495,9 +497,7 @@ class OnlineTracker:
             self._disp_ref[drifted] = disp[drifted]
             self._disp[drifted] = disp[drifted]
         self._drift_resets += int(drifted.sum())
-        _, refound = self._refind(self._origins, self._origin_key, self._origin_uv, drifted, left)
-        self._neighbour_uv[refound] = self._uv[refound]
-        return refound
+        return self._refind(self._origins, self._origin_key, self._origin_uv, drifted, left)[1]
 
     def _stereo_occlusion(self, z_m: np.ndarray, sure: np.ndarray, tracked: np.ndarray, found: np.ndarray,
                           carried_uv: np.ndarray, calib: StereoCalib, prev: tuple[np.ndarray | None, np.ndarray],
@@ -706,7 +706,10 @@ class OnlineTracker:
                     carried = self._uv + shift
                     self._neighbour_uv = np.where(arriving[:, None], self._uv, self._neighbour_uv + shift)
                 carry = (~movers if follow else self._occluded) & ~arriving
+                old_uv = self._uv
                 self._uv = np.where(movers[:, None], uv_new, np.where(carry[:, None], carried, self._uv))
+                if shift is None:  # too few moved to say where the neighbours went: the drift check learns nothing
+                    self._neighbour_uv = self._neighbour_uv + (self._uv - old_uv)
                 self._visible = tracked = ok
                 self._age += np.where(arriving, 0.0, 1.0)
             unplaced = self._origin_key < 0  # added before any frame or for this one: this frame is where they start
@@ -720,7 +723,7 @@ class OnlineTracker:
                 shed = behind and self.online_cfg.shed_when_behind
                 if not shed:
                     found = self._reacquire(left)
-            found |= self._check_drift(left, found)
+            found |= self._check_drift(left)
             self._prev_left = left
             self._last_stamp = frame.stamp_ns
             self._frame_index += 1

@@ -649,6 +649,24 @@ def test_a_point_dragged_off_its_neighbours_goes_back_to_their_carry(limit_px):
         assert resets == 0 and off_px == pytest.approx(10 * DraggingFrontEnd.DRAG_PX, abs=1e-4)
 
 
+def test_a_point_its_origin_patch_confirms_starts_a_new_carry():
+    # Re-acquisition finds every point where LK put it: the dragged point moves off its neighbours, 2 px a
+    # frame, but each frame confirms it there, so it is never sent back.
+    class Confirming(DraggingFrontEnd):
+        def reacquire(self, origin, cur, origin_uv, guess_uv):
+            return guess_uv, np.ones(len(guess_uv), bool)
+
+    front = Confirming()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front, online_cfg=OnlineConfig())
+    trk.add_queries(DRAG_QUERIES)
+    trk.push_frame(frame(0))
+    front.dragging = True
+    for i in range(1, 11):
+        res = trk.push_frame(frame(i))
+    assert trk.stats()["drift_resets"] == 0
+    assert res.uv_px[0, 0] == pytest.approx(10.0 + (FRONT_STEP_PX + DraggingFrontEnd.DRAG_PX) * 10, abs=1e-4)
+
+
 def test_re_acquisition_does_not_jump_to_a_look_alike_far_away():
     # The origin patch is "found" 30 px from the estimate: not taken at a 16 px limit, taken without one.
     for limit_px, taken in ((16.0, False), (0.0, True)):
