@@ -101,8 +101,9 @@ class FrameTracks:
 class FrontEnd(Protocol):
     """Per-frame front end: point motion between two left images and stereo depth.
 
-    A front end may also offer `point_depth_m(left, right, calib, uv_px, disp_guess_px) -> ((N,) z, (N,) disp)`
-    for depth at the points only; without it the dense map is sampled.
+    A front end may also offer `point_depth_m(left, right, calib, uv_px, disp_guess_px) -> ((N,) z, (N,) disp,
+    (N,) sure)` for depth at the points only (see `LKStereoFrontEnd.point_depth_m`); without it the dense map
+    is sampled.
     """
 
     def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray,
@@ -476,20 +477,21 @@ class OnlineTracker:
                 self._neighbour_uv[idx[ok]] = self._uv[idx[ok]]
         return tried, found
 
-    def _check_drift(self, left: np.ndarray) -> np.ndarray:
+    def _check_drift(self, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`online.drift_check_px`, under the lock: a point that moved further than that from where its
         neighbours' motion carried it since it was last confirmed (re-acquired from its origin image, or
         re-anchored by a fit) has left the tissue it was placed on: typically it follows an instrument that
         passed over it while its stereo depth crept towards the instrument's, too gradually for the
         occluder test. It goes back to where its neighbours carried it, takes their disparity as its own, and
-        re-acquisition from its origin image is tried from there. Returns which of the drifted points
-        re-acquisition found, (N,) bool."""
+        re-acquisition from its origin image is tried from there; one found is visible and anchored as
+        `_reacquire` leaves it. Returns which points drifted and which of them re-acquisition found, (N,) bool each."""
         limit = self.online_cfg.drift_check_px
+        drifted = np.zeros(len(self._uv), bool)
         if limit <= 0 or not len(self._uv):
-            return np.zeros(len(self._uv), bool)
+            return drifted, drifted
         drifted = np.linalg.norm(self._uv - self._neighbour_uv, axis=1) > limit
         if not drifted.any():
-            return drifted
+            return drifted, drifted
         self._uv[drifted] = self._neighbour_uv[drifted]
         tissue = ~drifted & ~self._occluded & np.isfinite(self._disp_ref)
         disp = neighbour_median(self._uv, self._disp_ref, tissue, LOCAL_NEIGHBOURS)
@@ -497,7 +499,10 @@ class OnlineTracker:
             self._disp_ref[drifted] = disp[drifted]
             self._disp[drifted] = disp[drifted]
         self._drift_resets += int(drifted.sum())
-        return self._refind(self._origins, self._origin_key, self._origin_uv, drifted, left)[1]
+        refound = self._refind(self._origins, self._origin_key, self._origin_uv, drifted, left)[1]
+        self._visible[refound] = True
+        self._age[refound] = 0.0
+        return drifted, refound
 
     def _stereo_occlusion(self, z_m: np.ndarray, sure: np.ndarray, tracked: np.ndarray, found: np.ndarray,
                           carried_uv: np.ndarray, calib: StereoCalib, prev: tuple[np.ndarray | None, np.ndarray],
@@ -527,7 +532,7 @@ class OnlineTracker:
         own = measured & ~nearer
         covered = (nearer | unconfirmed | (self._occluded & ~(own & sure))) & ~found
         # one LK pass from the last sight: it uncovers a point stereo says nothing of, and places one stereo uncovers
-        silent = covered & self._occluded & ~measured
+        silent = covered & self._occluded & ~(measured & sure)
         refound = self._refind_seen(silent | (self._occluded & ~covered & ~found & measured), left)
         covered &= ~(silent & refound)
         newly = covered & ~self._occluded
@@ -704,12 +709,15 @@ class OnlineTracker:
                     shift = neighbour_shift(self._uv, uv_new, movers, LOCAL_NEIGHBOURS)
                 if shift is not None:
                     carried = self._uv + shift
-                    self._neighbour_uv = np.where(arriving[:, None], self._uv, self._neighbour_uv + shift)
                 carry = (~movers if follow else self._occluded) & ~arriving
                 old_uv = self._uv
                 self._uv = np.where(movers[:, None], uv_new, np.where(carry[:, None], carried, self._uv))
-                if shift is None:  # too few moved to say where the neighbours went: the drift check learns nothing
-                    self._neighbour_uv = self._neighbour_uv + (self._uv - old_uv)
+                # The drift check's carry moves with the neighbours; it follows the point itself where they say
+                # nothing (too few moved), where the point is held (lk.lost_points = hold), and where it arrives.
+                with_own = (arriving | ~(movers | carry)) if shift is not None else np.ones(len(self._uv), bool)
+                self._neighbour_uv = np.where(with_own[:, None], self._neighbour_uv + (self._uv - old_uv),
+                                              self._neighbour_uv + (shift if shift is not None else 0.0))
+                self._neighbour_uv[arriving] = self._uv[arriving]
                 self._visible = tracked = ok
                 self._age += np.where(arriving, 0.0, 1.0)
             unplaced = self._origin_key < 0  # added before any frame or for this one: this frame is where they start
@@ -723,7 +731,9 @@ class OnlineTracker:
                 shed = behind and self.online_cfg.shed_when_behind
                 if not shed:
                     found = self._reacquire(left)
-            found |= self._check_drift(left)
+            drifted, refound = self._check_drift(left)
+            carried[drifted] = self._uv[drifted]  # one found covered this frame goes back there, not onto the tool
+            found |= refound
             self._prev_left = left
             self._last_stamp = frame.stamp_ns
             self._frame_index += 1

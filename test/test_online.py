@@ -649,6 +649,92 @@ def test_a_point_dragged_off_its_neighbours_goes_back_to_their_carry(limit_px):
         assert resets == 0 and off_px == pytest.approx(10 * DraggingFrontEnd.DRAG_PX, abs=1e-4)
 
 
+def test_a_point_sent_back_to_its_carry_as_it_is_found_covered_stays_there():
+    # From frame 3 stereo sees the instrument in front of the dragged point (5 px against 4): found covered on
+    # the frame its drift sends it back, it must stay at its neighbours' carry, not go back onto the tool.
+    class Covering(DraggingFrontEnd):
+        def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
+            disp = np.full(len(uv), 4.0)
+            disp[0] = 5.0 if int(left[0, 0, 0]) >= 3 else 4.0
+            return calib.fx * calib.baseline_m / disp, disp, np.ones(len(uv), bool)
+
+    front = Covering()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front, online_cfg=OnlineConfig())
+    trk.add_queries(DRAG_QUERIES)
+    trk.push_frame(frame(0))
+    front.dragging = True
+    for i in range(1, 6):
+        res = trk.push_frame(frame(i))
+        if i >= 3:
+            assert not res.visible[0]
+            assert res.uv_px[0, 0] == pytest.approx(10.0 + FRONT_STEP_PX * i, abs=1e-4), i
+    assert trk.stats()["drift_resets"] == 1
+
+
+@pytest.mark.parametrize("hide_unconfirmed", [False, True])
+def test_a_drifted_point_found_from_its_origin_is_visible_and_anchored(hide_unconfirmed):
+    # Re-acquisition converges only within 1.5 px of the truth (the neighbours' carry): from the dragged
+    # estimate it fails, from the carry the drift check sends it to it finds the point.
+    class NearOnly(DraggingFrontEnd):
+        def reacquire(self, origin, cur, origin_uv, guess_uv):
+            truth = np.asarray(guess_uv, np.float64).copy()
+            is_0 = np.isclose(origin_uv, DRAG_QUERIES[0]).all(axis=1)
+            truth[is_0] = [10.0 + FRONT_STEP_PX * int(cur[0, 0, 0]), 20.0]
+            ok = np.linalg.norm(np.asarray(guess_uv) - truth, axis=1) <= 1.5
+            return np.where(ok[:, None], truth, guess_uv).astype(np.float32), ok
+
+    front = NearOnly()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
+                        online_cfg=OnlineConfig(hide_unconfirmed=hide_unconfirmed))
+    trk.add_queries(DRAG_QUERIES)
+    trk.push_frame(frame(0))
+    front.dragging = True
+    for i in range(1, 4):
+        res = trk.push_frame(frame(i))
+    assert trk.stats()["drift_resets"] == 1
+    assert res.uv_px[0, 0] == pytest.approx(10.0 + FRONT_STEP_PX * 3, abs=1e-4)
+    assert res.visible[0] and res.confidence[0] == 1.0  # found: visible, anchored (age 0)
+
+
+def test_a_covered_point_with_an_unsure_stereo_match_is_refound_from_its_last_sight():
+    # Once uncovered, stereo matches point 0 at its own disparity but not surely (under lk.min_ncc): that
+    # alone does not uncover it, and LK from its last sight is tried, as where stereo finds nothing.
+    class Unsure(UncoveringFrontEnd):
+        def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
+            disp = np.full(len(uv), 4.0 + self.DISP_STEP_PX * self.frame_index)
+            sure = np.ones(len(uv), bool)
+            if self.covered:
+                disp[0] = np.nan
+            elif self.silent:  # here: a match, not a sure one
+                sure[0] = False
+            return calib.fx * calib.baseline_m / disp, disp, sure & np.isfinite(disp)
+
+    front = Unsure(silent=True, refind=True)
+    trk, covered, res = cover_and_uncover(front)
+    assert not covered.visible[0]
+    assert 2 in front.reacquired_from  # its last sight was tried
+    assert res.visible[0]
+    np.testing.assert_allclose(res.uv_px[0], UncoveringFrontEnd.FOUND_PX)
+
+
+def test_the_drift_check_leaves_a_held_lost_point_where_it_is_held():
+    # frontend.lk.lost_points = hold: a point LK loses stays put while its neighbours move on; that is not drift.
+    class LosesFirst(DraggingFrontEnd):
+        def track(self, prev, cur, uv):
+            new, ok = super().track(prev, cur, uv)
+            ok[0] = False
+            return new, ok
+
+    cfg = FrontendConfig(lk=LKConfig(lost_points="hold"))
+    trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=LosesFirst(),
+                        online_cfg=OnlineConfig(occlusion="tracking"))
+    trk.add_queries(DRAG_QUERIES)
+    for i in range(12):
+        res = trk.push_frame(frame(i))
+    np.testing.assert_allclose(res.uv_px[0], DRAG_QUERIES[0], atol=1e-4)
+    assert trk.stats()["drift_resets"] == 0
+
+
 def test_a_point_its_origin_patch_confirms_starts_a_new_carry():
     # Re-acquisition finds every point where LK put it: the dragged point moves off its neighbours, 2 px a
     # frame, but each frame confirms it there, so it is never sent back.
