@@ -202,15 +202,15 @@ class LKStereoFrontEnd:
             lk, s = self._lk_upsampled, self.STEREO_UPSAMPLE
             grey_l, grey_r = (cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC) for g in (grey_l, grey_r))
         src = (uv + 0.5) * s - 0.5  # pixel centres: x_big = (x + 0.5)·s − 0.5
-        dst, ok = lk.track_grey(grey_l, grey_r, src, init_uv_px=(init + 0.5) * s - 0.5, min_ncc=self._stereo_min_ncc)
+        dst, ok, ncc = lk.track_grey_ncc(grey_l, grey_r, src, init_uv_px=(init + 0.5) * s - 0.5,
+                                         min_ncc=self._stereo_min_ncc)
         uv_r = (dst + 0.5) / s - 0.5
         disp = (uv[:, 0] - uv_r[:, 0]).astype(np.float64)
         good = ok & (np.abs(uv_r[:, 1] - uv[:, 1]) <= max_dy_px) & (disp > 0)
         z = depth_from_disparity_m(np.where(good, disp, np.nan), calib.fx, calib.baseline_m)
         with np.errstate(invalid="ignore"):
             good &= (z >= self._stereo_cfg.min_depth_m) & (z <= self._stereo_cfg.max_depth_m)
-        sure = good.copy()
-        sure[good] = patch_ncc(grey_l, src[good], grey_r, dst[good], lk.cfg.win_size_px) >= self._lk.cfg.min_ncc
+        sure = good & (ncc >= self._lk.cfg.min_ncc)
         return np.where(good, z, np.nan), np.where(good, disp, np.nan), sure
 
 
@@ -438,12 +438,21 @@ class OnlineTracker:
     def _reacquire(self, left: np.ndarray) -> np.ndarray:
         """Re-find queries from their origin images (`online.reacquire_every`); under the lock.
         Returns which queries were found (N,) bool."""
-        tried, found = self._refind(self._origins, self._origin_key, self._origin_uv, self._origin_key >= 0, left)
-        self._visible[found] = True
-        self._age[found] = 0.0
+        tried, found = self._refind_origin(np.ones(len(self._ids), bool), left)
         if self.online_cfg.hide_unconfirmed:  # the origin patch is not there: covered, or out of view
             self._visible[tried & ~found] = False
         return found
+
+    def _refind_origin(self, which: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Under the lock: `_refind` from the origin images for the points `which` (N,) that have one. A point
+        found there is confirmed: visible, anchored (age 0), and its drift check's carry starts anew
+        (`_check_drift`). Returns which were tried and which found, (N,) bool."""
+        tried, found = self._refind(self._origins, self._origin_key, self._origin_uv, which & (self._origin_key >= 0),
+                                    left)
+        self._visible[found] = True
+        self._age[found] = 0.0
+        self._neighbour_uv[found] = self._uv[found]
+        return tried, found
 
     def _refind(self, images: dict[int, np.ndarray], keys: np.ndarray, image_uv: np.ndarray, which: np.ndarray,
                 left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -451,8 +460,7 @@ class OnlineTracker:
         the points `which` (N,); `keys` (N,) names each point's image in `images` (-1: none), `image_uv`
         (N, 2) its pixel there. A point found goes where it was found. An image of another size than
         `left` is forgotten (its points' keys set to -1). A match further than `online.reacquire_max_jump_px` from
-        the point's current estimate is not taken; one taken from the origin image confirms the point
-        (`_check_drift`). Returns which were tried and which found, (N,) bool."""
+        the point's current estimate is not taken. Returns which were tried and which found, (N,) bool."""
         tried, found = np.zeros(len(which), bool), np.zeros(len(which), bool)
         frontend = self.frontend
         if not _can_reacquire(frontend):
@@ -473,8 +481,6 @@ class OnlineTracker:
             tried[idx] = True
             found[idx[ok]] = True
             self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
-            if images is self._origins:  # found from where it was placed: a new carry starts (`_check_drift`)
-                self._neighbour_uv[idx[ok]] = self._uv[idx[ok]]
         return tried, found
 
     def _check_drift(self, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -483,8 +489,8 @@ class OnlineTracker:
         re-anchored by a fit) has left the tissue it was placed on: typically it follows an instrument that
         passed over it while its stereo depth crept towards the instrument's, too gradually for the
         occluder test. It goes back to where its neighbours carried it, takes their disparity as its own, and
-        re-acquisition from its origin image is tried from there; one found is visible and anchored as
-        `_reacquire` leaves it. Returns which points drifted and which of them re-acquisition found, (N,) bool each."""
+        re-acquisition from its origin image is tried from there (`_refind_origin`). Returns which points
+        drifted and which of them re-acquisition found, (N,) bool each."""
         limit = self.online_cfg.drift_check_px
         drifted = np.zeros(len(self._uv), bool)
         if limit <= 0 or not len(self._uv):
@@ -499,10 +505,7 @@ class OnlineTracker:
             self._disp_ref[drifted] = disp[drifted]
             self._disp[drifted] = disp[drifted]
         self._drift_resets += int(drifted.sum())
-        refound = self._refind(self._origins, self._origin_key, self._origin_uv, drifted, left)[1]
-        self._visible[refound] = True
-        self._age[refound] = 0.0
-        return drifted, refound
+        return drifted, self._refind_origin(drifted, left)[1]
 
     def _stereo_occlusion(self, z_m: np.ndarray, sure: np.ndarray, tracked: np.ndarray, found: np.ndarray,
                           carried_uv: np.ndarray, calib: StereoCalib, prev: tuple[np.ndarray | None, np.ndarray],
@@ -713,11 +716,10 @@ class OnlineTracker:
                 old_uv = self._uv
                 self._uv = np.where(movers[:, None], uv_new, np.where(carry[:, None], carried, self._uv))
                 # The drift check's carry moves with the neighbours; it follows the point itself where they say
-                # nothing (too few moved), where the point is held (lk.lost_points = hold), and where it arrives.
-                with_own = (arriving | ~(movers | carry)) if shift is not None else np.ones(len(self._uv), bool)
-                self._neighbour_uv = np.where(with_own[:, None], self._neighbour_uv + (self._uv - old_uv),
-                                              self._neighbour_uv + (shift if shift is not None else 0.0))
-                self._neighbour_uv[arriving] = self._uv[arriving]
+                # nothing (too few moved) and where the point is held (lk.lost_points = hold, or it arrives).
+                own_step = self._uv - old_uv
+                held = ~(movers | carry)
+                self._neighbour_uv += own_step if shift is None else np.where(held[:, None], own_step, shift)
                 self._visible = tracked = ok
                 self._age += np.where(arriving, 0.0, 1.0)
             unplaced = self._origin_key < 0  # added before any frame or for this one: this frame is where they start

@@ -70,9 +70,18 @@ class LKPointTracker:
     ) -> tuple[np.ndarray, np.ndarray]:
         """`track_pair` on grey images, with an optional initial guess (N, 2), pyramid depth and
         NCC threshold (default `cfg.min_ncc`)."""
+        uv, ok, _ = self.track_grey_ncc(prev_grey, cur_grey, uv_px, init_uv_px, max_level, min_ncc)
+        return uv, ok
+
+    def track_grey_ncc(
+        self, prev_grey: np.ndarray, cur_grey: np.ndarray, uv_px: np.ndarray,
+        init_uv_px: np.ndarray | None = None, max_level: int | None = None, min_ncc: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`track_grey`, also returning each point's patch NCC (N,) (-1 where LK or the forward-backward
+        check already failed), for a caller that grades the passing matches further."""
         n = len(uv_px)
         if n == 0:
-            return np.zeros((0, 2), np.float32), np.zeros(0, bool)
+            return np.zeros((0, 2), np.float32), np.zeros(0, bool), np.zeros(0)
         level = self.cfg.max_level if max_level is None else max_level
         win = (self.cfg.win_size_px, self.cfg.win_size_px)
         p0 = np.ascontiguousarray(uv_px, dtype=np.float32).reshape(-1, 1, 2)
@@ -91,9 +100,10 @@ class LKPointTracker:
         fb_px = np.linalg.norm(p0r.reshape(-1, 2) - uv_px, axis=-1)
         ok = ((st1.ravel() == 1) & (st2.ravel() == 1) & (fb_px < self.cfg.fb_thresh_px)
               & _inside(p1, prev_grey.shape[:2]))
-        ncc_min = self.cfg.min_ncc if min_ncc is None else min_ncc
-        ok[ok] = patch_ncc(prev_grey, uv_px[ok], cur_grey, p1[ok], self.cfg.win_size_px) >= ncc_min
-        return np.where(ok[:, None], p1, uv_px).astype(np.float32), ok
+        ncc = np.full(n, -1.0)
+        ncc[ok] = patch_ncc(prev_grey, uv_px[ok], cur_grey, p1[ok], self.cfg.win_size_px)
+        ok &= ncc >= (self.cfg.min_ncc if min_ncc is None else min_ncc)
+        return np.where(ok[:, None], p1, uv_px).astype(np.float32), ok, ncc
 
 
 def patch_ncc(grey_a: np.ndarray, uv_a_px: np.ndarray, grey_b: np.ndarray, uv_b_px: np.ndarray,
