@@ -600,10 +600,11 @@ class DraggingFrontEnd(FakeFrontEnd):
 
     DRAG_PX = 2.0
 
-    def __init__(self):
+    def __init__(self, occluder_from_frame: int | None = None):
         self.dragging = False
         self.found_px = None
         self.reacquire_guesses = []
+        self.occluder_from_frame = occluder_from_frame  # from this frame stereo sees 5 px at point 0
 
     def track(self, prev, cur, uv):
         new, ok = super().track(prev, cur, uv)
@@ -613,6 +614,8 @@ class DraggingFrontEnd(FakeFrontEnd):
 
     def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
         disp = np.full(len(uv), 4.0)
+        if self.occluder_from_frame is not None and int(left[0, 0, 0]) >= self.occluder_from_frame:
+            disp[0] = 5.0
         return calib.fx * calib.baseline_m / disp, disp, np.ones(len(uv), bool)
 
     def reacquire(self, origin, cur, origin_uv, guess_uv):
@@ -625,16 +628,24 @@ class DraggingFrontEnd(FakeFrontEnd):
 DRAG_QUERIES = np.array([[10.0, 20.0], [14.0, 26.0], [12.0, 12.0], [18.0, 20.0], [8.0, 30.0]])
 
 
+def drag(front: DraggingFrontEnd, frames: int, frontend_cfg: FrontendConfig | None = None,
+         **online: object) -> tuple[OnlineTracker, list]:
+    """DRAG_QUERIES placed on frame 0, then `front` dragging point 0 over frames 1..frames-1 with these
+    `online.*` options; the tracker and every frame's result."""
+    trk = OnlineTracker(frontend_cfg or FrontendConfig(), RefineConfig(enabled=False), frontend=front,
+                        online_cfg=OnlineConfig(**online))  # pyright: ignore[reportArgumentType]
+    trk.add_queries(DRAG_QUERIES)
+    results = [trk.push_frame(frame(0))]
+    front.dragging = True
+    results += [trk.push_frame(frame(i)) for i in range(1, frames)]
+    return trk, results
+
+
 @pytest.mark.parametrize("limit_px", [5.0, 0.0])
 def test_a_point_dragged_off_its_neighbours_goes_back_to_their_carry(limit_px):
     front = DraggingFrontEnd()
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
-                        online_cfg=OnlineConfig(drift_check_px=limit_px))
-    trk.add_queries(DRAG_QUERIES)
-    trk.push_frame(frame(0))
-    front.dragging = True
-    for i in range(1, 11):
-        res = trk.push_frame(frame(i))
+    trk, results = drag(front, 11, drift_check_px=limit_px)
+    for i, res in enumerate(results[1:], start=1):
         carried_u = 10.0 + FRONT_STEP_PX * i  # where the neighbours' motion takes point 0
         off_px = abs(res.uv_px[0, 0] - carried_u)
         if limit_px:  # back to the carry each time it gets further than the limit
@@ -652,19 +663,8 @@ def test_a_point_dragged_off_its_neighbours_goes_back_to_their_carry(limit_px):
 def test_a_point_sent_back_to_its_carry_as_it_is_found_covered_stays_there():
     # From frame 3 stereo sees the instrument in front of the dragged point (5 px against 4): found covered on
     # the frame its drift sends it back, it must stay at its neighbours' carry, not go back onto the tool.
-    class Covering(DraggingFrontEnd):
-        def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
-            disp = np.full(len(uv), 4.0)
-            disp[0] = 5.0 if int(left[0, 0, 0]) >= 3 else 4.0
-            return calib.fx * calib.baseline_m / disp, disp, np.ones(len(uv), bool)
-
-    front = Covering()
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front, online_cfg=OnlineConfig())
-    trk.add_queries(DRAG_QUERIES)
-    trk.push_frame(frame(0))
-    front.dragging = True
-    for i in range(1, 6):
-        res = trk.push_frame(frame(i))
+    trk, results = drag(DraggingFrontEnd(occluder_from_frame=3), 6)
+    for i, res in enumerate(results):
         if i >= 3:
             assert not res.visible[0]
             assert res.uv_px[0, 0] == pytest.approx(10.0 + FRONT_STEP_PX * i, abs=1e-4), i
@@ -683,14 +683,8 @@ def test_a_drifted_point_found_from_its_origin_is_visible_and_anchored(hide_unco
             ok = np.linalg.norm(np.asarray(guess_uv) - truth, axis=1) <= 1.5
             return np.where(ok[:, None], truth, guess_uv).astype(np.float32), ok
 
-    front = NearOnly()
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
-                        online_cfg=OnlineConfig(hide_unconfirmed=hide_unconfirmed))
-    trk.add_queries(DRAG_QUERIES)
-    trk.push_frame(frame(0))
-    front.dragging = True
-    for i in range(1, 4):
-        res = trk.push_frame(frame(i))
+    trk, results = drag(NearOnly(), 4, hide_unconfirmed=hide_unconfirmed)
+    res = results[-1]
     assert trk.stats()["drift_resets"] == 1
     assert res.uv_px[0, 0] == pytest.approx(10.0 + FRONT_STEP_PX * 3, abs=1e-4)
     assert res.visible[0] and res.confidence[0] == 1.0  # found: visible, anchored (age 0)
@@ -725,13 +719,8 @@ def test_the_drift_check_leaves_a_held_lost_point_where_it_is_held():
             ok[0] = False
             return new, ok
 
-    cfg = FrontendConfig(lk=LKConfig(lost_points="hold"))
-    trk = OnlineTracker(cfg, RefineConfig(enabled=False), frontend=LosesFirst(),
-                        online_cfg=OnlineConfig(occlusion="tracking"))
-    trk.add_queries(DRAG_QUERIES)
-    for i in range(12):
-        res = trk.push_frame(frame(i))
-    np.testing.assert_allclose(res.uv_px[0], DRAG_QUERIES[0], atol=1e-4)
+    trk, results = drag(LosesFirst(), 12, FrontendConfig(lk=LKConfig(lost_points="hold")), occlusion="tracking")
+    np.testing.assert_allclose(results[-1].uv_px[0], DRAG_QUERIES[0], atol=1e-4)
     assert trk.stats()["drift_resets"] == 0
 
 
@@ -742,15 +731,9 @@ def test_a_point_its_origin_patch_confirms_starts_a_new_carry():
         def reacquire(self, origin, cur, origin_uv, guess_uv):
             return guess_uv, np.ones(len(guess_uv), bool)
 
-    front = Confirming()
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front, online_cfg=OnlineConfig())
-    trk.add_queries(DRAG_QUERIES)
-    trk.push_frame(frame(0))
-    front.dragging = True
-    for i in range(1, 11):
-        res = trk.push_frame(frame(i))
+    trk, results = drag(Confirming(), 11)
     assert trk.stats()["drift_resets"] == 0
-    assert res.uv_px[0, 0] == pytest.approx(10.0 + (FRONT_STEP_PX + DraggingFrontEnd.DRAG_PX) * 10, abs=1e-4)
+    assert results[-1].uv_px[0, 0] == pytest.approx(10.0 + (FRONT_STEP_PX + DraggingFrontEnd.DRAG_PX) * 10, abs=1e-4)
 
 
 def test_re_acquisition_does_not_jump_to_a_look_alike_far_away():
