@@ -155,7 +155,8 @@ def refinement_summary(model: dict[str, str], rows: list[dict]) -> str:
         return f"{head}; no refined tracks matched the ground truth"
     verdict = ("improves what is published" if ref_e < live_e - 0.005 else
                "does not improve what is published" if ref_e > live_e + 0.005 else "changes nothing published")
-    return f"{head}; with refined {ref_e:.2f} px against the front end's {live_e:.2f} px: refinement {verdict}"
+    # three decimals: the verdict's margin is 0.005 px, which two would round away
+    return f"{head}; with refined {ref_e:.3f} px against the front end's {live_e:.3f} px: refinement {verdict}"
 
 
 def _write_results(out: Path, live: dict, refined: dict, gt: dict, overlays: list,

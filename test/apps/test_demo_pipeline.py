@@ -32,8 +32,8 @@ def test_live_and_refined_rows(tmp_path, capsys):
     # frames 1, 2 stay 2 px off, 3 and 4 are exact (frame 0 is the query frame, not scored): 1 px; end 0
     assert "| 1.00 | 0.00 |" in rows["with refined"]
     assert (tmp_path / "overlay_contact_sheet.png").is_file()
-    line = "refinement: 75 % of keyframes refined, median lag 3.5 s, 10.0 model steps/s; with refined 1.00 px " \
-           "against the front end's 2.00 px: refinement improves what is published"
+    line = "refinement: 75 % of keyframes refined, median lag 3.5 s, 10.0 model steps/s; with refined 1.000 px " \
+           "against the front end's 2.000 px: refinement improves what is published"
     assert line in text and line in capsys.readouterr().out
 
 
@@ -42,6 +42,9 @@ def test_the_refinement_line_says_when_refinement_does_not_help():
 
     rows = [{"method": "front end (live)", "epe_px": 1.0}, {"method": "with refined", "epe_px": 1.2}]
     assert refinement_summary({"refined_coverage": "1.0"}, rows).endswith("refinement does not improve what is published")
+    close = [{"method": "front end (live)", "epe_px": 0.9549}, {"method": "with refined", "epe_px": 0.9491}]
+    assert refinement_summary({"refined_coverage": "1.0"}, close).endswith(  # two decimals would show 0.95 twice
+        "with refined 0.949 px against the front end's 0.955 px: refinement improves what is published")
     assert refinement_summary({}, rows[:1]) == ("refinement: no model diagnostics received; no refined tracks matched "
                                                 "the ground truth")
 
