@@ -37,6 +37,7 @@ from .frontend.bulk_motion import LOCAL_NEIGHBOURS, neighbour_median, neighbour_
 from .frontend.flow import to_grey
 from .frontend.lk import LKPointTracker, patch_ncc
 from .frontend.stereo import stereo_depth_m
+from .frontend.template_warp import warp_template
 from .geometry import depth_from_disparity_m, grid_points_px, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner, WorkerDied, exit_text
 from .structs import Queries, Sequence, StereoCalib
@@ -448,23 +449,27 @@ class OnlineTracker:
         found there is confirmed: visible, anchored (age 0), and its drift check's carry starts anew
         (`_check_drift`). Returns which were tried and which found, (N,) bool."""
         tried, found = self._refind(self._origins, self._origin_key, self._origin_uv, which & (self._origin_key >= 0),
-                                    left)
+                                    left, warp=True)
         self._visible[found] = True
         self._age[found] = 0.0
         self._neighbour_uv[found] = self._uv[found]
         return tried, found
 
     def _refind(self, images: dict[int, np.ndarray], keys: np.ndarray, image_uv: np.ndarray, which: np.ndarray,
-                left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                left: np.ndarray, warp: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Under the lock: LK from a stored image to `left` (the front end's `reacquire`, with its check) for
         the points `which` (N,); `keys` (N,) names each point's image in `images` (-1: none), `image_uv`
         (N, 2) its pixel there. A point found goes where it was found. An image of another size than
         `left` is forgotten (its points' keys set to -1). A match further than `online.reacquire_max_jump_px` from
-        the point's current estimate is not taken. Returns which were tried and which found, (N,) bool."""
+        the point's current estimate is not taken. With `warp`, each image is first warped by the motion of
+        all its points (`online.reacquire_warp_max_jump_px`, `frontend.template_warp`), and only the points
+        that fails to find are matched against the image as it is. Returns which were tried and which found,
+        (N,) bool."""
         tried, found = np.zeros(len(which), bool), np.zeros(len(which), bool)
         frontend = self.frontend
         if not _can_reacquire(frontend):
             return tried, found
+        cfg = self.online_cfg
         for key in np.unique(keys[which & (keys >= 0)]):
             idx = np.flatnonzero(which & (keys == key))
             image = images[int(key)]
@@ -474,13 +479,27 @@ class OnlineTracker:
                 del images[int(key)]
                 keys[keys == key] = -1
                 continue
-            uv, ok = frontend.reacquire(image, left, image_uv[idx], self._uv[idx])
-            ok = np.asarray(ok, bool)
-            if self.online_cfg.reacquire_max_jump_px > 0:  # a far match is another patch that looks alike
-                ok &= np.linalg.norm(np.asarray(uv, np.float64) - self._uv[idx], axis=1) <= self.online_cfg.reacquire_max_jump_px
+            # (template image, each point's pixel in it, jump limit), tried in turn on the points not yet found
+            passes = [(image, image_uv[idx], cfg.reacquire_max_jump_px)]
+            if warp and cfg.reacquire_warp_max_jump_px > 0:
+                placed = np.flatnonzero(keys == key)
+                warped = warp_template(image, image_uv[placed], self._uv[placed])
+                if warped is not None:
+                    passes.insert(0, (warped[0], warped[1][index_of(placed, idx)], cfg.reacquire_warp_max_jump_px))
+            uv, ok = self._uv[idx].copy(), np.zeros(len(idx), bool)
+            for template, template_uv, max_jump_px in passes:
+                todo = np.flatnonzero(~ok)
+                if not len(todo):
+                    break
+                got, hit = frontend.reacquire(template, left, template_uv[todo], self._uv[idx[todo]])
+                got, hit = np.asarray(got, np.float64), np.asarray(hit, bool)
+                if max_jump_px > 0:  # a far match is another patch that looks alike
+                    hit &= np.linalg.norm(got - self._uv[idx[todo]], axis=1) <= max_jump_px
+                uv[todo[hit]] = got[hit]
+                ok[todo[hit]] = True
             tried[idx] = True
             found[idx[ok]] = True
-            self._uv[idx[ok]] = np.asarray(uv, np.float64)[ok]
+            self._uv[idx[ok]] = uv[ok]
         return tried, found
 
     def _check_drift(self, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -520,8 +539,10 @@ class OnlineTracker:
         Only a `sure` (N,) stereo match (see `LKStereoFrontEnd.point_depth_m`) uncovers a point or updates its
         own disparity; any valid one gives the depth reported. A point found covered this frame goes back to
         `carried_uv` (moved with its neighbours), not where LK took it: onto the occluder; `prev` (the
-        previous left image, every point's pixel there) is its last sight. It is uncovered when re-acquisition
-        from its origin image finds it (`found`), when stereo sees its own depth at its pixel again, or, where
+        previous left image, every point's pixel there) is its last sight. Without a nearer disparity at its
+        pixel (that keeps it covered: a match beside an occluder's edge can pass the patch check), it is
+        uncovered when re-acquisition from its origin image finds it (`found`), when stereo sees its own depth
+        at its pixel again, or, where
         stereo says nothing, when LK re-finds it from its last sight (the re-acquisition check); in the last
         two cases it goes where LK re-finds it. While covered, its own disparity changes as its visible
         neighbours' do. A point reports the depth of its own disparity where it is covered or stereo has none,
@@ -533,7 +554,7 @@ class OnlineTracker:
         nearer = measured & (disp > self.online_cfg.occluder_disparity_ratio * self._disp_ref)  # NaN ref: False
         unconfirmed = ~measured & ~tracked & np.isfinite(self._disp_ref)
         own = measured & ~nearer
-        covered = (nearer | unconfirmed | (self._occluded & ~(own & sure))) & ~found
+        covered = nearer | ((unconfirmed | (self._occluded & ~(own & sure))) & ~found)
         # one LK pass from the last sight: it uncovers a point stereo says nothing of, and places one stereo uncovers
         silent = covered & self._occluded & ~(measured & sure)
         refound = self._refind_seen(silent | (self._occluded & ~covered & ~found & measured), left)

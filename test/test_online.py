@@ -517,6 +517,29 @@ class CoveringFrontEnd(FakeFrontEnd):
         return calib.fx * calib.baseline_m / disp, disp, np.isfinite(disp)
 
 
+class FoundUnderOccluderFrontEnd(CoveringFrontEnd):
+    """CoveringFrontEnd whose re-acquisition finds every point where it is, point 0 under the occluder too
+    (a patch beside the occluder's edge can pass the check)."""
+
+    def reacquire(self, origin, cur, origin_uv, guess_uv):
+        return np.asarray(guess_uv, np.float64), np.ones(len(guess_uv), bool)
+
+
+def test_a_nearer_disparity_keeps_a_point_covered_that_re_acquisition_finds():
+    front = FoundUnderOccluderFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
+    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0]]))
+    for i in range(3):
+        assert trk.push_frame(frame(i)).visible.all()
+    front.covered = True
+    for i in range(3, 6):
+        res = trk.push_frame(frame(i))
+        assert res.visible.tolist() == [False, True, True, True]
+        assert res.xyz_cam_m[0, 2] == pytest.approx(CALIB.fx * CALIB.baseline_m / 4.0)  # its own depth
+    front.covered = False
+    assert trk.push_frame(frame(6)).visible.all()
+
+
 class UncoveringFrontEnd(FakeFrontEnd):
     """The camera approaches while point 0 is covered: every disparity grows by `DISP_STEP_PX` a frame
     from 4 px. Once uncovered, with `silent` stereo says nothing at point 0 (the window still holds the
@@ -755,6 +778,95 @@ def test_re_acquisition_does_not_jump_to_a_look_alike_far_away():
     trk.push_frame(frame(1))
     front.found_px = (10.0 + 2 * FRONT_STEP_PX + 3.0, 20.0)  # 3 px off: a re-acquisition correcting drift is taken
     np.testing.assert_allclose(trk.push_frame(frame(2)).uv_px[0], front.found_px, atol=1e-4)
+
+
+class WarpSeeingFrontEnd(FakeFrontEnd):
+    """Re-acquisition tells a warped template (filled with WARPED by the patched warp) from the origin image:
+    from the warped one it finds point 0 `WARPED_JUMP_PX` off its estimate and the others 2 px off, from the
+    origin image every point 1 px off."""
+
+    WARPED = 200
+    WARPED_JUMP_PX = 10.0
+
+    def __init__(self):
+        self.templates = []
+
+    def reacquire(self, origin, cur, origin_uv, guess_uv):
+        warped = int(origin[0, 0, 0]) == self.WARPED
+        self.templates.append(("warped" if warped else "origin", len(origin_uv)))
+        off = np.full((len(guess_uv), 2), [2.0 if warped else 1.0, 0.0])
+        if warped and len(guess_uv) == 4:  # point 0 is in the first pass only
+            off[0, 0] = self.WARPED_JUMP_PX
+        return guess_uv + off, np.ones(len(guess_uv), bool)
+
+
+@pytest.mark.parametrize("warp_limit_px", [8.0, 0.0])
+def test_re_acquisition_tries_the_warped_template_first_then_the_origin_image(monkeypatch, warp_limit_px):
+    import surg_invnerf_ros.online as online
+
+    def fake_warp(image, src_uv, dst_uv):
+        return np.full_like(image, WarpSeeingFrontEnd.WARPED), np.asarray(dst_uv, np.float64)
+
+    monkeypatch.setattr(online, "warp_template", fake_warp)
+    front = WarpSeeingFrontEnd()
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front,
+                        online_cfg=OnlineConfig(reacquire_warp_max_jump_px=warp_limit_px, drift_check_px=0.0))
+    trk.add_queries(np.array([[10.0, 10.0], [20.0, 12.0], [30.0, 30.0], [14.0, 36.0]]))
+    trk.push_frame(frame(0))
+    res = trk.push_frame(frame(1))
+    chained = np.array([[10.0, 10.0], [20.0, 12.0], [30.0, 30.0], [14.0, 36.0]]) + [FRONT_STEP_PX, 0.0]
+    if warp_limit_px:
+        # point 0's warped match is 10 px off: not taken; the origin image then finds it 1 px off
+        assert front.templates == [("warped", 4), ("origin", 1)]
+        np.testing.assert_allclose(res.uv_px, chained + [[1.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]], atol=1e-4)
+    else:
+        assert front.templates == [("origin", 4)]
+        np.testing.assert_allclose(res.uv_px, chained + [1.0, 0.0], atol=1e-4)
+
+
+def _affine_view(tex: np.ndarray, A_inv: np.ndarray, origin_px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 image(x) = tex(200 + A⁻¹(x − origin))."""
+    M = np.hstack([A_inv, (200 - A_inv @ origin_px)[:, None]]).astype(np.float32)
+    img = cv2.warpAffine(tex, M, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def zooming_scene(frames: int, zoom_per_frame: float, rad_per_frame: float):
+    """128×96 stereo frames of a texture zooming and turning about the image centre (disparity 4 px), the
+    true positions of a 4×3 grid of queries placed on the first, and the calibration."""
+    from test.frontend.synthetic import texture
+
+    w, h = 128, 96
+    centre = np.array([w / 2, h / 2])
+    calib = StereoCalib(K=np.array([[100.0, 0, w / 2], [0, 100.0, h / 2], [0, 0, 1]]), baseline_m=0.005,
+                        image_size=(w, h))
+    tex = texture(400, 400, seed=3, sigma_px=2.0)
+    gx, gy = np.meshgrid(np.linspace(40, 88, 4), np.linspace(32, 64, 3))
+    queries = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    out, truth = [], []
+    for k in range(frames):
+        th = rad_per_frame * k
+        A = zoom_per_frame ** k * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        left, right = (_affine_view(tex, np.linalg.inv(A), centre - [shift_px, 0.0], (w, h)) for shift_px in (0.0, 4.0))
+        out.append(StereoFrame(left, right, calib, 1_000_000_000 + k * 33_000_000))
+        truth.append(centre + (queries - centre) @ A.T)
+    return out, np.array(truth), queries
+
+
+@pytest.mark.parametrize("zoom, rad", [(1.015, 0.01), (1.0, 0.015)])
+def test_re_acquisition_follows_tissue_that_grows_and_turns(zoom, rad):
+    # 40 frames: 1.8x and 23 degrees, or 34 degrees. The origin patches no longer match the tissue unwarped, and
+    # the chained estimates drift; warped by their neighbours' motion they do.
+    frames, truth, queries = zooming_scene(40, zoom, rad)
+    err = {}
+    for limit_px in (8.0, 0.0):
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False),
+                            online_cfg=OnlineConfig(reacquire_warp_max_jump_px=limit_px))
+        trk.add_queries(queries)
+        err[limit_px] = np.array([np.linalg.norm(trk.push_frame(f).uv_px - truth[k], axis=1)
+                                  for k, f in enumerate(frames)])
+    assert err[8.0][-10:].max() < 0.3
+    assert err[0.0][-10:].mean() > 1.0  # unwarped, the same stream drifts
 
 
 def test_the_instrument_covering_points_hides_them_on_a_synthetic_stream():

@@ -88,6 +88,13 @@ class OnlineConfig:
         16.0, "Re-acquisition (and re-finding a covered point from its last sight) is taken only within this "
         "distance of the current estimate: a match further away is another patch that looks alike, not the "
         "point (0 = no limit).", lo=0.0)
+    reacquire_warp_max_jump_px: float = option(
+        8.0, "Re-acquisition first matches each query against its origin image warped by the smooth motion of "
+        "the queries placed with it (their origin pixels to their current estimates, a smoothing thin-plate "
+        "spline), which undoes the scaling, shear and rotation camera motion and deformation give the tissue "
+        "since; a match further than this from the current estimate is not taken. The queries it does not find "
+        "are matched against the origin image as it is, within reacquire_max_jump_px. Needs at least 6 queries "
+        "placed on the same frame (0 = unwarped only).", lo=0.0)
     shed_when_behind: bool = option(
         True, "On a frame processed while the next one already waits (the per-frame path is behind, e.g. "
         "another process takes the CPU), skip the re-acquisition (about a third of the front end's time), so "
