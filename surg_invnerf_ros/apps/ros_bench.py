@@ -308,7 +308,8 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
     tracker = source = None
     hogs: list[subprocess.Popen] = []
     sampler: RssSampler | None = None
-    logs = {"tracker": str(log_dir / "tracker.log"), "source": str(log_dir / "source.log")}
+    logs = {"tracker": str(log_dir / "tracker.log"), "source": str(log_dir / "source.log"),
+            "tracks": str(log_dir / "tracks.npz")}
     try:
         node = rclpy.create_node("ros_bench", namespace=ns, context=ctx)
         rel = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
@@ -388,6 +389,20 @@ def run_ros_bench(width: int, height: int, rate_hz: float = 30.0, duration_s: fl
                       references=refs)
 
 
+def save_window_tracks(path: Path, stamps: Sequence[int], live: Mapping[int, np.ndarray],
+                       refined: Mapping[int, np.ndarray], gt: Mapping[int, np.ndarray]) -> None:
+    """Write the accuracy window's `~/tracked_points` records (live, latest refined, ground truth) to `path`
+    (.npz), for a closer look at a run: `<which>` holds the records of every frame one after the other (the
+    fields of `convert.tracked_points_from_msg`), `<which>_stamp_ns` each record's frame stamp."""
+    out: dict[str, Any] = {}  # Any: numpy's stubs read ** of ndarrays as its allow_pickle flag
+    for which, recs in (("live", live), ("refined", refined), ("gt", gt)):
+        have = [st for st in stamps if st in recs]
+        if have:
+            out[which] = np.concatenate([recs[st] for st in have])
+            out[f"{which}_stamp_ns"] = np.repeat(np.asarray(have, np.int64), [len(recs[st]) for st in have])
+    np.savez_compressed(path, **out)
+
+
 def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_wall_ns: tuple[int, int],
                machine: Mapping[str, Any], *,
                width: int, height: int, rate_hz: float, device: str, refine: bool, num_queries: int,
@@ -445,6 +460,7 @@ def _summarise(got: Mapping[str, list], n_gt: int, t0: float, t1: float, window_
     window_s = min(ACCURACY_WINDOW_S, duration / 2.0)
     last_from_ns = window_wall_ns[1] - int(window_s * 1e9)
     last = [st for st in gt if st in live and live_recv_ns[st] >= last_from_ns]
+    save_window_tracks(Path(logs["tracks"]), last, live, refined, gt)
     acc_live = live_accuracy([(live[st], gt[st]) for st in last])
     acc_best = live_accuracy([(refined[st] if st in refined else live[st], gt[st]) for st in last])
     acc_refined = live_accuracy([(refined[st], gt[st]) for st in refined if st in gt])
@@ -584,7 +600,8 @@ def format_ros_bench(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
               f"refined message where it has one; refined alone = every refined message. Keyframes refined: "
               f"keyframes from {_f(COVERAGE_WARMUP_S, 0)} s into the run to {_f(LAG_ALLOWANCE_S, 0)} s before its "
               f"end with a refined message (keyframes = frames processed / the keyframe spacing the node reports); "
-              f"lag: a frame's front-end message → its first refined message, both received here."]
+              f"lag: a frame's front-end message → its first refined message, both received here. The window's "
+              f"messages (live, refined, ground truth) are kept in each run's `tracks.npz` beside its logs."]
     lines += ["", f"Latency: source publication of a frame (its ground truth's receipt) → receipt of "
         f"~/tracked_points in the benchmark process (front-end "
               f"messages only, whole run); STIR latency: (p99 + p95 + mean) / 3 of the same, first "

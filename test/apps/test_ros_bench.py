@@ -128,6 +128,11 @@ def test_tiny_run(tmp_path):
     assert r["rss"]["samples"] >= 3 and r["rss"]["peak_node_mb"] > 50
     assert r["accuracy"]["point_frames"] > 0
     assert (tmp_path / "tracker.log").read_text() and (tmp_path / "source.log").read_text()
+    with np.load(tmp_path / "tracks.npz") as saved:  # the accuracy window's records, for a closer look
+        assert len(saved["live"]) == len(saved["live_stamp_ns"]) >= r["accuracy"]["live"]["point_frames"]
+        assert len(np.unique(saved["live_stamp_ns"])) == r["accuracy"]["live"]["frames"]
+        assert set(saved["live_stamp_ns"]) <= set(saved["gt_stamp_ns"]) and "refined" not in saved
+        assert {"u", "v", "z", "visible", "id"} <= set(saved["live"].dtype.names)
     md = rbm.format_ros_bench([r, r])
     assert md.count("| 64×48 @ 20 Hz, default, ") == 8 and "peak RSS" in md  # 4 tables, 2 runs
     ref = r["accuracy"]["reference"]  # the scene rendered offline is the one the source streamed
