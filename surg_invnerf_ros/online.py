@@ -462,9 +462,9 @@ class OnlineTracker:
         (N, 2) its pixel there. A point found goes where it was found. An image of another size than
         `left` is forgotten (its points' keys set to -1). A match further than `online.reacquire_max_jump_px` from
         the point's current estimate is not taken. With `warp`, each image is first warped by the motion of
-        all its points (`online.reacquire_warp_max_jump_px`, `frontend.template_warp`), and only the points
-        that fails to find are matched against the image as it is. Returns which were tried and which found,
-        (N,) bool."""
+        all its points (`online.reacquire_warp_max_jump_px`, `frontend.template_warp`), and the points not
+        found in the warped image are matched against the image as it is. Returns which were tried and which
+        found, (N,) bool."""
         tried, found = np.zeros(len(which), bool), np.zeros(len(which), bool)
         frontend = self.frontend
         if not _can_reacquire(frontend):
