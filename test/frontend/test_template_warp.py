@@ -56,3 +56,17 @@ def test_no_usable_shape_gives_none(case):
     else:
         src = np.stack([np.linspace(10, 100, 8), np.linspace(20, 70, 8)], axis=1)
     assert warp_template(grey(), src, src + 1.0) is None
+
+
+def test_a_query_placed_twice_on_one_pixel_still_warps():
+    # a user clicking the same pixel twice: two identical source pixels, with equal or differing estimates
+    rng = np.random.default_rng(5)
+    src = rng.uniform([10, 10], [118, 86], (12, 2))
+    src[5] = src[4]
+    dst = src + [2.0, 1.0]
+    for other in (dst[4], dst[4] + [3.0, 0.0]):
+        dst[5] = other
+        warped, moved = warp_template(grey(), src, dst)
+        assert np.isfinite(warped).all()
+        np.testing.assert_allclose(np.delete(moved, [4, 5], axis=0), np.delete(src + [2.0, 1.0], [4, 5], axis=0),
+                                   atol=0.5)
