@@ -533,9 +533,12 @@ class OnlineTracker:
         (N,) metres.
 
         A point becomes covered when the stereo disparity at its pixel exceeds its own disparity (a running average
-        over the frames it was seen in) by the factor `online.occluder_disparity_ratio`: something nearer than
-        the tissue, an instrument, is in front of it. It also becomes covered when neither frame-to-frame LK
-        (`tracked`) nor stereo finds it, once its own disparity is known: no check says it is still there.
+        over the frames it was seen in) and the median own disparity of its nearest uncovered neighbours by the
+        factor `online.occluder_disparity_ratio`: something nearer than the tissue, an instrument, is in front of
+        it. (The neighbours keep a point whose own disparity fell too low, e.g. reset by the drift check onto
+        farther neighbours', from being held covered at its true depth for good.) It also becomes covered when
+        neither frame-to-frame LK (`tracked`) nor stereo finds it, once its own disparity is known: no check says
+        it is still there.
         Only a `sure` (N,) stereo match (see `LKStereoFrontEnd.point_depth_m`) uncovers a point or updates its
         own disparity; any valid one gives the depth reported. A point found covered this frame goes back to
         `carried_uv` (moved with its neighbours), not where LK took it: onto the occluder; `prev` (the
@@ -551,7 +554,14 @@ class OnlineTracker:
         """
         disp = depth_from_disparity_m(z_m, calib.fx, calib.baseline_m)  # d = fx·B/Z, the same formula
         measured = np.isfinite(disp)
-        nearer = measured & (disp > self.online_cfg.occluder_disparity_ratio * self._disp_ref)  # NaN ref: False
+        # Nearer than the point's own disparity and than its uncovered neighbours': a reference that fell too low
+        # (a drift reset onto farther neighbours' disparity) would otherwise hold the point covered for good.
+        ref = self._disp_ref
+        around = neighbour_median(self._uv, self._disp_ref, ~self._occluded & np.isfinite(self._disp_ref),
+                                  LOCAL_NEIGHBOURS)
+        if around is not None:
+            ref = np.fmax(ref, around)
+        nearer = measured & (disp > self.online_cfg.occluder_disparity_ratio * ref)  # NaN ref: False
         unconfirmed = ~measured & ~tracked & np.isfinite(self._disp_ref)
         own = measured & ~nearer
         covered = nearer | ((unconfirmed | (self._occluded & ~(own & sure))) & ~found)

@@ -1198,3 +1198,22 @@ class TestProcessWorker:
         assert time.monotonic() - t0 < 5.0 and not trk._worker.is_alive()
         assert trk.stats()["worker_restarts"] == 0 and trk.stats()["worker_deaths"] == 1
         assert trk.refiner._proc is proc  # no new child
+
+
+def test_a_point_whose_own_disparity_fell_too_low_is_not_held_covered():
+    # Its own disparity 3 px where it and its neighbours measure 4 px (e.g. a drift reset onto farther
+    # neighbours'): 4 > 1.1 x 3 alone would call that an occluder forever; its neighbours' 4 px say it is not.
+    front = CoveringFrontEnd()  # stereo 4 px everywhere while nothing covers
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
+    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0], [26.0, 30.0], [14.0, 18.0]]))
+    for i in range(3):
+        trk.push_frame(frame(i))
+    with trk._lock:
+        trk._disp_ref[0] = 3.0
+    for i in range(3, 6):
+        res = trk.push_frame(frame(i))
+        assert res.visible.all()
+        assert res.xyz_cam_m[0, 2] == pytest.approx(CALIB.fx * CALIB.baseline_m / 4.0)  # the measured depth
+    assert trk._disp_ref[0] > 3.5  # its own disparity follows what it measures again
+    front.covered = True  # a real occluder (5 px) over point 0 is still one
+    assert trk.push_frame(frame(6)).visible.tolist() == [False] + [True] * 5
