@@ -496,25 +496,36 @@ def test_lost_points_follow_the_median_motion():
 
 class CoveringFrontEnd(FakeFrontEnd):
     """Sparse stereo at the points: disparity 4 px (tissue), but while `covered` holds, point 0 sits under an
-    occluder with disparity 5 px (or no stereo match with `no_match`), and its LK follows the occluder (+5 px)."""
+    occluder with disparity 5 px, and its LK follows the occluder (+5 px)."""
 
     def __init__(self):
         self.covered = False
-        self.no_match = False
 
     def track(self, prev, cur, uv):
         new = uv + np.array([FRONT_STEP_PX, 0.0], np.float32)
-        ok = np.ones(len(uv), bool)
         if self.covered:
             new[0] = uv[0] + np.array([5.0, 0.0])
-            ok[0] = not self.no_match
-        return new, ok
+        return new, np.ones(len(uv), bool)
 
-    def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0, min_ncc=None):
+    def point_depth_m(self, left, right, calib, uv, guess, max_dy_px=1.0):
         disp = np.full(len(uv), 4.0)
         if self.covered:
-            disp[0] = np.nan if self.no_match else 5.0
+            disp[0] = 5.0
         return calib.fx * calib.baseline_m / disp, disp, np.isfinite(disp)
+
+
+#: Points close enough together to be each other's neighbours (`online` looks at six).
+CLOSE_QUERIES = np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0], [26.0, 30.0], [14.0, 18.0]])
+
+
+def seen_on_three_frames(front, num_queries: int = 4) -> OnlineTracker:
+    """A tracker (refinement off) on `front` with the first `num_queries` of CLOSE_QUERIES, after frames 0-2,
+    which show all of them."""
+    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
+    trk.add_queries(CLOSE_QUERIES[:num_queries])
+    for i in range(3):
+        assert trk.push_frame(frame(i)).visible.all()
+    return trk
 
 
 class FoundUnderOccluderFrontEnd(CoveringFrontEnd):
@@ -527,10 +538,7 @@ class FoundUnderOccluderFrontEnd(CoveringFrontEnd):
 
 def test_a_nearer_disparity_keeps_a_point_covered_that_re_acquisition_finds():
     front = FoundUnderOccluderFrontEnd()
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
-    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0]]))
-    for i in range(3):
-        assert trk.push_frame(frame(i)).visible.all()
+    trk = seen_on_three_frames(front)
     front.covered = True
     for i in range(3, 6):
         res = trk.push_frame(frame(i))
@@ -538,6 +546,22 @@ def test_a_nearer_disparity_keeps_a_point_covered_that_re_acquisition_finds():
         assert res.xyz_cam_m[0, 2] == pytest.approx(CALIB.fx * CALIB.baseline_m / 4.0)  # its own depth
     front.covered = False
     assert trk.push_frame(frame(6)).visible.all()
+
+
+def test_a_point_whose_own_disparity_fell_too_low_is_not_held_covered():
+    # Its own disparity 3 px where it and its neighbours measure 4 px (e.g. a drift reset onto farther
+    # neighbours'): 4 > 1.1 x 3 alone would call that an occluder forever; its neighbours' 4 px say it is not.
+    front = CoveringFrontEnd()  # stereo 4 px everywhere while nothing covers
+    trk = seen_on_three_frames(front, num_queries=6)
+    with trk._lock:
+        trk._disp_ref[0] = 3.0
+    for i in range(3, 6):
+        res = trk.push_frame(frame(i))
+        assert res.visible.all()
+        assert res.xyz_cam_m[0, 2] == pytest.approx(CALIB.fx * CALIB.baseline_m / 4.0)  # the measured depth
+    assert trk._disp_ref[0] > 3.5  # its own disparity follows what it measures again
+    front.covered = True  # a real occluder (5 px) over point 0 is still one
+    assert trk.push_frame(frame(6)).visible.tolist() == [False] + [True] * 5
 
 
 class UncoveringFrontEnd(FakeFrontEnd):
@@ -578,11 +602,8 @@ class UncoveringFrontEnd(FakeFrontEnd):
 def cover_and_uncover(front: UncoveringFrontEnd):
     """Frames 0-2 visible, 3-12 covered (disparity 4.3 -> 5.2 px, above 1.1x the point's when it was
     covered), then frame 13 uncovered; returns the tracker and the results of frames 12 and 13."""
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
-    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0]]))
     silent, front.silent = front.silent, False
-    for i in range(3):
-        assert trk.push_frame(frame(i)).visible.all()
+    trk = seen_on_three_frames(front)
     front.covered = True
     for i in range(3, 13):
         covered = trk.push_frame(frame(i))
@@ -1198,22 +1219,3 @@ class TestProcessWorker:
         assert time.monotonic() - t0 < 5.0 and not trk._worker.is_alive()
         assert trk.stats()["worker_restarts"] == 0 and trk.stats()["worker_deaths"] == 1
         assert trk.refiner._proc is proc  # no new child
-
-
-def test_a_point_whose_own_disparity_fell_too_low_is_not_held_covered():
-    # Its own disparity 3 px where it and its neighbours measure 4 px (e.g. a drift reset onto farther
-    # neighbours'): 4 > 1.1 x 3 alone would call that an occluder forever; its neighbours' 4 px say it is not.
-    front = CoveringFrontEnd()  # stereo 4 px everywhere while nothing covers
-    trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=front)
-    trk.add_queries(np.array([[20.0, 20.0], [22.0, 24.0], [18.0, 26.0], [30.0, 20.0], [26.0, 30.0], [14.0, 18.0]]))
-    for i in range(3):
-        trk.push_frame(frame(i))
-    with trk._lock:
-        trk._disp_ref[0] = 3.0
-    for i in range(3, 6):
-        res = trk.push_frame(frame(i))
-        assert res.visible.all()
-        assert res.xyz_cam_m[0, 2] == pytest.approx(CALIB.fx * CALIB.baseline_m / 4.0)  # the measured depth
-    assert trk._disp_ref[0] > 3.5  # its own disparity follows what it measures again
-    front.covered = True  # a real occluder (5 px) over point 0 is still one
-    assert trk.push_frame(frame(6)).visible.tolist() == [False] + [True] * 5
