@@ -538,19 +538,17 @@ class OnlineTracker:
         it. (The neighbours keep a point whose own disparity fell too low, e.g. reset by the drift check onto
         farther neighbours', from being held covered at its true depth for good.) It also becomes covered when
         neither frame-to-frame LK (`tracked`) nor stereo finds it, once its own disparity is known: no check says
-        it is still there.
-        Only a `sure` (N,) stereo match (see `LKStereoFrontEnd.point_depth_m`) uncovers a point or updates its
-        own disparity; any valid one gives the depth reported. A point found covered this frame goes back to
-        `carried_uv` (moved with its neighbours), not where LK took it: onto the occluder; `prev` (the
-        previous left image, every point's pixel there) is its last sight. Without a nearer disparity at its
-        pixel (that keeps it covered: a match beside an occluder's edge can pass the patch check), it is
-        uncovered when re-acquisition from its origin image finds it (`found`), when stereo sees its own depth
-        at its pixel again, or, where
-        stereo says nothing, when LK re-finds it from its last sight (the re-acquisition check); in the last
-        two cases it goes where LK re-finds it. While covered, its own disparity changes as its visible
-        neighbours' do. A point reports the depth of its own disparity where it is covered or stereo has none,
-        not the occluder's. A point covered without a nearer disparity is reported visible where
-        `_looks_visible` says so (it stays covered here).
+        it is still there. Only a `sure` (N,) stereo match (see `LKStereoFrontEnd.point_depth_m`) uncovers a
+        point or updates its own disparity; any valid one gives the depth reported. A point found covered this
+        frame goes back to `carried_uv` (moved with its neighbours), not where LK took it: onto the occluder;
+        `prev` (the previous left image, every point's pixel there) is its last sight. Without a nearer
+        disparity at its pixel (that keeps it covered: a match beside an occluder's edge can pass the patch
+        check), it is uncovered when re-acquisition from its origin image finds it (`found`), when stereo sees
+        its own depth at its pixel again, or, where stereo says nothing, when LK re-finds it from its last sight
+        (the re-acquisition check); in the last two cases it goes where LK re-finds it. While covered, its own
+        disparity changes as its visible neighbours' do. A point reports the depth of its own disparity where it
+        is covered or stereo has none, not the occluder's. A point covered without a nearer disparity is
+        reported visible where `_looks_visible` says so (it stays covered here).
         """
         disp = depth_from_disparity_m(z_m, calib.fx, calib.baseline_m)  # d = fx·B/Z, the same formula
         measured = np.isfinite(disp)
