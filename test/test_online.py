@@ -125,6 +125,84 @@ class TestFrontEnd:
         assert np.nanmean(e[512]) < 0.8 * np.nanmean(e[0])  # measured 0.48 vs 0.69 px
         assert OnlineConfig().stereo_upsample_below_px > 256  # on by default at the benchmark's 256×192
 
+    def test_sparse_stereo_refined_by_the_dense_flow(self):
+        # The same curved surface: LK's disparities at the points against those DIS's left-right flow refines.
+        from .frontend.synthetic import curved_disparity_px, curved_surface_pair
+
+        calib = StereoCalib(K=np.array([[220.0, 0, 64], [0, 220.0, 48], [0, 0, 1]]), baseline_m=0.0045,
+                            image_size=(128, 96))
+        u, v = np.meshgrid(np.arange(34.3, 120, 6.1), np.arange(8.7, 88, 6.1))
+        uv = np.column_stack([u.ravel(), v.ravel()])
+        d_true = cv2.remap(curved_disparity_px(), *(uv[:, None, i].astype(np.float32) for i in (0, 1)),
+                           cv2.INTER_LINEAR)[:, 0]
+        err: dict[int, list[np.ndarray]] = {0: [], 512: []}
+        for seed in (0, 1, 2):
+            left, right = curved_surface_pair(seed)
+            for below in err:
+                front = LKStereoFrontEnd(FrontendConfig(), OnlineConfig(stereo_refine_below_px=below))
+                flow = front.stereo_flow_px(left, right, 18.0)
+                assert (flow is None) == (below == 0)
+                _, d, _ = front.point_depth_m(left, right, calib, uv, np.full(len(uv), 18.0), flow_px=flow)
+                err[below].append(np.abs(d - d_true))
+        e = {k: np.concatenate(v) for k, v in err.items()}
+        assert np.isfinite(e[512]).mean() == np.isfinite(e[0]).mean()  # validity stays LK's
+        assert np.nanmean(e[512]) < 0.8 * np.nanmean(e[0])
+        assert OnlineConfig().stereo_refine_below_px > 256  # on by default at the benchmark's 256×192
+
+    def test_the_dense_flow_replaces_only_agreeing_disparities(self):
+        f = textured_frame(3)
+        front = LKStereoFrontEnd(FrontendConfig())
+        uv = np.array([[20.0, 20.0], [40.0, 25.0], [30.0, 30.0]])
+        _, d_lk, _ = front.point_depth_m(f.left_rgb_u8, f.right_rgb_u8, CALIB, uv, np.full(3, np.nan))
+        assert np.isfinite(d_lk).all()
+        flow = np.zeros((H, W, 2), np.float32)
+        flow[..., 0] = -(d_lk[0] + 0.4)  # the first point's disparity + 0.4 px everywhere ...
+        flow[24:, 36:, 0] = -(d_lk[1] + 3.0)  # ... but 3 px off (more than refine_agree_px) at the second
+        flow[28:, :36, 1] = 0.8  # and off the row (more than half of it) at the third
+        _, d, _ = front.point_depth_m(f.left_rgb_u8, f.right_rgb_u8, CALIB, uv, np.full(3, np.nan), flow_px=flow)
+        assert d[0] == pytest.approx(d_lk[0] + 0.4, abs=1e-4)
+        np.testing.assert_allclose(d[1:], d_lk[1:])
+
+    def test_the_dense_flow_runs_beside_the_tracking(self):
+        class Recording(LKStereoFrontEnd):
+            def __init__(self):
+                super().__init__(FrontendConfig())
+                self.threads: list[str] = []
+                self.starts: list[float] = []
+                self.flows: list[object] = []
+
+            def stereo_flow_px(self, left, right, disp_start_px=float("nan")):
+                self.threads.append(threading.current_thread().name)
+                self.starts.append(disp_start_px)
+                return super().stereo_flow_px(left, right, disp_start_px)
+
+            def point_depth_m(self, *args, **kwargs):
+                self.flows.append(kwargs.get("flow_px"))
+                return super().point_depth_m(*args, **kwargs)
+
+        front = Recording()
+        trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=front)
+        trk.add_queries(np.array([[20.0, 20.0], [40.0, 25.0]]))
+        for i in range(3):
+            trk.push_frame(textured_frame(i))
+        trk.close()
+        assert len(front.threads) == 3 and all(n.startswith("stereo_flow") for n in front.threads)
+        assert len(front.flows) == 3 and all(isinstance(f, np.ndarray) and f.shape == (H, W, 2) for f in front.flows)
+        # DIS starts from the points' last disparity (4 px in these frames) once stereo has one
+        assert np.isnan(front.starts[0]) and front.starts[2] == pytest.approx(4.0, abs=0.3)
+
+    def test_the_dense_flow_starts_at_large_disparities(self):
+        # 18 px on 128×96: DIS's coarsest level cannot find it from a zero start.
+        from .frontend.synthetic import curved_disparity_px, curved_surface_pair
+
+        left, right = curved_surface_pair(0)
+        front = LKStereoFrontEnd(FrontendConfig())
+        started, unstarted = (np.median(np.abs(-front.stereo_flow_px(left, right, start)[:, 30:, 0]
+                                               - curved_disparity_px()[:, 30:])) for start in (18.0, float("nan")))
+        assert started < 0.5 < unstarted  # measured 0.19 and 17.6 px
+        # and a call without a start is not steered by the earlier one's
+        assert np.median(np.abs(-front.stereo_flow_px(left, right)[:, 30:, 0] - curved_disparity_px()[:, 30:])) > 0.5
+
     def test_the_dense_map_refines_once(self):
         # The per-frame path keeps its time: no second refinement at twice the size, which offline fits make.
         from dataclasses import replace
