@@ -39,6 +39,7 @@ from .frontend.flow import dis_grey_flow, to_grey
 from .frontend.lk import LKPointTracker, patch_ncc
 from .frontend.stereo import stereo_depth_m
 from .frontend.template_warp import warp_template
+from .frontend.workers import num_workers
 from .geometry import depth_from_disparity_m, grid_points_px, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner, WorkerDied, exit_text
 from .structs import Queries, Sequence, StereoCalib
@@ -144,6 +145,9 @@ def _has_point_depth(frontend: object) -> TypeGuard[_PointDepth]:
 class _StereoFlow(_PointDepth, Protocol):
     """A front end whose `point_depth_m` refines with a dense flow (see `LKStereoFrontEnd.stereo_flow_px`)."""
 
+    def refines_stereo(self, width_px: int) -> bool:
+        ...
+
     def stereo_flow_px(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray,
                        disp_start_px: float = float("nan")) -> np.ndarray | None:
         ...
@@ -159,9 +163,11 @@ class LKStereoFrontEnd:
     #: `point_depth_m` on frames narrower than `stereo_upsample_below_px` matches on images this many times
     #: the size (bicubic), with an LK window 1.5 times the frame-to-frame one in those pixels.
     STEREO_UPSAMPLE = 2
-    #: `stereo_flow_px`'s DIS: patch stride (the fast preset's 4) and gradient-descent steps per patch (its 16).
-    STEREO_DIS_PATCH_STRIDE = 5
+    #: `stereo_flow_px`'s DIS: patch stride (the fast preset's 4), gradient-descent steps per patch (its 16) and
+    #: variational smoothing steps (its 5).
+    STEREO_DIS_PATCH_STRIDE = 6
     STEREO_DIS_ITERATIONS = 8
+    STEREO_DIS_SMOOTHING_ITERATIONS = 3
 
     def __init__(self, cfg: FrontendConfig, online_cfg: OnlineConfig | None = None) -> None:
         """Args:
@@ -173,7 +179,9 @@ class LKStereoFrontEnd:
         self._lk_upsampled = LKPointTracker(replace(cfg.lk, win_size_px=(cfg.lk.win_size_px * 3 // 2) | 1))
         # the dense map seeds sparse stereo (or is the per-frame depth): one refinement keeps the frame's time
         self._stereo_cfg = replace(cfg.stereo, refine_upsample_below_px=0)
-        self._refine_below_px = online_cfg.stereo_refine_below_px
+        # the dense flow needs a core of its own
+        self._refine_below_px = (online_cfg.stereo_refine_below_px
+                                 if num_workers(0) >= online_cfg.stereo_refine_min_cpus else 0)
         self._refiners = threading.local()  # one DIS instance per thread that calls `stereo_flow_px`
 
     def track(self, prev_rgb_u8: np.ndarray, cur_rgb_u8: np.ndarray,
@@ -192,21 +200,26 @@ class LKStereoFrontEnd:
     def depth_m(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray, calib: StereoCalib) -> np.ndarray:
         return stereo_depth_m(left_rgb_u8, right_rgb_u8, calib, self._stereo_cfg)
 
+    def refines_stereo(self, width_px: int) -> bool:
+        """Whether `stereo_flow_px` computes a flow for frames `width_px` wide (`online.stereo_refine_below_px`,
+        with at least `online.stereo_refine_min_cpus` CPU cores)."""
+        return width_px < self._refine_below_px
+
     def stereo_flow_px(self, left_rgb_u8: np.ndarray, right_rgb_u8: np.ndarray,
                        disp_start_px: float = float("nan")) -> np.ndarray | None:
         """(H, W, 2) float32 DIS flow from the left to the right image that `point_depth_m` refines its
-        disparities with, or None on frames `online.stereo_refine_below_px` leaves to LK alone.
+        disparities with, or None where `refines_stereo` says no.
 
         DIS starts from the disparity `disp_start_px` everywhere (NaN: none), e.g. the median of the points'
         last ones: its coarsest level is too small for the disparities of near tissue on small frames (18 px
         at 128×96: all lost from a zero start, 0.27 px mean error from 18).
 
-        DIS's fast preset at full resolution, with patches every `STEREO_DIS_PATCH_STRIDE` pixels and
-        `STEREO_DIS_ITERATIONS` descent steps: at the true pixels of the hard 256×192 scenes the depth error
-        is 0.45 mm as with the medium preset (0.44 mm) in half its time, 7 ms on one core. Thread-safe.
+        DIS's fast preset at full resolution with fewer patches and steps (`STEREO_DIS_*`): at the true
+        pixels of the hard 256×192 scenes the depth error is 0.47 mm (LK alone 0.67; the medium preset 0.44
+        in three times the time), 5 ms on one core.
+        Thread-safe.
         """
-        width = left_rgb_u8.shape[1]
-        if width >= self._refine_below_px:
+        if not self.refines_stereo(left_rgb_u8.shape[1]):
             return None
         started = bool(np.isfinite(disp_start_px))
         # One instance per thread and kind of call: after a call with a start, OpenCV's DIS reuses that start
@@ -218,6 +231,7 @@ class LKStereoFrontEnd:
             dis.setFinestScale(0)
             dis.setPatchStride(self.STEREO_DIS_PATCH_STRIDE)
             dis.setGradientDescentIterations(self.STEREO_DIS_ITERATIONS)
+            dis.setVariationalRefinementIterations(self.STEREO_DIS_SMOOTHING_ITERATIONS)
             setattr(self._refiners, key, dis)
         grey_l, grey_r = to_grey(left_rgb_u8), to_grey(right_rgb_u8)
         if not started:
@@ -775,7 +789,7 @@ class OnlineTracker:
         seed = sparse and (not bool(self._seeded.all()) or self._pending_grid > 0)
         # The dense left→right flow that refines the sparse disparities needs no point: it runs beside the tracking.
         stereo_flow = None
-        if point_depth is not None and _has_stereo_flow(point_depth):
+        if point_depth is not None and _has_stereo_flow(point_depth) and point_depth.refines_stereo(left.shape[1]):
             known = self._disp[np.isfinite(self._disp)]
             start = float(np.median(known)) if len(known) else float("nan")
             stereo_flow = self._stereo_pool.submit(point_depth.stereo_flow_px, left, right, start)

@@ -139,7 +139,8 @@ class TestFrontEnd:
         for seed in (0, 1, 2):
             left, right = curved_surface_pair(seed)
             for below in err:
-                front = LKStereoFrontEnd(FrontendConfig(), OnlineConfig(stereo_refine_below_px=below))
+                front = LKStereoFrontEnd(FrontendConfig(), OnlineConfig(stereo_refine_below_px=below,
+                                                                        stereo_refine_min_cpus=1))
                 flow = front.stereo_flow_px(left, right, 18.0)
                 assert (flow is None) == (below == 0)
                 _, d, _ = front.point_depth_m(left, right, calib, uv, np.full(len(uv), 18.0), flow_px=flow)
@@ -147,11 +148,22 @@ class TestFrontEnd:
         e = {k: np.concatenate(v) for k, v in err.items()}
         assert np.isfinite(e[512]).mean() == np.isfinite(e[0]).mean()  # validity stays LK's
         assert np.nanmean(e[512]) < 0.8 * np.nanmean(e[0])
-        assert OnlineConfig().stereo_refine_below_px > 256  # on by default at the benchmark's 256×192
+        assert OnlineConfig().stereo_refine_below_px > 256  # on by default at the benchmark's 256×192 ...
+        assert OnlineConfig().stereo_refine_min_cpus > 2  # ... where a core is free for it
+
+    def test_the_dense_flow_needs_a_free_core(self, monkeypatch):
+        import surg_invnerf_ros.online as online
+
+        for cpus, wanted in ((2, False), (4, True)):
+            monkeypatch.setattr(online, "num_workers", lambda requested, n=cpus: n)
+            front = LKStereoFrontEnd(FrontendConfig(), OnlineConfig(stereo_refine_min_cpus=4))
+            assert front.refines_stereo(256) == wanted and not front.refines_stereo(512)
+            f = textured_frame(0)
+            assert (front.stereo_flow_px(f.left_rgb_u8, f.right_rgb_u8) is None) == (not wanted)
 
     def test_the_dense_flow_replaces_only_agreeing_disparities(self):
         f = textured_frame(3)
-        front = LKStereoFrontEnd(FrontendConfig())
+        front = LKStereoFrontEnd(FrontendConfig())  # the flow is given: the CPU count does not matter
         uv = np.array([[20.0, 20.0], [40.0, 25.0], [30.0, 30.0]])
         _, d_lk, _ = front.point_depth_m(f.left_rgb_u8, f.right_rgb_u8, CALIB, uv, np.full(3, np.nan))
         assert np.isfinite(d_lk).all()
@@ -166,7 +178,7 @@ class TestFrontEnd:
     def test_the_dense_flow_runs_beside_the_tracking(self):
         class Recording(LKStereoFrontEnd):
             def __init__(self):
-                super().__init__(FrontendConfig())
+                super().__init__(FrontendConfig(), OnlineConfig(stereo_refine_min_cpus=1))
                 self.threads: list[str] = []
                 self.starts: list[float] = []
                 self.flows: list[object] = []
@@ -196,7 +208,7 @@ class TestFrontEnd:
         from .frontend.synthetic import curved_disparity_px, curved_surface_pair
 
         left, right = curved_surface_pair(0)
-        front = LKStereoFrontEnd(FrontendConfig())
+        front = LKStereoFrontEnd(FrontendConfig(), OnlineConfig(stereo_refine_min_cpus=1))
         started, unstarted = (np.median(np.abs(-front.stereo_flow_px(left, right, start)[:, 30:, 0]
                                                - curved_disparity_px()[:, 30:])) for start in (18.0, float("nan")))
         assert started < 0.5 < unstarted  # measured 0.19 and 17.6 px

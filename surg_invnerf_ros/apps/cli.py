@@ -15,7 +15,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, get_args
 from typing import Sequence as Seq
 
 from tqdm import tqdm
@@ -31,6 +31,7 @@ from ..config import (
     field_meta,
     load_fit_and_frontend,
 )
+from ..config.bench import BenchPreset
 from ..errors import ConfigError, InputError
 from ..eval.evaluate import evaluate_files
 from ..eval.plots import contact_sheet
@@ -369,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark every method on a fixed synthetic set")
     b.add_argument("--out", type=Path, default=Path("out/bench"))
-    b.add_argument("--preset", choices=["default", "hard", "quick"], default="default")
+    b.add_argument("--preset", choices=get_args(BenchPreset), default="default",
+                   help="the set of sequences (default: default, hard and long)")
     b.add_argument("--methods", nargs="+", help="methods to run (default: all baselines + invnerf + ablations)")
     b.add_argument("--seeds", type=int, nargs="+", help="sequence seeds (default: the preset's)")
     b.add_argument("--size", type=_parse_size, help="WxH of every sequence (default: the preset's, e.g. 256x192)")

@@ -64,6 +64,22 @@ def test_bench_command_with_size_and_frames(tmp_path):
     assert all(0 < f["steps"] <= 20 and f["flow_s"] > 0 for f in doc["fits"])
 
 
+def test_bench_command_takes_every_preset(capsys):
+    from typing import get_args
+
+    from surg_invnerf_ros.apps.bench import PRESETS
+    from surg_invnerf_ros.apps.cli import build_parser
+    from surg_invnerf_ros.config.bench import BenchPreset
+
+    parser = build_parser()
+    assert set(get_args(BenchPreset)) == set(PRESETS)
+    for preset in PRESETS:
+        assert parser.parse_args(["bench", "--preset", preset]).preset == preset
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
 def test_bench_with_every_part_skipped_still_writes_its_summary(tmp_path):
     from surg_invnerf_ros.apps.cli import main
 
