@@ -21,7 +21,7 @@ PYWHEELS = [
 
 setup(
     name=PACKAGE,
-    version="0.7.6",
+    version="0.7.7",
     packages=find_packages(exclude=["test", "test.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # what __getattr__ below returns, for type checkers
     from .online import OnlineTracker
     from .track import fit_invnerf, infer_tracks, track_sequence
 
-__version__ = "0.7.6"
+__version__ = "0.7.7"
 
 _LAZY = {
     "track_sequence": "track", "fit_invnerf": "track", "infer_tracks": "track",
