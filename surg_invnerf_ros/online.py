@@ -38,7 +38,7 @@ from .frontend.bulk_motion import LOCAL_NEIGHBOURS, neighbour_median, neighbour_
 from .frontend.flow import dis_grey_flow, to_grey
 from .frontend.lk import LKPointTracker, patch_ncc
 from .frontend.stereo import stereo_depth_m
-from .frontend.template_warp import warp_template
+from .frontend.template_warp import smooth_motion, warp_template
 from .frontend.workers import num_workers
 from .geometry import depth_from_disparity_m, grid_points_px, sample_bilinear, unproject_m
 from .refiner import FitAborted, InvNeRFRefiner, ProcessRefiner, RefineJob, RefineOutput, Refiner, WorkerDied, exit_text
@@ -319,6 +319,7 @@ class OnlineTracker:
     RESTART_BACKOFF_MAX_S = 30.0
     DEATH_WINDOW_S = 60.0  # refine.worker_max_deaths deaths within this span stop refinement
     MAX_SEEN_IMAGES = 2  # last-sight images kept for covered points, the oldest dropped first (one LK pass each a frame)
+    COVERED_MOTION_MAX_AGE = 40  # frames since re-acquisition within which a point's motion guides covered ones
 
     def __init__(self, frontend_cfg: FrontendConfig | None = None, refine_cfg: RefineConfig | None = None,
                  query_cfg: QueryConfig | None = None, *, online_cfg: OnlineConfig | None = None,
@@ -533,6 +534,27 @@ class OnlineTracker:
         self._age[found] = 0.0
         self._neighbour_uv[found] = self._uv[found]
         return tried, found
+
+    def _move_covered(self, width_px: int) -> None:
+        """`online.covered_motion_weight`, under the lock: each covered point moves that share of the way to where
+        the smooth motion of the points placed with it takes its origin pixel (`frontend.template_warp.smooth_motion`,
+        fitted on those uncovered, visible and re-acquired within `COVERED_MOTION_MAX_AGE` frames). Its
+        neighbours' frame-to-frame motion alone lets its error grow for as long as it stays covered (5–11 px
+        after an instrument's pass on the hard stream), and it is then too far from its tissue for re-acquisition
+        to find it; the fit through the confirmed points does not accumulate. The drift check's carry moves with it."""
+        weight = self.online_cfg.covered_motion_weight
+        covered = self._occluded & (self._origin_key >= 0)
+        if weight <= 0 or not covered.any():
+            return
+        sure = ~self._occluded & self._visible & (self._age < self.COVERED_MOTION_MAX_AGE) & (self._origin_key >= 0)
+        for key in np.unique(self._origin_key[covered]):
+            fit = sure & (self._origin_key == key)
+            idx = np.flatnonzero(covered & (self._origin_key == key))
+            there = smooth_motion(self._origin_uv[fit], self._uv[fit], self._origin_uv[idx], float(width_px))
+            if there is not None:
+                step = weight * (there - self._uv[idx])
+                self._uv[idx] += step
+                self._neighbour_uv[idx] += step
 
     def _refind(self, images: dict[int, np.ndarray], keys: np.ndarray, image_uv: np.ndarray, which: np.ndarray,
                 left: np.ndarray, warp: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -829,6 +851,7 @@ class OnlineTracker:
                 carry = (~movers if follow else self._occluded) & ~arriving
                 old_uv = self._uv
                 self._uv = np.where(movers[:, None], uv_new, np.where(carry[:, None], carried, self._uv))
+                self._move_covered(left.shape[1])
                 # The drift check's carry moves with the neighbours; it follows the point itself where they say
                 # nothing (too few moved) and where the point is held (lk.lost_points = hold, or it arrives).
                 own_step = self._uv - old_uv

@@ -618,6 +618,54 @@ def seen_on_three_frames(front, num_queries: int = 4) -> OnlineTracker:
     return trk
 
 
+class TestCoveredPointsMoveWithTheTissue:
+    """online.covered_motion_weight: a covered point moves towards where the smooth motion of the re-acquired
+    points of its batch takes its origin pixel, not only with its neighbours' frame-to-frame motion."""
+
+    GRID = np.array([[u, v] for u in (12.0, 24.0, 36.0, 48.0) for v in (10.0, 22.0, 34.0)])
+
+    def tracker(self, weight: float) -> OnlineTracker:
+        trk = OnlineTracker(FrontendConfig(), RefineConfig(enabled=False), frontend=FakeFrontEnd(),
+                            online_cfg=OnlineConfig(covered_motion_weight=weight))
+        trk.add_queries(self.GRID)
+        trk.push_frame(frame(0))  # the origin image
+        return trk
+
+    def test_a_covered_point_moves_towards_the_shared_motion(self):
+        zoom = np.array([[1.1, 0.0], [0.0, 1.1]])
+        truth = (self.GRID - [32.0, 24.0]) @ zoom.T + [32.0, 24.0]  # the tissue zooms about the image centre
+        moved = {}
+        for weight in (0.0, 0.5, 1.0):
+            trk = self.tracker(weight)
+            with trk._lock:
+                trk._uv[:] = truth
+                trk._uv[4] = truth[4] + [3.0, -2.0]  # its neighbours' motion carried it off its tissue
+                trk._neighbour_uv[:] = trk._uv
+                trk._occluded[4] = True
+                trk._visible[4] = False
+                trk._age[:] = 0.0
+                before = trk._uv.copy()
+                trk._move_covered(W)
+                moved[weight] = trk._uv.copy()
+                np.testing.assert_allclose(trk._neighbour_uv[4], trk._uv[4])  # the drift check's carry goes along
+            np.testing.assert_allclose(np.delete(moved[weight], 4, 0), np.delete(before, 4, 0))  # the others stay
+            trk.close()
+        np.testing.assert_allclose(moved[0.0][4], truth[4] + [3.0, -2.0])  # off: where the neighbours put it
+        np.testing.assert_allclose(moved[1.0][4], truth[4], atol=0.05)  # the zoom is smooth: the fit recovers it
+        np.testing.assert_allclose(moved[0.5][4], 0.5 * (moved[0.0][4] + moved[1.0][4]), atol=1e-9)
+
+    def test_only_recently_re_acquired_points_guide_it(self):
+        trk = self.tracker(1.0)
+        with trk._lock:
+            trk._uv[4] += [3.0, -2.0]
+            trk._occluded[4] = True
+            trk._age[:] = OnlineTracker.COVERED_MOTION_MAX_AGE  # none confirmed lately: nothing to fit on
+            before = trk._uv.copy()
+            trk._move_covered(W)
+            np.testing.assert_allclose(trk._uv, before)
+        trk.close()
+
+
 class FoundUnderOccluderFrontEnd(CoveringFrontEnd):
     """CoveringFrontEnd whose re-acquisition finds every point where it is, point 0 under the occluder too
     (a patch beside the occluder's edge can pass the check)."""

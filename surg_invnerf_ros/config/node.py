@@ -127,6 +127,10 @@ class OnlineConfig:
         "visible neighbours instead of following LK, and is visible again once stereo sees its own depth there, "
         "LK re-finds it from the last image it was seen in (that also sets its position) or re-acquisition "
         "finds it. tracking: visible while frame-to-frame LK passes its checks.")
+    covered_motion_weight: float = option(
+        0.5, "occlusion = stereo: each frame a covered point moves this share of the way from where its neighbours' "
+        "motion carried it to where the smooth motion of its batch's re-acquired points takes its origin pixel, "
+        "so that it is near its tissue when it reappears (0 = neighbours only).", lo=0.0, hi=1.0)
     visible_check_win_px: int = option(
         13, "occlusion = stereo: a point covered only because frame-to-frame LK and stereo both lost it (no "
         "nearer disparity) is still reported visible when, in a window of this side, its patch matches its "

@@ -83,3 +83,21 @@ def warp_template(image: np.ndarray, src_uv_px: np.ndarray, dst_uv_px: np.ndarra
     dense[..., 1] += ys
     warped = cv2.remap(image, dense, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return warped, moved
+
+
+def smooth_motion(src_uv_px: np.ndarray, dst_uv_px: np.ndarray, query_uv_px: np.ndarray, scale_px: float,
+                  smoothing: float = SMOOTHING) -> np.ndarray | None:
+    """Where the smooth motion that takes `src_uv_px` (N, 2) to about `dst_uv_px` (N, 2) takes `query_uv_px`
+    (M, 2), the same spline as `warp_template` with coordinates in units of `scale_px` (the image width);
+    None where `warp_template` would not warp (too few or collinear pairs, no fit)."""
+    ok = np.isfinite(src_uv_px).all(axis=1) & np.isfinite(dst_uv_px).all(axis=1)
+    if ok.sum() < MIN_POINTS:
+        return None
+    spread = np.linalg.svd(src_uv_px[ok] - src_uv_px[ok].mean(axis=0), compute_uv=False)
+    if spread[1] < MIN_SPREAD * spread[0]:
+        return None
+    src, dst = src_uv_px[ok].astype(np.float64), dst_uv_px[ok].astype(np.float64)
+    try:
+        return query_uv_px + _spline(src, dst - src, scale_px, smoothing)(np.asarray(query_uv_px, np.float64) / scale_px)
+    except (np.linalg.LinAlgError, ValueError):
+        return None

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from surg_invnerf_ros.frontend.template_warp import MIN_POINTS, warp_template
+from surg_invnerf_ros.frontend.template_warp import MIN_POINTS, smooth_motion, warp_template
 from surg_invnerf_ros.geometry import sample_bilinear
 
 from .synthetic import texture
@@ -70,3 +70,15 @@ def test_a_query_placed_twice_on_one_pixel_still_warps():
         assert np.isfinite(warped).all()
         np.testing.assert_allclose(np.delete(moved, [4, 5], axis=0), np.delete(src + [2.0, 1.0], [4, 5], axis=0),
                                    atol=0.5)
+
+
+def test_smooth_motion_moves_other_points_as_the_template_warp_moves_its_own():
+    rng = np.random.default_rng(4)
+    src = rng.uniform([10, 10], [118, 86], (30, 2))
+    noisy = src @ A.T + T + rng.normal(0.0, 1.0, src.shape)
+    _, moved = warp_template(grey(), src, noisy)
+    np.testing.assert_allclose(smooth_motion(src, noisy, src, 128.0), moved, atol=1e-9)
+    # a point left out of the fit lands where the shared motion takes it
+    others = rng.uniform([30, 25], [90, 70], (5, 2))
+    assert np.linalg.norm(smooth_motion(src, noisy, others, 128.0) - (others @ A.T + T), axis=1).max() < 1.0
+    assert smooth_motion(src[:MIN_POINTS - 1], noisy[:MIN_POINTS - 1], others, 128.0) is None
