@@ -57,23 +57,19 @@ def warp_template(image: np.ndarray, src_uv_px: np.ndarray, dst_uv_px: np.ndarra
         (warped image, (N, 2) where each source pixel lies in it), or None with fewer than `MIN_POINTS`
         finite pairs, (nearly) collinear ones (`MIN_SPREAD`) or a spline that cannot be fitted.
     """
-    ok = np.isfinite(src_uv_px).all(axis=1) & np.isfinite(dst_uv_px).all(axis=1)
-    if ok.sum() < MIN_POINTS:
-        return None
-    spread = np.linalg.svd(src_uv_px[ok] - src_uv_px[ok].mean(axis=0), compute_uv=False)
-    if spread[1] < MIN_SPREAD * spread[0]:  # (nearly) on a line: no motion across it
-        return None
     H, W = image.shape[:2]
     scale = float(W)
+    moved = smooth_motion(src_uv_px, dst_uv_px, src_uv_px, scale, smoothing)
+    if moved is None:
+        return None
+    ok = np.isfinite(moved).all(axis=1) & np.isfinite(dst_uv_px).all(axis=1)
     step = max(W // GRID_CELLS, 1)
     gx = np.arange(0, W + step, step, dtype=np.float64)
     gy = np.arange(0, H + step, step, dtype=np.float64)
     grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
-    src, dst = src_uv_px[ok].astype(np.float64), dst_uv_px[ok].astype(np.float64)
     try:
-        moved = src_uv_px + _spline(src, dst - src, scale, smoothing)(np.nan_to_num(src_uv_px) / scale)
         # the inverse map, exact through the smoothed positions, for remap: result(x) = image(x + back(x))
-        back = _spline(moved[ok], src - moved[ok], scale, 1e-9)(grid / scale).reshape(len(gy), len(gx), 2)
+        back = _spline(moved[ok], src_uv_px[ok] - moved[ok], scale, 1e-9)(grid / scale).reshape(len(gy), len(gx), 2)
     except (np.linalg.LinAlgError, ValueError):
         return None
     xs, ys = _pixel_grid(H, W)
@@ -89,15 +85,17 @@ def smooth_motion(src_uv_px: np.ndarray, dst_uv_px: np.ndarray, query_uv_px: np.
                   smoothing: float = SMOOTHING) -> np.ndarray | None:
     """Where the smooth motion that takes `src_uv_px` (N, 2) to about `dst_uv_px` (N, 2) takes `query_uv_px`
     (M, 2), the same spline as `warp_template` with coordinates in units of `scale_px` (the image width);
-    None where `warp_template` would not warp (too few or collinear pairs, no fit)."""
+    None with fewer than `MIN_POINTS` finite pairs, (nearly) collinear ones (`MIN_SPREAD`) or a spline that
+    cannot be fitted. A query with NaN stays NaN."""
     ok = np.isfinite(src_uv_px).all(axis=1) & np.isfinite(dst_uv_px).all(axis=1)
     if ok.sum() < MIN_POINTS:
         return None
     spread = np.linalg.svd(src_uv_px[ok] - src_uv_px[ok].mean(axis=0), compute_uv=False)
-    if spread[1] < MIN_SPREAD * spread[0]:
+    if spread[1] < MIN_SPREAD * spread[0]:  # (nearly) on a line: no motion across it
         return None
     src, dst = src_uv_px[ok].astype(np.float64), dst_uv_px[ok].astype(np.float64)
+    query = np.asarray(query_uv_px, np.float64)
     try:
-        return query_uv_px + _spline(src, dst - src, scale_px, smoothing)(np.asarray(query_uv_px, np.float64) / scale_px)
+        return query + _spline(src, dst - src, scale_px, smoothing)(np.nan_to_num(query) / scale_px)
     except (np.linalg.LinAlgError, ValueError):
         return None
