@@ -37,7 +37,7 @@ from .errors import InputError
 from .frontend.bulk_motion import LOCAL_NEIGHBOURS, neighbour_median, neighbour_shift
 from .frontend.flow import dis_grey_flow, to_grey
 from .frontend.lk import LKPointTracker, patch_ncc
-from .frontend.stereo import stereo_depth_m
+from .frontend.stereo import stereo_depth_m, where_dis_agrees
 from .frontend.template_warp import smooth_motion, warp_template
 from .frontend.workers import num_workers
 from .geometry import depth_from_disparity_m, grid_points_px, sample_bilinear, unproject_m
@@ -281,10 +281,7 @@ class LKStereoFrontEnd:
             at = uv.astype(np.float64)
             d_dis = -sample_bilinear(np.ascontiguousarray(flow_px[..., 0]), at)
             dy_dis = sample_bilinear(np.ascontiguousarray(flow_px[..., 1]), at)
-            agree_px = self._stereo_cfg.refine_agree_px
-            with np.errstate(invalid="ignore"):
-                agree = good & (np.abs(d_dis - disp) <= agree_px) & (np.abs(dy_dis) <= 0.5 * agree_px)
-            disp = np.where(agree, d_dis, disp)
+            disp = np.where(good, where_dis_agrees(d_dis, dy_dis, disp, self._stereo_cfg.refine_agree_px), disp)
             good &= disp > 0
         z = depth_from_disparity_m(np.where(good, disp, np.nan), calib.fx, calib.baseline_m)
         with np.errstate(invalid="ignore"):
@@ -851,12 +848,12 @@ class OnlineTracker:
                 carry = (~movers if follow else self._occluded) & ~arriving
                 old_uv = self._uv
                 self._uv = np.where(movers[:, None], uv_new, np.where(carry[:, None], carried, self._uv))
-                self._move_covered(left.shape[1])
                 # The drift check's carry moves with the neighbours; it follows the point itself where they say
                 # nothing (too few moved) and where the point is held (lk.lost_points = hold, or it arrives).
                 own_step = self._uv - old_uv
                 held = ~(movers | carry)
                 self._neighbour_uv += own_step if shift is None else np.where(held[:, None], own_step, shift)
+                self._move_covered(left.shape[1])  # after: it moves the carry by its own step, once
                 self._visible = tracked = ok
                 self._age += np.where(arriving, 0.0, 1.0)
             unplaced = self._origin_key < 0  # added before any frame or for this one: this frame is where they start

@@ -122,6 +122,15 @@ def make_refiner(cfg: StereoConfig, width_px: int) -> cv2.DISOpticalFlow:
     return dis
 
 
+def where_dis_agrees(d_dis_px: np.ndarray, dy_dis_px: np.ndarray, disp_px: np.ndarray,
+                     agree_px: float) -> np.ndarray:
+    """DIS's disparity `d_dis_px` where it is within `agree_px` of `disp_px` and its vertical flow `dy_dis_px`
+    within half that; `disp_px` elsewhere (NaN stays NaN). Arrays of any one shape."""
+    with np.errstate(invalid="ignore"):
+        agree = (np.abs(d_dis_px - disp_px) <= agree_px) & (np.abs(dy_dis_px) <= 0.5 * agree_px)
+    return np.where(agree, d_dis_px, disp_px)
+
+
 def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: np.ndarray,
                         agree_px: float, dis: cv2.DISOpticalFlow, upsampled: bool = False) -> np.ndarray:
     """DIS left→right flow as disparity (d = −flow_u) where it agrees with `disp_px`; else `disp_px`.
@@ -136,10 +145,7 @@ def refine_disparity_px(left_grey: np.ndarray, right_grey: np.ndarray, disp_px: 
         # each 2x2 block averaged onto the pixel it came from; its flow is in half-size pixels
         flow_big = cv2.resize(dis_grey_flow(dis, *big), (W, H), interpolation=cv2.INTER_AREA)
         flow = 0.5 * flow + 0.25 * flow_big
-    d_dis = -flow[..., 0]
-    with np.errstate(invalid="ignore"):
-        agree = (np.abs(d_dis - disp_px) <= agree_px) & (np.abs(flow[..., 1]) <= 0.5 * agree_px)
-    return np.where(agree, d_dis, disp_px).astype(np.float32)
+    return where_dis_agrees(-flow[..., 0], flow[..., 1], disp_px, agree_px).astype(np.float32)
 
 
 def _disparity_checked_px(left_grey: np.ndarray, right_grey: np.ndarray, sgbm: cv2.StereoSGBM,
