@@ -69,6 +69,20 @@ def wait_for(pred, timeout_s=5.0):
     return pred()
 
 
+def curved_surface_points() -> tuple[StereoCalib, np.ndarray, np.ndarray]:
+    """The calibration of `curved_surface_pair`'s 128×96 views, a grid of (N, 2) points on it and their true
+    (N,) disparities."""
+    from .frontend.synthetic import curved_disparity_px
+
+    calib = StereoCalib(K=np.array([[220.0, 0, 64], [0, 220.0, 48], [0, 0, 1]]), baseline_m=0.0045,
+                        image_size=(128, 96))
+    u, v = np.meshgrid(np.arange(34.3, 120, 6.1), np.arange(8.7, 88, 6.1))
+    uv = np.column_stack([u.ravel(), v.ravel()])
+    d_true = cv2.remap(curved_disparity_px(), *(uv[:, None, i].astype(np.float32) for i in (0, 1)),
+                       cv2.INTER_LINEAR)[:, 0]
+    return calib, uv, d_true
+
+
 class TestFrontEnd:
     def test_result_every_frame(self):
         trk = OnlineTracker(refine_cfg=RefineConfig(enabled=False), frontend=FakeFrontEnd())
@@ -105,14 +119,9 @@ class TestFrontEnd:
     def test_sparse_stereo_on_small_frames_matches_upsampled_images(self):
         # A curved surface (disparity 15.5-20.5 px) on three textures, 128×96: the points' disparity error
         # with the images upsampled twice against the frame's own pixels.
-        from .frontend.synthetic import curved_disparity_px, curved_surface_pair
+        from .frontend.synthetic import curved_surface_pair
 
-        calib = StereoCalib(K=np.array([[220.0, 0, 64], [0, 220.0, 48], [0, 0, 1]]), baseline_m=0.0045,
-                            image_size=(128, 96))
-        u, v = np.meshgrid(np.arange(34.3, 120, 6.1), np.arange(8.7, 88, 6.1))
-        uv = np.column_stack([u.ravel(), v.ravel()])
-        d_true = cv2.remap(curved_disparity_px(), *(uv[:, None, i].astype(np.float32) for i in (0, 1)),
-                           cv2.INTER_LINEAR)[:, 0]
+        calib, uv, d_true = curved_surface_points()
         err: dict[int, list[np.ndarray]] = {0: [], 512: []}
         for seed in (0, 1, 2):
             left, right = curved_surface_pair(seed)
@@ -127,14 +136,9 @@ class TestFrontEnd:
 
     def test_sparse_stereo_refined_by_the_dense_flow(self):
         # The same curved surface: LK's disparities at the points against those DIS's left-right flow refines.
-        from .frontend.synthetic import curved_disparity_px, curved_surface_pair
+        from .frontend.synthetic import curved_surface_pair
 
-        calib = StereoCalib(K=np.array([[220.0, 0, 64], [0, 220.0, 48], [0, 0, 1]]), baseline_m=0.0045,
-                            image_size=(128, 96))
-        u, v = np.meshgrid(np.arange(34.3, 120, 6.1), np.arange(8.7, 88, 6.1))
-        uv = np.column_stack([u.ravel(), v.ravel()])
-        d_true = cv2.remap(curved_disparity_px(), *(uv[:, None, i].astype(np.float32) for i in (0, 1)),
-                           cv2.INTER_LINEAR)[:, 0]
+        calib, uv, d_true = curved_surface_points()
         err: dict[int, list[np.ndarray]] = {0: [], 512: []}
         for seed in (0, 1, 2):
             left, right = curved_surface_pair(seed)
